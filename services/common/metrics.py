@@ -1,0 +1,109 @@
+"""Every Prometheus metric deskmail exports, declared once.
+
+Names follow ``deskmail_<service>_<what>_<unit>``; label values come from small,
+closed sets (stage names, outcomes, configured mailbox addresses), never from mail
+content.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# ---- shared consume/produce loop (services.common.bus), labelled by stage
+BUS_RECORDS = Counter(
+    "deskmail_bus_records_processed_total",
+    "Records a stage consumed and finished (effect durable, offset committable).",
+    ["stage", "topic"],
+)
+BUS_DEADLETTERS = Counter(
+    "deskmail_bus_deadletters_total",
+    "Records a stage sent to the dead-letter topic, by error class.",
+    ["stage", "error_class"],
+)
+BUS_RETRIES = Counter(
+    "deskmail_bus_retries_total",
+    "Transient failures a stage retried (broker, database, SMTP unavailable).",
+    ["stage"],
+)
+BUS_BATCH_SECONDS = Histogram(
+    "deskmail_bus_batch_seconds",
+    "Time to process one polled batch, from poll to offset commit.",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BUS_LAG = Gauge(
+    "deskmail_bus_consumer_lag_records",
+    "Records behind the partition high watermark, as seen by this consumer.",
+    ["stage", "topic", "partition"],
+)
+BUS_PRODUCED = Counter(
+    "deskmail_bus_records_produced_total",
+    "Records acknowledged by the broker, by topic.",
+    ["stage", "topic"],
+)
+
+# ---- fetcher
+FETCHER_MESSAGES = Counter(
+    "deskmail_fetcher_messages_total",
+    "Messages fetched from a mailbox and acknowledged by the broker.",
+    ["mailbox", "source"],
+)
+FETCHER_BYTES = Counter(
+    "deskmail_fetcher_bytes_total",
+    "Bytes of raw mail fetched and acknowledged.",
+    ["mailbox"],
+)
+FETCHER_ERRORS = Counter(
+    "deskmail_fetcher_mailbox_errors_total",
+    "Mailbox failures (login, connection, protocol), by reason class.",
+    ["mailbox", "reason"],
+)
+FETCHER_UP = Gauge(
+    "deskmail_fetcher_mailbox_up",
+    "1 while the mailbox session is logged in and working, 0 while it is failing.",
+    ["mailbox"],
+)
+FETCHER_LAST_SUCCESS = Gauge(
+    "deskmail_fetcher_mailbox_last_success_timestamp_seconds",
+    "Unix time of the last successful check of the mailbox.",
+    ["mailbox"],
+)
+FETCHER_UIDVALIDITY_CHANGES = Counter(
+    "deskmail_fetcher_uidvalidity_changes_total",
+    "Times a folder's UIDVALIDITY changed (mail is re-read; duplicates are absorbed downstream).",
+    ["mailbox"],
+)
+FETCHER_INGRESS = Counter(
+    "deskmail_fetcher_ingress_sessions_total",
+    "SMTP/LMTP ingress transactions, by reply class.",
+    ["outcome"],
+)
+
+# ---- router
+ROUTER_COMMANDS = Counter(
+    "deskmail_router_commands_total",
+    "Ticket commands produced, by action and mail class.",
+    ["action", "classification"],
+)
+ROUTER_REJECTIONS = Counter(
+    "deskmail_router_rejections_total",
+    "Mail that makes no ticket, by reason.",
+    ["reason"],
+)
+ROUTER_PARSE_SECONDS = Histogram(
+    "deskmail_router_parse_seconds",
+    "Time to parse and route one message.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+)
+
+# ---- ticketer
+TICKETER_APPLIED = Counter(
+    "deskmail_ticketer_commands_applied_total",
+    "Ticket commands applied to the database, by outcome.",
+    ["outcome"],
+)
+TICKETER_APPLY_SECONDS = Histogram(
+    "deskmail_ticketer_apply_seconds",
+    "Time to apply one command in its own transaction.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+)

@@ -1,0 +1,124 @@
+"""The router's pure core: one inbound mail + the config -> one TicketCommand.
+
+No I/O: the runner fetches the raw bytes, stores attachment payloads and produces
+the command. Raises ``MalformedMail`` for mail that cannot be read and
+``UnknownMailbox`` for mail addressed to a mailbox the config does not have (both
+are dead-lettered by the runner, so a config fix plus a replay recovers them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.blobs import ref_for
+from services.common.config import Config
+from services.router import classify
+from services.router.access import decide
+from services.router.mailparse import ParsedMail, parse
+
+MAX_TEXT_CHARS = 1_000_000
+
+
+class UnknownMailbox(Exception):
+    """The mail arrived at an address that is not configured."""
+
+
+@dataclass(frozen=True)
+class Routed:
+    command: dict[str, Any]
+    key: bytes
+    attachments: list[bytes] = field(default_factory=list)  # payloads for the blob store
+
+    @property
+    def action(self) -> str:
+        return str(self.command["action"])
+
+
+def _person(address: Any, config: Config) -> dict[str, Any]:
+    return {"email": address.email, "name": address.name, "member": config.member(address.email) is not None}
+
+
+def route(inbound: dict[str, Any], raw: bytes, config: Config) -> Routed:
+    mailbox = config.mailbox(inbound["mailbox"])
+    if mailbox is None:
+        raise UnknownMailbox(f"mailbox {inbound['mailbox']} is not in the configuration")
+    mail = parse(raw)
+    return decide_command(inbound, mail, config)
+
+
+def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) -> Routed:
+    mailbox = config.mailbox(inbound["mailbox"])
+    if mailbox is None:
+        raise UnknownMailbox(f"mailbox {inbound['mailbox']} is not in the configuration")
+    own = {m.address for m in config.mailboxes} | {m.smtp.address for m in config.mailboxes if m.smtp}
+    sender = mail.from_addr.email
+
+    message_id = mail.message_id or classify.synthetic_message_id(inbound["sha256"])
+    thread_key = classify.thread_key(message_id, mail.in_reply_to, mail.references)
+    hint = classify.find_ticket_key(mail.subject, [q.key for q in config.queues])
+    threaded = bool(mail.in_reply_to or mail.references or hint)
+
+    if mail.bounce:
+        classification = "bounce"
+    elif mail.auto_submitted:
+        classification = "auto_reply"
+    elif threaded:
+        classification = "reply"
+    else:
+        classification = "new"
+
+    action, reason, detail = ("comment" if threaded else "create"), None, None
+    access = decide(config, mailbox, sender)
+    if sender in own:
+        action, reason, detail = "reject", "loop", f"mail from deskmail's own address {sender}"
+    elif not access.allowed:
+        action, reason, detail = "reject", access.reason, access.detail
+    elif classification in ("bounce", "auto_reply") and not threaded:
+        action, reason = "reject", classification
+        detail = f"{classification.replace('_', '-')} that belongs to no thread opens no ticket"
+
+    seen = {sender}
+    participants = []
+    for address in (*mail.to, *mail.cc):
+        if address.email in seen or address.email in own:
+            continue
+        seen.add(address.email)
+        participants.append(_person(address, config))
+
+    payloads = [a.payload for a in mail.attachments]
+    command = {
+        "id": inbound["id"],
+        "action": action,
+        "classification": classification,
+        "queue": mailbox.queue,
+        "mailbox": mailbox.address,
+        "ticket_type": mailbox.ticket_type,
+        "components": list(mailbox.components),
+        "author": {"email": sender, "name": mail.from_addr.name, "member": access.member},
+        "participants": participants,
+        "subject": mail.subject,
+        "text": mail.text[:MAX_TEXT_CHARS],
+        "html": mail.html[:MAX_TEXT_CHARS] if mail.html else None,
+        "attachments": [
+            {
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": a.size,
+                "sha256": a.sha256,
+                "blob_ref": ref_for(a.payload),
+            }
+            for a in mail.attachments
+        ],
+        "message_id": message_id,
+        "in_reply_to": mail.in_reply_to,
+        "references": list(mail.references),
+        "thread_key": thread_key,
+        "ticket_key_hint": hint,
+        "source_uidvalidity": inbound["uidvalidity"],
+        "source_uid": inbound["uid"],
+        "received_at": inbound["received_at"],
+        "matched_rule": f"mailbox:{mailbox.address}",
+        "reason": reason if detail is None else f"{reason}: {detail}",
+    }
+    return Routed(command=command, key=thread_key.encode(), attachments=payloads if action != "reject" else [])

@@ -1,0 +1,84 @@
+"""Wires the router's pure core to Kafka and the blob store."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from kafka.consumer.fetcher import ConsumerRecord
+
+from services.common import metrics
+from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
+from services.common.bus import ConsumeLoop, Kafka, Out
+from services.common.codec import CodecError, codec
+from services.common.config import Config
+from services.common.errors import BadRecord, Transient
+from services.common.runtime import Health
+from services.router.mailparse import MalformedMail
+from services.router.route import UnknownMailbox, route
+
+log = logging.getLogger("deskmail.router")
+STAGE = "router"
+
+
+class RouterStep:
+    def __init__(self, config: Config, blobs: BlobStore):
+        self.config = config
+        self.blobs = blobs
+        self.inbound = codec("InboundMail")
+        self.commands = codec("TicketCommand")
+        self.topic = config.topics["commands"]
+
+    def process(self, record: ConsumerRecord) -> Sequence[Out]:
+        started = time.perf_counter()
+        try:
+            inbound = self.inbound.decode(record.value)
+        except CodecError as exc:
+            raise BadRecord(str(exc)) from exc
+        raw = inbound["raw"]
+        if raw is None:
+            if not inbound["blob_ref"]:
+                raise BadRecord(f"inbound mail {inbound['id']} has neither raw bytes nor a blob reference")
+            try:
+                raw = self.blobs.get(inbound["blob_ref"])
+            except BlobMissing as exc:
+                raise BadRecord(str(exc)) from exc
+            except OSError as exc:
+                raise Transient(f"blob store unavailable: {exc}") from exc
+        try:
+            routed = route(inbound, raw, self.config)
+        except (MalformedMail, UnknownMailbox) as exc:
+            raise BadRecord(f"{inbound['id']}: {exc}") from exc
+        try:
+            for payload in routed.attachments:
+                self.blobs.put(payload)
+        except OSError as exc:
+            raise Transient(f"blob store unavailable: {exc}") from exc
+        command = routed.command
+        metrics.ROUTER_COMMANDS.labels(command["action"], command["classification"]).inc()
+        if command["action"] == "reject":
+            reason_code = (command["reason"] or "other").split(":", 1)[0]
+            metrics.ROUTER_REJECTIONS.labels(reason_code).inc()
+            log.info(
+                "rejected",
+                extra={"stage": STAGE, "mailbox": command["mailbox"], "queue": command["queue"],
+                       "command": command["id"], "reason": command["reason"]},
+            )
+        metrics.ROUTER_PARSE_SECONDS.observe(time.perf_counter() - started)
+        return [Out(self.topic, routed.key, self.commands.encode(command))]
+
+
+def run_router(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:
+    kafka = Kafka(config, bootstrap)
+    producer = kafka.producer()
+    step = RouterStep(config, FolderBlobStore(config.blob_path))
+    loop = ConsumeLoop(
+        kafka, producer, step, STAGE, group=f"{config.kafka.group_prefix}-router", topics=[config.topics["inbound"]],
+        stop=stop, on_alive=health.tick, on_ready=health.set_ready,
+    )
+    try:
+        loop.run()
+    finally:
+        producer.close()
