@@ -1,0 +1,161 @@
+"""Shared fixtures: real services started by the test suite.
+
+Markers (declared in pyproject.toml):
+
+``integration``
+    The test talks to real services started here: the Tansu broker
+    (``broker``), Dovecot (``dovecot``) or PostgreSQL (``postgres_url``).
+    Tests under ``tests/integration/`` get it automatically.
+``e2e``
+    The test runs the deskmail processes end to end against those services.
+    Tests under ``tests/e2e/`` get it automatically.
+``postgres``
+    The test needs PostgreSQL; tests using the ``postgres_url`` fixture get
+    it automatically.
+
+Select with ``-m``, e.g. ``scripts/test -m "not e2e"``. A missing service
+program is an error, never a skip: the fixture fails with a message naming the
+package to install (``scripts/install-deps`` installs them all).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parents[1]
+# The harness is imported as ``tests.harness``; make that work however pytest
+# was launched (``python -m pytest`` adds the cwd, the ``pytest`` script does not).
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from services.localbroker import BrokerStartError, LocalBroker  # noqa: E402
+from tests.harness.broker import unique_name  # noqa: E402
+
+_DIR_MARKERS = {"integration": "integration", "e2e": "e2e"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kafka-python 3.0 loads its protocol schemas through deprecated
+    # importlib.resources calls: ~200 identical warnings per run.
+    config.addinivalue_line(
+        "filterwarnings", r"ignore:(read|open)_text is deprecated:DeprecationWarning"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            rel = Path(str(item.path)).resolve().relative_to(_REPO / "tests")
+        except ValueError:
+            continue
+        marker = _DIR_MARKERS.get(rel.parts[0]) if rel.parts else None
+        if marker and item.get_closest_marker(marker) is None:
+            item.add_marker(marker)
+        if "postgres_url" in getattr(item, "fixturenames", ()) and item.get_closest_marker("postgres") is None:
+            item.add_marker("postgres")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A running Tansu broker (memory storage) for the whole session.
+
+    Use ``broker.bootstrap`` ("127.0.0.1:PORT") as ``bootstrap_servers``.
+    Topics and groups are shared across tests: take names from ``unique``.
+    Its log is ``<pytest basetemp>/broker0/tansu.log``.
+    """
+    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
+    instance = LocalBroker(log_path=log_path)
+    error = None
+    try:
+        instance.start()
+    except BrokerStartError as exc:
+        error = f"the local Kafka broker did not start: {exc}"
+    if error:  # failed outside the except block: no chained traceback
+        pytest.fail(error, pytrace=False)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A running Dovecot IMAP server (``tests.harness.dovecot.DovecotServer``).
+
+    Create users with ``dovecot.add_user(login, password)`` (use ``unique``
+    for logins: the server is shared by the session). At the end of the
+    session its log is copied to ``<pytest basetemp>/dovecot0/dovecot.log``.
+    """
+    from tests.harness.dovecot import DovecotError, DovecotServer
+
+    server = DovecotServer()
+    error = None
+    try:
+        server.start()
+    except DovecotError as exc:
+        error = f"Dovecot did not start: {exc}"
+    if error:
+        pytest.fail(error, pytrace=False)
+    try:
+        yield server
+    finally:
+        try:
+            shutil.copy(server.log_path, tmp_path_factory.mktemp("dovecot") / "dovecot.log")
+        except OSError:
+            pass
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """SQLAlchemy URL of a throwaway PostgreSQL cluster (unix socket only).
+
+    Example: ``postgresql+psycopg://postgres@/postgres?host=/tmp/xyz``.
+    """
+    error = None
+    try:
+        from tests.harness.postgres import PostgresCluster
+    except ImportError as exc:
+        error = f"the PostgreSQL test harness cannot be imported: {exc}"
+    if error:
+        pytest.fail(error, pytrace=False)
+    cluster = PostgresCluster()
+    try:
+        url = cluster.start()
+    except Exception as exc:
+        error = (
+            f"PostgreSQL did not start ({type(exc).__name__}: {exc}); "
+            "it needs the Debian package postgresql (scripts/install-deps installs it)"
+        )
+        try:
+            cluster.stop()
+        except Exception:
+            pass
+    if error:
+        pytest.fail(error, pytrace=False)
+    try:
+        yield url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def unique(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """``unique(prefix) -> str``: a fresh name for a topic, group, mailbox, user...
+
+    Names carry the test's name, so they can be traced in the broker and
+    Dovecot logs, and never repeat within or across sessions. They are at
+    most 60 characters of ``[A-Za-z0-9._-]``, so also usable as the local
+    part of an e-mail address.
+    """
+    test = request.node.name
+
+    def make(prefix: str = "t") -> str:
+        return unique_name(f"{prefix}-{test}", max_len=60)
+
+    return make
