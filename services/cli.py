@@ -92,6 +92,36 @@ def topics_create(config_path: str | None, bootstrap: str | None, partitions: in
         click.echo(f"{name}: {'created' if name in created else 'exists'}")
 
 
+REPLAY_INPUTS = {"router": "inbound", "ticketer": "commands"}
+
+
+@main.command("replay")
+@click.argument("stage", type=click.Choice(sorted(REPLAY_INPUTS)))
+@config_option
+@bootstrap_option
+@click.option("--offset", type=int, default=None, help="Rewind every partition to this offset (default: the beginning).")
+def replay(stage: str, config_path: str | None, bootstrap: str | None, offset: int | None) -> None:
+    """Make a stage reprocess its input topic: stop the stage, run this, start it again.
+
+    Effects are idempotent: replayed mail creates no duplicate tickets or comments.
+    """
+    from kafka.errors import KafkaError
+
+    from services.common.bus import Kafka
+
+    cfg = _load(config_path)
+    topic = cfg.topics[REPLAY_INPUTS[stage]]
+    group = f"{cfg.kafka.group_prefix}-{stage}"
+    try:
+        offsets = Kafka(cfg, _bootstrap(bootstrap)).rewind(group, topic, offset)
+    except (KafkaError, ValueError) as exc:
+        raise click.ClickException(
+            f"cannot rewind {group} on {topic}: {exc} (is the {stage} still running? stop it first)"
+        ) from None
+    for partition, value in sorted(offsets.items()):
+        click.echo(f"{group} {topic}[{partition}] -> {value}")
+
+
 # ------------------------------------------------------------------ run
 
 
@@ -178,7 +208,7 @@ def _iso(value: Any) -> Any:
 @click.option("--limit", type=int, default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def tickets_list(config_path: str | None, queue: str | None, limit: int, as_json: bool) -> None:
-    """List tickets, newest last."""
+    """List tickets, newest first."""
     from services.ticketer.store import TicketStore
 
     store = TicketStore(_load(config_path).database_url)

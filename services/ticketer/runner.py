@@ -17,7 +17,7 @@ from services.common.codec import CodecError, codec
 from services.common.config import Config
 from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
-from services.ticketer.store import TicketStore
+from services.ticketer.store import InvalidCommand, TicketStore
 
 log = logging.getLogger("deskmail.ticketer")
 STAGE = "ticketer"
@@ -36,6 +36,8 @@ class TicketerStep:
         started = time.perf_counter()
         try:
             applied = self.store.apply(command)
+        except InvalidCommand as exc:
+            raise BadRecord(f"{command.get('id')}: {exc}") from exc
         except OperationalError as exc:
             raise Transient(f"database unavailable: {exc.orig!r}") from exc
         except DBAPIError as exc:

@@ -1,0 +1,212 @@
+"""Schema of the tickets database (SQLAlchemy Core).
+
+The Alembic migrations in ``services/ticketer/migrations`` create exactly this
+schema; a test compares the two on SQLite and PostgreSQL. Column types stay
+portable between both backends. Every timestamp is stored in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+# Deterministic constraint names, identical on both backends, so migrations can
+# name them and autogenerate comparisons line up.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# Bounded columns; the store refuses longer values as an invalid command, so
+# both backends behave alike (SQLite would not enforce a VARCHAR length).
+# An address is at most 64 + 1 + 255 octets; a Message-ID fits a 998-octet line.
+EMAIL = 320
+MESSAGE_ID = 998
+QUEUE = 64
+TICKET_KEY = 96
+COMMAND_ID = 128
+HASH = 64
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime stored in UTC.
+
+    PostgreSQL keeps ``timestamptz``; SQLite keeps text without an offset, so
+    values are converted to UTC before binding and read back as UTC.
+    Naive datetimes are refused: a time without a zone is a bug upstream.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware value")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+queue_counters = Table(
+    "queue_counters",
+    metadata,
+    Column("queue", String(QUEUE), primary_key=True),
+    Column("last_number", Integer, nullable=False),
+)
+
+tickets = Table(
+    "tickets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(TICKET_KEY), nullable=False),
+    Column("queue", String(QUEUE), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("description_html", Text, nullable=True),
+    Column("type", String(64), nullable=True),
+    Column("components", JSON, nullable=False),
+    Column("author_email", String(EMAIL), nullable=False),
+    Column("author_name", Text, nullable=True),
+    Column("author_member", Boolean, nullable=False),
+    Column("status", String(32), nullable=False, server_default=text("'open'")),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("command_id", String(COMMAND_ID), nullable=False),
+    UniqueConstraint("key"),
+    UniqueConstraint("queue", "number"),
+    Index(None, "created_at"),
+)
+
+comments = Table(
+    "comments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("author_email", String(EMAIL), nullable=False),
+    Column("author_name", Text, nullable=True),
+    Column("body", Text, nullable=False),
+    Column("html", Text, nullable=True),
+    Column("message_id", String(MESSAGE_ID), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("command_id", String(COMMAND_ID), nullable=True),
+    CheckConstraint("kind IN ('mail_in', 'mail_out', 'note')", name="kind"),
+    Index(None, "ticket_id", "created_at"),
+)
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), nullable=False),
+    Column("email", String(EMAIL), nullable=False),
+    Column("name", Text, nullable=True),
+    Column("member", Boolean, nullable=False),
+    Column("role", String(16), nullable=False),
+    CheckConstraint("role IN ('author', 'participant')", name="role"),
+    UniqueConstraint("ticket_id", "email"),
+)
+
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), nullable=False),
+    Column("comment_id", Integer, ForeignKey("comments.id"), nullable=True),
+    Column("filename", Text, nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(HASH), nullable=False),
+    Column("blob_ref", Text, nullable=True),
+    Index(None, "ticket_id"),
+)
+
+# Every Message-ID known per queue: the ticket's own mail, each reply, and
+# (later) each outgoing mail, so replies thread by In-Reply-To/References and a
+# re-fetched mail is recognised as a duplicate.
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("queue", String(QUEUE), nullable=False),
+    Column("message_id", String(MESSAGE_ID), nullable=False),
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), nullable=False),
+    Column("comment_id", Integer, ForeignKey("comments.id"), nullable=True),
+    UniqueConstraint("queue", "message_id"),
+    Index(None, "message_id"),
+)
+
+# IMAP idempotency: one row per fetched (mailbox, UIDVALIDITY, UID), only for uid > 0.
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("mailbox", String(EMAIL), nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("command_id", String(COMMAND_ID), nullable=False),
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), nullable=False),
+    UniqueConstraint("mailbox", "uidvalidity", "uid"),
+)
+
+processed_commands = Table(
+    "processed_commands",
+    metadata,
+    Column("command_id", String(COMMAND_ID), primary_key=True),
+    Column("outcome", String(16), nullable=False),
+    Column("ticket_key", String(TICKET_KEY), nullable=False),
+    Column("comment_id", Integer, nullable=True),
+    Column("applied_at", UtcDateTime, nullable=False),
+    CheckConstraint("outcome IN ('created', 'commented')", name="outcome"),
+)
+
+rejections = Table(
+    "rejections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("command_id", String(COMMAND_ID), nullable=False),
+    Column("mailbox", String(EMAIL), nullable=False),
+    Column("queue", String(QUEUE), nullable=True),
+    Column("classification", String(16), nullable=False),
+    Column("author_email", String(EMAIL), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("message_id", String(MESSAGE_ID), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    UniqueConstraint("command_id"),
+    Index(None, "received_at"),
+)
