@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import NewTopic, OffsetSpec
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -128,6 +128,38 @@ class Kafka:
             admin.close()
 
 
+    def rewind(self, group: str, topic: str, to: int | None = None) -> dict[int, int]:
+        """Move a stopped consumer group back on ``topic`` so its stage reprocesses the records.
+
+        ``to`` None means the beginning of every partition, an int that offset (clamped to
+        what the partition holds). Returns the new committed offset per partition. The group
+        must have no running members (the broker refuses otherwise); effects are idempotent,
+        so reprocessing changes nothing that was already applied.
+        """
+        admin = KafkaAdminClient(**self._common())
+        try:
+            described = admin.describe_topics([topic])
+            if not described or described[0].get("error_code", 0):
+                raise ValueError(f"topic {topic} does not exist")
+            partitions = [p["partition"] for p in described[0]["partitions"]]
+            spec = OffsetSpec.EARLIEST if to is None else to
+            result = admin.reset_group_offsets(group, {TopicPartition(topic, p): spec for p in partitions})
+        finally:
+            admin.close()
+        return {tp.partition: _offset_of(value) for tp, value in result.items()}
+
+
+def _offset_of(value: Any) -> int:
+    if isinstance(value, OffsetAndMetadata):
+        return int(value.offset)
+    if isinstance(value, tuple) and value and isinstance(value[0], int):
+        return int(value[0])
+    offset = getattr(value, "offset", value)
+    if isinstance(offset, BaseException):
+        raise offset
+    return int(offset)
+
+
 class Producer:
     """acks=all producer; ``send_all`` returns only when the broker acknowledged everything."""
 
@@ -208,6 +240,7 @@ class ConsumeLoop:
         self.on_ready = on_ready
         self.poll_ms = poll_ms
         self.backoff = Backoff(initial=0.5, maximum=30.0)
+        self._lag_reported: set[TopicPartition] = set()
 
     def run(self) -> None:
         consumer = self.kafka.consumer(self.group, self.topics)
@@ -269,7 +302,11 @@ class ConsumeLoop:
                 self.on_alive()
 
     def _report_lag(self, consumer: KafkaConsumer) -> None:
-        for tp in consumer.assignment():
+        assigned = consumer.assignment()
+        for tp in self._lag_reported - assigned:  # lost in a rebalance: stop reporting it
+            metrics.BUS_LAG.remove(self.stage, tp.topic, str(tp.partition))
+        self._lag_reported = set(assigned)
+        for tp in assigned:
             high = consumer.highwater(tp)
             if high is None:
                 continue

@@ -1,0 +1,634 @@
+"""The deployment files: Kubernetes manifests, Dockerfile, Prometheus rules, Grafana dashboard.
+
+Real tools, no mocks: ``kubectl kustomize`` renders the base and the example
+overlay, ``kubernetes-validate`` checks every rendered object against the
+Kubernetes 1.32 schemas in strict mode, ``promtool`` checks and unit-tests the
+rules. Metric names in the rules and the dashboard are checked against what
+``services.common.metrics`` registers, so renaming a metric (or a label) breaks
+this test until the rules and the dashboard follow.
+
+Needs (a missing one fails the test with the package to install, never skips):
+``kubectl`` (or a standalone ``kustomize``) on PATH, ``promtool`` on PATH
+(Debian package ``prometheus``), and the PyPI package ``kubernetes-validate``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "kubernetes"
+BASE = K8S / "base"
+OVERLAY = K8S / "overlays" / "example"
+RULES = REPO / "deploy" / "prometheus" / "rules.yml"
+RULES_TEST = REPO / "deploy" / "prometheus" / "rules_test.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "deskmail.json"
+OPERATIONS = REPO / "docs" / "operations.md"
+KUBERNETES_VERSION = "1.32"
+
+SERVICES = ("fetcher", "router", "ticketer", "sender", "api")
+CONFIG_MOUNT = "/etc/deskmail"
+CONFIG_FILE = f"{CONFIG_MOUNT}/deskmail.yaml"
+SECRET_NAME = "deskmail-secrets"
+RENDERINGS = {"base": BASE, "overlay": OVERLAY}
+
+# Labels Prometheus adds to every scraped series (scrape job, target, Kubernetes
+# discovery relabelling); rules and dashboards may group by them.
+TARGET_LABELS = {"job", "instance", "namespace", "pod", "container", "component", "node", "service"}
+
+
+def _fail(message: str) -> NoReturn:
+    pytest.fail(message, pytrace=False)
+
+
+# ---------------------------------------------------------------- tools
+
+
+def _kustomize_command() -> list[str]:
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        return [kubectl, "kustomize"]
+    kustomize = shutil.which("kustomize")
+    if kustomize:
+        return [kustomize, "build"]
+    _fail(
+        "neither kubectl nor kustomize is on PATH: install kubectl (Debian/Ubuntu: the `kubectl` package "
+        "from the Kubernetes apt repository; preinstalled on the project's machine image) or a standalone "
+        "kustomize binary; Debian's own `kubernetes-client` 1.20 is too old for the `patches:` field"
+    )
+
+
+def _promtool() -> str:
+    promtool = shutil.which("promtool")
+    if not promtool:
+        _fail("promtool is not on PATH: install the Debian package `prometheus` (apt-get install -y prometheus)")
+    return promtool
+
+
+def _kubernetes_validate() -> Any:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        _fail("the PyPI package kubernetes-validate is missing: pip install kubernetes-validate")
+    return kubernetes_validate
+
+
+@functools.cache
+def _render(name: str) -> tuple[dict[str, Any], ...]:
+    command = _kustomize_command() + [str(RENDERINGS[name])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        _fail(f"{' '.join(command)} failed (rc {done.returncode}):\n{done.stderr}")
+    docs = tuple(d for d in yaml.safe_load_all(done.stdout) if d)
+    assert docs, f"{' '.join(command)} rendered nothing"
+    return docs
+
+
+def _of_kind(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def _component(doc: dict[str, Any]) -> str:
+    return doc["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def _all_containers(pod_spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from pod_spec.get("initContainers", [])
+    yield from pod_spec["containers"]
+
+
+def _load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- kustomize + schemas
+
+
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_kustomize_renders(name: str) -> None:
+    kinds = sorted({d["kind"] for d in _render(name)})
+    assert {"Deployment", "Service", "ConfigMap", "Job", "PersistentVolumeClaim", "PodDisruptionBudget"} <= set(kinds)
+
+
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_every_rendered_object_validates_strictly(name: str) -> None:
+    kv = _kubernetes_validate()
+    problems = []
+    for doc in _render(name):
+        where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        try:
+            kv.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kv.utils.SchemaNotFoundError:
+            # kubernetes-validate skips unknown kinds (a typo in `kind:` included): fail instead.
+            problems.append(f"{where}: no Kubernetes {KUBERNETES_VERSION} schema for {doc.get('apiVersion')}")
+        except kv.ValidationError as exc:
+            problems.append(f"{where}: {'.'.join(map(str, exc.absolute_path))}: {exc.message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_secret_template_validates_and_holds_no_values() -> None:
+    kv = _kubernetes_validate()
+    secret = _load_yaml(BASE / "secret.example.yaml")
+    kv.validate(secret, KUBERNETES_VERSION, strict=True)
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == SECRET_NAME
+    assert "data" not in secret
+    assert all(value == "" for value in secret["stringData"].values()), "the template must not carry values"
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in _render("base")}
+    assert ("Secret", SECRET_NAME) not in rendered, "real secrets must not be part of the kustomization"
+
+
+# ---------------------------------------------------------------- what the base contains
+
+
+def test_base_has_a_deployment_and_service_per_process() -> None:
+    docs = _render("base")
+    deployments = _of_kind(docs, "Deployment")
+    service_docs = _of_kind(docs, "Service")
+    assert set(deployments) == {f"deskmail-{s}" for s in SERVICES}
+    for name, deployment in deployments.items():
+        template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= template_labels.items(), f"{name}: selector does not match its pods"
+        service = service_docs.get(name)
+        assert service, f"no Service {name}"
+        assert service["spec"]["selector"] == selector, f"Service {name} does not select the pods of {name}"
+        main = deployment["spec"]["template"]["spec"]["containers"][0]
+        container_ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in container_ports, f"Service {name}: no container port {port['targetPort']}"
+    api_ports = {p["name"]: p["port"] for p in service_docs["deskmail-api"]["spec"]["ports"]}
+    assert api_ports.get("http") == 8080
+
+
+def test_base_is_namespace_agnostic_and_uses_the_deskmail_image() -> None:
+    docs = _render("base")
+    assert [d["metadata"]["name"] for d in docs if "namespace" in d["metadata"]] == []
+    images = {
+        c["image"]
+        for d in docs if d["kind"] in ("Deployment", "Job")
+        for c in _all_containers(d["spec"]["template"]["spec"])
+    }
+    tags = {i["newTag"] for i in _load_yaml(BASE / "kustomization.yaml")["images"] if i["name"] == "deskmail"}
+    assert len(tags) == 1 and images == {f"deskmail:{tags.pop()}"}
+
+
+def test_config_map_is_generated_from_the_example_config() -> None:
+    docs = _render("base")
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("deskmail-config-")]
+    assert len(maps) == 1, "one hashed ConfigMap deskmail-config-<hash>"
+    assert maps[0]["data"]["deskmail.yaml"] == (BASE / "deskmail.yaml").read_text(encoding="utf-8")
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            names = [v["configMap"]["name"] for v in d["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+            assert names == [maps[0]["metadata"]["name"]], f"{d['metadata']['name']} mounts {names}"
+
+
+def test_topics_job_and_blob_volume() -> None:
+    docs = _render("base")
+    jobs = _of_kind(docs, "Job")
+    assert list(jobs) == ["deskmail-topics-create"]
+    container = jobs["deskmail-topics-create"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["topics", "create"] and CONFIG_FILE in container["args"]
+    pvc = _of_kind(docs, "PersistentVolumeClaim")["deskmail-blobs"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every process on any node shares the blob folder"
+
+
+def test_disruption_budgets_cover_the_scalable_processes_but_not_the_fetcher() -> None:
+    docs = _render("base")
+    deployments = _of_kind(docs, "Deployment")
+    covered = set()
+    for name, pdb in _of_kind(docs, "PodDisruptionBudget").items():
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        matched = [d for d, dep in deployments.items()
+                   if selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(matched) == 1, f"PodDisruptionBudget {name} selects {matched}"
+        covered.add(matched[0])
+    assert covered == {f"deskmail-{s}" for s in SERVICES if s != "fetcher"}
+
+
+# ---------------------------------------------------------------- every Deployment
+
+
+def _pod_problems(spec: dict[str, Any]) -> list[str]:
+    """What a deskmail pod (Deployment or Job) lacks: non-root, resources, a locked-down container."""
+    problems = []
+    pod_security = spec.get("securityContext", {})
+    if pod_security.get("runAsNonRoot") is not True:
+        problems.append("pod securityContext.runAsNonRoot is not true")
+    if pod_security.get("runAsUser", 0) == 0:
+        problems.append("pod runs as uid 0")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for container in _all_containers(spec):
+        name = container["name"]
+        resources = container.get("resources", {})
+        for section in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if resource not in resources.get(section, {}):
+                    problems.append(f"{name}: no resources.{section}.{resource}")
+        security = container.get("securityContext", {})
+        if security.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name}: root filesystem is writable")
+        if security.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if "ALL" not in security.get("capabilities", {}).get("drop", []):
+            problems.append(f"{name}: capabilities not dropped (ALL)")
+        if security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is not True:
+            problems.append(f"{name}: may run as root")
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
+            problems.append(f"{name}: no emptyDir on /tmp (the root filesystem is read-only)")
+        if "configMap" not in volumes.get(mounts.get(CONFIG_MOUNT, ""), {}):
+            problems.append(f"{name}: config not mounted at {CONFIG_MOUNT}")
+        if {"secretRef": {"name": SECRET_NAME}} not in container.get("envFrom", []):
+            problems.append(f"{name}: does not load the Secret {SECRET_NAME}")
+        args = container.get("args", [])
+        if "--config" not in args or args[args.index("--config") + 1] != CONFIG_FILE:
+            problems.append(f"{name}: no --config {CONFIG_FILE}")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_jobs_are_locked_down(name: str) -> None:
+    jobs = _of_kind(_render(name), "Job")
+    problems = [f"{job}: {p}" for job, doc in jobs.items() for p in _pod_problems(doc["spec"]["template"]["spec"])]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_deployments_have_probes_resources_and_security(name: str) -> None:
+    from services.common.runtime import DEFAULT_PORTS
+
+    problems: list[str] = []
+    for dep_name, dep in _of_kind(_render(name), "Deployment").items():
+        service = _component(dep)
+        port = DEFAULT_PORTS[service]
+        template = dep["spec"]["template"]
+        spec = template["spec"]
+
+        def check(ok: bool, what: str) -> None:
+            if not ok:
+                problems.append(f"{dep_name}: {what}")
+
+        problems.extend(f"{dep_name}: {p}" for p in _pod_problems(spec))
+        check(spec.get("terminationGracePeriodSeconds", 30) >= 60,
+              "terminationGracePeriodSeconds < 60 (SIGTERM drains)")
+        annotations = template["metadata"].get("annotations", {})
+        check(annotations.get("prometheus.io/scrape") == "true", "no prometheus.io/scrape annotation")
+        check(annotations.get("prometheus.io/port") == str(port), f"prometheus.io/port is not {port}")
+        check(annotations.get("prometheus.io/path") == "/metrics", "prometheus.io/path is not /metrics")
+
+        main = spec["containers"][0]
+        args = main["args"]
+        check(args[:2] == ["run", service], f"args {args} do not run `deskmail run {service}`")
+        check("--metrics-port" in args and args[args.index("--metrics-port") + 1] == str(port),
+              f"--metrics-port is not {port}")
+        ports = {p["name"]: p["containerPort"] for p in main.get("ports", [])}
+        for probe_name, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            probe = main.get(probe_name, {}).get("httpGet")
+            if not probe:
+                check(False, f"no {probe_name}")
+                continue
+            check(probe["path"] == path, f"{probe_name} path is {probe['path']}, not {path}")
+            check(ports.get(probe["port"], probe["port"]) == port, f"{probe_name} does not probe port {port}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_fetcher_runs_exactly_one_replica_with_recreate(name: str) -> None:
+    fetcher = _of_kind(_render(name), "Deployment")["deskmail-fetcher"]
+    assert fetcher["spec"]["replicas"] == 1
+    assert fetcher["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_processes_mount_the_blob_folder_of_the_config() -> None:
+    blob_path = _load_yaml(BASE / "deskmail.yaml")["blobs"]["path"]
+    for name, dep in _of_kind(_render("base"), "Deployment").items():
+        spec = dep["spec"]["template"]["spec"]
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in spec["volumes"] if "persistentVolumeClaim" in v}
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        assert claims.get(mounts.get(blob_path, "")) == "deskmail-blobs", f"{name} does not mount blobs at {blob_path}"
+
+
+# ---------------------------------------------------------------- the example overlay
+
+
+def test_overlay_sets_namespace_image_replicas_and_config() -> None:
+    docs = _render("overlay")
+    namespace = _load_yaml(OVERLAY / "kustomization.yaml")["namespace"]
+    assert _of_kind(docs, "Namespace").keys() == {namespace}
+    for d in docs:
+        if d["kind"] != "Namespace":
+            where = f"{d['kind']}/{d['metadata']['name']}"
+            assert d["metadata"].get("namespace") == namespace, f"{where} is not in {namespace}"
+    image = next(i for i in _load_yaml(OVERLAY / "kustomization.yaml")["images"] if i["name"] == "deskmail")
+    deployments = _of_kind(docs, "Deployment")
+    for dep in deployments.values():
+        for container in _all_containers(dep["spec"]["template"]["spec"]):
+            assert container["image"] == f"{image['newName']}:{image['newTag']}"
+    assert deployments["deskmail-router"]["spec"]["replicas"] == 2
+    assert deployments["deskmail-ticketer"]["spec"]["replicas"] == 2
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("deskmail-config-"))
+    assert config["data"]["deskmail.yaml"] == (OVERLAY / "deskmail.yaml").read_text(encoding="utf-8")
+    base_config = next(d for d in _render("base") if d["kind"] == "ConfigMap")
+    assert config["metadata"]["name"] != base_config["metadata"]["name"], "a new config must roll the pods"
+
+
+# ---------------------------------------------------------------- the example configs
+
+
+def _env_refs(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            return {node["env"]}
+        return set().union(*(_env_refs(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_env_refs(v) for v in node)) if node else set()
+    return set()
+
+
+@pytest.mark.parametrize("path", [BASE / "deskmail.yaml", OVERLAY / "deskmail.yaml"], ids=["base", "overlay"])
+def test_example_config_is_valid_and_its_secrets_are_in_the_template(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.common.config import ConfigError, parse_text
+
+    secret_keys = set(_load_yaml(BASE / "secret.example.yaml")["stringData"])
+    refs = _env_refs(_load_yaml(path))
+    assert refs, "the example should show {env: NAME} secret references"
+    assert refs <= secret_keys, f"{path.name} needs {sorted(refs - secret_keys)}, missing from secret.example.yaml"
+    for key in secret_keys:
+        monkeypatch.setenv(key, "not-a-real-secret")
+    try:
+        cfg = parse_text(path.read_text(encoding="utf-8"), str(path))
+    except ConfigError as exc:
+        _fail("\n".join(f"{path}: {p}" for p in exc.problems))
+    assert cfg.database_url.startswith("postgresql"), "Kubernetes runs on PostgreSQL"
+    assert cfg.kafka.bootstrap_servers, "Kubernetes needs kafka.bootstrap_servers"
+    assert str(cfg.blob_path) == "/var/lib/deskmail/blobs"
+    assert cfg.metrics.host == "0.0.0.0" and cfg.ingress.listen.startswith("0.0.0.0:")
+    # The Deployments pass --metrics-port; a metrics.ports entry would be ignored there.
+    assert not cfg.metrics.ports
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    logical = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    return [(parts[0].upper(), parts[1].strip() if len(parts) > 1 else "")
+            for parts in (line.strip().split(None, 1) for line in logical.splitlines() if line.strip())]
+
+
+def test_dockerfile_builds_a_non_root_deskmail_image_with_the_schemas() -> None:
+    instructions = _dockerfile()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    env = " ".join(arg for op, arg in instructions if op == "ENV")
+    schemas = re.search(r"DESKMAIL_SCHEMAS=(\S+)", env)
+    assert schemas, "the image must set DESKMAIL_SCHEMAS"
+    copies = [arg.split() for op, arg in instructions if op == "COPY"]
+    assert ["schemas", schemas.group(1)] in copies, f"schemas/ must be copied to {schemas.group(1)}"
+    assert any(op == "RUN" and re.search(r"pip install( \S+)* \.(\s|$)", arg) for op, arg in instructions)
+    user = [arg for op, arg in instructions if op == "USER"]
+    uid = user[-1].split(":")[0] if user else ""
+    assert uid.isdigit() and uid != "0", "USER must be a numeric non-root uid"
+    for d in _render("base"):
+        if d["kind"] in ("Deployment", "Job"):
+            assert str(d["spec"]["template"]["spec"]["securityContext"]["runAsUser"]) == uid
+    assert [arg for op, arg in instructions if op == "ENTRYPOINT"] == ['["deskmail"]']
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert "deskmail" in scripts
+    ignored = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert not ignored & {"services", "schemas", "pyproject.toml", "*", "**"}, "the build context needs these"
+
+
+def test_codec_finds_schemas_through_the_image_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from services.common import codec
+
+    monkeypatch.setenv("DESKMAIL_SCHEMAS", str(tmp_path))
+    assert codec.schema_dir() == tmp_path
+
+
+# ---------------------------------------------------------------- Prometheus rules
+
+
+def test_promtool_checks_the_rules() -> None:
+    done = subprocess.run([_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    done = subprocess.run([_promtool(), "test", "rules", str(RULES_TEST)], capture_output=True, text=True,
+                          timeout=120, cwd=RULES_TEST.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [rule for group in _load_yaml(RULES)["groups"] for rule in group["rules"]]
+
+
+REQUIRED_ALERTS = {
+    "DeskmailProcessDown", "DeskmailMailboxDown", "DeskmailMailboxStale", "DeskmailDeadLetters",
+    "DeskmailConsumerLagHigh", "DeskmailConsumerLagGrowing", "DeskmailStageRetrying", "DeskmailRejectionSpike",
+}
+
+
+def test_every_alert_is_tested_firing_and_not_firing_and_has_a_runbook() -> None:
+    alerts = {r["alert"]: r for r in _rules() if "alert" in r}
+    assert REQUIRED_ALERTS <= alerts.keys()
+    fired: set[str] = set()
+    silent: set[str] = set()
+    for case in _load_yaml(RULES_TEST)["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (fired if check.get("exp_alerts") else silent).add(check["alertname"])
+    assert alerts.keys() - fired == set(), "alerts never tested firing"
+    assert alerts.keys() - silent == set(), "alerts never tested staying silent"
+    headings = {m.group(1) for m in re.finditer(r"^#+\s+(\w+)\s*$", OPERATIONS.read_text(encoding="utf-8"), re.M)}
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert {"summary", "description", "runbook"} <= rule["annotations"].keys(), name
+        assert f"docs/operations.md#{name.lower()}" in rule["annotations"]["runbook"], name
+        assert name in headings, f"docs/operations.md has no section `{name}`"
+
+
+# ---------------------------------------------------------------- metric names
+
+
+@functools.cache
+def _exported() -> dict[str, frozenset[str]]:
+    """Every series name services.common.metrics exposes, with the labels it carries."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import services.common.metrics as metrics
+
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+    }
+    names: dict[str, frozenset[str]] = {}
+    for obj in vars(metrics).values():
+        if isinstance(obj, MetricWrapperBase):
+            for suffix in suffixes[str(obj._type)]:
+                extra = {"le"} if suffix == "_bucket" else set()
+                names[obj._name + suffix] = frozenset(obj._labelnames) | extra
+    assert names, "services.common.metrics registers no metric"
+    return names
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+_VARIABLE = re.compile(r"\$\{[^}]*\}|\$\w+")
+_IDENT = re.compile(r"(?<![\w:.$])[A-Za-z_:][\w:]*")
+_SELECTOR = re.compile(r"(?<![\w:])([A-Za-z_:][\w:]*)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+
+
+def _check_promql(expr: str, where: str, recorded: set[str]) -> list[str]:
+    """Names and labels a PromQL expression uses that deskmail does not export."""
+    exported = _exported()
+    all_labels = set().union(*exported.values()) | TARGET_LABELS
+    problems = []
+    plain = _VARIABLE.sub("", _STRING.sub('""', expr))
+    for ident in _IDENT.findall(plain):
+        if ":" in ident and ident not in recorded:
+            problems.append(f"{where}: {ident} is not a recording rule in rules.yml")
+        elif ident.startswith("deskmail_") and ident not in exported:
+            problems.append(f"{where}: {ident} is not exported by services.common.metrics")
+    for metric, matchers in _SELECTOR.findall(_STRING.sub('""', expr)):
+        if metric in exported:
+            for label in _MATCHER.findall(matchers):
+                if label not in exported[metric] | TARGET_LABELS:
+                    problems.append(f"{where}: {metric} has no label {label}")
+    for group in _GROUPING.findall(plain):
+        for label in filter(None, (part.strip() for part in group.split(","))):
+            if label not in all_labels:
+                problems.append(f"{where}: no deskmail metric has a label {label}")
+    return problems
+
+
+def _recorded() -> set[str]:
+    return {r["record"] for r in _rules() if "record" in r}
+
+
+def test_rules_use_only_exported_metrics_and_labels() -> None:
+    recorded = _recorded()
+    problems = []
+    for rule in _rules():
+        problems += _check_promql(rule["expr"], str(rule.get("alert") or rule.get("record")), recorded)
+    for name in recorded:
+        # level:metric:operations, the metric without its _total/_bucket suffix
+        metric = name.split(":")[1]
+        if not any(metric + suffix in _exported() for suffix in ("", "_total", "_bucket")):
+            problems.append(f"recording rule {name}: {metric} is not a deskmail metric")
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------- Grafana dashboard
+
+
+@functools.cache
+def _dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def _panels() -> list[dict[str, Any]]:
+    panels = []
+    for panel in _dashboard()["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))  # collapsed rows keep their panels inside
+    return panels
+
+
+def _targets() -> list[tuple[str, dict[str, Any]]]:
+    return [(p["title"], t) for p in _panels() for t in p.get("targets", [])]
+
+
+def test_dashboard_structure() -> None:
+    dashboard = _dashboard()
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    rows = [p["title"] for p in _panels() if p["type"] == "row"]
+    assert rows == ["Intake", "Pipeline", "Outcomes"]
+    ids = [p["id"] for p in _panels()]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in _panels():
+        if panel["type"] == "row":
+            continue
+        assert panel.get("targets"), f"panel {panel['title']} has no query"
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, f"panel {panel['title']} is wider than the dashboard"
+    cells = set()
+    for panel in _panels():
+        pos = panel["gridPos"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"panel {panel['title']} overlaps another"
+                cells.add((x, y))
+
+
+def test_dashboard_uses_only_exported_metrics_and_labels() -> None:
+    problems = []
+    used: set[str] = set()
+    for title, target in _targets():
+        expr = target["expr"]
+        problems += _check_promql(expr, f"panel {title!r}", set())
+        used |= set(_IDENT.findall(_VARIABLE.sub("", expr)))
+        grouped = {label.strip() for group in _GROUPING.findall(expr) for label in group.split(",")}
+        for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")):
+            if label not in grouped:
+                problems.append(f"panel {title!r}: legend uses {label}, which the query aggregates away")
+    for variable in _dashboard()["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+            match = re.fullmatch(r"label_values\((\w+)(?:\{.*\})?,\s*(\w+)\)", query)
+            assert match, f"variable {variable['name']}: {query}"
+            metric, label = match.groups()
+            if metric not in _exported():
+                problems.append(f"variable {variable['name']}: {metric} is not exported")
+            elif label not in _exported()[metric] | TARGET_LABELS:
+                problems.append(f"variable {variable['name']}: {metric} has no label {label}")
+    assert not problems, "\n".join(problems)
+    wanted = {
+        "deskmail_fetcher_messages_total", "deskmail_fetcher_mailbox_up", "deskmail_fetcher_bytes_total",
+        "deskmail_bus_records_processed_total", "deskmail_bus_batch_seconds_bucket",
+        "deskmail_bus_consumer_lag_records", "deskmail_bus_retries_total", "deskmail_bus_deadletters_total",
+        "deskmail_router_commands_total", "deskmail_router_rejections_total",
+        "deskmail_ticketer_commands_applied_total", "deskmail_ticketer_apply_seconds_bucket",
+    }
+    assert wanted - used == set(), "the dashboard lost a panel"
+
+
+def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
+    """promtool parses every panel query (variables filled in as Grafana would)."""
+    values = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
+    rules = []
+    for index, (title, target) in enumerate(_targets()):
+        expr = target["expr"]
+        for variable, value in values.items():
+            expr = expr.replace(variable, value)
+        expr = _VARIABLE.sub(".*", expr)
+        rules.append({"record": f"dashboard:panel_{index}:query", "expr": expr, "labels": {"panel": title}})
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
+    done = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
