@@ -44,6 +44,7 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("imapclient").setLevel(logging.WARNING)  # "Connection closed" on every reconnect
 
 
 class Health:

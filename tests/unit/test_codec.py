@@ -44,14 +44,14 @@ def test_encoding_is_pinned_to_exact_bytes():
     )
 
 
-@pytest.mark.parametrize("record", ["InboundMail", "TicketCommand", "DeadLetter"])
+@pytest.mark.parametrize("record", ["InboundMail", "TicketCommand", "DeadLetter", "OutboundMail", "DeliveryEvent"])
 def test_round_trip(record):
     value = _example(record, 1)
     decoded = codec(record).decode(codec(record).encode(value))
-    assert decoded["received_at" if "received_at" in value else "time"] == datetime.fromtimestamp(
+    assert decoded[next(k for k in ("received_at", "time", "created_at") if k in value)] == datetime.fromtimestamp(
         1764400000, tz=timezone.utc)
     for key, expected in value.items():
-        if key not in ("received_at", "time"):
+        if key not in ("received_at", "time", "created_at"):
             assert decoded[key] == expected, key
 
 

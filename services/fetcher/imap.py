@@ -1,0 +1,213 @@
+"""The one place an IMAP client is built, and the fetcher's IMAP error taxonomy.
+
+``connect`` opens a session (implicit TLS, STARTTLS or plain) and logs in. Every
+failure, here or later in the session, is turned by ``classify`` into a
+``MailboxError`` whose ``reason`` comes from a closed set (it is a metric label)
+and whose message is readable and never contains the password.
+
+The rest of the fetcher talks to the session through ``MailClient``, the small
+slice of ``imapclient.IMAPClient`` it uses, so tests can swap in another client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, Protocol
+
+from imapclient import IMAPClient
+from imapclient.exceptions import CapabilityError, LoginError
+
+from services.common.config import Imap
+
+Reason = Literal["dns", "connect", "tls", "login", "select", "protocol", "timeout"]
+REASONS: tuple[Reason, ...] = ("dns", "connect", "tls", "login", "select", "protocol", "timeout")
+
+
+class MailboxError(Exception):
+    """A mailbox session failed; ``reason`` is one of ``REASONS``, ``message`` is safe to log."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason: Reason = reason
+        self.message = message
+
+
+class MailClient(Protocol):
+    """What the fetcher needs from an IMAP session (a subset of ``IMAPClient``)."""
+
+    def has_capability(self, capability: str) -> bool: ...
+    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]: ...
+    def folder_exists(self, folder: str) -> bool: ...
+    def create_folder(self, folder: str) -> Any: ...
+    def search(self, criteria: Any = "ALL", charset: str | None = None) -> list[int]: ...
+    def fetch(self, messages: Sequence[int], data: Sequence[str], modifiers: Any = None) -> dict[int, dict[bytes, Any]]: ...
+    def add_flags(self, messages: Sequence[int], flags: Sequence[str | bytes], silent: bool = False) -> Any: ...
+    def move(self, messages: Sequence[int], folder: str) -> Any: ...
+    def copy(self, messages: Sequence[int], folder: str) -> Any: ...
+    def uid_expunge(self, messages: Sequence[int]) -> Any: ...
+    def expunge(self, messages: Sequence[int] | None = None) -> Any: ...
+    def idle(self) -> Any: ...
+    def idle_check(self, timeout: float | None = None) -> list[tuple[Any, ...]]: ...
+    def idle_done(self) -> Any: ...
+    def logout(self) -> Any: ...
+    def shutdown(self) -> None: ...
+
+
+ClientFactory = Callable[[Imap, float], MailClient]
+"""Builds a logged-in session: ``connect`` in production, a fake in unit tests."""
+
+
+def tls_context(imap: Imap) -> ssl.SSLContext:
+    """Verifying context (system CAs, or ``imap.cafile``); verification off only if asked."""
+    context = ssl.create_default_context(cafile=imap.cafile)
+    if not imap.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def connect(imap: Imap, timeout: float, *, client_class: Callable[..., Any] = IMAPClient) -> MailClient:
+    """Open a session to ``imap`` and log in.
+
+    ``security``: ``ssl`` is implicit TLS on connect, ``starttls`` upgrades a plain
+    connection before login (and refuses to log in without it), ``none`` is plain.
+    Raises ``MailboxError``; the socket is closed on any failure.
+    """
+    where = f"{imap.host}:{imap.port}"
+    password = imap.password.reveal()
+    context = None
+    if imap.security != "none":
+        try:
+            context = tls_context(imap)
+        except (OSError, ssl.SSLError) as exc:
+            raise MailboxError("tls", f"cannot load the CA file {imap.cafile}: {getattr(exc, 'strerror', None) or exc}") from None
+    client: Any = None
+    stage: Reason = "connect"
+    try:
+        if imap.security == "ssl":
+            stage = "tls"  # the TLS handshake happens inside the constructor
+            client = client_class(imap.host, port=imap.port, ssl=True, ssl_context=context, timeout=timeout)
+        else:
+            client = client_class(imap.host, port=imap.port, ssl=False, timeout=timeout)
+            if imap.security == "starttls":
+                stage = "tls"
+                try:
+                    client.starttls(context)
+                except CapabilityError:
+                    raise MailboxError("tls", f"{where} does not offer STARTTLS") from None
+        stage = "login"
+        client.login(imap.login, password)
+        return client  # type: ignore[no-any-return]
+    except BaseException as exc:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+        if not isinstance(exc, Exception):
+            raise
+        error = classify(exc, where, during=stage)
+        raise MailboxError(error.reason, _scrub(error.message, password)) from None
+
+
+def classify(exc: BaseException, where: str = "", during: Reason | None = None) -> MailboxError:
+    """Map any exception of an IMAP session to a ``MailboxError`` with a reason.
+
+    ``during`` is what was being attempted (``tls`` while handshaking, ``login``
+    while logging in); it decides the reason of otherwise ambiguous errors.
+    """
+    at = f" ({where})" if where else ""
+    if isinstance(exc, MailboxError):
+        return exc
+    if isinstance(exc, socket.gaierror):
+        return MailboxError("dns", f"cannot resolve the IMAP host{at}: {exc.strerror or exc}")
+    if isinstance(exc, (ssl.SSLZeroReturnError, ssl.SSLEOFError)) and during not in ("tls", "connect"):
+        return MailboxError("connect", f"the server closed the TLS connection{at}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return MailboxError("tls", f"TLS certificate not trusted{at}: {_ssl_detail(exc)}")
+    if isinstance(exc, ssl.SSLError):
+        return MailboxError("tls", f"TLS failed{at}: {_ssl_detail(exc)}")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return MailboxError("timeout", f"no answer from the IMAP server in time{at}")
+    if isinstance(exc, OSError):
+        detail = exc.strerror or str(exc) or type(exc).__name__
+        return MailboxError("connect", f"connection to the IMAP server failed{at}: {detail}")
+    if isinstance(exc, LoginError):
+        return MailboxError("login", f"login rejected{at}: {_text(exc)}")
+    if isinstance(exc, imaplib.IMAP4.readonly):
+        return MailboxError("select", f"the folder is read-only{at}")
+    if isinstance(exc, imaplib.IMAP4.abort):
+        text = _text(exc)
+        if "socket error" in text or "EOF" in text:
+            return MailboxError("connect", f"connection to the IMAP server lost{at}: {text}")
+        return MailboxError("protocol", f"IMAP session aborted{at}: {text}")
+    if isinstance(exc, imaplib.IMAP4.error):
+        if during == "login":
+            return MailboxError("login", f"login failed{at}: {_text(exc)}")
+        return MailboxError("protocol", f"IMAP command failed{at}: {_text(exc)}")
+    if during == "tls":
+        return MailboxError("tls", f"TLS setup failed{at}: {type(exc).__name__}")
+    return MailboxError("protocol", f"unexpected IMAP failure{at}: {type(exc).__name__}: {_text(exc)}")
+
+
+# Exceptions that end a session and mean "reconnect": socket, TLS and IMAP errors.
+SESSION_ERRORS: tuple[type[Exception], ...] = (MailboxError, OSError, imaplib.IMAP4.error)
+
+
+def guarded(client: MailClient) -> MailClient:
+    """Wrap a session so that anything unexpected a client call raises (a parser
+    choking on a malformed reply, say) becomes ``MailboxError("protocol")``: a
+    misbehaving server then ends only its own session, which reconnects."""
+    return _Guarded(client)  # type: ignore[return-value]
+
+
+class _Guarded:
+    def __init__(self, client: MailClient):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except SESSION_ERRORS:
+                raise
+            except Exception as exc:
+                raise MailboxError("protocol", f"unexpected reply to {name}: {type(exc).__name__}: {_text(exc)}") from exc
+
+        return call
+
+
+def select(client: MailClient, folder: str) -> dict[bytes, Any]:
+    """SELECT ``folder`` read-write; a refused or read-only folder is reason ``select``."""
+    try:
+        return client.select_folder(folder, readonly=False)
+    except imaplib.IMAP4.readonly:
+        raise MailboxError("select", f"folder {folder!r} opened read-only; the fetcher must mark mail") from None
+    except imaplib.IMAP4.abort:
+        raise
+    except imaplib.IMAP4.error as exc:
+        raise MailboxError("select", f"cannot open folder {folder!r}: {_text(exc)}") from None
+
+
+def _ssl_detail(exc: ssl.SSLError) -> str:
+    return str(getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or _text(exc))
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc)
+    if len(text) >= 3 and text[:2] in ("b'", 'b"') and text[-1] == text[1]:
+        text = text[2:-1]  # imaplib puts the server's bytes reply in the message as a repr
+    return text[:300] if text else type(exc).__name__
+
+
+def _scrub(message: str, secrets: Iterable[str] | str) -> str:
+    for secret in [secrets] if isinstance(secrets, str) else secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message

@@ -1,0 +1,437 @@
+"""One IMAP mailbox: fetch new mail, hand it to Kafka, mark it on the server.
+
+``MailboxWorker.run`` is one reconnecting loop (the mjs/imapclient and mail_room
+shape): connect and log in, then repeat { SELECT the folder, deliver every
+unmarked message, IDLE (or sleep) until something arrives } until ``stop``. Any
+connection, login or protocol failure ends the session: it is logged with its
+reason (never the password), counted, and the worker reconnects after a backoff.
+
+Delivery contract:
+
+* A batch is marked on the server (keyword, ``\\Seen`` or moved) only after
+  ``Producer.send_all`` returned, i.e. the broker acknowledged every record of
+  it. If the broker does not (``Transient``), nothing is marked: the messages are
+  found again by the next search and retried after a backoff. A crash between
+  the ack and the mark re-delivers the batch with the same record ids
+  (``imap:<mailbox>:<uidvalidity>:<uid>``); the ticketer absorbs the duplicate.
+* Which messages are "new" is decided by the server's flags alone (the search
+  below), never by a remembered UID, so a restart or a reconnect loses nothing.
+* Messages are fetched with ``BODY.PEEK[]``, so fetching never sets ``\\Seen``.
+* Raw mail larger than ``inline_max_bytes`` goes to the blob store (claim check),
+  so no message is ever too large for Kafka; batches are also cut by total bytes
+  so memory stays bounded whatever the mail size.
+
+Mark modes (``fetcher.mark.mode``):
+
+* ``keyword`` (default): ``STORE +FLAGS ($Deskmail)``; new = ``UNKEYWORD $Deskmail
+  NOT DELETED``. People can read mail in the mailbox without hiding it from
+  deskmail. If the folder cannot store keywords permanently (``PERMANENTFLAGS``
+  without ``\\*`` or the keyword), a keyword would be forgotten at logout and every
+  message fetched again forever, so the worker falls back to ``seen`` mode for
+  that session and logs a warning naming the mailbox. Falling back keeps mail
+  flowing; stopping would turn a server limitation into an outage.
+* ``seen``: ``STORE +FLAGS (\\Seen)``; new = ``UNSEEN NOT DELETED``. Mail somebody
+  reads in the mailbox before deskmail fetches it is not ingested.
+* ``move``: ``MOVE`` to ``mark.folder`` (created if missing); without the MOVE
+  capability ``COPY`` + ``\\Deleted`` + ``UID EXPUNGE`` (plain ``EXPUNGE`` without
+  UIDPLUS). New = everything in the folder not flagged ``\\Deleted``.
+
+UIDVALIDITY: the worker remembers the last value it saw (in memory) and compares
+on every SELECT. A change is logged and counted
+(``deskmail_fetcher_uidvalidity_changes_total``) and the folder is scanned again,
+which is what the next search does anyway, since "new" is defined by flags.
+Usually the flags survive (server migration, index rebuild), so nothing is
+re-read. When they do not, every message is delivered again under new ids
+(the UIDVALIDITY is part of the id); the ticketer's uniqueness on the Message-ID
+per queue turns those into no-ops instead of duplicate tickets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from services.common import metrics
+from services.common.blobs import BlobStore
+from services.common.bus import Out, Producer
+from services.common.codec import codec
+from services.common.config import FetcherSettings, Mailbox
+from services.common.errors import Transient
+from services.common.retry import Backoff
+from services.common.runtime import Health
+from services.fetcher.imap import (
+    SESSION_ERRORS,
+    ClientFactory,
+    MailboxError,
+    MailClient,
+    classify,
+    connect,
+    guarded,
+    select,
+)
+
+log = logging.getLogger("deskmail.fetcher")
+
+STAGE = "fetcher"
+SOURCE = "imap"
+MarkMode = Literal["keyword", "seen", "move"]
+
+SEEN = b"\\Seen"
+DELETED = b"\\Deleted"
+# Upper bound of raw bytes held in memory for one batch; one larger message is a batch alone.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+# UIDs per FETCH of RFC822.SIZE (sizes plan the batches; one command line stays well under 64 KiB).
+SIZES_PER_FETCH = 1000
+# IDLE is checked in slices this long, so ``stop`` is noticed within about a second.
+IDLE_SLICE_SECONDS = 1.0
+
+
+# ---------------------------------------------------------------- pure decisions
+
+
+def search_criteria(mode: MarkMode, keyword: str) -> list[str]:
+    """The UID SEARCH that finds messages not yet delivered in ``mode``."""
+    if mode == "keyword":
+        return ["UNKEYWORD", keyword, "NOT", "DELETED"]
+    if mode == "seen":
+        return ["UNSEEN", "NOT", "DELETED"]
+    return ["NOT", "DELETED"]
+
+
+def keywords_supported(select_info: Mapping[bytes, Any], keyword: str) -> bool:
+    """Whether the selected folder keeps ``keyword`` permanently (RFC 3501 PERMANENTFLAGS)."""
+    flags = select_info.get(b"PERMANENTFLAGS")
+    if flags is None:  # no PERMANENTFLAGS response: all flags may be changed permanently
+        return True
+    names = {(f.decode("ascii", "replace") if isinstance(f, bytes) else str(f)).lower() for f in flags}
+    return "\\*" in names or keyword.lower() in names
+
+
+def plan_batches(sizes: Iterable[tuple[int, int]], batch_size: int, max_bytes: int) -> list[list[int]]:
+    """Cut ``(uid, size)`` pairs, in order, into batches of at most ``batch_size``
+    messages and ``max_bytes`` bytes (a single larger message is a batch alone)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for uid, size in sizes:
+        if current and (len(current) >= batch_size or current_bytes + size > max_bytes):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(uid)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def message_id(address: str, uidvalidity: int, uid: int) -> str:
+    return f"imap:{address}:{uidvalidity}:{uid}"
+
+
+def inbound_record(
+    address: str,
+    uidvalidity: int,
+    uid: int,
+    raw: bytes,
+    received_at: datetime,
+    blobs: BlobStore,
+    inline_max_bytes: int,
+) -> dict[str, Any]:
+    """The InboundMail record for one fetched message; large mail goes to ``blobs``.
+
+    Raises ``Transient`` when the blob store cannot take the message.
+    """
+    blob_ref = None
+    if len(raw) > inline_max_bytes:
+        try:
+            blob_ref = blobs.put(raw)
+        except OSError as exc:
+            raise Transient(f"blob store cannot take message uid {uid} of {address}: {exc}") from exc
+    return {
+        "id": message_id(address, uidvalidity, uid),
+        "mailbox": address,
+        "source": SOURCE,
+        "uidvalidity": uidvalidity,
+        "uid": uid,
+        "received_at": received_at,
+        "size": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "raw": None if blob_ref else raw,
+        "blob_ref": blob_ref,
+        "envelope_from": None,
+        "envelope_to": [],
+    }
+
+
+def announces_new_mail(responses: Sequence[tuple[Any, ...]]) -> bool:
+    """Whether IDLE responses say messages arrived (``* n EXISTS`` / ``* n RECENT``)."""
+    return any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
+
+
+def announces_bye(responses: Sequence[tuple[Any, ...]]) -> bool:
+    return any(r and r[0] == b"BYE" for r in responses)
+
+
+def _uid_range(uids: Sequence[int]) -> str:
+    """``"7"`` or ``"7:42"``: the UIDs of a batch as they appear in logs."""
+    return str(uids[0]) if len(uids) == 1 else f"{uids[0]}:{uids[-1]}"
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class MailboxWorker:
+    """The reconnecting fetch loop of one mailbox; run it in its own thread.
+
+    ``run`` returns only when ``stop`` is set (after finishing the batch in
+    flight: produced, acknowledged and marked, or left unmarked). Errors of this
+    mailbox never leave ``run``, except programming errors, which do.
+    """
+
+    def __init__(
+        self,
+        mailbox: Mailbox,
+        settings: FetcherSettings,
+        producer: Producer,
+        topic: str,
+        blobs: BlobStore,
+        stop: threading.Event,
+        health: Health,
+        client_factory: ClientFactory = connect,
+        *,
+        inline_max_bytes: int = 512 * 1024,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ):
+        if mailbox.imap is None:
+            raise ValueError(f"mailbox {mailbox.address} has no IMAP settings")
+        self.mailbox = mailbox
+        self.imap = mailbox.imap
+        self.address = mailbox.address
+        self.settings = settings
+        self.producer = producer
+        self.topic = topic
+        self.blobs = blobs
+        self.stop = stop
+        self.health = health
+        self.client_factory = client_factory
+        self.inline_max_bytes = inline_max_bytes
+        self.max_batch_bytes = max_batch_bytes
+        self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
+        self.uidvalidity: int | None = None
+        self._session_failures = 0
+        self._broker_failures = 0
+        self._warned_keywords = False
+        self._where = f"{self.imap.host}:{self.imap.port}"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        metrics.FETCHER_UP.labels(self.address).set(0)
+        while not self.stop.is_set():
+            try:
+                self._session()
+            except SESSION_ERRORS as exc:
+                self._session_failed(classify(exc, self._where))
+
+    def _session_failed(self, error: MailboxError) -> None:
+        metrics.FETCHER_UP.labels(self.address).set(0)
+        metrics.FETCHER_ERRORS.labels(self.address, error.reason).inc()
+        delay = self.backoff.delay(self._session_failures)
+        self._session_failures += 1
+        log.warning(
+            "mailbox session failed",
+            extra={"mailbox": self.address, "reason": error.reason, "error": error.message, "delay": round(delay, 2)},
+        )
+        self.stop.wait(delay)
+
+    def _session(self) -> None:
+        client = guarded(self.client_factory(self.imap, self.settings.timeout_seconds))
+        clean = False
+        try:
+            log.info("mailbox connected", extra={"mailbox": self.address, "address": self._where})
+            self._prepare(client)
+            while not self.stop.is_set():
+                try:
+                    self._cycle(client)
+                except Transient as exc:
+                    self._broker_failed(exc)
+                    continue
+                if not self.stop.is_set():
+                    self._wait_for_mail(client)
+            clean = True
+        finally:
+            self._close(client, clean)
+
+    def _broker_failed(self, exc: Transient) -> None:
+        """Nothing of the batch was marked; pause, then the next search finds it again."""
+        metrics.BUS_RETRIES.labels(STAGE).inc()
+        delay = self.backoff.delay(self._broker_failures)
+        self._broker_failures += 1
+        log.warning(
+            "delivery failed, mail left unmarked",
+            extra={"mailbox": self.address, "stage": STAGE, "topic": self.topic, "error": str(exc),
+                   "delay": round(delay, 2)},
+        )
+        self.stop.wait(delay)
+
+    def _close(self, client: MailClient, clean: bool) -> None:
+        try:
+            if clean:
+                client.logout()
+            else:
+                client.shutdown()
+        except Exception:  # the session is over either way; closing is best effort
+            try:
+                client.shutdown()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------ one pass
+
+    def _prepare(self, client: MailClient) -> None:
+        mark = self.settings.mark
+        if mark.mode == "move":
+            if mark.folder == self.imap.folder:
+                raise MailboxError("select", f"mark.folder {mark.folder!r} is the folder being fetched")
+            if not client.folder_exists(mark.folder):
+                client.create_folder(mark.folder)
+                log.info("created folder for processed mail", extra={"mailbox": self.address})
+
+    def _cycle(self, client: MailClient) -> None:
+        """SELECT, then deliver and mark every message not yet delivered, in UID order."""
+        info = select(client, self.imap.folder)
+        metrics.FETCHER_UP.labels(self.address).set(1)
+        uidvalidity = self._note_uidvalidity(info)
+        mode = self._effective_mode(info)
+        uids = sorted(int(uid) for uid in client.search(search_criteria(mode, self.settings.mark.keyword)))
+        for chunk in _chunks(uids, max(SIZES_PER_FETCH, self.settings.batch_size)):
+            sizes = client.fetch(chunk, ["RFC822.SIZE"])
+            pairs = [(uid, int(sizes[uid].get(b"RFC822.SIZE", 0))) for uid in chunk if uid in sizes]
+            for batch in plan_batches(pairs, self.settings.batch_size, self.max_batch_bytes):
+                self._deliver(client, uidvalidity, batch, mode)
+                if self.stop.is_set():
+                    return  # the batch in flight is done; the rest stays unmarked for next time
+        self._session_failures = 0
+        metrics.FETCHER_LAST_SUCCESS.labels(self.address).set(time.time())
+        self.health.tick()
+
+    def _note_uidvalidity(self, info: Mapping[bytes, Any]) -> int:
+        try:
+            value = int(info[b"UIDVALIDITY"])
+        except (KeyError, TypeError, ValueError):
+            raise MailboxError("protocol", f"SELECT of {self.imap.folder!r} returned no UIDVALIDITY") from None
+        if self.uidvalidity is not None and value != self.uidvalidity:
+            metrics.FETCHER_UIDVALIDITY_CHANGES.labels(self.address).inc()
+            log.warning(
+                "UIDVALIDITY changed, rescanning the folder",
+                extra={"mailbox": self.address, "uidvalidity": value, "error": f"was {self.uidvalidity}"},
+            )
+        self.uidvalidity = value
+        return value
+
+    def _effective_mode(self, info: Mapping[bytes, Any]) -> MarkMode:
+        mark = self.settings.mark
+        if mark.mode == "keyword" and not keywords_supported(info, mark.keyword):
+            if not self._warned_keywords:
+                log.warning(
+                    "folder cannot keep keywords; marking delivered mail \\Seen instead",
+                    extra={"mailbox": self.address, "reason": "keywords"},
+                )
+                self._warned_keywords = True
+            return "seen"
+        return mark.mode
+
+    def _deliver(self, client: MailClient, uidvalidity: int, uids: Sequence[int], mode: MarkMode) -> None:
+        """Fetch, produce, wait for the acks, and only then mark. Raises Transient before marking."""
+        fetched = client.fetch(uids, ["BODY.PEEK[]", "RFC822.SIZE"])
+        received_at = datetime.now(timezone.utc)
+        encode = codec("InboundMail").encode
+        key = self.address.encode()
+        outs: list[Out] = []
+        delivered: list[int] = []
+        size = 0
+        for uid in uids:
+            raw = fetched.get(uid, {}).get(b"BODY[]")
+            if raw is None:  # expunged between SEARCH and FETCH: nothing to deliver or mark
+                log.info("message vanished before fetch", extra={"mailbox": self.address, "uid": str(uid)})
+                continue
+            raw = bytes(raw)
+            record = inbound_record(self.address, uidvalidity, uid, raw, received_at, self.blobs,
+                                    self.inline_max_bytes)
+            outs.append(Out(self.topic, key, encode(record)))
+            delivered.append(uid)
+            size += len(raw)
+        if not outs:
+            return
+        self.producer.send_all(outs, STAGE)
+        self._broker_failures = 0
+        self._mark(client, delivered, mode)
+        metrics.FETCHER_MESSAGES.labels(self.address, SOURCE).inc(len(delivered))
+        metrics.FETCHER_BYTES.labels(self.address).inc(size)
+        log.info(
+            "delivered",
+            extra={"mailbox": self.address, "uidvalidity": uidvalidity,
+                   "uid": _uid_range(delivered), "count": len(delivered)},
+        )
+        self.health.tick()
+
+    def _mark(self, client: MailClient, uids: Sequence[int], mode: MarkMode) -> None:
+        mark = self.settings.mark
+        if mode == "keyword":
+            client.add_flags(uids, [mark.keyword.encode()], silent=True)
+        elif mode == "seen":
+            client.add_flags(uids, [SEEN], silent=True)
+        elif client.has_capability("MOVE"):
+            client.move(uids, mark.folder)
+        else:
+            client.copy(uids, mark.folder)
+            client.add_flags(uids, [DELETED], silent=True)
+            if client.has_capability("UIDPLUS"):
+                client.uid_expunge(uids)
+            else:
+                client.expunge()
+
+    # ------------------------------------------------------------ waiting
+
+    def _wait_for_mail(self, client: MailClient) -> None:
+        if self.settings.idle and client.has_capability("IDLE"):
+            self._idle(client)
+        else:
+            self.stop.wait(self.settings.poll_interval_seconds)
+
+    def _idle(self, client: MailClient) -> None:
+        """IDLE until new mail, ``stop``, or ``idle_seconds`` (then the caller rescans and re-IDLEs).
+
+        Checked in one-second slices. A slice that wakes early with nothing parsed
+        usually means the server closed the socket; ``idle_done`` then fails and
+        the session reconnects (or, if all is well, the caller just rescans).
+        """
+        client.idle()
+        deadline = time.monotonic() + self.settings.idle_seconds
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            timeout = min(IDLE_SLICE_SECONDS, remaining)
+            started = time.monotonic()
+            responses = client.idle_check(timeout=timeout)
+            self.health.tick()
+            if announces_bye(responses):
+                raise MailboxError("connect", f"the server ended the session during IDLE ({self._where})")
+            if responses:  # any answer, keep-alives included, shows the session is alive
+                metrics.FETCHER_LAST_SUCCESS.labels(self.address).set(time.time())
+            if announces_new_mail(responses):
+                break
+            if not responses and time.monotonic() - started < timeout / 2:
+                break
+        client.idle_done()
