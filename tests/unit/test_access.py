@@ -1,0 +1,48 @@
+"""Who may open tickets by mail where (pure decision)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from services.common.config import parse_text
+from services.router.access import decide
+
+CONFIG = parse_text(textwrap.dedent("""\
+    organization:
+      members:
+        - {email: alice@example.com, groups: [support]}
+        - {email: bob@example.com}
+        - {email: carl@example.com, groups: [sales]}
+    queues:
+      - key: SUPPORT
+        access: [group:support, bob@example.com]
+        mailboxes:
+          - {address: support@example.com, ingress: true, accept_external: true}
+          - {address: internal@example.com, ingress: true, accept_external: false}
+      - key: OPEN
+        mailboxes:
+          - {address: open@example.com, ingress: true}
+    """))
+
+
+@pytest.mark.parametrize(
+    ("mailbox", "sender", "allowed", "member", "reason"),
+    [
+        ("support@example.com", "alice@example.com", True, True, None),       # by group
+        ("support@example.com", "BOB@example.com", True, True, None),         # by address, any case
+        ("support@example.com", "carl@example.com", False, True, "no_queue_access"),  # member without access
+        ("support@example.com", "eve@customer.test", True, False, None),      # outsider, external accepted
+        ("internal@example.com", "eve@customer.test", False, False, "external_not_accepted"),
+        ("internal@example.com", "alice@example.com", True, True, None),
+        ("internal@example.com", "carl@example.com", False, True, "no_queue_access"),
+        ("open@example.com", "carl@example.com", True, True, None),           # empty access: every member
+        ("open@example.com", "eve@customer.test", False, False, "external_not_accepted"),
+    ],
+)
+def test_decide(mailbox, sender, allowed, member, reason):
+    decision = decide(CONFIG, CONFIG.mailbox(mailbox), sender.lower())
+    assert (decision.allowed, decision.member, decision.reason) == (allowed, member, reason)
+    if not allowed:
+        assert sender.lower() in decision.detail
