@@ -142,7 +142,7 @@ class Kafka:
             described = admin.describe_topics([topic])
             if not described or described[0].get("error_code", 0):
                 raise ValueError(f"topic {topic} does not exist")
-            partitions = [p["partition"] for p in described[0]["partitions"]]
+            partitions = [p["partition_index"] for p in described[0]["partitions"]]
             spec = OffsetSpec.EARLIEST if to is None else to
             result = admin.reset_group_offsets(group, {TopicPartition(topic, p): spec for p in partitions})
         finally:
@@ -150,15 +150,12 @@ class Kafka:
         return {tp.partition: _offset_of(value) for tp, value in result.items()}
 
 
-def _offset_of(value: Any) -> int:
-    if isinstance(value, OffsetAndMetadata):
-        return int(value.offset)
-    if isinstance(value, tuple) and value and isinstance(value[0], int):
-        return int(value[0])
-    offset = getattr(value, "offset", value)
-    if isinstance(offset, BaseException):
-        raise offset
-    return int(offset)
+def _offset_of(result: dict[str, Any]) -> int:
+    """One partition's answer from reset_group_offsets: {'error': class, 'offset': int}."""
+    error = result.get("error")
+    if error is not None and getattr(error, "errno", 0):
+        raise error()
+    return int(result["offset"])
 
 
 class Producer:
