@@ -13,7 +13,7 @@ from services.common import config as config_mod
 from services.common.config import Config, ConfigError
 
 log = logging.getLogger("deskmail")
-SERVICES = ("fetcher", "router", "ticketer")
+SERVICES = ("fetcher", "router", "ticketer", "sender", "api")
 
 
 def _load(path: str | None) -> Config:
@@ -139,10 +139,16 @@ def run(service: str, config_path: str | None, bootstrap: str | None, metrics_po
     cfg = _load(config_path)
     stop = stop_on_signals()
     health = Health()
+    servers = _bootstrap(bootstrap)
+    if service == "api":  # the web server serves /metrics, /healthz and /readyz itself
+        from services.api.app import run_api
+
+        run_api(cfg, stop, health, servers, port=metrics_port)
+        log.info("stopped", extra={"stage": service})
+        return
     port = metrics_port if metrics_port is not None else cfg.metrics.ports.get(service, DEFAULT_PORTS[service])
     server = serve_http(cfg.metrics.host, port, health)
     log.info("started", extra={"stage": service, "url": f"http://{cfg.metrics.host}:{server.server_port}/metrics"})
-    servers = _bootstrap(bootstrap)
     if service == "fetcher":
         from services.fetcher.runner import run_fetcher
 
@@ -155,6 +161,10 @@ def run(service: str, config_path: str | None, bootstrap: str | None, metrics_po
         from services.ticketer.runner import run_ticketer
 
         run_ticketer(cfg, stop, health, servers)
+    elif service == "sender":
+        from services.sender.runner import run_sender
+
+        run_sender(cfg, stop, health, servers)
     server.shutdown()
     log.info("stopped", extra={"stage": service})
 
@@ -226,6 +236,18 @@ def tickets_list(config_path: str | None, queue: str | None, limit: int, as_json
     if not as_json and not tickets:
         click.echo("no tickets", err=True)
 
+
+def _register_service_commands() -> None:
+    """Command groups that live with their service."""
+    from services.api.cli import tickets_extra
+    from services.sender.cli import mailbox
+
+    main.add_command(mailbox)
+    for command in tickets_extra.commands.values():
+        tickets_group.add_command(command)
+
+
+_register_service_commands()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -137,6 +137,18 @@ class FetcherSettings(_Model):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
+class SenderSettings(_Model):
+    retry_initial_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(60.0, gt=0)
+    give_up_after_seconds: float = Field(240.0, gt=0)  # then the mail is failed; below max.poll.interval
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class ApiSettings(_Model):
+    listen: str = "127.0.0.1:8080"
+    user_header: str | None = None  # e.g. X-Forwarded-Email, set by an authenticating proxy
+
+
 class BlobSettings(_Model):
     path: str | None = None
     inline_max_bytes: int = Field(512 * 1024, ge=0)
@@ -245,6 +257,8 @@ class ConfigModel(_Model):
     blobs: BlobSettings = BlobSettings()
     ingress: IngressSettings = IngressSettings()
     fetcher: FetcherSettings = FetcherSettings()
+    sender: SenderSettings = SenderSettings()
+    api: ApiSettings = ApiSettings()
     metrics: MetricsSettings = MetricsSettings()
     organization: Organization = Organization()
     queues: tuple[QueueModel, ...] = ()
@@ -311,6 +325,8 @@ class Config:
     blobs: BlobSettings
     ingress: IngressSettings
     fetcher: FetcherSettings
+    sender: SenderSettings
+    api: ApiSettings
     metrics: MetricsSettings
     organization: Organization
     queues: tuple[Queue, ...]
@@ -507,6 +523,8 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         blobs=model.blobs,
         ingress=model.ingress,
         fetcher=model.fetcher,
+        sender=model.sender,
+        api=model.api,
         metrics=model.metrics,
         organization=model.organization,
         queues=tuple(queues),

@@ -56,8 +56,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="deskmail-bench-"))
     rng = random.Random(7)
     with LocalBroker() as broker, DovecotServer() as dovecot:
-        broker.start()
-        dovecot.start()
         address = "bench@example.com"
         dovecot.add_user(address, "pw")
         raws, mids = [], []
@@ -110,8 +108,21 @@ def main() -> None:
         def applied() -> float:
             return stack.metric("ticketer", "deskmail_ticketer_commands_applied_total")
 
-        wait_for(lambda: applied() >= args.n, 1800, f"{args.n} commands applied", interval=0.25)
-        elapsed = time.perf_counter() - started
+        stages = {
+            "fetcher": lambda: stack.metric("fetcher", "deskmail_fetcher_messages_total"),
+            "router": lambda: stack.metric("router", "deskmail_router_commands_total"),
+            "ticketer": applied,
+        }
+        finished: dict[str, float] = {}
+        while len(finished) < len(stages):
+            for name, count in stages.items():
+                if name not in finished and count() >= args.n:
+                    finished[name] = time.perf_counter() - started
+            time.sleep(0.1)
+            if time.perf_counter() - started > 1800:
+                raise SystemExit(f"timed out; finished: {finished}")
+        elapsed = finished["ticketer"]
+        print("stage done after: " + ", ".join(f"{k} {v:.1f} s" for k, v in finished.items()))
         tickets = store.count_tickets()
         print(f"end to end: {args.n} mails in {elapsed:.1f} s = {args.n / elapsed:,.0f} mails/s "
               f"({tickets} tickets, {args.n - tickets} comments, db {args.db})")
