@@ -1,0 +1,108 @@
+"""The router's decision for one mail: queue defaults, access, classification, threading."""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+from datetime import datetime, timezone
+
+import pytest
+
+from services.common.config import parse_text
+from services.router.route import UnknownMailbox, route
+
+CONFIG = parse_text(textwrap.dedent("""\
+    organization:
+      members:
+        - {email: alice@example.com, name: Alice, groups: [support]}
+    queues:
+      - key: SUPPORT
+        access: [group:support]
+        mailboxes:
+          - address: support@example.com
+            accept_external: true
+            ingress: true
+            ticket: {type: question, components: [billing, web]}
+      - key: OPS
+        access: [group:support]
+        mailboxes:
+          - {address: ops@example.com, ingress: true, ticket: {type: task}}
+    """))
+
+
+def _inbound(raw: bytes, mailbox: str = "support@example.com") -> dict:
+    return {"id": "imap:x:1:7", "mailbox": mailbox, "source": "imap", "uidvalidity": 1, "uid": 7,
+            "received_at": datetime(2026, 11, 1, tzinfo=timezone.utc), "size": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(), "raw": raw, "blob_ref": None}
+
+
+def _mail(sender: str = "Carol <carol@customer.test>", to: str = "support@example.com", extra: str = "",
+          subject: str = "Invoice missing", body: str = "Where is it?") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nCc: Dan <dan@customer.test>, support@example.com\r\n"
+            f"Subject: {subject}\r\nMessage-ID: <m1@customer.test>\r\n{extra}\r\n{body}\r\n").encode()
+
+
+def test_new_mail_gets_the_address_defaults():
+    routed = route(_inbound(_mail()), _mail(), CONFIG)
+    c = routed.command
+    assert (c["action"], c["classification"], c["queue"], c["ticket_type"], c["components"]) == (
+        "create", "new", "SUPPORT", "question", ["billing", "web"])
+    assert c["author"] == {"email": "carol@customer.test", "name": "Carol", "member": False}
+    # deskmail's own address and the author are not participants
+    assert c["participants"] == [{"email": "dan@customer.test", "name": "Dan", "member": False}]
+    assert (c["message_id"], c["thread_key"], routed.key) == ("m1@customer.test", "m1@customer.test", b"m1@customer.test")
+    assert (c["source_uidvalidity"], c["source_uid"], c["reason"]) == (1, 7, None)
+
+
+def test_reply_is_keyed_by_the_thread_root():
+    raw = _mail(extra="In-Reply-To: <m0@example.com>\r\nReferences: <root@customer.test> <m0@example.com>\r\n")
+    c = route(_inbound(raw), raw, CONFIG).command
+    assert (c["action"], c["classification"], c["thread_key"]) == ("comment", "reply", "root@customer.test")
+
+
+def test_ticket_key_in_subject_makes_a_reply():
+    raw = _mail(subject="RE: [support-12] Invoice missing")
+    c = route(_inbound(raw), raw, CONFIG).command
+    assert (c["action"], c["ticket_key_hint"]) == ("comment", "SUPPORT-12")
+
+
+def test_outsider_on_members_only_address_is_rejected_with_reason():
+    raw = _mail(to="ops@example.com")
+    routed = route(_inbound(raw, "ops@example.com"), raw, CONFIG)
+    assert routed.action == "reject" and routed.attachments == []
+    assert routed.command["reason"].startswith("external_not_accepted: carol@customer.test is not")
+
+
+def test_member_with_access_is_accepted_on_members_only_address():
+    raw = _mail(sender="alice@example.com", to="ops@example.com")
+    c = route(_inbound(raw, "ops@example.com"), raw, CONFIG).command
+    assert (c["action"], c["queue"], c["ticket_type"], c["author"]["member"]) == ("create", "OPS", "task", True)
+
+
+def test_auto_reply_without_thread_opens_no_ticket():
+    raw = _mail(extra="Auto-Submitted: auto-replied\r\n", subject="Out of office")
+    c = route(_inbound(raw), raw, CONFIG).command
+    assert (c["action"], c["classification"]) == ("reject", "auto_reply")
+
+
+def test_auto_reply_in_a_thread_is_a_comment():
+    raw = _mail(extra="Auto-Submitted: auto-replied\r\nIn-Reply-To: <out@example.com>\r\n")
+    c = route(_inbound(raw), raw, CONFIG).command
+    assert (c["action"], c["classification"]) == ("comment", "auto_reply")
+
+
+def test_mail_from_own_address_is_a_loop():
+    raw = _mail(sender="support@example.com")
+    c = route(_inbound(raw), raw, CONFIG).command
+    assert c["action"] == "reject" and c["reason"].startswith("loop:")
+
+
+def test_missing_message_id_is_synthesized_from_content():
+    raw = _mail().replace(b"Message-ID: <m1@customer.test>\r\n", b"")
+    c = route(_inbound(raw), raw, CONFIG).command
+    assert c["message_id"] == hashlib.sha256(raw).hexdigest() + "@deskmail.invalid"
+
+
+def test_unknown_mailbox():
+    with pytest.raises(UnknownMailbox, match="nobody@example.com is not in the configuration"):
+        route(_inbound(_mail(), "nobody@example.com"), _mail(), CONFIG)
