@@ -153,7 +153,7 @@ class Kafka:
 def _offset_of(result: dict[str, Any]) -> int:
     """One partition's answer from reset_group_offsets: {'error': class, 'offset': int}."""
     error = result.get("error")
-    if error is not None and getattr(error, "errno", 0):
+    if error is not None and int(getattr(error, "errno", 0)):
         raise error()
     return int(result["offset"])
 

@@ -516,7 +516,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         path=path,
         kafka=model.kafka,
         kafka_password=kafka_password,
-        topics={**TOPIC_NAMES, **model.kafka.topics},
+        topics={**TOPIC_NAMES, **{str(k): v for k, v in model.kafka.topics.items()}},
         database_url=model.database.url or f"sqlite:///{data_dir / 'deskmail.db'}",
         data_dir=data_dir,
         blob_path=blob_path,
