@@ -174,12 +174,25 @@ def run(service: str, config_path: str | None, bootstrap: str | None, metrics_po
 
 @main.command("up")
 @config_option
-def up(config_path: str | None) -> None:
-    """Run the whole stack on this machine (local broker and SQLite unless configured)."""
-    from services.local import run_stack
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default="deskmail-data", show_default=True,
+              help="Without --config: the folder for the demo configuration, database, logs and sent mail.")
+@click.option("--demo-ports-base", type=click.IntRange(1024, 65528), envvar="DESKMAIL_DEMO_PORTS_BASE", default=None,
+              help="Without --config: use ports N..N+6 (ingress, mail sink, web, then the fetcher, router, ticketer "
+                   "and sender metrics) instead of 2525, 2526, 8080 and 9101-9104. Or DESKMAIL_DEMO_PORTS_BASE.")
+def up(config_path: str | None, data_dir: str, demo_ports_base: int | None) -> None:
+    """Run the whole stack on this machine (local broker and SQLite unless configured).
 
-    cfg = _load(config_path)
-    raise SystemExit(run_stack(cfg))
+    Without --config (and DESKMAIL_CONFIG) it runs a ready demo: it writes a demo
+    configuration into --data (once; later runs reuse it), with an own-domain
+    address served by the SMTP ingress and a local mail sink for outgoing mail.
+    """
+    from pathlib import Path
+
+    from services.local import run_demo, run_stack
+
+    if config_path is None:
+        raise SystemExit(run_demo(Path(data_dir), demo_ports_base))
+    raise SystemExit(run_stack(_load(config_path)))
 
 
 # ------------------------------------------------------------------ db

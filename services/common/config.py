@@ -116,7 +116,16 @@ class DatabaseSettings(_Model):
 
 class IngressSettings(_Model):
     listen: str = "127.0.0.1:2525"
+    lmtp_listen: str | None = None  # LMTP for an MTA's final delivery (Postfix `lmtp:inet:HOST:PORT`); off when unset
     max_message_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key, the ingress offers STARTTLS
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "IngressSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("ingress TLS needs both tls_cert and tls_key")
+        return self
 
 
 class MarkSettings(_Model):

@@ -1,4 +1,5 @@
-"""The fetcher process: one ``MailboxWorker`` thread per IMAP mailbox, one shared producer.
+"""The fetcher process: one ``MailboxWorker`` thread per IMAP mailbox, the SMTP/LMTP
+ingress for own-domain addresses, one shared producer.
 
 Mailboxes are isolated: each worker handles its own connection, login and
 protocol errors and reconnects on its own. A worker that dies of anything else
@@ -17,6 +18,7 @@ from services.common.blobs import BlobStore, FolderBlobStore
 from services.common.bus import Kafka, Producer
 from services.common.config import Config
 from services.common.runtime import Health
+from services.fetcher.ingress import build_ingress
 from services.fetcher.worker import MailboxWorker
 
 log = logging.getLogger("deskmail.fetcher")
@@ -45,7 +47,7 @@ def run_fetcher(
     blobs = FolderBlobStore(config.blob_path)
     halt = threading.Event()  # our own signal to the workers: stop requested, or a worker crashed
     crashed: list[tuple[str, BaseException]] = []
-    inline_max = max(0, min(config.blobs.inline_max_bytes, config.kafka.max_message_bytes - RECORD_OVERHEAD_BYTES))
+    inline_max = inline_max_bytes(config)
     workers = [
         MailboxWorker(mailbox, config.fetcher, producer, config.topics["inbound"], blobs, halt, health,
                       inline_max_bytes=inline_max)
@@ -90,21 +92,28 @@ def start_ingress(
     blobs: BlobStore,
     stop: threading.Event,
 ) -> Callable[[], None] | None:
-    """Hook: start the SMTP/LMTP ingress for own-domain addresses here.
+    """Start the SMTP/LMTP ingress for the ``ingress: true`` mailboxes, if there are any.
 
-    The ingress (``ingress.listen``; mailboxes with ``ingress: true``) will run
-    next to the IMAP workers, write InboundMail records with source ``smtp`` to
-    the same topic through the same producer and blob store, answer 250 only
-    after the broker acknowledged, and return a function that stops it. It is
-    not built yet, so this returns None.
+    It listens on ``ingress.listen`` (and ``ingress.lmtp_listen``), writes
+    InboundMail records with source ``smtp`` through the same producer and blob
+    store, and answers 250 only after the broker acknowledged. Returns the
+    function that stops it (``stop`` is not watched: the runner calls that
+    function on shutdown). Raises ``RuntimeError`` when a port cannot be bound.
     """
-    addresses = [m.address for m in config.mailboxes if m.ingress]
-    if addresses:
-        log.warning(
-            "ingress addresses are configured but the SMTP/LMTP ingress is not available yet",
-            extra={"stage": "fetcher", "count": len(addresses), "address": config.ingress.listen},
-        )
-    return None
+    ingress = build_ingress(config, producer, blobs, inline_max_bytes(config))
+    if ingress is None:
+        return None
+    try:
+        ingress.start()
+    except OSError as exc:
+        where = ", ".join(f"{item.host}:{item.port} ({item.protocol})" for item in ingress.listeners)
+        raise RuntimeError(f"the ingress cannot listen on {where}: {exc.strerror or exc}") from exc
+    return ingress.stop
+
+
+def inline_max_bytes(config: Config) -> int:
+    """Raw mail up to this size travels inside the record; larger goes to the blob store."""
+    return max(0, min(config.blobs.inline_max_bytes, config.kafka.max_message_bytes - RECORD_OVERHEAD_BYTES))
 
 
 def _guarded(worker: MailboxWorker, crashed: list[tuple[str, BaseException]]) -> None:

@@ -1,0 +1,316 @@
+"""The SMTP/LMTP ingress against the real (Tansu) broker, driven by smtplib."""
+
+from __future__ import annotations
+
+import hashlib
+import smtplib
+import ssl
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer
+from prometheus_client import REGISTRY
+
+from services.common.blobs import FolderBlobStore
+from services.common.bus import Kafka, Producer
+from services.common.codec import codec
+from services.common.config import Config, parse_text
+from services.fetcher.ingress import IngressServer, build_ingress, parse_listen
+from services.fetcher.runner import inline_max_bytes, start_ingress
+from services.localbroker import LocalBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+Unique = Callable[[str], str]
+
+
+def mail(n: int, to: str, size: int = 0) -> bytes:
+    """A message with CRLF line ends, 8-bit UTF-8 and a line that starts with a dot."""
+    head = (f"From: Customer {n} <c{n}@customer.test>\r\nTo: <{to}>\r\nSubject: question {n}\r\n"
+            f"Message-ID: <ingress-{n}-{time.time_ns()}@customer.test>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n").encode()
+    body = f"Hello {n}, Привет.\r\n.a line with a leading dot\r\n..two dots\r\n".encode()
+    if size > len(head) + len(body):
+        body += (b"x" * 76 + b"\r\n") * ((size - len(head) - len(body)) // 78)
+    return head + body
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def records(config: Config, bootstrap: str, expect: int, timeout: float = 10.0) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every InboundMail on the config's inbound topic, once ``expect`` arrived (or the timeout)."""
+    consumer = KafkaConsumer(config.topics["inbound"], bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=1000)
+    found: list[tuple[bytes, dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < expect and time.monotonic() < deadline:
+            for record in consumer:
+                found.append((record.key, codec("InboundMail").decode(record.value)))
+        return found
+    finally:
+        consumer.close()
+
+
+class Ingress:
+    """One ingress (through the runner's ``start_ingress``) with its own topics and producer."""
+
+    def __init__(self, config: Config, bootstrap: str):
+        self.config = config
+        self.bootstrap = bootstrap
+        self.producer: Producer = Kafka(config, [bootstrap]).producer()
+        self.blobs = FolderBlobStore(config.blob_path)
+        self.host, self.port = parse_listen(config.ingress.listen)
+        self._stop: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        self._stop = start_ingress(self.config, self.producer, self.blobs, threading.Event())
+        assert self._stop is not None
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop()
+            self._stop = None
+        self.producer.close(timeout=2)
+
+    def smtp(self) -> smtplib.SMTP:
+        return smtplib.SMTP(self.host, self.port, timeout=60)
+
+    def records(self, expect: int, timeout: float = 10.0) -> list[tuple[bytes, dict[str, Any]]]:
+        return records(self.config, self.bootstrap, expect, timeout)
+
+
+def config_text(unique: Unique, data: Path, port: int, extra: str = "", ingress: str = "") -> tuple[str, str, str]:
+    support = f"{unique('support')}@example.com".lower()
+    orders = f"{unique('orders')}@example.com".lower()
+    topics = {k: unique(k) for k in ("inbound", "commands", "outbound", "events", "deadletter")}
+    ingress_lines = "".join(f"  {line}\n" for line in ingress.splitlines())
+    text = textwrap.dedent(f"""\
+        kafka:
+          partitions: 1
+          topics: {{inbound: {topics["inbound"]}, commands: {topics["commands"]}, outbound: {topics["outbound"]},
+                   events: {topics["events"]}, deadletter: {topics["deadletter"]}}}
+        data_dir: {data}
+        queues:
+          - key: SUPPORT
+            access: [everyone]
+            mailboxes:
+              - {{address: {support}, ingress: true, accept_external: true}}
+              - {{address: {orders}, ingress: true}}
+              - address: imap-only@example.com
+                imap: {{host: imap.invalid, password: {{env: HOME}}}}
+        ingress:
+          listen: 127.0.0.1:{port}
+        """) + ingress_lines + extra + "\n"
+    return text, support, orders
+
+
+@pytest.fixture
+def ingress(broker: LocalBroker, unique: Unique, tmp_path: Path) -> Iterator[Callable[..., tuple[Ingress, str, str]]]:
+    started: list[Ingress] = []
+
+    def make(ingress_yaml: str = "", extra: str = "") -> tuple[Ingress, str, str]:
+        text, support, orders = config_text(unique, tmp_path / "data", free_port(), extra, ingress_yaml)
+        config = parse_text(text, str(tmp_path / "deskmail.yaml"))
+        Kafka(config, [broker.bootstrap]).create_topics()
+        server = Ingress(config, broker.bootstrap)
+        server.start()
+        started.append(server)
+        return server, support, orders
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+# ---------------------------------------------------------------- SMTP
+
+
+def test_mail_for_an_ingress_address_is_on_the_topic_with_the_exact_bytes_when_250_comes(ingress):
+    server, support, orders = ingress()
+    raw = mail(1, support)
+    accepted = metric("deskmail_fetcher_ingress_sessions_total", outcome="accepted")
+    with server.smtp() as client:
+        client.ehlo("mta.customer.test")
+        assert client.mail("bounce-1@customer.test")[0] == 250
+        assert client.rcpt(support.upper())[0] == 250  # addresses are matched case-insensitively
+        code, reply = client.data(raw)
+    assert code == 250, reply
+    found = server.records(1, timeout=5)  # already acknowledged: no waiting for it to arrive
+    assert len(found) == 1
+    key, record = found[0]
+    sha = hashlib.sha256(raw).hexdigest()
+    assert key == support.encode()
+    assert record["raw"] == raw
+    assert record["id"] == f"smtp:{support}:{sha}"
+    assert (record["source"], record["uidvalidity"], record["uid"]) == ("smtp", 0, 0)
+    assert (record["size"], record["sha256"], record["blob_ref"]) == (len(raw), sha, None)
+    assert record["mailbox"] == support
+    assert record["envelope_from"] == "bounce-1@customer.test"
+    assert record["envelope_to"] == [support.upper()]
+    assert metric("deskmail_fetcher_ingress_sessions_total", outcome="accepted") == accepted + 1
+    assert metric("deskmail_fetcher_messages_total", mailbox=support, source="smtp") == 1
+
+
+def test_one_record_per_accepted_mailbox_and_a_bounce_keeps_its_null_sender(ingress):
+    server, support, orders = ingress()
+    raw = mail(2, support)
+    with server.smtp() as client:
+        refused = client.sendmail("<>", [support, orders, f"Other-{orders}"], raw)
+    assert set(refused) == {f"Other-{orders}"} and refused[f"Other-{orders}"][0] == 550
+    found = server.records(2)
+    assert sorted(key for key, _ in found) == sorted([support.encode(), orders.encode()])
+    assert {r["raw"] for _, r in found} == {raw}
+    assert {r["envelope_from"] for _, r in found} == {""}
+    assert {r["id"] for _, r in found} == {f"smtp:{m}:{hashlib.sha256(raw).hexdigest()}" for m in (support, orders)}
+
+
+def test_an_address_that_is_not_an_ingress_mailbox_is_refused_with_550(ingress):
+    server, support, _ = ingress()
+    refused = metric("deskmail_fetcher_ingress_sessions_total", outcome="unknown_recipient")
+    with server.smtp() as client:
+        client.ehlo()
+        client.mail("c@customer.test")
+        for address in ("nobody@example.com", "imap-only@example.com", "relay@elsewhere.test"):
+            code, reply = client.rcpt(address)
+            assert code == 550 and reply.startswith(b"5.1.1"), (address, code, reply)
+        client.rset()
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refusal:
+            client.sendmail("c@customer.test", ["nobody@example.com"], mail(3, "nobody@example.com"))
+    assert refusal.value.recipients["nobody@example.com"][0] == 550
+    assert metric("deskmail_fetcher_ingress_sessions_total", outcome="unknown_recipient") == refused + 4
+    assert server.records(1, timeout=2) == []
+
+
+def test_oversize_mail_is_refused_with_552_whether_announced_or_not(ingress):
+    server, support, _ = ingress(ingress_yaml="max_message_bytes: 4096")
+    too_big = metric("deskmail_fetcher_ingress_sessions_total", outcome="too_big")
+    with server.smtp() as client:
+        client.ehlo()
+        assert client.has_extn("size") and client.esmtp_features["size"] == "4096"
+        # announced with MAIL FROM ... SIZE=: refused before the data is sent
+        with pytest.raises(smtplib.SMTPSenderRefused) as refusal:
+            client.sendmail("c@customer.test", [support], mail(4, support, size=5000))
+        assert refusal.value.smtp_code == 552
+        client.rset()
+        # not announced: refused after the data
+        client.mail("c@customer.test")
+        client.rcpt(support)
+        code, reply = client.data(mail(5, support, size=5000))
+        assert code == 552 and reply.startswith(b"5.3.4"), reply
+        # the session goes on: a small mail still gets through
+        small = mail(6, support)
+        assert client.sendmail("c@customer.test", [support], small) == {}
+    assert metric("deskmail_fetcher_ingress_sessions_total", outcome="too_big") == too_big + 2
+    assert [r["raw"] for _, r in server.records(1)] == [small]
+
+
+def test_mail_above_the_inline_limit_goes_to_the_blob_store(ingress):
+    server, support, _ = ingress(extra="blobs: {inline_max_bytes: 1024}")
+    raw = mail(7, support, size=50_000)
+    with server.smtp() as client:
+        assert client.sendmail("c@customer.test", [support], raw) == {}
+    [(_, record)] = server.records(1)
+    assert record["raw"] is None and record["size"] == len(raw)
+    assert server.blobs.get(record["blob_ref"]) == raw
+
+
+def test_broker_down_answers_451_and_the_retried_mail_is_not_lost(unique, tmp_path):
+    port = free_port()
+    broker = LocalBroker(port=port, log_path=tmp_path / "broker-1.log")
+    broker.start()
+    text, support, _ = config_text(unique, tmp_path / "data", free_port())
+    config = parse_text(text, str(tmp_path / "deskmail.yaml"))
+    Kafka(config, [broker.bootstrap]).create_topics()
+    producer = Kafka(config, [broker.bootstrap]).producer()
+    server = build_ingress(config, producer, FolderBlobStore(config.blob_path), inline_max_bytes(config),
+                           ack_timeout=3.0)
+    assert isinstance(server, IngressServer)
+    server.start()
+    host, smtp_port = parse_listen(config.ingress.listen)
+    try:
+        first, second = mail(8, support), mail(9, support)
+        with smtplib.SMTP(host, smtp_port, timeout=60) as client:
+            assert client.sendmail("c@customer.test", [support], first) == {}
+        broker.stop()
+        deferred = metric("deskmail_fetcher_ingress_sessions_total", outcome="deferred")
+        started = time.monotonic()
+        with smtplib.SMTP(host, smtp_port, timeout=60) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refusal:
+                client.sendmail("c@customer.test", [support], second)
+        assert refusal.value.smtp_code == 451 and refusal.value.smtp_error.startswith(b"4.3.0")
+        assert time.monotonic() - started < 10
+        assert metric("deskmail_fetcher_ingress_sessions_total", outcome="deferred") == deferred + 1
+
+        # the broker is back (memory storage: empty, so the topics are created again); the MTA retries
+        broker = LocalBroker(port=port, log_path=tmp_path / "broker-2.log")
+        broker.start()
+        Kafka(config, [broker.bootstrap]).create_topics()
+
+        def retry() -> bool:
+            try:
+                with smtplib.SMTP(host, smtp_port, timeout=60) as client:
+                    return client.sendmail("c@customer.test", [support], second) == {}
+            except smtplib.SMTPDataError as exc:
+                assert exc.smtp_code == 451
+                return False
+
+        deadline = time.monotonic() + 60
+        while not retry():
+            assert time.monotonic() < deadline, "the ingress never accepted the mail again"
+        found = records(config, broker.bootstrap, 1)
+        assert found and {r["raw"] for _, r in found} == {second}
+        assert {r["id"] for _, r in found} == {f"smtp:{support}:{hashlib.sha256(second).hexdigest()}"}
+    finally:
+        server.stop()
+        producer.close(timeout=2)
+        broker.stop()
+
+
+# ---------------------------------------------------------------- LMTP and STARTTLS
+
+
+def test_lmtp_answers_data_once_per_recipient(ingress):
+    lmtp_port = free_port()
+    server, support, orders = ingress(ingress_yaml=f"lmtp_listen: 127.0.0.1:{lmtp_port}")
+    raw = mail(10, support)
+    with smtplib.LMTP("127.0.0.1", lmtp_port, timeout=60) as client:
+        code, _ = client.ehlo()  # smtplib.LMTP sends LHLO
+        assert code == 250
+        client.mail("c@customer.test")
+        assert client.rcpt(support)[0] == 250
+        assert client.rcpt("nobody@example.com")[0] == 550
+        assert client.rcpt(orders)[0] == 250
+        first = client.data(raw)
+        second = client.getreply()
+        assert (first[0], second[0]) == (250, 250), (first, second)
+        assert client.noop()[0] == 250  # nothing left unread: the replies were exactly two
+    found = server.records(2)
+    assert sorted(key for key, _ in found) == sorted([support.encode(), orders.encode()])
+    assert {r["raw"] for _, r in found} == {raw}
+
+
+def test_starttls_is_offered_when_a_certificate_is_configured(ingress, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server, support, _ = ingress(ingress_yaml=f"tls_cert: {cert}\ntls_key: {key}")
+    raw = mail(11, support)
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with server.smtp() as client:
+        client.ehlo()
+        assert client.has_extn("starttls")
+        client.starttls(context=context)
+        client.ehlo()
+        assert client.sendmail("c@customer.test", [support], raw) == {}
+    [(_, record)] = server.records(1)
+    assert record["raw"] == raw
