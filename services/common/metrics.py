@@ -107,3 +107,20 @@ TICKETER_APPLY_SECONDS = Histogram(
     "Time to apply one command in its own transaction.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
 )
+
+# ---- sender
+SENDER_MAILS = Counter(
+    "deskmail_sender_mails_total",
+    "Outbound mail outcomes: sent and failed are final (one per mail), retrying counts failed attempts.",
+    ["outcome"],
+)
+SENDER_SEND_SECONDS = Histogram(
+    "deskmail_sender_send_seconds",
+    "Time of one SMTP attempt, connecting and logging in included when no open session was reused.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SENDER_SMTP_ERRORS = Counter(
+    "deskmail_sender_smtp_errors_total",
+    "Failed SMTP attempts, by kind (services.sender.smtp.KINDS: connect, timeout, tls, login, recipients...).",
+    ["kind"],
+)

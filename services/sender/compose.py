@@ -1,0 +1,305 @@
+"""OutboundMail -> MIME: the sender's pure core (no I/O, no clock, no randomness).
+
+``compose`` turns one decoded OutboundMail record into an ``EmailMessage`` that is
+ready to hand to SMTP: the signature's alias as the From display name, the
+signature appended to the text (and HTML) body, the ticket key in the subject and
+in ``X-Deskmail-Ticket``, the pre-assigned Message-ID, and In-Reply-To/References
+so the customer's mail program threads the answer under their mail.
+
+Headers are 7-bit: non-ASCII names and subjects become RFC 2047 encoded-words
+(UTF-8), IDN domains become punycode. Only a recipient whose local part is not
+ASCII needs SMTPUTF8; then the message is built with ``policy.SMTPUTF8`` and
+``message.policy.utf8`` tells the SMTP side to ask for it. Bodies are UTF-8 with
+the transfer encoding the stdlib picks for 7-bit transport (quoted-printable or
+base64), so no 8BITMIME support is needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html as html_lib
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from email import policy as email_policy
+from email.header import Header
+from email.headerregistry import HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage
+from typing import Any
+
+from services.router.classify import strip_reply_prefixes
+
+__all__ = [
+    "ComposeError",
+    "as_bytes",
+    "compose",
+    "envelope_address",
+    "needs_smtputf8",
+    "new_message_id",
+    "recipients",
+    "subject_for",
+]
+
+
+class ComposeError(ValueError):
+    """The record cannot become a mail (a malformed address, a missing attachment)."""
+
+
+class _Encoded(UnstructuredHeader):
+    """A header whose value compose has already encoded; written as is, only folded.
+
+    The stdlib's own folding is not used for these: in Python 3.11 it drops the
+    space at a fold between two encoded-words of an unstructured header ("октябрь
+    не" arrives as "октябрьне"), splits display names into encoded-words that its
+    own parser then reads back with a space inside a word, and turns an
+    In-Reply-To longer than a line into an encoded-word no mail program reads as a
+    Message-ID. Here a line is folded only at a space (FWS), never inside a
+    token, and lines stay under 78 characters where the tokens allow it (RFC 5322
+    allows 998).
+    """
+
+    @classmethod
+    def parse(cls, value: str, kwds: dict[str, Any]) -> None:
+        kwds["parse_tree"] = cls.value_parser(value)
+        kwds["decoded"] = value  # keep the encoded text: it is what goes on the wire
+
+    def fold(self, *, policy: Any) -> str:  # type: ignore[override]
+        line = f"{self.name}:"  # type: ignore[attr-defined]
+        lines: list[str] = []
+        empty = True  # nothing but the header name (or the fold's space) on this line yet
+        for token in str(self).split(" "):
+            if len(line) + 1 + len(token) > 78 and not empty:
+                lines.append(line)
+                line = ""
+            line += " " + token
+            empty = False
+        lines.append(line)
+        return str(policy.linesep).join(lines) + str(policy.linesep)
+
+
+_ENCODED_HEADERS = ("from", "to", "cc", "subject", "in-reply-to", "references")
+
+
+def _registry() -> HeaderRegistry:
+    registry = HeaderRegistry()
+    for name in _ENCODED_HEADERS:
+        registry.map_to_type(name, _Encoded)  # type: ignore[arg-type]  # BaseHeader is mixed in by the registry
+    return registry
+
+
+# cte_type 7bit: set_content picks quoted-printable or base64 for UTF-8 text.
+POLICY = email_policy.SMTP.clone(header_factory=_registry(), cte_type="7bit")
+POLICY_UTF8 = email_policy.SMTPUTF8.clone(header_factory=_registry(), cte_type="7bit")
+
+# Ticket-key markers as deskmail writes them, e.g. "[SUPPORT-12]".
+_KEY_MARKER = re.compile(r"\[\s*[A-Za-z][A-Za-z0-9_]*-\d{1,18}\s*\]")
+_ID_SAFE = re.compile(r"[A-Za-z0-9_-]")
+# A local part that needs no quotes (RFC 5322 dot-atom, plus UTF-8 under SMTPUTF8).
+_LOCAL_ATOM = re.compile(r"[^\s\"(),.:;<>@\[\]\\]+(?:\.[^\s\"(),.:;<>@\[\]\\]+)*")
+
+
+def subject_for(ticket_key: str, original_subject: str) -> str:
+    """``Re: [SUPPORT-12] original``, however many Re:/AW:/Fwd: and markers it had.
+
+    Leading reply/forward prefixes and leading ticket markers are removed
+    (repeatedly: "Re: [SUPPORT-12] AW: Re: x" -> "x"); a marker of this same
+    ticket anywhere else in the subject is removed too, since it goes in front.
+    Markers of other keys inside the text are left alone: they may be the
+    customer's own order numbers.
+    """
+    key = ticket_key.strip().upper()
+    queue, _, number = key.rpartition("-")
+    own = re.compile(rf"\[\s*{re.escape(queue)}-0*{re.escape(number.lstrip('0') or '0')}\s*\]", re.IGNORECASE)
+    rest = " ".join(original_subject.split())
+    while True:
+        stripped = strip_reply_prefixes(rest)
+        marker = _KEY_MARKER.match(stripped)
+        if marker:
+            stripped = stripped[marker.end():].strip()
+        if stripped == rest:
+            break
+        rest = stripped
+    rest = " ".join(own.sub(" ", rest).split())
+    return f"Re: [{key}] {rest}" if rest else f"Re: [{key}]"
+
+
+def new_message_id(outbound_id: str, from_address: str) -> str:
+    """The Message-ID (without brackets) for an outbound mail: ``deskmail.<id>@<domain>``.
+
+    Stable for one outbound id, so a retried or re-consumed mail keeps its id and
+    receivers can drop the duplicate. Characters of the id outside
+    ``[A-Za-z0-9_-]`` are written as ``=XX`` (hex of their UTF-8 bytes), which
+    keeps the result a valid dot-atom and distinct ids distinct.
+    """
+    local = "".join(
+        c if _ID_SAFE.fullmatch(c) else "".join(f"={b:02X}" for b in c.encode("utf-8"))
+        for c in outbound_id
+    )
+    domain = _ascii_domain(from_address.rpartition("@")[2] or "deskmail.invalid")
+    return f"deskmail.{local}@{domain}"
+
+
+def envelope_address(email: str) -> str:
+    """The address as SMTP wants it: domain in punycode, local part untouched."""
+    local, at, domain = email.strip().rpartition("@")
+    if not at or not local or not domain:
+        raise ComposeError(f"{email!r} is not an email address")
+    return f"{local}@{_ascii_domain(domain)}"
+
+
+def recipients(mail: Mapping[str, Any]) -> list[str]:
+    """Envelope recipients: To then Cc, each once (case-insensitively), punycode domains."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for rcpt in [*mail["to"], *mail.get("cc", [])]:
+        address = envelope_address(rcpt["email"])
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            out.append(address)
+    return out
+
+
+def compose(mail: Mapping[str, Any], *, attachments: Mapping[str, bytes] | None = None) -> EmailMessage:
+    """Build the MIME message for one decoded OutboundMail record.
+
+    ``attachments`` maps each ``blob_ref`` of ``mail["attachments"]`` to its bytes
+    (the runner reads them from the blob store). Raises ``ComposeError`` for an
+    address that cannot be written or an attachment that was not supplied.
+    """
+    smtputf8 = any(not _local_part(r["email"]).isascii() for r in [*mail["to"], *mail.get("cc", [])]) \
+        or not _local_part(mail["from_address"]).isascii()
+    message = EmailMessage(policy=POLICY_UTF8 if smtputf8 else POLICY)
+    message["From"] = _address(mail["alias"], mail["from_address"])
+    message["To"] = ", ".join(_address(r.get("name"), r["email"]) for r in mail["to"])
+    if mail.get("cc"):
+        message["Cc"] = ", ".join(_address(r.get("name"), r["email"]) for r in mail["cc"])
+    message["Subject"] = _encode_text(" ".join(mail["subject"].split()))
+    message["Date"] = _datetime(mail["created_at"])
+    message["Message-ID"] = f"<{mail['message_id']}>"
+    if mail.get("in_reply_to"):
+        message["In-Reply-To"] = f"<{_bare(mail['in_reply_to'])}>"
+    references = [_bare(r) for r in mail.get("references") or [] if _bare(r)]
+    if references:
+        message["References"] = " ".join(f"<{r}>" for r in references)
+    if mail.get("ticket"):
+        message["X-Deskmail-Ticket"] = mail["ticket"]
+
+    signature = mail.get("signature") or ""
+    message.set_content(_text_body(mail["text"], signature), charset="utf-8")
+    if mail.get("html"):
+        message.add_alternative(_html_body(mail["html"], signature), subtype="html", charset="utf-8")
+    blobs = attachments or {}
+    for item in mail.get("attachments") or []:
+        data = blobs.get(item["blob_ref"])
+        if data is None:
+            raise ComposeError(f"attachment {item['filename']!r} ({item['blob_ref']}) was not supplied")
+        maintype, _, subtype = (item["content_type"] or "application/octet-stream").lower().partition("/")
+        if not subtype or maintype in ("multipart", "message"):
+            maintype, subtype = "application", "octet-stream"
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=item["filename"])
+    _set_boundaries(message, mail["message_id"])
+    return message
+
+
+def _set_boundaries(message: EmailMessage, seed: str) -> None:
+    """Boundaries derived from the Message-ID instead of random ones, so one record
+    always composes to the same bytes. ``=_`` cannot occur in base64 or
+    quoted-printable text, and 24 hex digits make a clash with 7-bit text moot."""
+    digest = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:24]
+    for index, part in enumerate(p for p in message.walk() if p.is_multipart()):
+        part.set_boundary(f"=_deskmail_{digest}_{index}")
+
+
+def _text_body(text: str, signature: str) -> str:
+    body = _lines(text).rstrip("\n")
+    if signature.strip():
+        body += "\n\n" + _lines(signature).strip("\n")
+    return body + "\n"
+
+
+def _html_body(html: str, signature: str) -> str:
+    if not signature.strip():
+        return html
+    lines = _lines(signature).strip("\n").split("\n")
+    block = "<p>" + "<br>\n".join(html_lib.escape(line) for line in lines) + "</p>"
+    closing = re.search(r"</body\s*>", html, re.IGNORECASE)
+    if closing:
+        return html[:closing.start()] + block + "\n" + html[closing.start():]
+    return html.rstrip("\n") + "\n" + block + "\n"
+
+
+def _lines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _address(name: str | None, email: str) -> str:
+    """``"Name" <local@domain>``: an ASCII name quoted, any other one encoded.
+
+    A non-ASCII name is one encoded-word, however long: split into several, the
+    stdlib's parser reads it back with a space where the split was, and RFC
+    2047 decoders in mail programs accept long encoded-words.
+    """
+    addr_spec = envelope_address(email)
+    local = addr_spec.rpartition("@")[0]
+    if not _LOCAL_ATOM.fullmatch(local):  # a local part that needs quoting
+        addr_spec = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"@' + addr_spec.rpartition("@")[2]
+    display = " ".join((name or "").split())
+    if not display:
+        return addr_spec
+    if display.isascii():
+        quoted = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    else:
+        quoted = "=?utf-8?b?" + base64.b64encode(display.encode("utf-8")).decode("ascii") + "?="
+    return f"{quoted} <{addr_spec}>"
+
+
+def _encode_text(text: str) -> str:
+    """An unstructured value (the subject) as RFC 2047: ASCII words before the first
+    non-ASCII one stay readable ("Re: [SUPPORT-12]"), the rest becomes UTF-8
+    encoded-words of at most 75 characters that carry their own spaces, split
+    between characters (decoders join adjacent encoded-words without a space)."""
+    if text.isascii() and "=?" not in text:
+        return text
+    words = text.split(" ")
+    plain = 0
+    while plain < len(words) and words[plain].isascii() and "=?" not in words[plain]:
+        plain += 1
+    # The first encoded-word is sized to fit the line after "Subject: " and the plain words.
+    taken = len("Subject: ") + sum(len(word) + 1 for word in words[:plain])
+    name = "x" * (taken - 2) if taken < 50 else None  # Header reserves len(name) + 2
+    encoded = Header(" ".join(words[plain:]), "utf-8", maxlinelen=78, header_name=name).encode(linesep="\n")
+    return " ".join([*words[:plain], *encoded.split("\n ")])
+
+
+def _local_part(email: str) -> str:
+    return email.strip().rpartition("@")[0]
+
+
+def _ascii_domain(domain: str) -> str:
+    domain = domain.strip().rstrip(".").lower()
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ComposeError(f"{domain!r} is not a valid domain name") from None
+
+
+def _bare(message_id: str) -> str:
+    return message_id.strip().strip("<>").strip()
+
+
+def _datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+
+
+def as_bytes(message: EmailMessage) -> bytes:
+    """The message as SMTP DATA (CRLF line ends), in the message's own policy."""
+    return message.as_bytes(policy=message.policy)
+
+
+def needs_smtputf8(message: EmailMessage) -> bool:
+    return bool(getattr(message.policy, "utf8", False))

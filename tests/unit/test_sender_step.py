@@ -1,0 +1,241 @@
+"""The sender step's decisions with a scripted SMTP pool and a fake clock (no I/O)."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from services.common.bus import Out
+from services.common.codec import codec
+from services.common.config import Config, Smtp, parse_text
+from services.common.errors import BadRecord, Transient
+from services.common.runtime import Health
+from services.sender.runner import SenderStep, blocked_recipients
+from services.sender.smtp import PermanentFailure, SendResult, TemporaryFailure
+
+
+def config(allow_outbound: bool = True, smtp: bool = True) -> Config:
+    smtp_block = textwrap.indent(textwrap.dedent("""\
+        smtp:
+          host: smtp.example.com
+          port: 587
+          security: starttls
+        signatures:
+          - {alias: Example support}
+        """), " " * 8) if smtp else ""
+    return parse_text(textwrap.dedent("""\
+        sender: {retry_initial_seconds: 1, retry_max_seconds: 8, give_up_after_seconds: 30, timeout_seconds: 2}
+        organization:
+          domains: [example.com]
+          members:
+            - {email: alice@example.com}
+        queues:
+          - key: SUPPORT
+            allow_outbound_mail: %s
+            mailboxes:
+              - address: support@example.com
+                ingress: true
+        """) % ("true" if allow_outbound else "false") + smtp_block)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Stop:
+    """A stop event whose wait() advances the fake clock instead of sleeping."""
+
+    def __init__(self, clock: Clock, stop_after: float | None = None):
+        self.clock = clock
+        self.stop_after = stop_after
+        self.waited: list[float] = []
+
+    def is_set(self) -> bool:
+        return self.stop_after is not None and sum(self.waited) >= self.stop_after
+
+    def wait(self, timeout: float) -> bool:
+        self.waited.append(timeout)
+        self.clock.now += timeout
+        return self.is_set()
+
+
+class Pool:
+    def __init__(self, script: Sequence[Any], clock: Clock, cost: float = 0.5):
+        self.script = list(script)
+        self.clock = clock
+        self.cost = cost
+        self.calls: list[tuple[Smtp, str, list[str], bytes]] = []
+
+    def send(self, smtp: Smtp, envelope_from: str, recipients: Sequence[str], message: bytes,
+             *, smtputf8: bool = False) -> SendResult:
+        self.calls.append((smtp, envelope_from, list(recipients), message))
+        self.clock.now += self.cost
+        outcome = self.script.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.sent: list[Out] = []
+
+    def send_all(self, outs: Sequence[Out], stage: str, timeout: float = 120.0) -> None:
+        self.sent.extend(outs)
+
+
+def record(**overrides: Any) -> SimpleNamespace:
+    mail: dict[str, Any] = {
+        "id": "out-1", "kind": "reply", "ticket": "SUPPORT-12", "comment_id": 3, "queue": "SUPPORT",
+        "mailbox": "support@example.com", "from_address": "support@example.com", "alias": "Example support",
+        "signature": None, "to": [{"email": "carol@customer.test", "name": "Carol"}], "cc": [],
+        "subject": "Re: [SUPPORT-12] Invoice", "text": "Here it is.", "html": None,
+        "message_id": "deskmail.out-1@example.com", "in_reply_to": None, "references": [], "attachments": [],
+        "created_at": datetime(2025, 11, 29, tzinfo=timezone.utc),
+    }
+    mail.update(overrides)
+    return SimpleNamespace(topic="outbound", partition=0, offset=7, key=b"SUPPORT-12",
+                           value=codec("OutboundMail").encode(mail))
+
+
+def events(outs: Sequence[Out]) -> list[dict[str, Any]]:
+    return [codec("DeliveryEvent").decode(o.value) for o in outs]
+
+
+def make(script: Sequence[Any], cfg: Config | None = None, stop_after: float | None = None
+         ) -> tuple[SenderStep, Pool, Producer, Stop, Clock]:
+    clock = Clock()
+    stop = Stop(clock, stop_after)
+    pool = Pool(script, clock)
+    producer = Producer()
+    step = SenderStep(cfg or config(), producer, pool, blobs=None, stop=stop, health=Health(),  # type: ignore[arg-type]
+                      clock=clock)
+    return step, pool, producer, stop, clock
+
+
+def test_sent_at_the_first_attempt() -> None:
+    step, pool, producer, _, _ = make([SendResult(250, "2.0.0 Ok: queued")])
+    outs = step.process(record())
+    assert producer.sent == []
+    [event] = events(outs)
+    assert outs[0].key == b"SUPPORT-12" and outs[0].topic == step.topic
+    assert {k: event[k] for k in ("id", "outbound_id", "ticket", "comment_id", "status", "attempt", "smtp_code",
+                                  "smtp_reply", "message_id")} == {
+        "id": "out-1:1:sent", "outbound_id": "out-1", "ticket": "SUPPORT-12", "comment_id": 3, "status": "sent",
+        "attempt": 1, "smtp_code": 250, "smtp_reply": "2.0.0 Ok: queued", "message_id": "deskmail.out-1@example.com",
+    }
+    smtp, envelope_from, rcpts, data = pool.calls[0]
+    assert (smtp.host, envelope_from, rcpts) == ("smtp.example.com", "support@example.com", ["carol@customer.test"])
+    assert b"Message-ID: <deskmail.out-1@example.com>" in data
+
+
+def test_temporary_failures_are_retried_with_a_retrying_event_each_then_sent() -> None:
+    refused = TemporaryFailure("connect", "connect", "cannot connect to smtp.example.com:587: connection refused")
+    step, pool, producer, stop, _ = make([refused, refused, SendResult(250, "ok")])
+    outs = step.process(record())
+    retrying = events(producer.sent)
+    assert [(e["id"], e["status"], e["smtp_code"], e["smtp_reply"]) for e in retrying] == [
+        ("out-1:1:retrying", "retrying", None, refused.reply),
+        ("out-1:2:retrying", "retrying", None, refused.reply),
+    ]
+    assert [(e["id"], e["attempt"]) for e in events(outs)] == [("out-1:3:sent", 3)]
+    assert len(pool.calls) == 3
+    assert 0.5 <= sum(stop.waited) <= 3  # backoff 1 s then 2 s, with jitter down to half
+
+
+def test_temporary_failures_give_up_after_the_window() -> None:
+    greylisted = TemporaryFailure("recipients", "send", "smtp.example.com refused every recipient: 451", 451)
+    step, pool, producer, stop, clock = make([greylisted] * 50)
+    started = clock.now
+    [event] = events(step.process(record()))
+    assert event["status"] == "failed" and event["smtp_code"] == 451
+    assert event["smtp_reply"].startswith(f"gave up after {event['attempt']} attempt(s) in ")
+    assert event["smtp_reply"].endswith(greylisted.reply)
+    assert clock.now - started <= 30  # the last attempt still ends inside give_up_after_seconds
+    assert clock.now - started + 8 + 2 > 30  # and no further one would have
+    assert len(producer.sent) == event["attempt"] - 1 == len(pool.calls) - 1
+    assert max(stop.waited) <= 1.0  # waits in small slices so health ticks and stop is seen
+
+
+def test_permanent_failure_fails_at_once() -> None:
+    refused = PermanentFailure("recipients", "send", "smtp.example.com refused every recipient: <x> 550 5.1.1", 550)
+    step, pool, producer, _, _ = make([refused])
+    [event] = events(step.process(record()))
+    assert (event["id"], event["status"], event["smtp_code"], event["smtp_reply"]) == \
+        ("out-1:1:failed", "failed", 550, refused.reply)
+    assert producer.sent == [] and len(pool.calls) == 1
+
+
+def test_stop_during_the_retry_wait_leaves_the_record_uncommitted() -> None:
+    down = TemporaryFailure("connect", "connect", "connection refused")
+    step, pool, producer, _, _ = make([down, SendResult(250, "ok")], stop_after=0.2)
+    with pytest.raises(Transient, match="stays uncommitted"):
+        step.process(record())
+    assert len(pool.calls) == 1 and len(events(producer.sent)) == 1
+
+
+def test_no_smtp_settings_or_unknown_mailbox_is_a_failed_event_not_a_crash() -> None:
+    step, pool, _, _, _ = make([], cfg=config(smtp=False))
+    [event] = events(step.process(record()))
+    assert event["status"] == "failed"
+    assert event["smtp_reply"] == "mailbox support@example.com has no outgoing mail (smtp:) settings"
+    [event] = events(step.process(record(mailbox="nobody@example.com")))
+    assert event["smtp_reply"] == "mailbox nobody@example.com is not configured"
+    assert pool.calls == []
+
+
+def test_outbound_mail_switch_off_blocks_non_members_and_sends_nothing() -> None:
+    step, pool, _, _, _ = make([SendResult(250, "ok")], cfg=config(allow_outbound=False))
+    [event] = events(step.process(record(cc=[{"email": "Alice@example.com", "name": None}])))
+    assert event["status"] == "failed"
+    assert event["smtp_reply"] == ("queue SUPPORT does not allow sending mail outside the organization; "
+                                   "not members: carol@customer.test")
+    assert pool.calls == []
+    [event] = events(step.process(record(to=[{"email": "alice@example.com", "name": "Alice"}])))
+    assert event["status"] == "sent"
+
+
+def test_blocked_recipients() -> None:
+    cfg = config(allow_outbound=False)
+    mailbox = cfg.mailbox("support@example.com")
+    assert mailbox is not None
+    assert blocked_recipients(cfg, mailbox, ["ALICE@example.com", "bob@example.com"]) == ["bob@example.com"]
+    open_cfg = config(allow_outbound=True)
+    open_mailbox = open_cfg.mailbox("support@example.com")
+    assert open_mailbox is not None and blocked_recipients(open_cfg, open_mailbox, ["bob@example.com"]) == []
+
+
+def test_test_mail_events_are_keyed_by_the_outbound_id() -> None:
+    step, _, _, _, _ = make([SendResult(250, "ok")])
+    [out] = step.process(record(kind="test", ticket=None, comment_id=None))
+    assert out.key == b"out-1"
+    assert events([out])[0]["ticket"] is None
+
+
+def test_undecodable_record_is_a_bad_record() -> None:
+    step, _, _, _, _ = make([])
+    with pytest.raises(BadRecord):
+        step.process(SimpleNamespace(topic="outbound", partition=0, offset=1, key=b"", value=b"not avro"))
+
+
+def test_missing_attachment_blob_is_a_failed_event() -> None:
+    class NoBlobs:
+        def get(self, ref: str) -> bytes:
+            from services.common.blobs import BlobMissing
+            raise BlobMissing(f"blob {ref} is not in /nowhere")
+
+    step, pool, _, _, _ = make([])
+    step.blobs = NoBlobs()  # type: ignore[assignment]
+    attachment = {"filename": "a.pdf", "content_type": "application/pdf", "blob_ref": "sha256:" + "0" * 64}
+    [event] = events(step.process(record(attachments=[attachment])))
+    assert event["status"] == "failed" and "is not in /nowhere" in event["smtp_reply"]
+    assert pool.calls == []
