@@ -159,3 +159,15 @@ def unique(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return unique_name(f"{prefix}-{test}", max_len=60)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, object]) -> dict[str, object]:
+    """Debian's Chromium (package chromium) for pytest-playwright's ``browser`` and
+    ``page`` fixtures; Playwright's own browser downloads are never used."""
+    return {
+        **browser_type_launch_args,
+        "executable_path": "/usr/bin/chromium",
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"],
+    }

@@ -11,16 +11,28 @@ Database errors propagate unchanged; ``sqlalchemy.exc.OperationalError``
 (connection lost, database locked) is transient and left to the caller's retry
 policy. A unique-constraint race with a concurrent ticketer is handled here by
 re-running the command once, which then sees the other side's effect.
+
+Agents' comments (``add_reply``) use the transactional outbox: the comment, its
+pre-assigned Message-ID and, for a comment that is emailed, the encoded
+OutboundMail in ``outbox`` are written in one transaction. ``relay_outbox``
+hands unrelayed rows to a publisher and marks them relayed only after it
+returned (the broker acknowledged). A crash between the ack and that commit
+relays the rows again: the same outbound id reaches the sender twice, and the
+mail may then be sent twice; only that window can duplicate a mail.
+``record_delivery`` applies the sender's DeliveryEvents to the comment.
+
+The result and request types live in ``services.ticketer.views`` and are
+re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from alembic import command as alembic_command
 from sqlalchemy import (
@@ -47,10 +59,12 @@ from services.ticketer.tables import (
     EMAIL,
     HASH,
     MESSAGE_ID,
+    OUTBOUND_ID,
     QUEUE,
     attachments,
     comments,
     messages,
+    outbox,
     participants,
     processed_commands,
     queue_counters,
@@ -58,14 +72,37 @@ from services.ticketer.tables import (
     rejections,
     tickets,
 )
+from services.ticketer.views import (
+    PENDING_STATUSES,
+    Action,
+    Applied,
+    AttachmentInfo,
+    CommentKind,
+    DeliveryStatus,
+    OutboundBuilder,
+    OutboxRecord,
+    Outcome,
+    Participant,
+    Recipient,
+    Rejection,
+    Reply,
+    Role,
+    Threading,
+    ThreadEntry,
+    TicketDetail,
+    TicketSummary,
+)
+
+__all__ = [
+    "Action", "Applied", "AttachmentInfo", "CommentKind", "DeliveryStatus", "InvalidCommand",
+    "InvalidDeliveryEvent", "InvalidReply", "OutboundBuilder", "OutboxRecord", "Outcome",
+    "Participant", "Recipient", "Rejection", "Reply", "Role", "Threading", "ThreadEntry",
+    "TicketDetail", "TicketStore", "TicketSummary", "UnknownTicket",
+]
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-Outcome = Literal["created", "commented", "duplicate", "rejected"]
-Action = Literal["create", "comment", "reject"]
-Role = Literal["author", "participant"]
-CommentKind = Literal["mail_in", "mail_out", "note"]
 
 # pg_advisory_xact_lock key serialising `migrate()` across processes ("deskmail").
 _MIGRATION_LOCK = 0x6465736B6D61696C
@@ -75,6 +112,9 @@ _SQLITE_BEGIN = "deskmail_sqlite_begin"
 # Only the newest References are searched: real threads are short, and a
 # hostile header must not turn into a huge IN list.
 _MAX_THREAD_CANDIDATES = 200
+# An outgoing mail's References: the thread's first Message-ID and the newest
+# ones, as RFC 5322 suggests for long threads.
+_MAX_REFERENCES = 20
 _ACTIONS = ("create", "comment", "reject")
 _T = TypeVar("_T", bound="DataclassInstance")
 
@@ -83,96 +123,17 @@ class InvalidCommand(ValueError):
     """The command lacks a field or has a value the ticketer cannot apply."""
 
 
-@dataclass(frozen=True)
-class Applied:
-    """What ``apply`` did. ``comment_id`` is set when the command added a comment
-    (for ``duplicate``: the comment the original command added, if any)."""
-
-    outcome: Outcome
-    ticket_key: str | None
-    comment_id: int | None = None
+class InvalidReply(ValueError):
+    """An agent's comment the store cannot keep: no text, no recipients for a
+    mail, a value longer than its column, or an outbound id already used."""
 
 
-@dataclass(frozen=True)
-class TicketSummary:
-    key: str
-    queue: str
-    number: int
-    type: str | None
-    components: tuple[str, ...]
-    summary: str
-    status: str
-    author_email: str
-    author_name: str | None
-    created_at: datetime
-    updated_at: datetime
-    comment_count: int
+class InvalidDeliveryEvent(ValueError):
+    """A DeliveryEvent lacks a field or has a value the ticketer cannot record."""
 
 
-@dataclass(frozen=True)
-class Participant:
-    email: str  # lower-cased: the key that keeps participants unique per ticket
-    name: str | None
-    member: bool
-    role: Role
-
-
-@dataclass(frozen=True)
-class ThreadEntry:
-    id: int
-    kind: CommentKind
-    author_email: str
-    author_name: str | None
-    body: str
-    html: str | None
-    message_id: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class AttachmentInfo:
-    filename: str
-    content_type: str
-    size: int
-    sha256: str
-    blob_ref: str | None
-    comment_id: int | None  # None: attached to the mail that opened the ticket
-
-
-@dataclass(frozen=True)
-class TicketDetail:
-    key: str
-    queue: str
-    number: int
-    type: str | None
-    components: tuple[str, ...]
-    summary: str
-    description: str
-    description_html: str | None
-    status: str
-    author_email: str
-    author_name: str | None
-    author_member: bool
-    created_at: datetime
-    updated_at: datetime
-    participants: tuple[Participant, ...]
-    thread: tuple[ThreadEntry, ...]  # comments, oldest first
-    attachments: tuple[AttachmentInfo, ...]
-    message_ids: tuple[str, ...]  # every Message-ID known for the ticket, oldest first
-
-
-@dataclass(frozen=True)
-class Rejection:
-    command_id: str
-    mailbox: str
-    queue: str | None
-    classification: str
-    author_email: str
-    subject: str
-    message_id: str
-    reason: str | None
-    received_at: datetime
-    recorded_at: datetime
+class UnknownTicket(LookupError):
+    """No ticket has this key."""
 
 
 @dataclass(frozen=True)
@@ -447,7 +408,7 @@ class TicketStore:
             t,
             components=tuple(t.components),
             participants=tuple(_build(Participant, p) for p in people),
-            thread=tuple(_build(ThreadEntry, e) for e in entries),
+            thread=tuple(_thread_entry(e) for e in entries),
             attachments=tuple(_build(AttachmentInfo, f) for f in files),
             message_ids=tuple(message_ids),
         )
@@ -464,6 +425,127 @@ class TicketStore:
         with self._engine.connect() as conn:
             rows = conn.execute(query.limit(limit).offset(offset)).all()
         return [_build(Rejection, r) for r in rows]
+
+    def count_by_queue(self) -> dict[str, int]:
+        """Tickets per queue (queues without tickets are absent)."""
+        query = select(tickets.c.queue, func.count()).group_by(tickets.c.queue)
+        with self._engine.connect() as conn:
+            return {queue: int(n) for queue, n in conn.execute(query).all()}
+
+    def ticket_mailbox(self, key: str) -> str | None:
+        """The configured mailbox the ticket's opening mail arrived at (None for
+        tickets created before that was recorded, or for unknown keys)."""
+        with self._engine.connect() as conn:
+            value = conn.execute(select(tickets.c.mailbox).where(tickets.c.key == key)).scalar()
+        return None if value is None else str(value)
+
+    # -- agents' comments and outgoing mail --------------------------------
+
+    def add_reply(
+        self,
+        ticket_key: str,
+        *,
+        author_email: str,
+        author_name: str | None,
+        text: str,
+        html: str | None = None,
+        send_email: bool,
+        internal: bool = False,
+        to: Sequence[Recipient] = (),
+        cc: Sequence[Recipient] = (),
+        signature_alias: str | None = None,
+        outbound_id: str | None = None,
+        message_id: str | None = None,
+        build_outbound: OutboundBuilder | None = None,
+        now: datetime | None = None,
+    ) -> Reply:
+        """Store an agent's comment on ``ticket_key`` in one transaction.
+
+        With ``send_email`` the comment is an outgoing mail (kind ``mail_out``,
+        status ``queued``): ``outbound_id``, the pre-assigned ``message_id``
+        (without brackets) and ``build_outbound`` are required, and at least one
+        ``to`` recipient. The Message-ID is registered for the ticket's queue, so
+        the customer's answer threads back by In-Reply-To; ``build_outbound``
+        gets the comment id and the threading headers (In-Reply-To: the thread's
+        newest known Message-ID; References: its first and newest ones) and
+        returns the encoded OutboundMail, written to ``outbox`` in the same
+        transaction. Recipients not yet on the ticket become participants.
+        Without ``send_email`` the comment is a note and nothing is mailed.
+
+        Authorization (who may mail whom) is the caller's job. Raises
+        UnknownTicket, InvalidReply; whatever ``build_outbound`` raises rolls
+        the comment back and propagates.
+        """
+        draft = _ReplyDraft.parse(
+            author_email=author_email, author_name=author_name, text=text, html=html,
+            send_email=send_email, internal=internal, to=to, cc=cc,
+            signature_alias=signature_alias, outbound_id=outbound_id, message_id=message_id,
+            build_outbound=build_outbound,
+        )
+        created_at = now or datetime.now(timezone.utc)
+        if created_at.tzinfo is None:
+            raise InvalidReply(f"now must be timezone-aware: {created_at!r}")
+        try:
+            with self._write() as conn:
+                return _add_reply(conn, ticket_key, draft, created_at)
+        except IntegrityError as exc:
+            # Unique outbound id and (queue, Message-ID): a caller reusing ids.
+            raise InvalidReply(
+                f"outbound id {outbound_id!r} or Message-ID {message_id!r} is already in use"
+            ) from exc
+
+    def pending_outbox(self, limit: int = 100) -> list[OutboxRecord]:
+        """Outgoing mail not yet relayed to the broker, oldest first."""
+        _check_page(limit, 0)
+        with self._engine.connect() as conn:
+            rows = conn.execute(_PENDING_OUTBOX.limit(limit)).all()
+        return [_build(OutboxRecord, r) for r in rows]
+
+    def mark_relayed(self, ids: Iterable[str], now: datetime | None = None) -> int:
+        """Mark outbox rows relayed (call only after the broker's ack); returns
+        how many were still pending. Ids already relayed or unknown are ignored."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return 0
+        with self._write() as conn:
+            return _mark_relayed(conn, wanted, now or datetime.now(timezone.utc))
+
+    def relay_outbox(self, publish: Callable[[Sequence[OutboxRecord]], None], limit: int = 100) -> int:
+        """Hand up to ``limit`` unrelayed rows, oldest first, to ``publish`` and
+        mark them relayed once it returns; returns how many were relayed.
+
+        ``publish`` must return only after the broker acknowledged every record
+        (and raise otherwise: then nothing is marked and the error propagates).
+        The rows stay locked while it runs (PostgreSQL: ``FOR UPDATE SKIP
+        LOCKED``, so concurrent relays take disjoint rows; SQLite: the database
+        write lock), so two relays never publish the same row.
+        """
+        _check_page(limit, 0)
+        with self._write() as conn:
+            rows = conn.execute(_PENDING_OUTBOX.limit(limit).with_for_update(of=outbox, skip_locked=True)).all()
+            if not rows:
+                return 0
+            records = [_build(OutboxRecord, r) for r in rows]
+            publish(records)
+            return _mark_relayed(conn, [r.id for r in records], datetime.now(timezone.utc))
+
+    def record_delivery(self, event: Mapping[str, Any]) -> bool:
+        """Apply one DeliveryEvent (the dict fastavro decodes) to its comment.
+
+        Returns True when the comment's delivery state changed. Returns False
+        for an outbound id no comment has (a test mail, another deployment's
+        mail) and for an event arriving after a final status: ``sent`` and
+        ``failed`` are never overwritten, so a late ``retrying`` or a
+        redelivered event changes nothing. Raises InvalidDeliveryEvent.
+        """
+        outbound_id, status, detail, at = _parse_delivery(event)
+        with self._write() as conn:
+            result = conn.execute(
+                _RECORD_DELIVERY,
+                {"event_outbound_id": outbound_id, "new_status": status,
+                 "new_detail": detail, "new_updated_at": at},
+            )
+            return bool(result.rowcount == 1)
 
 
 # -- statements, built once: building and cache-keying a statement costs more
@@ -536,6 +618,43 @@ _INSERT_ATTACHMENT = insert(attachments)
 _INSERT_PROCESSED = insert(processed_commands)
 _INSERT_RECEIPT = insert(receipts)
 _INSERT_REJECTION = insert(rejections)
+_INSERT_OUTBOX = insert(outbox)
+_TICKET_FOR_REPLY = select(
+    tickets.c.id, tickets.c.key, tickets.c.queue, tickets.c.summary, tickets.c.updated_at
+).where(tickets.c.key == bindparam("key"))
+_TICKET_MESSAGE_IDS = (
+    select(messages.c.message_id)
+    .where(messages.c.ticket_id == bindparam("ticket_id"))
+    .order_by(messages.c.id)
+)
+_PENDING_OUTBOX = (
+    select(
+        outbox.c.id, tickets.c.key.label("ticket_key"), outbox.c.comment_id, outbox.c.payload,
+        outbox.c.created_at, outbox.c.relayed_at,
+    )
+    .join(tickets, tickets.c.id == outbox.c.ticket_id)
+    .where(outbox.c.relayed_at.is_(None))
+    .order_by(outbox.c.created_at, outbox.c.id)
+)
+_MARK_RELAYED = (
+    update(outbox)
+    .where(outbox.c.id.in_(bindparam("ids", expanding=True)), outbox.c.relayed_at.is_(None))
+    .values(relayed_at=bindparam("relayed"))
+)
+# A final status (sent, failed) is never overwritten: the WHERE admits only
+# comments still queued or retrying.
+_RECORD_DELIVERY = (
+    update(comments)
+    .where(
+        comments.c.outbound_id == bindparam("event_outbound_id"),
+        comments.c.delivery_status.in_(PENDING_STATUSES),
+    )
+    .values(
+        delivery_status=bindparam("new_status"),
+        delivery_detail=bindparam("new_detail"),
+        delivery_updated_at=bindparam("new_updated_at"),
+    )
+)
 
 
 # -- the steps of one command (all on the caller's transaction) --------------
@@ -651,6 +770,7 @@ def _create_ticket(conn: Connection, c: _Command) -> tuple[int, Applied]:
             "created_at": c.received_at,
             "updated_at": c.received_at,
             "command_id": c.id,
+            "mailbox": c.mailbox,
         },
     )
     ticket_id = _inserted_id(result)
@@ -734,6 +854,187 @@ def _add_attachments(
                 for f in files
             ],
         )
+
+
+# -- agents' comments (all on the caller's transaction) -----------------------
+
+
+@dataclass(frozen=True)
+class _ReplyDraft:
+    """The arguments of ``add_reply`` checked once, before the transaction."""
+
+    author_email: str
+    author_name: str | None
+    text: str
+    html: str | None
+    send_email: bool
+    internal: bool
+    to: tuple[Recipient, ...]
+    cc: tuple[Recipient, ...]
+    signature_alias: str | None
+    outbound_id: str | None
+    message_id: str | None
+    build_outbound: OutboundBuilder | None
+
+    @classmethod
+    def parse(cls, **kw: Any) -> _ReplyDraft:
+        try:
+            text = _text(kw["text"])
+            if not text.strip():
+                raise InvalidReply("a comment needs text")
+            send_email = bool(kw["send_email"])
+            internal = bool(kw["internal"])
+            to = tuple(_recipient(r) for r in kw["to"])
+            cc = tuple(_recipient(r) for r in kw["cc"])
+            draft = cls(
+                author_email=_bounded(kw["author_email"], "author_email", EMAIL).strip().lower(),
+                author_name=_optional_text(kw["author_name"]),
+                text=text,
+                html=_optional_text(kw["html"]),
+                send_email=send_email,
+                internal=internal,
+                to=to,
+                cc=cc,
+                signature_alias=_optional_text(kw["signature_alias"]),
+                outbound_id=_optional_bounded(kw["outbound_id"], "outbound_id", OUTBOUND_ID),
+                message_id=_optional_bounded(kw["message_id"], "message_id", MESSAGE_ID),
+                build_outbound=kw["build_outbound"],
+            )
+        except InvalidReply:
+            raise
+        except (InvalidCommand, TypeError, ValueError) as exc:
+            raise InvalidReply(str(exc)) from exc
+        if send_email:
+            if internal:
+                raise InvalidReply("an internal comment is never emailed")
+            if not to:
+                raise InvalidReply("an emailed comment needs at least one To recipient")
+            if draft.outbound_id is None or draft.message_id is None or draft.build_outbound is None:
+                raise InvalidReply("an emailed comment needs outbound_id, message_id and build_outbound")
+        elif to or cc:
+            raise InvalidReply("recipients given for a comment that is not emailed")
+        return draft
+
+
+def _recipient(value: Any) -> Recipient:
+    if not isinstance(value, Recipient):
+        raise InvalidReply(f"a recipient must be a Recipient, got {type(value).__name__}")
+    email = _bounded(value.email, "recipient", EMAIL).strip().lower()
+    if "@" not in email or any(ch.isspace() for ch in email):
+        raise InvalidReply(f"{value.email!r} is not an email address")
+    return Recipient(email, _optional_text(value.name), bool(value.member))
+
+
+def _add_reply(conn: Connection, key: str, d: _ReplyDraft, created_at: datetime) -> Reply:
+    t = conn.execute(_TICKET_FOR_REPLY, {"key": key}).first()
+    if t is None:
+        raise UnknownTicket(key)
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    if d.send_email:
+        known = list(conn.execute(_TICKET_MESSAGE_IDS, {"ticket_id": t.id}).scalars())
+        in_reply_to = known[-1] if known else None
+        references = _references(known)
+    status: DeliveryStatus | None = "queued" if d.send_email else None
+    values = {
+        "ticket_id": t.id,
+        "kind": "mail_out" if d.send_email else "note",
+        "author_email": d.author_email,
+        "author_name": d.author_name,
+        "body": d.text,
+        "html": d.html,
+        "message_id": d.message_id if d.send_email else None,
+        "created_at": created_at,
+        "command_id": None,
+        "internal": d.internal,
+        "outbound_id": d.outbound_id if d.send_email else None,
+        "to_addrs": [_recipient_json(r) for r in d.to] if d.send_email else None,
+        "cc_addrs": [_recipient_json(r) for r in d.cc] if d.send_email else None,
+        "signature_alias": d.signature_alias,
+        "delivery_status": status,
+        "delivery_detail": None,
+        "delivery_updated_at": created_at if d.send_email else None,
+    }
+    comment_id = _inserted_id(conn.execute(_INSERT_COMMENT, values))
+    if d.send_email:
+        assert d.build_outbound is not None and d.message_id is not None
+        conn.execute(
+            _INSERT_MESSAGE,
+            {"queue": t.queue, "message_id": d.message_id, "ticket_id": t.id, "comment_id": comment_id},
+        )
+        payload = d.build_outbound(Threading(
+            ticket_key=t.key, queue=t.queue, summary=t.summary, comment_id=comment_id,
+            in_reply_to=in_reply_to, references=references, created_at=created_at,
+        ))
+        if not isinstance(payload, bytes) or not payload:
+            raise InvalidReply("build_outbound must return the encoded OutboundMail")
+        conn.execute(
+            _INSERT_OUTBOX,
+            {"id": d.outbound_id, "ticket_id": t.id, "comment_id": comment_id, "payload": payload,
+             "created_at": created_at, "relayed_at": None},
+        )
+        _add_recipients(conn, t.id, (*d.to, *d.cc))
+    if created_at > t.updated_at:
+        conn.execute(_TOUCH_TICKET, {"ticket_id": t.id, "new_updated_at": created_at})
+    return Reply(t.key, _thread_entry({**values, "id": comment_id}))
+
+
+def _references(known: Sequence[str]) -> tuple[str, ...]:
+    if len(known) <= _MAX_REFERENCES:
+        return tuple(known)
+    return (known[0], *known[len(known) - _MAX_REFERENCES + 1:])
+
+
+def _add_recipients(conn: Connection, ticket_id: int, people: Sequence[Recipient]) -> None:
+    known = set(conn.execute(_KNOWN_PARTICIPANTS, {"ticket_id": ticket_id}).scalars())
+    rows = []
+    for person in people:
+        if person.email not in known:
+            known.add(person.email)
+            rows.append({"ticket_id": ticket_id, "email": person.email, "name": person.name,
+                         "member": person.member, "role": "participant"})
+    if rows:
+        conn.execute(_INSERT_PARTICIPANT, rows)
+
+
+def _mark_relayed(conn: Connection, ids: list[str], now: datetime) -> int:
+    return int(conn.execute(_MARK_RELAYED, {"ids": ids, "relayed": now}).rowcount)
+
+
+def _parse_delivery(event: Mapping[str, Any]) -> tuple[str, DeliveryStatus, str | None, datetime]:
+    try:
+        outbound_id = _bounded(event["outbound_id"], "outbound_id", OUTBOUND_ID)
+        status = event["status"]
+        if status not in ("sent", "retrying", "failed"):
+            raise InvalidDeliveryEvent(f"unknown delivery status {status!r}")
+        at = event["time"]
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise InvalidDeliveryEvent(f"time must be a timezone-aware datetime: {at!r}")
+        parts = [str(event.get("smtp_code") or ""), _text(event.get("smtp_reply") or "")]
+        detail = " ".join(p.strip() for p in parts if p.strip()) or None
+    except InvalidDeliveryEvent:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidDeliveryEvent(f"malformed DeliveryEvent: {exc!r}") from exc
+    return outbound_id, status, detail, at
+
+
+def _recipient_json(r: Recipient) -> dict[str, Any]:
+    return {"email": r.email, "name": r.name, "member": r.member}
+
+
+def _recipients(value: Any) -> tuple[Recipient, ...]:
+    return tuple(
+        Recipient(str(r["email"]), r.get("name"), bool(r.get("member"))) for r in value or ()
+    )
+
+
+def _thread_entry(row: Any) -> ThreadEntry:
+    """A ThreadEntry from a comments row (or the same-named values of a new one)."""
+    mapping = row if isinstance(row, Mapping) else row._mapping
+    values = {f.name: mapping[f.name] for f in fields(ThreadEntry) if f.name not in ("to", "cc")}
+    values["internal"] = bool(values["internal"])
+    return ThreadEntry(**values, to=_recipients(mapping["to_addrs"]), cc=_recipients(mapping["cc_addrs"]))
 
 
 def _inserted_id(result: CursorResult[Any]) -> int:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -51,6 +52,9 @@ QUEUE = 64
 TICKET_KEY = 96
 COMMAND_ID = 128
 HASH = 64
+OUTBOUND_ID = 128
+# Where an outgoing comment's mail stands; NULL for incoming mail and notes.
+DELIVERY_STATUSES = ("queued", "retrying", "sent", "failed")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -105,6 +109,9 @@ tickets = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("command_id", String(COMMAND_ID), nullable=False),
+    # The configured mailbox the opening mail arrived at (NULL before 0002):
+    # replies go out through its SMTP settings.
+    Column("mailbox", String(EMAIL), nullable=True),
     UniqueConstraint("key"),
     UniqueConstraint("queue", "number"),
     Index(None, "created_at"),
@@ -123,8 +130,22 @@ comments = Table(
     Column("message_id", String(MESSAGE_ID), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("command_id", String(COMMAND_ID), nullable=True),
+    # An agent's comment: internal notes are never emailed; an outgoing mail
+    # (kind mail_out) carries its recipients, signature and delivery state.
+    Column("internal", Boolean, nullable=False, server_default=text("false")),
+    Column("outbound_id", String(OUTBOUND_ID), nullable=True),
+    Column("to_addrs", JSON, nullable=True),
+    Column("cc_addrs", JSON, nullable=True),
+    Column("signature_alias", Text, nullable=True),
+    Column("delivery_status", String(16), nullable=True),
+    Column("delivery_detail", Text, nullable=True),
+    Column("delivery_updated_at", UtcDateTime, nullable=True),
     CheckConstraint("kind IN ('mail_in', 'mail_out', 'note')", name="kind"),
+    CheckConstraint(
+        "delivery_status IN ('queued', 'retrying', 'sent', 'failed')", name="delivery_status"
+    ),
     Index(None, "ticket_id", "created_at"),
+    Index(None, "outbound_id", unique=True),
 )
 
 participants = Table(
@@ -209,4 +230,19 @@ rejections = Table(
     Column("recorded_at", UtcDateTime, nullable=False),
     UniqueConstraint("command_id"),
     Index(None, "received_at"),
+)
+
+# Transactional outbox: an outgoing comment and its encoded OutboundMail are
+# written in one transaction; a relay produces unrelayed rows to
+# deskmail.mail.outbound and sets relayed_at only after the broker's ack.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", String(OUTBOUND_ID), primary_key=True),  # the OutboundMail id
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), nullable=False),
+    Column("comment_id", Integer, ForeignKey("comments.id"), nullable=False),
+    Column("payload", LargeBinary, nullable=False),  # Avro single-object OutboundMail
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("relayed_at", UtcDateTime, nullable=True),
+    Index(None, "relayed_at", "created_at"),
 )

@@ -138,7 +138,7 @@ def test_migrated_schema_matches_tables(store: TicketStore) -> None:
         context = MigrationContext.configure(
             conn, opts={"compare_type": True, "compare_server_default": True}
         )
-        assert context.get_current_revision() == "0001"
+        assert context.get_current_revision() == "0002"
         assert compare_metadata(context, metadata) == []
         # The comparison does see differences: one extra column is reported.
         changed = MetaData(naming_convention=metadata.naming_convention)
@@ -166,7 +166,7 @@ def test_migrate_from_several_processes_at_once(store_url: str) -> None:
         stores[0].migrate()  # a later start finds the schema current
         with stores[0].engine.connect() as conn:
             context = MigrationContext.configure(conn)
-            assert context.get_current_revision() == "0001"
+            assert context.get_current_revision() == "0002"
             assert compare_metadata(context, metadata) == []
     finally:
         for s in stores:
@@ -230,6 +230,7 @@ def test_create_writes_ticket_participants_attachments(store: TicketStore) -> No
         "receipts": 1,
         "processed_commands": 1,
         "rejections": 0,
+        "outbox": 0,
     }
 
 

@@ -1,0 +1,136 @@
+"""The api process: the ticket pages, the JSON API, and the outbox relay.
+
+``create_app`` builds the FastAPI application around a config, a store and
+(optionally) the outbox relay it wakes after each stored reply.
+``run_api`` is `deskmail run api`: it serves the app with uvicorn on
+``api.listen`` (with its port replaced when a port is given), serves /metrics,
+/healthz and /readyz on the same port, and runs the relay in a background
+thread. It returns when ``stop`` is set (the CLI turns SIGTERM/SIGINT into it;
+uvicorn runs in a worker thread, so it installs no signal handlers of its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.api import rest, web
+from services.api.context import ApiContext, Waker
+from services.api.relay import OutboxRelay
+from services.common.bus import Kafka
+from services.common.config import Config
+from services.common.runtime import Health
+from services.ticketer.store import TicketStore
+
+log = logging.getLogger("deskmail.api")
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def create_app(config: Config, store: TicketStore, relay: Waker | None = None, health: Health | None = None) -> FastAPI:
+    """The web application. ``relay`` is woken after each stored reply (None:
+    nothing relays from this process); ``health`` answers /healthz and /readyz
+    (None: both always answer ok)."""
+    app = FastAPI(
+        title="deskmail",
+        version="1",
+        description="Tickets from email: read tickets and their threads, reply by email.",
+    )
+    app.state.deskmail = ApiContext(config, store, relay)
+    app.include_router(rest.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        ok = health is None or health.alive()
+        return PlainTextResponse("ok\n" if ok else "stale\n", status_code=200 if ok else 503)
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        ok = health is None or health.ready()
+        return PlainTextResponse("ready\n" if ok else "not ready\n", status_code=200 if ok else 503)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def errors(request: Request, exc: StarletteHTTPException) -> Response:
+        """Pages get an HTML error page; the JSON API keeps FastAPI's {"detail": ...}."""
+        wants_html = "text/html" in request.headers.get("accept", "text/html")
+        if request.url.path.startswith("/api/") or not wants_html:
+            return await http_exception_handler(request, exc)
+        return web.templates.TemplateResponse(
+            request, "error.html", {"status": exc.status_code, "detail": exc.detail}, status_code=exc.status_code
+        )
+
+    return app
+
+
+def _listen(config: Config, port: int | None) -> tuple[str, int]:
+    """``api.listen`` (default 127.0.0.1:8080); a given ``port`` (--metrics-port)
+    replaces its port and keeps its host, so the page stays on loopback unless
+    the configuration says otherwise (Kubernetes: ``api: {listen: 0.0.0.0:8080}``)."""
+    host, _, listen_port = config.api.listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", port if port is not None else int(listen_port)
+
+
+def run_api(
+    config: Config,
+    stop: threading.Event,
+    health: Health,
+    bootstrap: Sequence[str] | None = None,
+    port: int | None = None,
+) -> None:
+    """Serve until ``stop`` is set; raises if the web server or the relay failed."""
+    store = TicketStore(config.database_url)
+    store.migrate()
+    producer = Kafka(config, bootstrap).producer()
+    relay = OutboxRelay(store, producer, config.topics["outbound"])
+    host, listen_port = _listen(config, port)
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config, store, relay, health), host=host, port=listen_port,
+        log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10,
+    ))
+    failures: list[BaseException] = []
+
+    def guarded(name: str, target: object) -> threading.Thread:
+        def body() -> None:
+            try:
+                target()  # type: ignore[operator]
+            except BaseException as exc:  # noqa: BLE001 - reported and re-raised in the main thread
+                failures.append(exc)
+                log.exception("%s failed", name, extra={"stage": "api"})
+            finally:
+                stop.set()
+
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    web_thread = guarded("web", server.run)
+    relay_thread = guarded("relay", lambda: relay.run(stop, on_alive=health.tick))
+    log.info("started", extra={"stage": "api", "url": f"http://{host}:{listen_port}/"})
+    try:
+        while not stop.wait(0.2):
+            health.set_ready(server.started)
+    finally:
+        health.set_ready(False)
+        server.should_exit = True
+        relay.wake()
+        web_thread.join(timeout=30)
+        relay_thread.join(timeout=30)
+        producer.close()
+        store.close()
+    if failures:
+        raise RuntimeError("the api stopped on an error") from failures[0]

@@ -1,0 +1,77 @@
+"""Tickets as JSON-ready dicts: one shape for the JSON API and `deskmail tickets show --json`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from services.ticketer.store import (
+    AttachmentInfo,
+    Participant,
+    Recipient,
+    ThreadEntry,
+    TicketDetail,
+    TicketSummary,
+)
+
+KIND_LABELS = {"mail_in": "incoming mail", "mail_out": "outgoing mail", "note": "comment"}
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def summary(t: TicketSummary) -> dict[str, Any]:
+    return {
+        "key": t.key, "queue": t.queue, "type": t.type, "components": list(t.components),
+        "summary": t.summary, "status": t.status, "author": t.author_email, "author_name": t.author_name,
+        "created_at": iso(t.created_at), "updated_at": iso(t.updated_at), "comments": t.comment_count,
+    }
+
+
+def recipient(r: Recipient) -> dict[str, Any]:
+    return {"email": r.email, "name": r.name}
+
+
+def participant(p: Participant) -> dict[str, Any]:
+    return {"email": p.email, "name": p.name, "member": p.member, "role": p.role}
+
+
+def attachment(a: AttachmentInfo) -> dict[str, Any]:
+    return {"filename": a.filename, "content_type": a.content_type, "size": a.size, "comment_id": a.comment_id}
+
+
+def entry(e: ThreadEntry, files: tuple[AttachmentInfo, ...] = ()) -> dict[str, Any]:
+    """One comment; ``delivery`` is set for outgoing mail only."""
+    out: dict[str, Any] = {
+        "id": e.id, "kind": e.kind, "internal": e.internal, "author": e.author_email,
+        "author_name": e.author_name, "created_at": iso(e.created_at), "text": e.body,
+        "message_id": e.message_id, "attachments": [a.filename for a in files if a.comment_id == e.id],
+    }
+    if e.kind == "mail_out":
+        out.update({
+            "to": [recipient(r) for r in e.to], "cc": [recipient(r) for r in e.cc],
+            "signature": e.signature_alias,
+            "delivery": delivery(e),
+        })
+    return out
+
+
+def delivery(e: ThreadEntry) -> dict[str, Any]:
+    return {
+        "comment_id": e.id, "outbound_id": e.outbound_id, "status": e.delivery_status,
+        "detail": e.delivery_detail, "updated_at": iso(e.delivery_updated_at),
+    }
+
+
+def ticket(t: TicketDetail) -> dict[str, Any]:
+    """The ticket and its whole thread, oldest first (the opening mail is ``description``)."""
+    return {
+        "key": t.key, "queue": t.queue, "type": t.type, "components": list(t.components),
+        "summary": t.summary, "status": t.status, "author": t.author_email, "author_name": t.author_name,
+        "author_member": t.author_member, "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
+        "description": t.description,
+        "attachments": [a.filename for a in t.attachments if a.comment_id is None],
+        "participants": [participant(p) for p in t.participants],
+        "thread": [entry(e, t.attachments) for e in t.thread],
+    }

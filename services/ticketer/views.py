@@ -1,0 +1,178 @@
+"""What the tickets store hands out and takes in: frozen result and request types.
+
+Kept apart from ``store.py`` (which owns the SQL) so the API, the CLI and the
+tests can name these types without reading the queries. ``store`` re-exports
+every name here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+Outcome = Literal["created", "commented", "duplicate", "rejected"]
+Action = Literal["create", "comment", "reject"]
+Role = Literal["author", "participant"]
+CommentKind = Literal["mail_in", "mail_out", "note"]
+# queued: in the outbox or on the outbound topic; retrying: the sender got a 4xx
+# or no connection and tries again; sent: the SMTP server said 250; failed: 5xx
+# or the retry window ended. sent and failed are final.
+DeliveryStatus = Literal["queued", "retrying", "sent", "failed"]
+# A final status is never overwritten by a later event.
+PENDING_STATUSES: tuple[DeliveryStatus, ...] = ("queued", "retrying")
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` did. ``comment_id`` is set when the command added a comment
+    (for ``duplicate``: the comment the original command added, if any)."""
+
+    outcome: Outcome
+    ticket_key: str | None
+    comment_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TicketSummary:
+    key: str
+    queue: str
+    number: int
+    type: str | None
+    components: tuple[str, ...]
+    summary: str
+    status: str
+    author_email: str
+    author_name: str | None
+    created_at: datetime
+    updated_at: datetime
+    comment_count: int
+
+
+@dataclass(frozen=True)
+class Participant:
+    email: str  # lower-cased: the key that keeps participants unique per ticket
+    name: str | None
+    member: bool
+    role: Role
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """An address an outgoing comment is mailed to (To or Cc)."""
+
+    email: str  # lower-cased
+    name: str | None = None
+    member: bool = False  # an organization member; becomes the participant's flag
+
+
+@dataclass(frozen=True)
+class ThreadEntry:
+    """One comment of a ticket: incoming mail, an agent's mail or a note.
+
+    The fields after ``created_at`` describe agent comments; for incoming mail
+    they keep their defaults. ``delivery_status`` is set only for ``mail_out``.
+    """
+
+    id: int
+    kind: CommentKind
+    author_email: str
+    author_name: str | None
+    body: str
+    html: str | None
+    message_id: str | None
+    created_at: datetime
+    internal: bool = False
+    outbound_id: str | None = None
+    to: tuple[Recipient, ...] = ()
+    cc: tuple[Recipient, ...] = ()
+    signature_alias: str | None = None
+    delivery_status: DeliveryStatus | None = None
+    delivery_detail: str | None = None  # the last SMTP reply or connection error
+    delivery_updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    blob_ref: str | None
+    comment_id: int | None  # None: attached to the mail that opened the ticket
+
+
+@dataclass(frozen=True)
+class TicketDetail:
+    key: str
+    queue: str
+    number: int
+    type: str | None
+    components: tuple[str, ...]
+    summary: str
+    description: str
+    description_html: str | None
+    status: str
+    author_email: str
+    author_name: str | None
+    author_member: bool
+    created_at: datetime
+    updated_at: datetime
+    participants: tuple[Participant, ...]
+    thread: tuple[ThreadEntry, ...]  # comments, oldest first
+    attachments: tuple[AttachmentInfo, ...]
+    message_ids: tuple[str, ...]  # every Message-ID known for the ticket, oldest first
+
+
+@dataclass(frozen=True)
+class Rejection:
+    command_id: str
+    mailbox: str
+    queue: str | None
+    classification: str
+    author_email: str
+    subject: str
+    message_id: str
+    reason: str | None
+    received_at: datetime
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class Threading:
+    """What the store knows only inside the reply's transaction, handed to the
+    outbound builder: the new comment's id and the threading headers."""
+
+    ticket_key: str
+    queue: str
+    summary: str
+    comment_id: int
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    created_at: datetime
+
+
+# Builds the encoded OutboundMail (Avro single-object bytes) of a reply. Runs
+# inside the store's transaction; an exception rolls the reply back.
+OutboundBuilder = Callable[[Threading], bytes]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An agent's comment as stored by ``add_reply``."""
+
+    ticket_key: str
+    entry: ThreadEntry
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """An outgoing mail waiting for (or done with) the relay to the broker."""
+
+    id: str  # the OutboundMail id
+    ticket_key: str  # the record key on deskmail.mail.outbound
+    comment_id: int
+    payload: bytes
+    created_at: datetime
+    relayed_at: datetime | None

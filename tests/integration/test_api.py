@@ -1,0 +1,413 @@
+"""The api's pages and JSON API against a real store (SQLite and PostgreSQL), through HTTP."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from services.api.app import create_app
+from services.common.codec import codec
+from services.common.config import Config, parse_text
+from services.ticketer.store import TicketStore
+from services.ticketer.tables import metadata
+from tests.harness.postgres import PostgresCluster
+
+with warnings.catch_warnings():
+    # Starlette 1.x warns at import that its TestClient should move off httpx.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+    from fastapi.testclient import TestClient
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
+IMAP_SECRET = "imap-pw-Zq81-never-shown"
+SMTP_SECRET = "smtp-pw-Xy77-never-shown"
+
+
+def config_text(db_url: str, secret_file: Path, *, allow_outbound: bool = True, user_header: str | None = None,
+                mailbox_extra: str = "") -> str:
+    header = f"\n          user_header: {user_header}" if user_header else ""
+    return textwrap.dedent(f"""\
+        database: {{url: "{db_url}"}}
+        api:
+          listen: 127.0.0.1:8080{header}
+        organization:
+          domains: [example.com]
+          members:
+            - {{email: alice@example.com, name: Alice Agent, groups: [support]}}
+            - {{email: bob@example.com, name: Bob Builder}}
+        queues:
+          - key: SUPPORT
+            name: Customer support
+            access: [group:support]
+            allow_outbound_mail: {str(allow_outbound).lower()}
+            mailboxes:
+              - address: support@example.com
+                accept_external: true
+                ticket: {{type: question, components: [billing]}}
+                imap: {{host: imap.example.com, port: 993, security: ssl, password: {{env: API_IMAP_PW}}}}
+                smtp: {{host: smtp.example.com, port: 587, security: starttls, login: support,
+                        password: {{file: {secret_file}}}}}
+                signatures:
+                  - {{alias: Example support, text: "--\\nExample Inc. support"}}
+                  - {{alias: Alice at Example}}{mailbox_extra}
+          - key: NOTES
+            mailboxes:
+              - {{address: notes@example.com, ingress: true}}
+        """)
+
+
+def command(n: int, **overrides: Any) -> dict[str, Any]:
+    cmd: dict[str, Any] = {
+        "id": f"cmd-{n}", "action": "create", "classification": "new", "queue": "SUPPORT",
+        "mailbox": "support@example.com", "ticket_type": "question", "components": ["billing"],
+        "author": {"email": "carol@customer.test", "name": "Carol Customer", "member": False},
+        "participants": [{"email": "dan@customer.test", "name": "Dan", "member": False}],
+        "subject": f"Invoice {n} is wrong", "text": f"Please fix invoice {n}.\n<script>alert('x')</script>",
+        "html": "<p>Please fix</p><script>alert('html')</script>",
+        "attachments": [{"filename": "invoice.pdf", "content_type": "application/pdf", "size": 2048,
+                         "sha256": "ab" * 32, "blob_ref": None}],
+        "message_id": f"msg-{n}@customer.test", "in_reply_to": None, "references": [],
+        "thread_key": f"msg-{n}@customer.test", "ticket_key_hint": None, "source_uidvalidity": 1,
+        "source_uid": n, "received_at": T0 + timedelta(minutes=n), "matched_rule": None, "reason": None,
+    }
+    cmd.update(overrides)
+    return cmd
+
+
+def counts(store: TicketStore) -> dict[str, int]:
+    with store.engine.connect() as conn:
+        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one() for t in metadata.sorted_tables}
+
+
+class Waker:
+    def __init__(self) -> None:
+        self.woken = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
+                        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/tickets.db"
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+    return cluster.create_database(f"t_{uuid.uuid4().hex}")
+
+
+Make = Callable[..., tuple[TestClient, TicketStore, Config, Waker]]
+
+
+@pytest.fixture
+def make(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Make]:
+    monkeypatch.setenv("API_IMAP_PW", IMAP_SECRET)
+    secret_file = tmp_path / "smtp-password"
+    secret_file.write_text(SMTP_SECRET + "\n")
+    stores: list[TicketStore] = []
+
+    def build(**options: Any) -> tuple[TestClient, TicketStore, Config, Waker]:
+        config = parse_text(config_text(db_url, secret_file, **options), str(tmp_path / "deskmail.yaml"))
+        store = TicketStore(config.database_url)
+        store.migrate()
+        stores.append(store)
+        if store.get_ticket("SUPPORT-1") is None:
+            store.apply(command(1))
+        waker = Waker()
+        return TestClient(create_app(config, store, waker)), store, config, waker
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+# ------------------------------------------------------------------ pages
+
+
+def test_pages_render_and_escape_mail_text(make: Make) -> None:
+    client, store, _, _ = make()
+    store.apply(command(2, subject="Second <b>bold</b> subject"))
+    home = client.get("/")
+    assert home.status_code == 200
+    assert "SUPPORT-2" in home.text and "Second &lt;b&gt;bold&lt;/b&gt; subject" in home.text
+    assert re.search(r'href="/queues/SUPPORT">SUPPORT</a>.*?<td class="num">2</td>', home.text, re.S)
+
+    queue = client.get("/queues/SUPPORT")
+    assert queue.status_code == 200 and "SUPPORT-1" in queue.text and "2 tickets" in queue.text
+
+    page = client.get("/tickets/SUPPORT-1")
+    assert page.status_code == 200
+    body = page.text
+    assert "Invoice 1 is wrong" in body and "invoice.pdf" in body
+    # the text is shown escaped; the mail's HTML is never rendered
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in body
+    assert "<script>alert" not in body and "alert('html')" not in body
+    # the form: To prefilled with the external people, signatures, send as email on
+    assert 'value="Carol Customer &lt;carol@customer.test&gt;, Dan &lt;dan@customer.test&gt;"' in body
+    assert '<option value="Example support" selected>' in body
+    assert re.search(r'name="send_email"[^>]*checked', body)
+    assert 'option value="alice@example.com"' in body  # "Reply as" without a user header
+
+    assert client.get("/tickets/SUPPORT-99").status_code == 404
+    assert client.get("/queues/NOPE").status_code == 404
+    assert client.get("/static/style.css").status_code == 200
+    for probe in ("/healthz", "/readyz", "/metrics"):
+        assert client.get(probe).status_code == 200
+
+
+def test_reply_from_the_page_is_stored_queued_and_redirects(make: Make) -> None:
+    client, store, _, waker = make()
+    response = client.post("/tickets/SUPPORT-1/reply", data={
+        "author": "alice@example.com", "text": "We fixed the invoice.", "send_email": "on",
+        "to": "Carol Customer <carol@customer.test>", "cc": "dan@customer.test", "signature": "Alice at Example",
+    }, follow_redirects=False)
+    assert response.status_code == 303
+    (entry,) = store.get_ticket("SUPPORT-1").thread  # type: ignore[union-attr]
+    assert response.headers["location"] == f"/tickets/SUPPORT-1#c{entry.id}"
+    assert (entry.kind, entry.delivery_status, entry.author_email) == ("mail_out", "queued", "alice@example.com")
+    assert waker.woken == 1
+
+    (row,) = store.pending_outbox()
+    mail = codec("OutboundMail").decode(row.payload)
+    assert row.ticket_key == "SUPPORT-1" and mail["id"] == row.id == entry.outbound_id
+    assert mail["subject"] == "Re: [SUPPORT-1] Invoice 1 is wrong"
+    assert (mail["from_address"], mail["alias"], mail["signature"]) == ("support@example.com", "Alice at Example", None)
+    assert mail["to"] == [{"email": "carol@customer.test", "name": "Carol Customer"}]
+    assert mail["cc"] == [{"email": "dan@customer.test", "name": None}]
+    assert mail["in_reply_to"] == "msg-1@customer.test" and mail["references"] == ["msg-1@customer.test"]
+    assert mail["message_id"] == entry.message_id and mail["comment_id"] == entry.id
+
+    page = client.get(response.headers["location"]).text
+    assert f'id="status-{entry.id}"' in page and 'data-status="queued"' in page
+    assert "We fixed the invoice." in page and "setTimeout(tick, 2000)" in page
+
+
+def test_an_internal_comment_from_the_page(make: Make) -> None:
+    client, store, _, waker = make()
+    response = client.post("/tickets/SUPPORT-1/reply", data={
+        "author": "bob@example.com", "text": "Customer called, all good.", "to": "carol@customer.test",
+    }, follow_redirects=False)
+    assert response.status_code == 303
+    (entry,) = store.get_ticket("SUPPORT-1").thread  # type: ignore[union-attr]
+    assert (entry.kind, entry.internal, entry.delivery_status) == ("note", True, None)
+    assert store.pending_outbox() == [] and waker.woken == 1
+    assert "Internal comment" in client.get("/tickets/SUPPORT-1").text
+
+
+def test_a_refused_reply_shows_the_error_inline_and_stores_nothing(make: Make) -> None:
+    client, store, _, _ = make(allow_outbound=False)
+    before = counts(store)
+    response = client.post("/tickets/SUPPORT-1/reply", data={
+        "author": "alice@example.com", "text": "Typed text stays.", "send_email": "on",
+        "to": "carol@customer.test", "cc": "",
+    })
+    assert response.status_code == 403
+    assert ("Queue SUPPORT does not allow sending mail outside the organization; "
+            "carol@customer.test is external") in response.text
+    assert ">Typed text stays.</textarea>" in response.text
+    assert counts(store) == before
+
+    missing = client.post("/tickets/SUPPORT-1/reply", data={"author": "", "text": "x", "send_email": "on"})
+    assert missing.status_code == 403 and "not an organization member" in missing.text
+    assert counts(store) == before
+
+
+# ------------------------------------------------------------------ JSON API
+
+
+def test_json_api_lists_gets_and_replies(make: Make) -> None:
+    client, store, _, waker = make()
+    store.apply(command(2))
+    listing = client.get("/api/v1/tickets", params={"queue": "SUPPORT", "limit": 1}).json()
+    assert listing["total"] == 2 and [t["key"] for t in listing["tickets"]] == ["SUPPORT-2"]
+    assert client.get("/api/v1/tickets", params={"queue": "SUPPORT", "limit": 1, "offset": 1}).json()[
+        "tickets"][0]["key"] == "SUPPORT-1"
+
+    created = client.post("/api/v1/tickets/SUPPORT-1/replies",
+                          json={"text": "Done.", "author": "alice@example.com", "cc": ["frank@customer.test"]})
+    assert created.status_code == 201
+    comment = created.json()
+    assert comment["kind"] == "mail_out" and comment["delivery"]["status"] == "queued"
+    assert [r["email"] for r in comment["to"]] == ["carol@customer.test", "dan@customer.test"]
+    assert comment["cc"] == [{"email": "frank@customer.test", "name": None}] and waker.woken == 1
+
+    note = client.post("/api/v1/tickets/SUPPORT-1/replies",
+                       json={"text": "internal", "author": "bob@example.com", "internal": True})
+    assert note.status_code == 201 and note.json()["kind"] == "note" and note.json()["delivery"] is None
+
+    ticket = client.get("/api/v1/tickets/SUPPORT-1").json()
+    assert ticket["key"] == "SUPPORT-1" and ticket["attachments"] == ["invoice.pdf"]
+    assert [e["kind"] for e in ticket["thread"]] == ["mail_out", "note"]
+    assert [p["email"] for p in ticket["participants"]] == [
+        "carol@customer.test", "dan@customer.test", "frank@customer.test"]
+
+    store.record_delivery({"outbound_id": comment["delivery"]["outbound_id"], "status": "sent", "smtp_code": 250,
+                           "smtp_reply": "2.0.0 Ok", "time": datetime.now(timezone.utc)})
+    (delivery,) = client.get("/api/v1/tickets/SUPPORT-1/deliveries").json()
+    assert (delivery["comment_id"], delivery["status"], delivery["detail"]) == (comment["id"], "sent", "250 2.0.0 Ok")
+
+
+def test_json_api_errors_are_clear(make: Make) -> None:
+    client, store, _, _ = make()
+    before = counts(store)
+    cases = [
+        ("SUPPORT-99", {"text": "x", "author": "alice@example.com"}, 404, "no ticket SUPPORT-99"),
+        ("SUPPORT-1", {"text": "x"}, 422, "author is required"),
+        ("SUPPORT-1", {"text": "x", "author": "eve@customer.test"}, 403, "not an organization member"),
+        ("SUPPORT-1", {"text": " ", "author": "alice@example.com"}, 422, "no text"),
+        ("SUPPORT-1", {"text": "x", "author": "alice@example.com", "to": ["bogus"]}, 422, "not an email address"),
+        ("SUPPORT-1", {"text": "x", "author": "alice@example.com", "signature": "Nope"}, 400, "no signature 'Nope'"),
+    ]
+    for key, body, code, detail in cases:
+        response = client.post(f"/api/v1/tickets/{key}/replies", json=body)
+        assert response.status_code == code, (body, response.text)
+        assert detail in response.json()["detail"]
+    assert client.post("/api/v1/tickets/SUPPORT-1/replies", json={"text": "x", "bogus": 1}).status_code == 422
+    assert client.get("/api/v1/tickets/SUPPORT-99").status_code == 404
+    assert counts(store) == before
+
+
+def test_json_api_refuses_external_mail_when_outbound_is_off(make: Make) -> None:
+    client, store, _, waker = make(allow_outbound=False)
+    before = counts(store)
+    response = client.post("/api/v1/tickets/SUPPORT-1/replies", json={"text": "x", "author": "alice@example.com"})
+    assert response.status_code == 403
+    assert response.json()["detail"] == (
+        "Queue SUPPORT does not allow sending mail outside the organization; "
+        "carol@customer.test, dan@customer.test are external")
+    assert counts(store) == before and waker.woken == 0
+    # mail to members only is fine
+    ok = client.post("/api/v1/tickets/SUPPORT-1/replies",
+                     json={"text": "fyi", "author": "alice@example.com", "to": ["bob@example.com"]})
+    assert ok.status_code == 201 and ok.json()["delivery"]["status"] == "queued"
+
+
+def test_a_queue_without_smtp_says_so(make: Make) -> None:
+    client, store, _, _ = make()
+    store.apply(command(5, queue="NOTES", mailbox="notes@example.com"))
+    response = client.post("/api/v1/tickets/NOTES-1/replies", json={"text": "x", "author": "alice@example.com"})
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("Queue NOTES has no mailbox with SMTP settings")
+    page = client.get("/tickets/NOTES-1").text
+    assert "has no SMTP settings" in page and re.search(r'name="send_email"[^>]*disabled', page)
+
+
+def test_openapi_documents_the_reply_endpoint(make: Make) -> None:
+    client, _, _, _ = make()
+    doc = client.get("/openapi.json").json()
+    post = doc["paths"]["/api/v1/tickets/{key}/replies"]["post"]
+    assert "201" in post["responses"] and "403" in post["responses"]
+    assert "/api/v1/tickets/{key}" in doc["paths"] and "/api/v1/tickets" in doc["paths"]
+    assert not any(p.startswith("/tickets") for p in doc["paths"])  # pages are not API
+    assert client.get("/docs").status_code == 200
+
+
+# ------------------------------------------------------------------ identity
+
+
+def test_user_header_identifies_the_agent(make: Make) -> None:
+    client, store, _, _ = make(user_header="X-Forwarded-Email")
+    assert client.get("/tickets/SUPPORT-1").status_code == 403
+    assert client.get("/tickets/SUPPORT-1", headers={"X-Forwarded-Email": "eve@customer.test"}).status_code == 403
+    alice = {"X-Forwarded-Email": "Alice@Example.com"}
+    page = client.get("/tickets/SUPPORT-1", headers=alice)
+    assert page.status_code == 200 and '<select name="author"' not in page.text and "Alice Agent" in page.text
+    # the header decides; a form field naming someone else is ignored
+    posted = client.post("/tickets/SUPPORT-1/reply", headers=alice, follow_redirects=False,
+                         data={"author": "bob@example.com", "text": "hi", "send_email": "on",
+                               "to": "carol@customer.test"})
+    assert posted.status_code == 303
+    assert store.get_ticket("SUPPORT-1").thread[0].author_email == "alice@example.com"  # type: ignore[union-attr]
+    mismatch = client.post("/api/v1/tickets/SUPPORT-1/replies", headers=alice,
+                           json={"text": "x", "author": "bob@example.com"})
+    assert mismatch.status_code == 403 and "cannot reply as bob@example.com" in mismatch.json()["detail"]
+    assert client.post("/api/v1/tickets/SUPPORT-1/replies", headers=alice, json={"text": "x"}).status_code == 201
+    assert client.get("/healthz").status_code == 200  # probes need no identity
+
+
+def test_a_form_posted_from_another_site_is_refused(make: Make) -> None:
+    client, store, _, _ = make()
+    before = counts(store)
+    response = client.post("/tickets/SUPPORT-1/reply", headers={"Origin": "https://evil.test"},
+                           data={"author": "alice@example.com", "text": "x", "send_email": "on"})
+    assert response.status_code == 403 and counts(store) == before
+    # behind a proxy that rewrites Host, the forwarded host is the site
+    proxied = client.post("/tickets/SUPPORT-1/reply", follow_redirects=False,
+                          headers={"Origin": "https://desk.example.com", "X-Forwarded-Host": "desk.example.com"},
+                          data={"author": "alice@example.com", "text": "x"})
+    assert proxied.status_code == 303
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_settings_show_sources_never_secrets(make: Make) -> None:
+    client, _, _, _ = make()
+    page = client.get("/queues/SUPPORT/settings")
+    assert page.status_code == 200
+    text = page.text
+    assert IMAP_SECRET not in text and SMTP_SECRET not in text
+    assert "password: set from environment variable API_IMAP_PW" in text
+    assert "password: read from file " in text
+    assert "imap.example.com:993" in text and "smtp.example.com:587" in text and "starttls" in text
+    assert "Example support" in text and "Example Inc. support" in text
+    assert "Check connection" in text and "Send a test email" in text
+    assert re.search(r"Allow sending mail outside the organization</dt><dd>yes", text)
+    assert client.get("/queues/NOPE/settings").status_code == 404
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_check_connection_and_test_email_against_real_servers(
+    make: Make, dovecot: Any, unique: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.harness.smtp import SmtpServer
+
+    address = f"{unique('support')}@example.com"
+    dovecot.add_user(address, IMAP_SECRET)
+    with SmtpServer({"support": SMTP_SECRET}) as smtp:
+        extra = textwrap.indent(textwrap.dedent(f"""
+            - address: {address}
+              accept_external: true
+              imap: {{host: 127.0.0.1, port: {dovecot.imaps_port}, security: ssl, cafile: {dovecot.cafile},
+                      password: {{env: API_IMAP_PW}}}}
+              smtp: {{host: 127.0.0.1, port: {smtp.port}, security: starttls, login: support,
+                      cafile: {smtp.cafile}, password: {{env: API_SMTP_PW}}}}"""), " " * 14)
+        monkeypatch.setenv("API_SMTP_PW", SMTP_SECRET)
+        client, _, _, _ = make(mailbox_extra=extra)
+        checked = client.post("/queues/SUPPORT/settings/check", data={"mailbox": address})
+        assert checked.status_code == 200
+        steps = re.findall(r'<li class="(ok|fail)"><span class="mark">(.)</span> ([\w-]+)', checked.text)
+        assert [(cls, name) for cls, _, name in steps] == [
+            ("ok", "dns"), ("ok", "connect"), ("ok", "tls"), ("ok", "login"), ("ok", "select"),
+            ("ok", "smtp-connect"), ("ok", "smtp-tls"), ("ok", "smtp-login")]
+        assert all(mark == "✓" for _, mark, _ in steps)
+
+        sent = client.post("/queues/SUPPORT/settings/test",
+                           data={"mailbox": address, "to": "carol@customer.test", "signature": ""})
+        assert sent.status_code == 200 and "Test email accepted by the server: carol@customer.test: 250" in sent.text
+        (received,) = smtp.received()
+        assert received.rcpt_tos == ("carol@customer.test",)
+        for page in (checked.text, sent.text):
+            assert IMAP_SECRET not in page and SMTP_SECRET not in page
+
+        dovecot.add_user(address, "changed-elsewhere")
+        failed = client.post("/queues/SUPPORT/settings/check", data={"mailbox": address}).text
+        assert re.search(r'<li class="fail"><span class="mark">✗</span> login', failed)
