@@ -1,0 +1,130 @@
+"""The whole circle with real parts: a customer's mail becomes a ticket, the agent answers
+through the API, the answer lands in the customer's mailbox (SMTP with STARTTLS and AUTH,
+delivered into Dovecot), and the customer's reply comes back as a comment on the ticket."""
+
+from __future__ import annotations
+
+import email
+import json
+import textwrap
+import urllib.request
+from email import policy
+from pathlib import Path
+
+import pytest
+
+from services.ticketer.store import TicketStore
+from tests.harness import mails
+from tests.harness.smtp import SmtpServer
+from tests.harness.stack import Stack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SMTP_PASSWORD = "smtp-secret-9f3"
+
+
+def _config(unique, dovecot, smtp: SmtpServer, data: Path, support: str) -> str:
+    topics = {k: unique(f"circle-{k}") for k in ("inbound", "commands", "outbound", "events", "deadletter")}
+    return textwrap.dedent(f"""\
+        kafka:
+          group_prefix: {unique("circle")}
+          consumer: {{session_timeout_ms: 2000, heartbeat_interval_ms: 500}}
+          topics: {json.dumps(topics)}
+        data_dir: {data}
+        fetcher: {{poll_interval_seconds: 1}}
+        organization:
+          domains: [example.com]
+          members:
+            - {{email: alice@example.com, name: Alice Agent, groups: [support]}}
+        queues:
+          - key: SUPPORT
+            access: [group:support]
+            allow_outbound_mail: true
+            mailboxes:
+              - address: {support}
+                accept_external: true
+                ticket: {{type: question, components: [billing]}}
+                imap: {{host: {dovecot.host}, port: {dovecot.imaps_port}, security: ssl, cafile: {dovecot.cafile},
+                        password: {{env: CIRCLE_IMAP_PW}}}}
+                smtp: {{host: 127.0.0.1, port: {smtp.port}, security: starttls, login: support,
+                        cafile: {smtp.cafile}, password: {{env: CIRCLE_SMTP_PW}}}}
+                signatures:
+                  - {{alias: Поддержка Example, text: "--\\nExample Inc. customer support"}}
+        """)
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        return json.loads(response.read())
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_customer_mail_agent_reply_and_customer_answer(tmp_path, dovecot, broker, unique):
+    support = f"{unique('help')}@example.com"
+    customer = f"{unique('carol')}@customer.test"
+    dovecot.add_user(support, "imap-pw")
+    with SmtpServer({"support": SMTP_PASSWORD}, dovecot=dovecot) as smtp:
+        smtp.add_mailbox(customer, "customer-pw")
+        stack = Stack(_config(unique, dovecot, smtp, tmp_path / "data", support), tmp_path, broker.bootstrap,
+                      env={"CIRCLE_IMAP_PW": "imap-pw", "CIRCLE_SMTP_PW": SMTP_PASSWORD})
+        stack.create_topics()
+        try:
+            stack.start("ticketer", "router", "fetcher", "sender", "api")
+            api = f"http://127.0.0.1:{stack.ports['api']}/api/v1"
+
+            # 1. the customer writes to the queue's mailbox
+            first, first_mid, subject = mails.mixed(3, customer, support)
+            dovecot.append(support, "imap-pw", first)
+            store = TicketStore(stack.config.database_url)
+            wait_for(lambda: store.count_tickets(queue="SUPPORT") == 1, 60, "the ticket")
+            key = store.list_tickets(queue="SUPPORT")[0].key
+
+            # 2. the agent answers through the API, as the ticket page does
+            reply = _post(f"{api}/tickets/{key}/replies",
+                          {"text": "Hello Carol,\nthe invoice is corrected.", "author": "alice@example.com"})
+            assert [r["email"] for r in reply["to"]] == [customer]
+            wait_for(lambda: _get(f"{api}/tickets/{key}")["thread"][-1]["delivery"]["status"] == "sent", 60,
+                     "delivery status 'sent'")
+
+            # 3. the customer's mailbox has it: alias in From, signature, key in subject, threading
+            inbox = wait_for(lambda: dovecot.messages(customer, "customer-pw"), 30, "the mail in the customer's INBOX")
+            assert len(inbox) == 1
+            client = dovecot.connect(customer, "customer-pw", security="imaps")
+            client.select_folder("INBOX", readonly=True)
+            raw = client.fetch([inbox[0][0]], ["BODY.PEEK[]"])[inbox[0][0]][b"BODY[]"]
+            client.logout()
+            received = email.message_from_bytes(raw, policy=policy.default)
+            assert received["From"].addresses[0].display_name == "Поддержка Example"
+            assert received["From"].addresses[0].addr_spec == support
+            assert received["Subject"] == f"Re: [{key}] {subject}"
+            assert received["In-Reply-To"] == f"<{first_mid}>"
+            assert f"<{first_mid}>" in received["References"]
+            body = received.get_body(("plain",)).get_content()
+            assert "the invoice is corrected." in body and "Example Inc. customer support" in body
+            agent_mid = received["Message-ID"].strip("<>")
+            assert agent_mid == reply["message_id"]
+
+            # 4. the customer answers that mail (by its Message-ID only: no ticket key in the subject)
+            answer, _ = mails.reply(agent_mid, customer, support, "Thanks", "Got it, thank you!")
+            dovecot.append(support, "imap-pw", answer)
+            wait_for(lambda: len(_get(f"{api}/tickets/{key}")["thread"]) == 2, 60, "the customer's answer")
+            thread = _get(f"{api}/tickets/{key}")["thread"]
+            assert [(e["kind"], e["author"]) for e in thread] == [("mail_out", "alice@example.com"),
+                                                                  ("mail_in", customer)]
+            assert "Got it, thank you!" in thread[1]["text"]
+            assert store.count_tickets(queue="SUPPORT") == 1
+
+            # no secret leaks into what the processes wrote
+            for name in ("fetcher", "router", "ticketer", "sender", "api"):
+                log = stack.log(name)
+                assert SMTP_PASSWORD not in log and "imap-pw" not in log, name
+            assert stack.stop() == {n: 0 for n in ("ticketer", "router", "fetcher", "sender", "api")}
+        finally:
+            stack.stop()
