@@ -27,6 +27,8 @@ re-exported here.
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -193,7 +195,7 @@ class _Command:
             if not isinstance(received_at, datetime) or received_at.tzinfo is None:
                 raise InvalidCommand(f"received_at must be a timezone-aware datetime: {received_at!r}")
             return cls(
-                id=_bounded(cmd["id"], "id", COMMAND_ID),
+                id=_command_key(cmd["id"]),
                 action=action,
                 classification=_bounded(cmd["classification"], "classification", 16),
                 queue=queue,
@@ -248,6 +250,17 @@ def _text(value: Any) -> str:
 
 def _optional_text(value: Any) -> str | None:
     return None if value is None else _text(value)
+
+
+def _command_key(value: Any) -> str:
+    """The stored form of a command id: as is, or a digest when it is longer than the column.
+
+    Ids embed the mailbox address (``imap:<address>:<uidvalidity>:<uid>``), and an
+    address may be up to 254 characters; the digest keeps such ids stable and unique.
+    """
+    if isinstance(value, str) and len(value) > COMMAND_ID and "\x00" not in value:
+        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    return _bounded(value, "id", COMMAND_ID)
 
 
 def _bounded(value: Any, field: str, limit: int, *, empty_ok: bool = False) -> str:

@@ -531,6 +531,13 @@ def test_malformed_command_is_invalid(store: TicketStore) -> None:
     assert row_counts(store) == {table.name: 0 for table in metadata.sorted_tables}
 
 
+def test_ids_longer_than_the_column_are_stored_as_a_stable_digest(store: TicketStore) -> None:
+    long_id = "smtp:" + "a" * 240 + "@example.com:" + "f" * 64  # an address may be 254 characters
+    first = store.apply(command(1, id=long_id))
+    again = store.apply(command(1, id=long_id))
+    assert (first.outcome, again.outcome, again.ticket_key) == ("created", "duplicate", first.ticket_key)
+
+
 def test_nul_characters_are_dropped_from_text(store: TicketStore) -> None:
     # PostgreSQL text cannot hold NUL; both backends store the same cleaned text.
     applied = store.apply(command(1, subject="Bro\x00ken", text="a\x00b", html="<p>\x00</p>"))
