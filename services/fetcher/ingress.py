@@ -47,11 +47,12 @@ from services.common.bus import Out, Producer
 from services.common.codec import codec
 from services.common.config import Config
 from services.common.errors import Transient
+from services.fetcher.records import inbound_record
 
 log = logging.getLogger("deskmail.fetcher.ingress")
 
 STAGE = "fetcher"
-SOURCE = "smtp"
+SOURCE: Literal["smtp"] = "smtp"
 Dialect = Literal["smtp", "lmtp"]
 
 # How long DATA waits for the broker's acknowledgement before answering 451.
@@ -110,30 +111,12 @@ def ingress_record(
     blobs: BlobStore,
     inline_max_bytes: int,
 ) -> dict[str, Any]:
-    """The InboundMail record of one message for one mailbox; large mail goes to ``blobs``.
-
-    Raises ``Transient`` when the blob store cannot take the message.
-    """
-    blob_ref = None
-    if len(raw) > inline_max_bytes:
-        try:
-            blob_ref = blobs.put(raw)
-        except OSError as exc:
-            raise Transient(f"blob store cannot take a message for {mailbox}: {exc}") from exc
-    return {
-        "id": record_id(mailbox, sha256),
-        "mailbox": mailbox,
-        "source": SOURCE,
-        "uidvalidity": 0,
-        "uid": 0,
-        "received_at": received_at,
-        "size": len(raw),
-        "sha256": sha256,
-        "raw": None if blob_ref else raw,
-        "blob_ref": blob_ref,
-        "envelope_from": envelope_from,
-        "envelope_to": list(envelope_to),
-    }
+    """The InboundMail record of one message for one mailbox (see services.fetcher.records)."""
+    return inbound_record(
+        record_id=record_id(mailbox, sha256), mailbox=mailbox, source=SOURCE, raw=raw, sha256=sha256,
+        received_at=received_at, blobs=blobs, inline_max_bytes=inline_max_bytes,
+        envelope_from=envelope_from, envelope_to=envelope_to,
+    )
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,6 @@ per queue turns those into no-ops instead of duplicate tickets.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -64,6 +63,7 @@ from services.common.config import FetcherSettings, Mailbox
 from services.common.errors import Transient
 from services.common.retry import Backoff
 from services.common.runtime import Health
+from services.fetcher import records
 from services.fetcher.imap import (
     SESSION_ERRORS,
     ClientFactory,
@@ -78,7 +78,7 @@ from services.fetcher.imap import (
 log = logging.getLogger("deskmail.fetcher")
 
 STAGE = "fetcher"
-SOURCE = "imap"
+SOURCE: Literal["imap"] = "imap"
 MarkMode = Literal["keyword", "seen", "move"]
 
 SEEN = b"\\Seen"
@@ -142,30 +142,12 @@ def inbound_record(
     blobs: BlobStore,
     inline_max_bytes: int,
 ) -> dict[str, Any]:
-    """The InboundMail record for one fetched message; large mail goes to ``blobs``.
-
-    Raises ``Transient`` when the blob store cannot take the message.
-    """
-    blob_ref = None
-    if len(raw) > inline_max_bytes:
-        try:
-            blob_ref = blobs.put(raw)
-        except OSError as exc:
-            raise Transient(f"blob store cannot take message uid {uid} of {address}: {exc}") from exc
-    return {
-        "id": message_id(address, uidvalidity, uid),
-        "mailbox": address,
-        "source": SOURCE,
-        "uidvalidity": uidvalidity,
-        "uid": uid,
-        "received_at": received_at,
-        "size": len(raw),
-        "sha256": hashlib.sha256(raw).hexdigest(),
-        "raw": None if blob_ref else raw,
-        "blob_ref": blob_ref,
-        "envelope_from": None,
-        "envelope_to": [],
-    }
+    """The InboundMail record for one fetched message (see services.fetcher.records)."""
+    return records.inbound_record(
+        record_id=message_id(address, uidvalidity, uid), mailbox=address, source=SOURCE, raw=raw,
+        received_at=received_at, blobs=blobs, inline_max_bytes=inline_max_bytes,
+        uidvalidity=uidvalidity, uid=uid,
+    )
 
 
 def announces_new_mail(responses: Sequence[tuple[Any, ...]]) -> bool:

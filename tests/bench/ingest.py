@@ -23,7 +23,7 @@ from services.localbroker import LocalBroker  # noqa: E402
 from services.ticketer.store import TicketStore  # noqa: E402
 from tests.harness import mails  # noqa: E402
 from tests.harness.dovecot import DovecotServer  # noqa: E402
-from tests.harness.stack import Stack, wait_for  # noqa: E402
+from tests.harness.stack import Stack  # noqa: E402
 
 
 def peak_rss_mb(pid: int) -> float:

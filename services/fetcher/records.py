@@ -1,0 +1,52 @@
+"""The InboundMail record, built the same way for IMAP and for the SMTP/LMTP ingress."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from services.common.blobs import BlobStore
+from services.common.errors import Transient
+
+
+def inbound_record(
+    *,
+    record_id: str,
+    mailbox: str,
+    source: Literal["imap", "smtp"],
+    raw: bytes,
+    received_at: datetime,
+    blobs: BlobStore,
+    inline_max_bytes: int,
+    sha256: str | None = None,
+    uidvalidity: int = 0,
+    uid: int = 0,
+    envelope_from: str | None = None,
+    envelope_to: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One message as an InboundMail record; mail above ``inline_max_bytes`` goes to ``blobs``.
+
+    Raises ``Transient`` when the blob store cannot take the message.
+    """
+    blob_ref = None
+    if len(raw) > inline_max_bytes:
+        try:
+            blob_ref = blobs.put(raw)
+        except OSError as exc:
+            raise Transient(f"blob store cannot take {record_id}: {exc}") from exc
+    return {
+        "id": record_id,
+        "mailbox": mailbox,
+        "source": source,
+        "uidvalidity": uidvalidity,
+        "uid": uid,
+        "received_at": received_at,
+        "size": len(raw),
+        "sha256": sha256 or hashlib.sha256(raw).hexdigest(),
+        "raw": None if blob_ref else raw,
+        "blob_ref": blob_ref,
+        "envelope_from": envelope_from,
+        "envelope_to": list(envelope_to),
+    }
