@@ -22,7 +22,7 @@ BUS_DEADLETTERS = Counter(
 )
 BUS_RETRIES = Counter(
     "deskmail_bus_retries_total",
-    "Transient failures a stage retried (broker, database, SMTP unavailable).",
+    "Transient failures a stage retried (broker, database or blob store unavailable).",
     ["stage"],
 )
 BUS_BATCH_SECONDS = Histogram(

@@ -444,6 +444,7 @@ def _rules() -> list[dict[str, Any]]:
 REQUIRED_ALERTS = {
     "DeskmailProcessDown", "DeskmailMailboxDown", "DeskmailMailboxStale", "DeskmailDeadLetters",
     "DeskmailConsumerLagHigh", "DeskmailConsumerLagGrowing", "DeskmailStageRetrying", "DeskmailRejectionSpike",
+    "DeskmailOutgoingMailFailing", "DeskmailOutgoingMailRetrying", "DeskmailIngressDeferring",
 }
 
 
@@ -463,6 +464,37 @@ def test_every_alert_is_tested_firing_and_not_firing_and_has_a_runbook() -> None
         assert {"summary", "description", "runbook"} <= rule["annotations"].keys(), name
         assert f"docs/operations.md#{name.lower()}" in rule["annotations"]["runbook"], name
         assert name in headings, f"docs/operations.md has no section `{name}`"
+
+
+def _heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown text (fenced code skipped)."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        match = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*$", line)
+        if match:
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).lower()).replace(" ", "-")
+            anchor, n = slug, 0
+            while anchor in anchors:
+                n += 1
+                anchor = f"{slug}-{n}"
+            anchors.add(anchor)
+    return anchors
+
+
+def test_runbook_and_document_links_point_to_headings() -> None:
+    text = OPERATIONS.read_text(encoding="utf-8")
+    anchors = _heading_anchors(text)
+    links = {(f"rules.yml ({r.get('alert') or r.get('record')})", a)
+             for r in _rules() for value in r.get("annotations", {}).values()
+             for a in re.findall(r"docs/operations\.md#([\w-]+)", value)}
+    links |= {("docs/operations.md", a) for a in re.findall(r"\]\(#([\w-]+)\)", text)}
+    assert links
+    missing = sorted(f"{where}: #{anchor}" for where, anchor in links if anchor not in anchors)
+    assert not missing, "links to no heading of docs/operations.md:\n" + "\n".join(missing)
 
 
 # ---------------------------------------------------------------- metric names
@@ -565,7 +597,7 @@ def test_dashboard_structure() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     rows = [p["title"] for p in _panels() if p["type"] == "row"]
-    assert rows == ["Intake", "Pipeline", "Outcomes"]
+    assert rows == ["Intake", "Pipeline", "Outcomes", "Outgoing"]
     ids = [p["id"] for p in _panels()]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in _panels():
@@ -614,6 +646,8 @@ def test_dashboard_uses_only_exported_metrics_and_labels() -> None:
         "deskmail_bus_consumer_lag_records", "deskmail_bus_retries_total", "deskmail_bus_deadletters_total",
         "deskmail_router_commands_total", "deskmail_router_rejections_total",
         "deskmail_ticketer_commands_applied_total", "deskmail_ticketer_apply_seconds_bucket",
+        "deskmail_fetcher_ingress_sessions_total", "deskmail_sender_mails_total",
+        "deskmail_sender_send_seconds_bucket", "deskmail_sender_smtp_errors_total",
     }
     assert wanted - used == set(), "the dashboard lost a panel"
 
