@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.blobs import ref_for
+from services.common.blobs import ref_for_sha256
 from services.common.config import Config
 from services.router import classify
 from services.router.access import decide
@@ -106,7 +106,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
                 "content_type": a.content_type,
                 "size": a.size,
                 "sha256": a.sha256,
-                "blob_ref": ref_for(a.payload),
+                "blob_ref": ref_for_sha256(a.sha256),
             }
             for a in mail.attachments
         ],

@@ -53,7 +53,9 @@ class RouterStep:
             raise BadRecord(f"{inbound['id']}: {exc}") from exc
         try:
             for payload in routed.attachments:
-                self.blobs.put(payload)
+                # Derived from the raw mail, which stays in the inbound topic:
+                # a replay stores it again, so it needs no fsync (see blobs.py).
+                self.blobs.put(payload, durable=False)
         except OSError as exc:
             raise Transient(f"blob store unavailable: {exc}") from exc
         command = routed.command
