@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping, Sequence
 
+from services.common.ids import SYNTHETIC_MESSAGE_ID_DOMAIN
+
 __all__ = [
     "find_ticket_key",
     "is_auto_submitted",
@@ -167,7 +169,7 @@ def synthetic_message_id(sha256_hex: str) -> str:
     digest = sha256_hex.strip().lower()
     if not _HEX64.fullmatch(digest):
         raise ValueError(f"not a SHA-256 hex digest: {sha256_hex!r}")
-    return f"{digest}@deskmail.invalid"
+    return digest + SYNTHETIC_MESSAGE_ID_DOMAIN
 
 
 def strip_reply_prefixes(subject: str) -> str:

@@ -55,6 +55,7 @@ from sqlalchemy.engine import Connection, CursorResult, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from services.common.ids import SYNTHETIC_MESSAGE_ID_DOMAIN
 from services.ticketer.migrations import alembic_config
 from services.ticketer.tables import (
     COMMAND_ID,
@@ -945,7 +946,9 @@ def _add_reply(conn: Connection, key: str, d: _ReplyDraft, created_at: datetime)
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
     if d.send_email:
-        known = list(conn.execute(_TICKET_MESSAGE_IDS, {"ticket_id": t.id}).scalars())
+        # Ids deskmail made up for mail that had none mean nothing to anyone else's mail program.
+        known = [m for m in conn.execute(_TICKET_MESSAGE_IDS, {"ticket_id": t.id}).scalars()
+                 if not m.endswith(SYNTHETIC_MESSAGE_ID_DOMAIN)]
         in_reply_to = known[-1] if known else None
         references = _references(known)
     status: DeliveryStatus | None = "queued" if d.send_email else None

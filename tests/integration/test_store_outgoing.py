@@ -203,6 +203,15 @@ def test_the_customers_answer_threads_back_by_in_reply_to(store: TicketStore) ->
     assert builder.seen[0].references == ("msg-1@customer.org", "deskmail.out-1@example.com", "msg-2@customer.org")
 
 
+def test_made_up_message_ids_are_not_sent_as_threading_headers(store: TicketStore) -> None:
+    # mail that arrived without a Message-ID is known by one deskmail made up from its hash
+    synthetic = "ab" * 32 + "@deskmail.invalid"
+    created = store.apply(command(50, message_id=synthetic, thread_key=synthetic))
+    builder = Builder()
+    mail(store, key=created.ticket_key, n=50, builder=builder)
+    assert (builder.seen[0].in_reply_to, builder.seen[0].references) == (None, ())
+
+
 def test_references_keep_the_first_and_the_newest_ids(store: TicketStore) -> None:
     for n in range(2, 31):
         store.apply(command(n, action="comment", classification="reply", in_reply_to="msg-1@customer.org"))
