@@ -22,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +50,8 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
+    health_url: str | None = None  # /healthz, probed like a Kubernetes liveness probe
+    unhealthy_since: float | None = None
 
     def start(self, env: dict[str, str]) -> None:
         log = open(self.log_path, "ab")
@@ -179,14 +183,20 @@ def run_stack(config: Config, sink: Sink | None = None) -> int:
             port = config.metrics.ports.get(name, DEFAULT_PORTS[name])
             args = [sys.executable, "-m", "services.cli", "run", name, "--config", str(Path(config.path).resolve()),
                     "--metrics-port", str(port)]
-            children.append(Child(name, args, logs / f"{name}.log"))
+            children.append(Child(name, args, logs / f"{name}.log",
+                                  health_url=f"http://127.0.0.1:{port}/healthz"))
         for child in children:
             child.start(env)
 
         _describe(config, bootstrap, broker, children, sink)
 
         backoff = Backoff(initial=1.0, maximum=30.0)
+        next_probe = time.monotonic() + PROBE_INTERVAL_SECONDS
         while not stop.wait(0.5):
+            if time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + PROBE_INTERVAL_SECONDS
+                for child in children:
+                    _probe(child)
             for child in children:
                 if child.proc is not None and child.proc.poll() is not None:
                     code = child.proc.returncode
@@ -216,6 +226,39 @@ def run_stack(config: Config, sink: Sink | None = None) -> int:
         if broker is not None:
             broker.stop()
         click.echo("stopped")
+
+
+PROBE_INTERVAL_SECONDS = 10.0
+UNHEALTHY_GRACE_SECONDS = 60.0
+
+
+def _probe(child: Child) -> None:
+    """Kill a child whose /healthz says its main loop is stuck; the loop above restarts it.
+
+    A stuck client call (a lost wakeup in the Kafka client, a hung socket) leaves the
+    process alive but doing nothing; its health goes stale and this treats it as
+    Kubernetes' liveness probe would.
+    """
+    if child.proc is None or child.proc.poll() is not None or child.health_url is None:
+        return
+    try:
+        with urllib.request.urlopen(child.health_url, timeout=5) as response:
+            healthy = response.status == 200
+    except urllib.error.HTTPError:
+        healthy = False
+    except OSError:
+        return  # not listening yet, or busy: only an answered "stale" counts
+    if healthy:
+        child.unhealthy_since = None
+        return
+    now = time.monotonic()
+    if child.unhealthy_since is None:
+        child.unhealthy_since = now
+    elif now - child.unhealthy_since >= UNHEALTHY_GRACE_SECONDS:
+        click.echo(f"{child.name} is stuck (/healthz stale for {now - child.unhealthy_since:.0f}s); "
+                   "killing it to restart", err=True)
+        child.unhealthy_since = None
+        child.proc.kill()
 
 
 def _describe(config: Config, bootstrap: list[str], broker: "LocalBroker | None", children: list[Child],

@@ -21,8 +21,10 @@ package to install (``scripts/install-deps`` installs them all).
 from __future__ import annotations
 
 import shutil
+import uuid
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -112,36 +114,46 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """SQLAlchemy URL of a throwaway PostgreSQL cluster (unix socket only).
+def postgres_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster (unix socket only) for the whole session."""
+    from tests.harness.postgres import PostgresCluster
 
-    Example: ``postgresql+psycopg://postgres@/postgres?host=/tmp/xyz``.
-    """
-    error = None
-    try:
-        from tests.harness.postgres import PostgresCluster
-    except ImportError as exc:
-        error = f"the PostgreSQL test harness cannot be imported: {exc}"
-    if error:
-        pytest.fail(error, pytrace=False)
     cluster = PostgresCluster()
     try:
-        url = cluster.start()
+        cluster.start()
     except Exception as exc:
-        error = (
-            f"PostgreSQL did not start ({type(exc).__name__}: {exc}); "
-            "it needs the Debian package postgresql (scripts/install-deps installs it)"
-        )
         try:
             cluster.stop()
         except Exception:
             pass
-    if error:
-        pytest.fail(error, pytrace=False)
+        pytest.fail(
+            f"PostgreSQL did not start ({type(exc).__name__}: {exc}); "
+            "it needs the Debian package postgresql (scripts/install-deps installs it)",
+            pytrace=False,
+        )
     try:
-        yield url
+        yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster: Any) -> str:
+    """SQLAlchemy URL of the session's PostgreSQL cluster.
+
+    Example: ``postgresql+psycopg://postgres@/postgres?host=/tmp/xyz``.
+    """
+    return str(postgres_cluster.url)
+
+
+@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
+                        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty tickets database: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/tickets.db"
+    cluster = request.getfixturevalue("postgres_cluster")
+    return str(cluster.create_database(f"t_{uuid.uuid4().hex}"))
 
 
 @pytest.fixture

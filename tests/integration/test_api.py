@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import textwrap
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -19,7 +18,6 @@ from services.common.codec import codec
 from services.common.config import Config, parse_text
 from services.ticketer.store import TicketStore
 from services.ticketer.tables import metadata
-from tests.harness.postgres import PostgresCluster
 
 with warnings.catch_warnings():
     # Starlette 1.x warns at import that its TestClient should move off httpx.
@@ -95,23 +93,6 @@ class Waker:
 
     def wake(self) -> None:
         self.woken += 1
-
-
-@pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
-                        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/tickets.db"
-    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database(f"t_{uuid.uuid4().hex}")
 
 
 Make = Callable[..., tuple[TestClient, TicketStore, Config, Waker]]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -101,31 +100,9 @@ def run_together(workers: list[Callable[[], Any]]) -> list[Any]:
         return [f.result() for f in futures]
 
 
-@pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        # The parent folder does not exist yet: the store creates it.
-        return f"sqlite:///{tmp_path}/data/tickets.db"
-    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database(f"t_{uuid.uuid4().hex}")
-
-
 @pytest.fixture
-def store(store_url: str) -> Iterator[TicketStore]:
-    with TicketStore(store_url) as s:
+def store(db_url: str) -> Iterator[TicketStore]:
+    with TicketStore(db_url) as s:
         s.migrate()
         yield s
 
@@ -159,8 +136,15 @@ def test_downgrade_to_base_removes_every_table(store: TicketStore) -> None:
     )
 
 
-def test_migrate_from_several_processes_at_once(store_url: str) -> None:
-    stores = [TicketStore(store_url) for _ in range(3)]
+def test_a_sqlite_file_in_a_missing_folder_is_created(tmp_path: Any) -> None:
+    with TicketStore(f"sqlite:///{tmp_path}/data/deep/tickets.db") as store:
+        store.migrate()
+        assert store.apply(command(1)).outcome == "created"
+    assert (tmp_path / "data" / "deep" / "tickets.db").exists()
+
+
+def test_migrate_from_several_processes_at_once(db_url: str) -> None:
+    stores = [TicketStore(db_url) for _ in range(3)]
     try:
         assert run_together([s.migrate for s in stores]) == [None, None, None]
         stores[0].migrate()  # a later start finds the schema current
@@ -421,9 +405,9 @@ def test_reject_is_recorded_once(store: TicketStore) -> None:
 # -- concurrency -------------------------------------------------------------
 
 
-def test_concurrent_creates_get_gap_free_numbers(store_url: str, store: TicketStore) -> None:
+def test_concurrent_creates_get_gap_free_numbers(db_url: str, store: TicketStore) -> None:
     threads, per_thread = 4, 50
-    stores = [TicketStore(store_url) for _ in range(threads)]
+    stores = [TicketStore(db_url) for _ in range(threads)]
 
     def create_many(t: int) -> list[Applied]:
         return [stores[t].apply(command(t * 1000 + i + 1)) for i in range(per_thread)]
@@ -444,9 +428,9 @@ def test_concurrent_creates_get_gap_free_numbers(store_url: str, store: TicketSt
         assert mine == sorted(mine)
 
 
-def test_concurrent_duplicate_apply_creates_one_ticket(store_url: str, store: TicketStore) -> None:
+def test_concurrent_duplicate_apply_creates_one_ticket(db_url: str, store: TicketStore) -> None:
     rounds = 20
-    first, second = TicketStore(store_url), TicketStore(store_url)
+    first, second = TicketStore(db_url), TicketStore(db_url)
     try:
         for n in range(1, rounds + 1):
             cmd = command(n)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -30,7 +29,6 @@ from services.ticketer.store import (
     UnknownTicket,
 )
 from services.ticketer.tables import metadata
-from tests.harness.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration
 
@@ -89,26 +87,9 @@ def event(outbound_id: str, status: str, code: int | None = 250, reply: str | No
             "message_id": f"deskmail.{outbound_id}@example.com", "time": at}
 
 
-@pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
-                        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/tickets.db"
-    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database(f"t_{uuid.uuid4().hex}")
-
-
 @pytest.fixture
-def store(store_url: str) -> Iterator[TicketStore]:
-    with TicketStore(store_url) as s:
+def store(db_url: str) -> Iterator[TicketStore]:
+    with TicketStore(db_url) as s:
         s.migrate()
         s.apply(command(1))
         yield s
@@ -126,10 +107,10 @@ def test_schema_at_head_matches_tables(store: TicketStore) -> None:
         assert compare_metadata(context, metadata) == []
 
 
-def test_upgrade_keeps_existing_comments_and_downgrade_removes_the_new_columns(store_url: str) -> None:
-    config = alembic_config(store_url)
+def test_upgrade_keeps_existing_comments_and_downgrade_removes_the_new_columns(db_url: str) -> None:
+    config = alembic_config(db_url)
     alembic_command.upgrade(config, "0001")
-    with TicketStore(store_url) as s:
+    with TicketStore(db_url) as s:
         with s.engine.begin() as conn:
             conn.execute(text(
                 "INSERT INTO tickets (id, key, queue, number, summary, description, components, author_email,"
@@ -149,7 +130,7 @@ def test_upgrade_keeps_existing_comments_and_downgrade_removes_the_new_columns(s
                 conn.execute(text("UPDATE comments SET delivery_status = 'lost'"))
         mail(s)
     alembic_command.downgrade(config, "0001")
-    with TicketStore(store_url) as s:
+    with TicketStore(db_url) as s:
         names = {c["name"] for c in inspect(s.engine).get_columns("comments")}
         assert "delivery_status" not in names and "internal" not in names and "outbox" not in inspect(
             s.engine).get_table_names()
@@ -306,7 +287,7 @@ def test_mark_relayed_counts_only_pending_rows(store: TicketStore) -> None:
     assert store.mark_relayed([]) == 0
 
 
-def test_concurrent_relays_never_publish_a_row_twice(store: TicketStore, store_url: str) -> None:
+def test_concurrent_relays_never_publish_a_row_twice(store: TicketStore, db_url: str) -> None:
     for n in range(1, 21):
         mail(store, n=n)
     published: list[str] = []
@@ -317,7 +298,7 @@ def test_concurrent_relays_never_publish_a_row_twice(store: TicketStore, store_u
         with lock:
             published.extend(r.id for r in rows)
 
-    others = [TicketStore(store_url) for _ in range(3)]
+    others = [TicketStore(db_url) for _ in range(3)]
     try:
         threads = [threading.Thread(target=lambda s=s: s.relay_outbox(slow, limit=5)) for s in others]
         for t in threads:
