@@ -40,11 +40,9 @@ def _person(address: Any, config: Config) -> dict[str, Any]:
 
 
 def route(inbound: dict[str, Any], raw: bytes, config: Config) -> Routed:
-    mailbox = config.mailbox(inbound["mailbox"])
-    if mailbox is None:
+    if config.mailbox(inbound["mailbox"]) is None:  # before parsing: the cheaper refusal
         raise UnknownMailbox(f"mailbox {inbound['mailbox']} is not in the configuration")
-    mail = parse(raw)
-    return decide_command(inbound, mail, config)
+    return decide_command(inbound, parse(raw), config)
 
 
 def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) -> Routed:
