@@ -122,6 +122,77 @@ def replay(stage: str, config_path: str | None, bootstrap: str | None, offset: i
         click.echo(f"{group} {topic}[{partition}] -> {value}")
 
 
+# ------------------------------------------------------------------ dead letters
+
+
+@main.group("deadletters")
+def deadletters_group() -> None:
+    """Inspect and replay what a stage could not process."""
+
+
+_dl_filters = [
+    click.option("--stage", default=None, help="Only this stage (fetcher, router, ticketer, sender)."),
+    click.option("--error-class", default=None, help="Only this error class, e.g. BadRecord."),
+    click.option("--topic", default=None, help="Only records that came from this topic."),
+]
+
+
+def _with_filters(f: Any) -> Any:
+    for option in reversed(_dl_filters):
+        f = option(f)
+    return f
+
+
+@deadletters_group.command("list")
+@config_option
+@bootstrap_option
+@_with_filters
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def deadletters_list(config_path: str | None, bootstrap: str | None, stage: str | None,
+                     error_class: str | None, topic: str | None, as_json: bool) -> None:
+    """List dead letters with the reason each one was set aside."""
+    from services import deadletters
+    from services.common.bus import Kafka
+
+    cfg = _load(config_path)
+    letters = deadletters.select(deadletters.read(Kafka(cfg, _bootstrap(bootstrap))), stage, error_class, topic)
+    for d in letters:
+        if as_json:
+            click.echo(json.dumps(d.summary(), ensure_ascii=False))
+        else:
+            click.echo(f"{d.time.isoformat()[:19]}  {d.stage:<9} {d.topic or '-'}[{d.source_partition}]@"
+                       f"{d.source_offset}  {d.error_class}: {d.message}")
+    if not as_json:
+        click.echo(f"{len(letters)} dead letter(s)", err=True)
+
+
+@deadletters_group.command("replay")
+@config_option
+@bootstrap_option
+@_with_filters
+@click.option("--yes", is_flag=True, help="Replay without asking.")
+def deadletters_replay(config_path: str | None, bootstrap: str | None, stage: str | None,
+                       error_class: str | None, topic: str | None, yes: bool) -> None:
+    """Put dead letters' original records back on their source topics (after fixing the cause)."""
+    from services import deadletters
+    from services.common.bus import Kafka
+
+    cfg = _load(config_path)
+    kafka = Kafka(cfg, _bootstrap(bootstrap))
+    letters = deadletters.select(deadletters.read(kafka), stage, error_class, topic)
+    if not letters:
+        click.echo("nothing to replay")
+        return
+    if not yes and not click.confirm(f"replay {len(letters)} record(s) to their source topics?"):
+        raise SystemExit(1)
+    producer = kafka.producer()
+    try:
+        count = deadletters.replay(producer, letters)
+    finally:
+        producer.close()
+    click.echo(f"replayed {count} record(s)")
+
+
 # ------------------------------------------------------------------ run
 
 

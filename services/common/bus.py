@@ -108,6 +108,17 @@ class Kafka:
         consumer.subscribe(list(topics))
         return consumer
 
+    def reader(self) -> KafkaConsumer:
+        """A consumer in no group, for reading a topic from the start (nothing is committed)."""
+        return KafkaConsumer(
+            **self._common(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=max(52_428_800, self.config.kafka.max_message_bytes),
+            max_partition_fetch_bytes=max(1_048_576, self.config.kafka.max_message_bytes),
+        )
+
     def create_topics(self, partitions: int | None = None) -> list[str]:
         """Create every deskmail topic that does not exist yet; returns the names created."""
         admin = KafkaAdminClient(**self._common())
