@@ -70,6 +70,10 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
     access = decide(config, mailbox, sender)
     if sender in own:
         action, reason, detail = "reject", "loop", f"mail from deskmail's own address {sender}"
+    elif not access.allowed and access.reason == "external_not_accepted" and (mail.in_reply_to or mail.references):
+        # An outsider answering mail an agent sent: welcome on a thread deskmail knows by
+        # Message-ID, refused otherwise. Only the ticketer knows the threads (reply_only).
+        action, reason, detail = "comment", access.reason, f"{access.detail}; accepted only as a reply to a known thread"
     elif not access.allowed:
         action, reason, detail = "reject", access.reason, access.detail
     elif classification in ("bounce", "auto_reply") and not threaded:
@@ -118,5 +122,6 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
         "received_at": inbound["received_at"],
         "matched_rule": f"mailbox:{mailbox.address}",
         "reason": reason if detail is None else f"{reason}: {detail}",
+        "reply_only": action == "comment" and not access.allowed,
     }
     return Routed(command=command, key=thread_key.encode(), attachments=payloads if action != "reject" else [])

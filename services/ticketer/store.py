@@ -180,6 +180,7 @@ class _Command:
     uid: int
     received_at: datetime
     reason: str | None
+    reply_only: bool
 
     @classmethod
     def parse(cls, cmd: Mapping[str, Any]) -> _Command:
@@ -217,6 +218,7 @@ class _Command:
                 uid=int(cmd.get("source_uid") or 0),
                 received_at=received_at,
                 reason=_optional_text(cmd.get("reason")),
+                reply_only=bool(cmd.get("reply_only", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InvalidCommand):
@@ -343,6 +345,11 @@ class TicketStore:
                 _insert_rejection(conn, c)
                 return Applied("rejected", None, None)
             ticket = _resolve_thread(conn, c) if c.action == "comment" else None
+            if ticket is None and c.reply_only:  # may answer a known thread, not open a ticket
+                if conn.execute(_REJECTED, {"command_id": c.id}).first():
+                    return Applied("duplicate", None, None)
+                _insert_rejection(conn, c)
+                return Applied("rejected", None, None)
             if ticket is None:
                 ticket_id, applied = _create_ticket(conn, c)
             else:
@@ -755,7 +762,7 @@ def _resolve_thread(conn: Connection, c: _Command) -> _Ticket | None:
             key=lambda r: (r.queue != c.queue, rank[r.message_id], r.id),
             default=None,
         )
-    if row is None and c.ticket_key_hint is not None:
+    if row is None and c.ticket_key_hint is not None and not c.reply_only:  # a key in a subject is easy to guess
         row = conn.execute(_TICKET_BY_KEY, {"key": c.ticket_key_hint, "queue": c.queue}).first()
     if row is None:
         return None

@@ -559,3 +559,30 @@ def test_lost_postgres_connection_raises_operational_error() -> None:
                 store.apply(command(2))
     finally:
         cluster.stop()
+
+
+# -- replies from people who may not open tickets ----------------------------
+
+
+def test_reply_only_threads_onto_a_known_message_id(store: TicketStore) -> None:
+    store.apply(command(1))
+    reply = command(2, action="comment", classification="reply", in_reply_to="msg-1@customer.org",
+                    reply_only=True, reason="external_not_accepted: not a member")
+    assert store.apply(reply).outcome == "commented"
+
+
+def test_reply_only_without_a_known_thread_is_rejected_once(store: TicketStore) -> None:
+    stray = command(3, action="comment", classification="reply", in_reply_to="unknown@elsewhere.test",
+                    reply_only=True, reason="external_not_accepted: not a member")
+    assert store.apply(stray) == Applied("rejected", None, None)
+    assert store.apply(stray) == Applied("duplicate", None, None)  # a replay changes nothing
+    assert store.count_tickets() == 0
+    assert [r.reason for r in store.list_rejections()] == ["external_not_accepted: not a member"]
+
+
+def test_reply_only_does_not_trust_a_ticket_key_in_the_subject(store: TicketStore) -> None:
+    store.apply(command(1))
+    guess = command(4, action="comment", classification="reply", in_reply_to="unknown@elsewhere.test",
+                    ticket_key_hint="SUPPORT-1", subject="Re: [SUPPORT-1] hi", reply_only=True)
+    assert store.apply(guess).outcome == "rejected"
+    assert store.get_ticket("SUPPORT-1").thread == ()

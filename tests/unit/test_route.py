@@ -106,3 +106,22 @@ def test_missing_message_id_is_synthesized_from_content():
 def test_unknown_mailbox():
     with pytest.raises(UnknownMailbox, match="nobody@example.com is not in the configuration"):
         route(_inbound(_mail(), "nobody@example.com"), _mail(), CONFIG)
+
+
+def test_outsider_answering_on_members_only_address_may_only_reply():
+    raw = _mail(to="ops@example.com", extra="In-Reply-To: <deskmail.out-1@example.com>\r\n")
+    routed = route(_inbound(raw, "ops@example.com"), raw, CONFIG)
+    c = routed.command
+    assert (c["action"], c["reply_only"], c["classification"]) == ("comment", True, "reply")
+    assert c["reason"].startswith("external_not_accepted: carol@customer.test is not")
+    assert c["reason"].endswith("accepted only as a reply to a known thread")
+
+
+def test_a_subject_key_alone_does_not_let_an_outsider_in():
+    raw = _mail(to="ops@example.com", subject="Re: [OPS-1] hello")
+    assert route(_inbound(raw, "ops@example.com"), raw, CONFIG).action == "reject"
+
+
+def test_accepted_mail_is_not_reply_only():
+    raw = _mail(extra="In-Reply-To: <x@example.com>\r\n")
+    assert route(_inbound(raw), raw, CONFIG).command["reply_only"] is False
