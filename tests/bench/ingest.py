@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -133,6 +134,7 @@ def main() -> None:
         stack.stop()
         if pg is not None:
             pg.stop()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
