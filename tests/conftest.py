@@ -141,7 +141,7 @@ def postgres_cluster() -> Iterator[Any]:
 def postgres_url(postgres_cluster: Any) -> str:
     """SQLAlchemy URL of the session's PostgreSQL cluster.
 
-    Example: ``postgresql+psycopg://postgres@/postgres?host=/tmp/xyz``.
+    Example: ``postgresql+psycopg://postgres@/postgres?host=<socket folder>``.
     """
     return str(postgres_cluster.url)
 

@@ -44,6 +44,8 @@ from typing import IO, Literal, Self
 
 from imapclient import IMAPClient
 
+from services.localbroker import free_port
+
 __all__ = ["DovecotServer", "DovecotError"]
 
 Security = Literal["imaps", "starttls", "plain"]
@@ -56,12 +58,6 @@ _APPENDUID_RE = re.compile(rb"\[APPENDUID \d+ ([0-9:,]+)\]")
 
 class DovecotError(RuntimeError):
     """Dovecot could not be started, or a required program is missing."""
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _which(name: str, *extra_dirs: str) -> str:
@@ -211,10 +207,10 @@ class DovecotServer:
         self._make_cert(openssl)
 
         for attempt in range(3):
-            self._imap_port = _free_port(self.host)
-            self._imaps_port = _free_port(self.host)
+            self._imap_port = free_port(self.host)
+            self._imaps_port = free_port(self.host)
             while self._imaps_port == self._imap_port:
-                self._imaps_port = _free_port(self.host)
+                self._imaps_port = free_port(self.host)
             (d / "dovecot.conf").write_text(self._config())
             self._spawn(dovecot)
             try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any, Literal, Self, cast
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from services.localbroker import free_port
 from tests.harness.dovecot import DovecotServer
 
 __all__ = ["Received", "SmtpServer"]
@@ -56,12 +56,6 @@ class Received:
     rcpt_tos: tuple[str, ...]
     data: bytes
     login: str | None
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
@@ -152,7 +146,7 @@ class SmtpServer:
         self.dovecot = dovecot
         self.tls = tls
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         self.messages: list[Received] = []
         self._mailboxes: dict[str, str] = {}
         self._refusals: dict[str, str] = {}
