@@ -122,13 +122,6 @@ def agent(config: Config, email: str | None) -> Member:
     return member
 
 
-def own_addresses(config: Config) -> frozenset[str]:
-    """Addresses deskmail receives or sends as; never recipients of a reply."""
-    own = {m.address for m in config.mailboxes}
-    own |= {m.smtp.address for m in config.mailboxes if m.smtp is not None}
-    return frozenset(own)
-
-
 def sending_mailbox(config: Config, queue: Queue, received_at: str | None) -> Mailbox | None:
     """The mailbox whose SMTP settings send the queue's replies for a ticket whose
     mail arrived at ``received_at``: that one when it has SMTP, else the queue's
@@ -143,7 +136,7 @@ def sending_mailbox(config: Config, queue: Queue, received_at: str | None) -> Ma
 def default_recipients(config: Config, ticket: TicketDetail) -> tuple[Recipient, ...]:
     """The ticket's external people: its author if external, then every external
     participant, each once, without deskmail's own addresses."""
-    own = own_addresses(config)
+    own = config.own_addresses
     people = [(ticket.author_email.strip().lower(), ticket.author_name)]
     people += [(p.email, p.name) for p in ticket.participants]
     seen: set[str] = set()
@@ -197,7 +190,7 @@ def plan_reply(
     cc = tuple(r for r in _unique(parse_addresses(request.cc)) if r.email not in {t.email for t in to})
     if not to:
         raise ReplyInvalid(f"the reply has no recipients: {ticket.key} has no external participant, name one in To")
-    own = own_addresses(config)
+    own = config.own_addresses
     looping = [r.email for r in (*to, *cc) if r.email in own]
     if looping:
         raise ReplyInvalid(f"{', '.join(looping)} is deskmail's own address and cannot receive a reply")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -340,20 +341,32 @@ class Config:
     organization: Organization
     queues: tuple[Queue, ...]
 
-    @property
+    # Lookups run for every mail on the router's hot path: index once, lazily.
+    @cached_property
     def mailboxes(self) -> tuple[Mailbox, ...]:
         return tuple(m for q in self.queues for m in q.mailboxes)
 
+    @cached_property
+    def _mailbox_index(self) -> dict[str, Mailbox]:
+        return {m.address: m for m in self.mailboxes}
+
+    @cached_property
+    def _member_index(self) -> dict[str, Member]:
+        return {m.email: m for m in self.organization.members}
+
+    @cached_property
+    def own_addresses(self) -> frozenset[str]:
+        """Addresses deskmail receives at or sends as: never a customer, never a recipient."""
+        return frozenset({m.address for m in self.mailboxes} | {m.smtp.address for m in self.mailboxes if m.smtp})
+
     def mailbox(self, address: str) -> Mailbox | None:
-        address = address.lower()
-        return next((m for m in self.mailboxes if m.address == address), None)
+        return self._mailbox_index.get(address.lower())
 
     def queue(self, key: str) -> Queue | None:
         return next((q for q in self.queues if q.key == key), None)
 
     def member(self, email: str) -> Member | None:
-        email = email.lower()
-        return next((m for m in self.organization.members if m.email == email), None)
+        return self._member_index.get(email.lower())
 
 
 # ---------------------------------------------------------------- loading

@@ -49,7 +49,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
     mailbox = config.mailbox(inbound["mailbox"])
     if mailbox is None:
         raise UnknownMailbox(f"mailbox {inbound['mailbox']} is not in the configuration")
-    own = {m.address for m in config.mailboxes} | {m.smtp.address for m in config.mailboxes if m.smtp}
+    own = config.own_addresses
     sender = mail.from_addr.email
 
     message_id = mail.message_id or classify.synthetic_message_id(inbound["sha256"])
