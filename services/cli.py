@@ -84,7 +84,7 @@ def topics_group() -> None:
 @click.option("--partitions", type=int, default=None, help="Partitions per topic (default: kafka.partitions).")
 def topics_create(config_path: str | None, bootstrap: str | None, partitions: int | None) -> None:
     """Create every deskmail topic that does not exist yet."""
-    from services.common.bus import Kafka
+    from services.common.kafka import Kafka
 
     cfg = _load(config_path)
     created = Kafka(cfg, _bootstrap(bootstrap)).create_topics(partitions)
@@ -107,7 +107,7 @@ def replay(stage: str, config_path: str | None, bootstrap: str | None, offset: i
     """
     from kafka.errors import KafkaError
 
-    from services.common.bus import Kafka
+    from services.common.kafka import Kafka
 
     cfg = _load(config_path)
     topic = cfg.topics[REPLAY_INPUTS[stage]]
@@ -152,7 +152,7 @@ def deadletters_list(config_path: str | None, bootstrap: str | None, stage: str 
                      error_class: str | None, topic: str | None, as_json: bool) -> None:
     """List dead letters with the reason each one was set aside."""
     from services import deadletters
-    from services.common.bus import Kafka
+    from services.common.kafka import Kafka
 
     cfg = _load(config_path)
     letters = deadletters.select(deadletters.read(Kafka(cfg, _bootstrap(bootstrap))), stage, error_class, topic)
@@ -175,7 +175,7 @@ def deadletters_replay(config_path: str | None, bootstrap: str | None, stage: st
                        error_class: str | None, topic: str | None, yes: bool) -> None:
     """Put dead letters' original records back on their source topics (after fixing the cause)."""
     from services import deadletters
-    from services.common.bus import Kafka
+    from services.common.kafka import Kafka
 
     cfg = _load(config_path)
     kafka = Kafka(cfg, _bootstrap(bootstrap))

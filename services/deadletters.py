@@ -19,7 +19,8 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from services.common.bus import Kafka, Out, Producer
+from services.common.bus import Out
+from services.common.kafka import Kafka, Producer
 from services.common.codec import CodecError, codec
 
 

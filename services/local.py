@@ -149,7 +149,7 @@ def run_stack(config: Config, sink: Sink | None = None) -> int:
 
     Raises ``click.ClickException`` before starting anything when a port is busy.
     """
-    from services.common.bus import Kafka
+    from services.common.kafka import Kafka
     from services.localbroker import LocalBroker
     from services.ticketer.store import TicketStore
 

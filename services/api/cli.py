@@ -105,7 +105,7 @@ def reply(
 
 def _relay(config: Any, store: Any, servers: list[str]) -> int:
     from services.api.relay import OutboxRelay
-    from services.common.bus import Kafka
+    from services.common.kafka import Kafka
     from services.common.errors import Transient
 
     producer = Kafka(config, servers).producer()

@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import OperationalError
 
-from services.common.bus import Out, Producer
+from services.common.bus import Out
+from services.common.kafka import Producer
 from services.common.errors import Transient
-from services.common.retry import Backoff
+from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.ticketer.store import OutboxRecord, TicketStore
 
 log = logging.getLogger("deskmail.api.relay")
@@ -40,6 +41,7 @@ class OutboxRelay:
         batch: int = 100,
         interval: float = 1.0,
         ack_timeout: float = 30.0,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         self.store = store
         self.producer = producer
@@ -48,7 +50,7 @@ class OutboxRelay:
         self.interval = interval
         self.ack_timeout = ack_timeout
         self._wake = threading.Event()
-        self.backoff = Backoff(initial=0.5, maximum=30.0)
+        self.retry = Retry(Backoff(initial=0.5, maximum=30.0), clock=clock)
 
     def wake(self) -> None:
         """Relay soon (a reply was just stored). Never blocks."""
@@ -71,21 +73,20 @@ class OutboxRelay:
     def run(self, stop: threading.Event, on_alive: Callable[[], None] = lambda: None) -> None:
         """Relay until ``stop`` is set. Broker and database outages are retried
         with backoff; any other error propagates (the process stops)."""
-        attempt = 0
+        self.retry.heartbeat = on_alive
         while not stop.is_set():
             on_alive()
             self._wake.clear()
             try:
                 relayed = self.relay_pending()
             except (Transient, OperationalError) as exc:
-                delay = self.backoff.delay(attempt)
-                attempt += 1
+                delay = self.retry.next_delay()
                 log.warning("outbox relay failed, retrying",
-                            extra={"stage": STAGE, "error": str(exc), "delay": round(delay, 2)})
-                if stop.wait(delay):
+                            extra={"stage": STAGE, "error": str(exc), "delay": delay and round(delay, 2)})
+                if self.retry.sleep(stop, delay=delay) == "stopped":
                     return
                 continue
-            attempt = 0
+            self.retry.reset()
             if relayed:
                 log.info("relayed", extra={"stage": STAGE, "topic": self.topic, "count": relayed})
             self._wake.wait(self.interval)

@@ -1,36 +1,69 @@
-"""The one module that talks to Kafka (kafka-python).
+"""The consume loop every consuming stage runs, and the types it speaks.
 
-``ConsumeLoop`` is the consume-process-produce loop every consuming stage runs:
-poll a batch, hand each record to the stage's ``Step`` in order, send what it
-returns, wait for the broker's acknowledgement of everything sent, and only then
-commit offset + 1 per partition. A ``BadRecord`` goes to the dead-letter topic
-with its reason and the batch goes on; a ``Transient`` is retried with backoff;
-anything else stops the process (after committing what is already durable).
+``ConsumeLoop`` polls a batch, hands each record to the stage's ``Step`` in
+order, sends what the step returns, waits for the broker's acknowledgement of
+everything sent, and only then commits offset + 1 per partition. A step's
+effect on a database is durable when ``process`` returns (it committed its
+transaction), so the commit after the batch also comes after every DB commit.
+
+What a step may raise decides what happens to the record:
+
+* ``BadRecord``: dead-lettered with the cause's class and message, the batch goes
+  on. More than the stage's ``DeadLetterLimit`` stops the stage
+  (``DeadLetterFlood``) instead of draining the topic.
+* ``Transient``: retried in place with backoff for at most
+  ``LoopSettings.transient_wait_seconds``. If the dependency is still down, the
+  loop commits what came before, rewinds every partition of the batch to its
+  first unfinished record, pauses all assigned partitions and keeps polling (so
+  the consumer stays in its group; max.poll.interval.ms is never missed), then
+  resumes them after a growing backoff and tries again.
+* ``Stopping`` (or a stop requested during a retry): commit what came before,
+  leave this record uncommitted, return.
+* anything else: propagates and stops the process; nothing of the batch is
+  committed, so the next owner processes it again.
+
+The loop knows no Kafka client: it talks to a ``Source`` and a ``Sink``
+(``services.common.kafka`` adapts kafka-python to both; tests use an in-memory
+pair), so its contract is pinned by ``tests/unit/test_bus.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
-
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic, OffsetSpec
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, TopicAlreadyExistsError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from typing import Any, NamedTuple, Protocol
 
 from services.common import metrics
 from services.common.codec import codec
-from services.common.config import Config
-from services.common.errors import BadRecord, Transient
-from services.common.retry import Backoff
+from services.common.dlq import DeadLetterLimit, DeadLetterWindow
+from services.common.errors import BadRecord, Stopping, Transient
+from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 
 log = logging.getLogger("deskmail.bus")
+
+
+class Partition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record, whatever client read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def tp(self) -> Partition:
+        return Partition(self.topic, self.partition)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,195 +76,79 @@ class Out:
 
 
 class Step(Protocol):
-    """One stage's processing of one consumed record. May raise BadRecord or Transient."""
+    """One stage's processing of one consumed record. May raise BadRecord, Transient or Stopping."""
 
-    def process(self, record: ConsumerRecord) -> Sequence[Out]: ...
-
-
-class Kafka:
-    """Builds kafka-python clients from the config; the only place they are made."""
-
-    def __init__(self, config: Config, bootstrap: Sequence[str] | None = None):
-        self.config = config
-        self.bootstrap = list(bootstrap or config.kafka.bootstrap_servers)
-        if not self.bootstrap:
-            raise ValueError("kafka.bootstrap_servers is empty (deskmail up starts a local broker)")
-
-    def _common(self) -> dict[str, Any]:
-        k = self.config.kafka
-        settings: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
-            "client_id": k.client_id,
-            "security_protocol": k.security_protocol,
-        }
-        if k.ssl_cafile:
-            settings["ssl_cafile"] = k.ssl_cafile
-        if k.sasl_mechanism:
-            settings["sasl_mechanism"] = k.sasl_mechanism
-            settings["sasl_plain_username"] = k.sasl_username
-            settings["sasl_plain_password"] = (
-                self.config.kafka_password.reveal() if self.config.kafka_password else None
-            )
-        return settings
-
-    def producer(self) -> "Producer":
-        client = KafkaProducer(
-            **self._common(),
-            acks="all",
-            linger_ms=5,
-            batch_size=262_144,  # measured: 2.5x fetcher throughput over the 16 KiB default
-            # Records carry stable ids and every effect is idempotent, so broker-side
-            # deduplication adds nothing; and an idempotent producer fails for good when a
-            # broker forgets its producer id (the local broker after a restart).
-            enable_idempotence=False,
-            max_in_flight_requests_per_connection=1,  # keeps per-partition order across retries
-            max_request_size=self.config.kafka.max_message_bytes,
-            delivery_timeout_ms=120_000,
-            request_timeout_ms=30_000,
-            max_block_ms=60_000,
-        )
-        return Producer(client)
-
-    def consumer(self, group: str, topics: Iterable[str]) -> KafkaConsumer:
-        c = self.config.kafka.consumer
-        consumer = KafkaConsumer(
-            **self._common(),
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=c.session_timeout_ms,
-            heartbeat_interval_ms=c.heartbeat_interval_ms,
-            max_poll_records=c.max_poll_records,
-            fetch_max_bytes=max(52_428_800, self.config.kafka.max_message_bytes),
-            max_partition_fetch_bytes=max(1_048_576, self.config.kafka.max_message_bytes),
-        )
-        consumer.subscribe(list(topics))
-        return consumer
-
-    def reader(self) -> KafkaConsumer:
-        """A consumer in no group, for reading a topic from the start (nothing is committed)."""
-        return KafkaConsumer(
-            **self._common(),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_bytes=max(52_428_800, self.config.kafka.max_message_bytes),
-            max_partition_fetch_bytes=max(1_048_576, self.config.kafka.max_message_bytes),
-        )
-
-    def create_topics(self, partitions: int | None = None) -> list[str]:
-        """Create every deskmail topic that does not exist yet; returns the names created."""
-        admin = KafkaAdminClient(**self._common())
-        try:
-            existing = set(admin.list_topics())
-            wanted = [
-                NewTopic(
-                    name=name,
-                    num_partitions=partitions or self.config.kafka.partitions,
-                    replication_factor=self.config.kafka.replication_factor,
-                )
-                for name in self.config.topics.values()
-                if name not in existing
-            ]
-            created = []
-            for topic in wanted:
-                try:
-                    admin.create_topics([topic])
-                    created.append(topic.name)
-                except TopicAlreadyExistsError:
-                    pass
-            return created
-        finally:
-            admin.close()
+    def process(self, record: Record) -> Sequence[Out]: ...
 
 
-    def rewind(self, group: str, topic: str, to: int | None = None) -> dict[int, int]:
-        """Move a stopped consumer group back on ``topic`` so its stage reprocesses the records.
+class Source(Protocol):
+    """The consuming side of a broker, as the loop needs it."""
 
-        ``to`` None means the beginning of every partition, an int that offset (clamped to
-        what the partition holds). Returns the new committed offset per partition. The group
-        must have no running members (the broker refuses otherwise); effects are idempotent,
-        so reprocessing changes nothing that was already applied.
-        """
-        admin = KafkaAdminClient(**self._common())
-        try:
-            described = admin.describe_topics([topic])
-            if not described or described[0].get("error_code", 0):
-                raise ValueError(f"topic {topic} does not exist")
-            partitions = [p["partition_index"] for p in described[0]["partitions"]]
-            spec = OffsetSpec.EARLIEST if to is None else to
-            result = admin.reset_group_offsets(group, {TopicPartition(topic, p): spec for p in partitions})
-        finally:
-            admin.close()
-        return {tp.partition: _offset_of(value) for tp, value in result.items()}
+    def subscribe(self, topics: Sequence[str], on_revoked: Callable[[set[Partition]], None]) -> None: ...
 
+    def poll(self, timeout_ms: int) -> Mapping[Partition, Sequence[Record]]: ...
 
-def _offset_of(result: dict[str, Any]) -> int:
-    """One partition's answer from reset_group_offsets: {'error': class, 'offset': int}."""
-    error = result.get("error")
-    if error is not None and int(getattr(error, "errno", 0)):
-        raise error()
-    return int(result["offset"])
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Commit the next offset to read per partition; returns once the broker stored it."""
+        ...
+
+    def assignment(self) -> set[Partition]: ...
+
+    def seek(self, tp: Partition, offset: int) -> None: ...
+
+    def pause(self, partitions: set[Partition]) -> None: ...
+
+    def resume(self, partitions: set[Partition]) -> None: ...
+
+    def lag(self, tp: Partition) -> int | None:
+        """Records behind the high watermark, or None when not known yet."""
+        ...
+
+    def close(self) -> None: ...
 
 
-class Producer:
-    """acks=all producer; ``send_all`` returns only when the broker acknowledged everything."""
-
-    def __init__(self, client: KafkaProducer):
-        self.client = client
+class Sink(Protocol):
+    """The producing side: ``send`` queues, ``wait`` returns once all are acknowledged."""
 
     def send(self, out: Out) -> Any:
-        """Queue one record; raises Transient when the broker cannot take it (no metadata in time)."""
-        try:
-            return self.client.send(out.topic, key=out.key, value=out.value)
-        except KafkaError as exc:
-            raise Transient(f"broker did not take a record for {out.topic}: {exc}") from exc
+        """Queue one record; raises Transient when the broker cannot take it."""
+        ...
 
-    def send_all(self, outs: Sequence[Out], stage: str, timeout: float = 120.0) -> None:
-        """Send and wait for every ack. Raises Transient when the broker did not take them."""
-        futures = [(out, self.send(out)) for out in outs]
-        self.wait(futures, stage, timeout)
-
-    def wait(self, futures: Sequence[tuple[Out, Any]], stage: str, timeout: float = 120.0) -> None:
-        if not futures:
-            return
-        try:
-            self.client.flush(timeout=timeout)
-        except KafkaError as exc:
-            raise Transient(f"broker did not acknowledge records in {timeout}s: {exc}") from exc
-        for out, future in futures:
-            try:
-                future.get(timeout=timeout)
-            except KafkaError as exc:
-                raise Transient(f"broker did not acknowledge a record on {out.topic}: {exc}") from exc
-            metrics.BUS_PRODUCED.labels(stage, out.topic).inc()
-
-    def close(self, timeout: float = 10.0) -> None:
-        self.client.close(timeout=timeout)
+    def wait(self, pending: Sequence[tuple[Out, Any]], stage: str) -> None:
+        """Block until every queued record is acknowledged; raises Transient otherwise."""
+        ...
 
 
-def dead_letter(
-    config: Config,
-    stage: str,
-    key: bytes | None,
-    value: bytes,
-    error: BaseException,
-    source: ConsumerRecord | None = None,
-) -> Out:
-    """The dead-letter record for a value a stage could not process."""
-    record = {
+@dataclass(frozen=True)
+class LoopSettings:
+    poll_ms: int = 500
+    transient_wait_seconds: float = 30.0  # kept well below max.poll.interval.ms (300 s by default)
+    retry: Backoff = field(default_factory=lambda: Backoff(initial=0.5, maximum=30.0))
+    pause: Backoff = field(default_factory=lambda: Backoff(initial=5.0, maximum=120.0))
+    deadletter_limit: DeadLetterLimit = field(default_factory=DeadLetterLimit)
+
+
+def dead_letter(deadletter_topic: str, stage: str, record: Record | None, key: bytes | None, value: bytes,
+                error: BaseException) -> Out:
+    """The dead-letter record for a value a stage could not process, naming the real cause."""
+    error_class = error.error_class if isinstance(error, BadRecord) else type(error).__name__
+    letter = {
         "stage": stage,
-        "topic": source.topic if source else None,
-        "partition": source.partition if source else -1,
-        "offset": source.offset if source else -1,
+        "topic": record.topic if record else None,
+        "partition": record.partition if record else -1,
+        "offset": record.offset if record else -1,
         "key": key,
         "value": value,
-        "error_class": type(error).__name__,
+        "error_class": error_class,
         "message": str(error)[:4000],
         "time": datetime.now(timezone.utc),
     }
-    metrics.BUS_DEADLETTERS.labels(stage, type(error).__name__).inc()
-    return Out(config.topics["deadletter"], key or b"", codec("DeadLetter").encode(record))
+    metrics.BUS_DEADLETTERS.labels(stage, error_class).inc()
+    return Out(deadletter_topic, key or b"", codec("DeadLetter").encode(letter))
+
+
+class _GiveUp(Exception):
+    """Internal: a Transient outlasted the bounded wait; pause and come back."""
 
 
 class ConsumeLoop:
@@ -239,101 +156,165 @@ class ConsumeLoop:
 
     def __init__(
         self,
-        kafka: Kafka,
-        producer: Producer,
+        source: Source,
+        sink: Sink,
         step: Step,
         stage: str,
-        group: str,
         topics: Sequence[str],
+        deadletter_topic: str,
         stop: threading.Event,
+        settings: LoopSettings = LoopSettings(),
+        *,
+        clock: Clock = SYSTEM_CLOCK,
         on_alive: Callable[[], None] = lambda: None,
         on_ready: Callable[[bool], None] = lambda ready: None,
-        poll_ms: int = 500,
     ):
-        self.kafka = kafka
-        self.producer = producer
+        self.source = source
+        self.sink = sink
         self.step = step
         self.stage = stage
-        self.group = group
         self.topics = list(topics)
+        self.deadletter_topic = deadletter_topic
         self.stop = stop
+        self.settings = settings
+        self.clock = clock
         self.on_alive = on_alive
         self.on_ready = on_ready
-        self.poll_ms = poll_ms
-        self.backoff = Backoff(initial=0.5, maximum=30.0)
-        self._lag_reported: set[TopicPartition] = set()
+        self.deadletters = DeadLetterWindow(settings.deadletter_limit, stage)
+        self.pauses = Retry(settings.pause, clock=clock)
+        self.paused_until: float | None = None
+        self._lag_reported: set[Partition] = set()
 
     def run(self) -> None:
-        consumer = self.kafka.consumer(self.group, self.topics)
-        log.info("consuming", extra={"stage": self.stage, "topic": ",".join(self.topics), "group": self.group})
+        self.source.subscribe(self.topics, on_revoked=self._revoked)
+        log.info("consuming", extra={"stage": self.stage, "topic": ",".join(self.topics)})
         try:
             while not self.stop.is_set():
                 self.on_alive()
-                batches = consumer.poll(timeout_ms=self.poll_ms)
-                self.on_ready(bool(consumer.assignment()))
+                self._pause_or_resume()
+                batches = self.source.poll(self.settings.poll_ms)
+                self.on_ready(bool(self.source.assignment()))
                 if batches:
-                    started = time.monotonic()
-                    done = self._process(batches)
-                    if done:
-                        consumer.commit(done)
-                    metrics.BUS_BATCH_SECONDS.labels(self.stage).observe(time.monotonic() - started)
-                self._report_lag(consumer)
+                    started = self.clock.monotonic()
+                    self._handle(batches)
+                    metrics.BUS_BATCH_SECONDS.labels(self.stage).observe(self.clock.monotonic() - started)
+                self._report_lag()
         finally:
-            consumer.close(autocommit=False)
+            self.source.close()
 
-    def _process(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Process a polled batch; returns the offsets that are safe to commit."""
+    # ------------------------------------------------------------ one batch
+
+    def _handle(self, batches: Mapping[Partition, Sequence[Record]]) -> None:
         pending: list[tuple[Out, Any]] = []
-        done: dict[TopicPartition, OffsetAndMetadata] = {}
-        for tp, records in batches.items():
-            for record in records:
-                outs = self._process_one(record)
-                if outs is None:  # stopping during a retry: commit what is durable, no more
-                    self.producer.wait(pending, self.stage)
-                    return done
-                pending.extend((out, self.producer.send(out)) for out in outs)
-                done[tp] = OffsetAndMetadata(record.offset + 1, None, -1)
-                metrics.BUS_RECORDS.labels(self.stage, record.topic).inc()
-        self.producer.wait(pending, self.stage)
-        return done
+        done: dict[Partition, int] = {}
+        try:
+            for tp, records in batches.items():
+                for record in records:
+                    outs = self._process_one(record)
+                    pending.extend((out, self.sink.send(out)) for out in outs)
+                    done[tp] = record.offset + 1
+                    metrics.BUS_RECORDS.labels(self.stage, record.topic).inc()
+        except Stopping:
+            self._commit(pending, done, batches)
+            self.stop.set()
+            return
+        except _GiveUp:
+            if self._commit(pending, done, batches):
+                self._pause(batches, done)
+            return
+        except BaseException:
+            # Stop the process, but what is durable stays committed: the records
+            # before this one must not be processed again by the next owner.
+            self._commit(pending, done, batches)
+            raise
+        if self._commit(pending, done, batches):
+            self.pauses.reset()
 
-    def _process_one(self, record: ConsumerRecord) -> Sequence[Out] | None:
-        attempt = 0
+    def _commit(self, pending: Sequence[tuple[Out, Any]], done: dict[Partition, int],
+                batches: Mapping[Partition, Sequence[Record]]) -> bool:
+        """Wait for the acks, then commit ``done``. If the broker did not ack, commit
+        nothing, rewind the whole batch and pause: returns False."""
+        try:
+            self.sink.wait(pending, self.stage)
+        except Transient as exc:
+            log.warning("produced records not acknowledged; batch will be processed again",
+                        extra={"stage": self.stage, "error": str(exc)})
+            self._pause(batches, {})
+            return False
+        if done:
+            self.source.commit(done)
+        return True
+
+    def _process_one(self, record: Record) -> Sequence[Out]:
+        retry = Retry(self.settings.retry, clock=self.clock, budget=self.settings.transient_wait_seconds,
+                      heartbeat=self.on_alive)
         while True:
             try:
-                return self.step.process(record)
+                outs = self.step.process(record)
             except BadRecord as exc:
+                self.deadletters.check(dead=True)
                 log.warning(
                     "dead-lettered",
                     extra={"stage": self.stage, "topic": record.topic, "partition": record.partition,
-                           "offset": record.offset, "error": str(exc)},
+                           "offset": record.offset, "reason": exc.error_class, "error": str(exc)},
                 )
-                return [dead_letter(self.kafka.config, self.stage, record.key, record.value or b"", exc, record)]
+                return [dead_letter(self.deadletter_topic, self.stage, record, record.key, record.value, exc)]
             except Transient as exc:
                 metrics.BUS_RETRIES.labels(self.stage).inc()
-                delay = self.backoff.delay(attempt)
-                attempt += 1
+                delay = retry.next_delay()
                 log.warning(
-                    "retrying",
+                    "retrying" if delay is not None else "still failing; pausing",
                     extra={"stage": self.stage, "topic": record.topic, "partition": record.partition,
-                           "offset": record.offset, "error": str(exc), "delay": round(delay, 2)},
+                           "offset": record.offset, "error": str(exc),
+                           "delay": round(delay, 2) if delay is not None else None},
                 )
-                if self.stop.wait(delay):
-                    return None
-                self.on_alive()
+                if delay is None:
+                    raise _GiveUp() from exc
+                if retry.sleep(self.stop, delay=delay) == "stopped":
+                    raise Stopping() from exc
+                continue
+            self.deadletters.check(dead=False)
+            return outs
 
-    def _report_lag(self, consumer: KafkaConsumer) -> None:
-        assigned = consumer.assignment()
-        for tp in self._lag_reported - assigned:  # lost in a rebalance: stop reporting it
+    # ------------------------------------------------------------ pausing
+
+    def _pause(self, batches: Mapping[Partition, Sequence[Record]], done: Mapping[Partition, int]) -> None:
+        """Rewind each partition of the batch to its first unfinished record, pause all."""
+        for tp, records in batches.items():
+            if records:
+                self.source.seek(tp, done.get(tp, records[0].offset))
+        delay = self.pauses.schedule()
+        self.paused_until = self.clock.monotonic() + delay
+        assigned = self.source.assignment()
+        self.source.pause(assigned)
+        metrics.BUS_PAUSED.labels(self.stage).set(1)
+        log.warning("partitions paused", extra={"stage": self.stage, "count": len(assigned),
+                                                "delay": round(delay, 2)})
+
+    def _pause_or_resume(self) -> None:
+        if self.paused_until is None:
+            return
+        assigned = self.source.assignment()
+        if self.clock.monotonic() < self.paused_until:
+            self.source.pause(assigned)  # partitions assigned meanwhile start paused too
+            return
+        self.paused_until = None
+        self.source.resume(assigned)
+        metrics.BUS_PAUSED.labels(self.stage).set(0)
+        log.info("partitions resumed", extra={"stage": self.stage, "count": len(assigned)})
+
+    # ------------------------------------------------------------ lag
+
+    def _revoked(self, partitions: set[Partition]) -> None:
+        for tp in partitions & self._lag_reported:
             metrics.BUS_LAG.remove(self.stage, tp.topic, str(tp.partition))
-        self._lag_reported = set(assigned)
+        self._lag_reported -= partitions
+
+    def _report_lag(self) -> None:
+        assigned = self.source.assignment()
+        self._revoked(self._lag_reported - assigned)
         for tp in assigned:
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
-            try:
-                position = consumer.position(tp, timeout_ms=100)
-            except KafkaError:
-                continue
-            if position is not None:
-                metrics.BUS_LAG.labels(self.stage, tp.topic, str(tp.partition)).set(max(0, high - position))
+            lag = self.source.lag(tp)
+            if lag is not None:
+                metrics.BUS_LAG.labels(self.stage, tp.topic, str(tp.partition)).set(max(0, lag))
+                self._lag_reported.add(tp)

@@ -1,11 +1,45 @@
-"""The two exceptions that carry meaning between a processing step and its runner."""
+"""The exceptions that carry meaning between a processing step and its runner."""
 
 from __future__ import annotations
 
 
 class BadRecord(Exception):
-    """This record can never be processed: dead-letter it with this reason and go on."""
+    """This record can never be processed: dead-letter it with this reason and go on.
+
+    The dead letter names the real cause, not this wrapper: ``error_class`` is the
+    class given here, else the class of the exception this one was raised from
+    (``raise BadRecord(...) from exc``), else ``BadRecord``. Operators filter and
+    alert on it (``deskmail deadletters list --error-class MalformedMail``).
+    """
+
+    def __init__(self, message: str, *, error_class: str | None = None):
+        super().__init__(message)
+        self._error_class = error_class
+
+    @property
+    def error_class(self) -> str:
+        if self._error_class:
+            return self._error_class
+        if self.__cause__ is not None:
+            return type(self.__cause__).__name__
+        return type(self).__name__
 
 
 class Transient(Exception):
     """A dependency is unavailable right now: retry the same record after a backoff."""
+
+
+class Stopping(Exception):
+    """The process is stopping while this record is unfinished: leave it uncommitted.
+
+    The consume loop commits what came before it and returns; the record is
+    processed again after the restart.
+    """
+
+
+class DeadLetterFlood(RuntimeError):
+    """A stage dead-lettered more records than its limit allows: stop it.
+
+    After a bad deploy or config change every record may fail; stopping (and
+    alerting) beats draining the whole input topic into the dead-letter topic.
+    """

@@ -36,6 +36,11 @@ BUS_LAG = Gauge(
     "Records behind the partition high watermark, as seen by this consumer.",
     ["stage", "topic", "partition"],
 )
+BUS_PAUSED = Gauge(
+    "deskmail_bus_paused",
+    "1 while a stage has paused its partitions because a dependency stayed unavailable.",
+    ["stage"],
+)
 BUS_PRODUCED = Counter(
     "deskmail_bus_records_produced_total",
     "Records acknowledged by the broker, by topic.",

@@ -7,20 +7,20 @@ import threading
 import time
 from collections.abc import Sequence
 
-from kafka.consumer.fetcher import ConsumerRecord
-
 from services.common import metrics
 from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
-from services.common.bus import ConsumeLoop, Kafka, Out
+from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
 from services.common.config import Config
 from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
+from services.common.stage import StageContext, StageSpec, run_stage
 from services.router.mailparse import MalformedMail
 from services.router.route import UnknownMailbox, route
 
 log = logging.getLogger("deskmail.router")
 STAGE = "router"
+SPEC = StageSpec(STAGE, inputs=["inbound"])
 
 
 class RouterStep:
@@ -31,7 +31,7 @@ class RouterStep:
         self.commands = codec("TicketCommand")
         self.topic = config.topics["commands"]
 
-    def process(self, record: ConsumerRecord) -> Sequence[Out]:
+    def process(self, record: Record) -> Sequence[Out]:
         started = time.perf_counter()
         try:
             inbound = self.inbound.decode(record.value)
@@ -40,7 +40,8 @@ class RouterStep:
         raw = inbound["raw"]
         if raw is None:
             if not inbound["blob_ref"]:
-                raise BadRecord(f"inbound mail {inbound['id']} has neither raw bytes nor a blob reference")
+                raise BadRecord(f"inbound mail {inbound['id']} has neither raw bytes nor a blob reference",
+                                error_class="MissingPayload")
             try:
                 raw = self.blobs.get(inbound["blob_ref"])
             except BlobMissing as exc:
@@ -73,14 +74,7 @@ class RouterStep:
 
 
 def run_router(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:
-    kafka = Kafka(config, bootstrap)
-    producer = kafka.producer()
-    step = RouterStep(config, FolderBlobStore(config.blob_path))
-    loop = ConsumeLoop(
-        kafka, producer, step, STAGE, group=f"{config.kafka.group_prefix}-router", topics=[config.topics["inbound"]],
-        stop=stop, on_alive=health.tick, on_ready=health.set_ready,
-    )
-    try:
-        loop.run()
-    finally:
-        producer.close()
+    def build(ctx: StageContext) -> RouterStep:
+        return RouterStep(ctx.config, FolderBlobStore(ctx.config.blob_path))
+
+    run_stage(config, SPEC, build, stop, health, bootstrap)

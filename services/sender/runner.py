@@ -9,8 +9,8 @@ commits the offset only after the broker acknowledged it, and the SMTP server's
 is taken only after this one's offset is committed.
 
 A stop requested while waiting between attempts is the one planned window for a
-duplicate: the step gives the record up uncommitted (it raises ``Transient``;
-ConsumeLoop, seeing the stop, commits only what came before), and the mail is
+duplicate: the step gives the record up uncommitted (
+it raises ``Stopping``; ConsumeLoop commits only what came before), and the mail is
 tried again after the restart, from attempt 1. What repeats then is the
 ``retrying`` events (same ids, so recording them is idempotent) and, only if the
 last attempt broke off after DATA was sent, the mail itself (the event's reply
@@ -21,29 +21,33 @@ between the server's 250 and the commit re-sends a mail (at-least-once delivery)
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from kafka.consumer.fetcher import ConsumerRecord
-
 from services.common import metrics
 from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
-from services.common.bus import ConsumeLoop, Kafka, Out, Producer
+from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
 from services.common.config import Config, Mailbox
-from services.common.errors import BadRecord, Transient
-from services.common.retry import Backoff
+from services.common.errors import BadRecord, Stopping, Transient
+from services.common.kafka import Producer
+from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.common.runtime import Health
+from services.common.stage import StageContext, StageSpec, run_stage
 from services.sender.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
 from services.sender.smtp import PermanentFailure, SendResult, SmtpFailure, SmtpPool, TemporaryFailure
 
 log = logging.getLogger("deskmail.sender")
 STAGE = "sender"
+# One record per poll: a mail may block for the whole retry window
+# (``give_up_after_seconds``, kept below the consumer's max poll interval); with a
+# batch of several such mails the consumer would miss its poll deadline, leave the
+# group, and the mails sent since the last commit would be sent again by the next
+# owner of the partition.
+SPEC = StageSpec(STAGE, inputs=["outbound"], max_poll_records=1)
 
 Status = Literal["sent", "retrying", "failed"]
 
@@ -59,8 +63,8 @@ def blocked_recipients(config: Config, mailbox: Mailbox, emails: Sequence[str]) 
 class SenderStep:
     """OutboundMail -> SMTP -> DeliveryEvent; see the module docstring.
 
-    ``wait(seconds)`` sleeps between attempts and returns True when the process
-    is stopping; ``clock`` is monotonic seconds (both replaceable in tests).
+    ``clock`` measures the retry window and sleeps between attempts (a
+    ``FakeClock`` in tests).
     """
 
     def __init__(
@@ -71,7 +75,7 @@ class SenderStep:
         blobs: BlobStore,
         stop: threading.Event,
         health: Health,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         self.config = config
         self.producer = producer
@@ -86,7 +90,7 @@ class SenderStep:
         self.events = codec("DeliveryEvent")
         self.topic = config.topics["events"]
 
-    def process(self, record: ConsumerRecord) -> Sequence[Out]:
+    def process(self, record: Record) -> Sequence[Out]:
         try:
             mail = self.outbound.decode(record.value)
         except CodecError as exc:
@@ -123,32 +127,33 @@ class SenderStep:
     def _send(self, mail: dict[str, Any], mailbox: Mailbox, envelope_from: str, rcpts: list[str],
               data: bytes, smtputf8: bool) -> Out:
         assert mailbox.smtp is not None
-        first = self.clock()
+        # Another attempt only if it can finish (one timeout) inside the window,
+        # which is kept below the consumer's max poll interval.
+        retry = Retry(self.backoff, clock=self.clock, budget=self.settings.give_up_after_seconds,
+                      heartbeat=self.health.tick)
+        retry.start()
         attempt = 1
         while True:
-            started = self.clock()
+            started = self.clock.monotonic()
             try:
                 result = self.pool.send(mailbox.smtp, envelope_from, rcpts, data, smtputf8=smtputf8)
             except SmtpFailure as failure:
-                metrics.SENDER_SEND_SECONDS.observe(self.clock() - started)
+                metrics.SENDER_SEND_SECONDS.observe(self.clock.monotonic() - started)
                 metrics.SENDER_SMTP_ERRORS.labels(failure.kind).inc()
                 if isinstance(failure, PermanentFailure):
                     return self._final(mail, attempt, failure.code, failure.reply)
                 assert isinstance(failure, TemporaryFailure)
-                delay = self.backoff.delay(attempt - 1)
-                waited = self.clock() - first
-                # Another attempt only if it can finish (one timeout) inside the window,
-                # which is kept below the consumer's max poll interval.
-                if waited + delay + self.settings.timeout_seconds > self.settings.give_up_after_seconds:
+                delay = retry.next_delay(margin=self.settings.timeout_seconds)
+                if delay is None:
                     return self._final(mail, attempt, failure.code,
-                                       f"gave up after {attempt} attempt(s) in {waited:.0f}s: {failure.reply}")
+                                       f"gave up after {attempt} attempt(s) in {retry.elapsed():.0f}s: {failure.reply}")
                 self._retrying(mail, attempt, failure, delay)
-                if self._wait(delay):
-                    raise Transient(f"stopping while outbound mail {mail['id']} waits for a retry; "
-                                    "it stays uncommitted and is sent after the restart")
+                if retry.sleep(self.stop, delay=delay) == "stopped":
+                    raise Stopping(f"stopping while outbound mail {mail['id']} waits for a retry; "
+                                   "it stays uncommitted and is sent after the restart")
                 attempt += 1
                 continue
-            metrics.SENDER_SEND_SECONDS.observe(self.clock() - started)
+            metrics.SENDER_SEND_SECONDS.observe(self.clock.monotonic() - started)
             return self._sent(mail, attempt, result)
 
     def _retrying(self, mail: dict[str, Any], attempt: int, failure: SmtpFailure, delay: float) -> None:
@@ -159,17 +164,6 @@ class SenderStep:
         )
         metrics.SENDER_MAILS.labels("retrying").inc()
         self.producer.send_all([self._event(mail, attempt, "retrying", failure.code, failure.reply)], STAGE)
-
-    def _wait(self, seconds: float) -> bool:
-        """Sleep ``seconds`` while telling the health check we are alive; True if stopping."""
-        deadline = self.clock() + seconds
-        while True:
-            self.health.tick()
-            left = deadline - self.clock()
-            if left <= 0:
-                return self.stop.is_set()
-            if self.stop.wait(min(left, 1.0)):
-                return True
 
     def _sent(self, mail: dict[str, Any], attempt: int, result: SendResult) -> Out:
         metrics.SENDER_MAILS.labels("sent").inc()
@@ -206,29 +200,10 @@ class SenderStep:
         return Out(self.topic, key, self.events.encode(event))
 
 
-def _one_record_per_poll(config: Config) -> Config:
-    """The sender's consumer takes one record per poll.
-
-    A mail may block for the whole retry window (``give_up_after_seconds``, kept
-    below the consumer's max poll interval); with a batch of several such mails
-    the consumer would miss its poll deadline, leave the group, and the mails sent
-    since the last commit would be sent again by the next owner of the partition.
-    """
-    consumer = config.kafka.consumer.model_copy(update={"max_poll_records": 1})
-    return dataclasses.replace(config, kafka=config.kafka.model_copy(update={"consumer": consumer}))
-
-
 def run_sender(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:
-    kafka = Kafka(_one_record_per_poll(config), bootstrap)
-    producer = kafka.producer()
-    pool = SmtpPool(timeout=config.sender.timeout_seconds)
-    step = SenderStep(config, producer, pool, FolderBlobStore(config.blob_path), stop, health)
-    loop = ConsumeLoop(
-        kafka, producer, step, STAGE, group=f"{config.kafka.group_prefix}-sender", topics=[config.topics["outbound"]],
-        stop=stop, on_alive=health.tick, on_ready=health.set_ready,
-    )
-    try:
-        loop.run()
-    finally:
-        pool.close()
-        producer.close()
+    def build(ctx: StageContext) -> SenderStep:
+        pool = SmtpPool(timeout=ctx.config.sender.timeout_seconds)
+        ctx.on_close(pool.close)
+        return SenderStep(ctx.config, ctx.producer, pool, FolderBlobStore(ctx.config.blob_path), ctx.stop, ctx.health)
+
+    run_stage(config, SPEC, build, stop, health, bootstrap)

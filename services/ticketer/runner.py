@@ -15,19 +15,20 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from services.common import metrics
-from services.common.bus import ConsumeLoop, Kafka, Out
+from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
 from services.common.config import Config
 from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
+from services.common.stage import StageContext, StageSpec, run_stage
 from services.ticketer.store import InvalidCommand, InvalidDeliveryEvent, TicketStore
 
 log = logging.getLogger("deskmail.ticketer")
 STAGE = "ticketer"
+SPEC = StageSpec(STAGE, inputs=["commands", "events"])
 
 
 class TicketerStep:
@@ -40,16 +41,16 @@ class TicketerStep:
         self.commands = codec("TicketCommand")
         self.events = codec("DeliveryEvent")
 
-    def process(self, record: ConsumerRecord) -> Sequence[Out]:
+    def process(self, record: Record) -> Sequence[Out]:
         if record.topic == self.commands_topic:
             self._apply(record)
         elif record.topic == self.events_topic:
             self._record_delivery(record)
         else:
-            raise BadRecord(f"the ticketer does not consume topic {record.topic}")
+            raise BadRecord(f"the ticketer does not consume topic {record.topic}", error_class="UnexpectedTopic")
         return []
 
-    def _apply(self, record: ConsumerRecord) -> None:
+    def _apply(self, record: Record) -> None:
         try:
             command = self.commands.decode(record.value)
         except CodecError as exc:
@@ -68,7 +69,7 @@ class TicketerStep:
                    "ticket": applied.ticket_key, "queue": command["queue"]},
         )
 
-    def _record_delivery(self, record: ConsumerRecord) -> None:
+    def _record_delivery(self, record: Record) -> None:
         try:
             event = self.events.decode(record.value)
         except CodecError as exc:
@@ -100,15 +101,9 @@ def _transient_db_errors() -> Iterator[None]:
 def run_ticketer(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:
     store = TicketStore(config.database_url)
     store.migrate()
-    kafka = Kafka(config, bootstrap)
-    producer = kafka.producer()
-    commands, events = config.topics["commands"], config.topics["events"]
-    loop = ConsumeLoop(
-        kafka, producer, TicketerStep(store, commands, events), STAGE,
-        group=f"{config.kafka.group_prefix}-ticketer", topics=[commands, events],
-        stop=stop, on_alive=health.tick, on_ready=health.set_ready,
-    )
-    try:
-        loop.run()
-    finally:
-        producer.close()
+
+    def build(ctx: StageContext) -> TicketerStep:
+        ctx.on_close(store.close)
+        return TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"])
+
+    run_stage(config, SPEC, build, stop, health, bootstrap)

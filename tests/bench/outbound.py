@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kafka import KafkaConsumer  # noqa: E402
 
-from services.common.bus import Kafka, Out  # noqa: E402
+from services.common.bus import Out  # noqa: E402
+from services.common.kafka import Kafka  # noqa: E402
 from services.common.codec import codec  # noqa: E402
 from services.localbroker import LocalBroker  # noqa: E402
 from services.sender.compose import as_bytes, compose, new_message_id, recipients, subject_for  # noqa: E402

@@ -24,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from kafka.consumer.fetcher import ConsumerRecord  # noqa: E402
-
 from services.common.blobs import FolderBlobStore  # noqa: E402
+from services.common.bus import Record  # noqa: E402
 from services.common.codec import codec  # noqa: E402
 from services.common.config import parse_text  # noqa: E402
 from services.router.mailparse import parse  # noqa: E402
@@ -49,7 +48,7 @@ def corpus(n: int, replies: float) -> list[bytes]:
     return raws
 
 
-def records(raws: list[bytes]) -> list[ConsumerRecord]:
+def records(raws: list[bytes]) -> list[Record]:
     encode = codec("InboundMail").encode
     received = datetime(2026, 11, 1, tzinfo=timezone.utc)
     out = []
@@ -59,10 +58,7 @@ def records(raws: list[bytes]) -> list[ConsumerRecord]:
             "uid": uid, "received_at": received, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
             "raw": raw, "blob_ref": None, "envelope_from": None, "envelope_to": [],
         })
-        out.append(ConsumerRecord(topic="inbound", partition=0, leader_epoch=-1, offset=uid, timestamp=0,
-                                  timestamp_type=0, key=None, value=value, headers=[], checksum=None,
-                                  serialized_key_size=-1, serialized_value_size=len(value),
-                                  serialized_header_size=-1))
+        out.append(Record(topic="inbound", partition=0, offset=uid, key=None, value=value))
     return out
 
 
@@ -81,7 +77,7 @@ def main() -> None:
         measure(raws, inbound, Path(tmp), args.rounds, args.profile)
 
 
-def measure(raws: list[bytes], inbound: list[ConsumerRecord], work: Path, rounds: int, profile: bool) -> None:
+def measure(raws: list[bytes], inbound: list[Record], work: Path, rounds: int, profile: bool) -> None:
     config = parse_text(textwrap.dedent(f"""\
         data_dir: {work}
         queues:

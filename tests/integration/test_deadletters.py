@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client import REGISTRY
 
 from services.common.codec import codec
 from services.common.config import parse_text
@@ -60,7 +61,7 @@ def test_unreadable_mail_is_dead_lettered_with_its_reason_and_can_be_replayed(br
     config_path = tmp_path / "deskmail.yaml"
     config_path.write_text(text)
     cfg = parse_text(text, str(config_path))
-    from services.common.bus import Kafka
+    from services.common.kafka import Kafka
 
     Kafka(cfg, [broker.bootstrap]).create_topics()
 
@@ -73,6 +74,8 @@ def test_unreadable_mail_is_dead_lettered_with_its_reason_and_can_be_replayed(br
         producer.send(topics["inbound"], key=b"support@example.com", value=value).get(timeout=30)
     producer.close()
 
+    before = {c: REGISTRY.get_sample_value("deskmail_bus_deadletters_total", {"stage": "router", "error_class": c}) or 0
+              for c in ("CodecError", "MalformedMail", "UnknownMailbox")}
     stop = threading.Event()
     router = threading.Thread(target=run_router, args=(cfg, stop, Health(), [broker.bootstrap]), daemon=True)
     router.start()
@@ -86,9 +89,9 @@ def test_unreadable_mail_is_dead_lettered_with_its_reason_and_can_be_replayed(br
 
     decoded = [codec("DeadLetter").decode(r.value) for r in letters]
     assert [(d["stage"], d["topic"], d["offset"], d["error_class"]) for d in decoded] == [
-        ("router", topics["inbound"], 0, "BadRecord"),
-        ("router", topics["inbound"], 1, "BadRecord"),
-        ("router", topics["inbound"], 2, "BadRecord"),
+        ("router", topics["inbound"], 0, "CodecError"),
+        ("router", topics["inbound"], 1, "MalformedMail"),
+        ("router", topics["inbound"], 2, "UnknownMailbox"),
     ]
     assert "bad marker" in decoded[0]["message"]
     assert "empty message" in decoded[1]["message"]
@@ -105,7 +108,13 @@ def test_unreadable_mail_is_dead_lettered_with_its_reason_and_can_be_replayed(br
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["stage"], r["source_offset"], r["error_class"]) for r in rows] == [
-        ("router", 0, "BadRecord"), ("router", 1, "BadRecord"), ("router", 2, "BadRecord")]
+        ("router", 0, "CodecError"), ("router", 1, "MalformedMail"), ("router", 2, "UnknownMailbox")]
+    only = cli("list", "--json", "--error-class", "UnknownMailbox")
+    assert [json.loads(line)["source_offset"] for line in only.stdout.splitlines()] == [2], only.stderr
+    # The metric's error_class label tells them apart too (the router ran in this process).
+    for error_class in ("CodecError", "MalformedMail", "UnknownMailbox"):
+        labels = {"stage": "router", "error_class": error_class}
+        assert (REGISTRY.get_sample_value("deskmail_bus_deadletters_total", labels) or 0) - before[error_class] == 1
 
     # after fixing the cause, replay the router's dead letters: each goes back to its source topic
     replayed = cli("replay", "--yes", "--stage", "router")

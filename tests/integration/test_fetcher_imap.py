@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaConsumer
 from prometheus_client import REGISTRY
 
-from services.common.bus import Kafka
+from services.common.kafka import Kafka
 from services.common.codec import codec
 from services.common.config import Config, parse_text
 from services.common.runtime import Health

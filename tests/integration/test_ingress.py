@@ -18,7 +18,7 @@ from kafka import KafkaConsumer
 from prometheus_client import REGISTRY
 
 from services.common.blobs import FolderBlobStore
-from services.common.bus import Kafka, Producer
+from services.common.kafka import Kafka, Producer
 from services.common.codec import codec
 from services.common.config import Config, parse_text
 from services.fetcher.ingress import IngressServer, build_ingress, parse_listen

@@ -22,7 +22,8 @@ import pytest
 from kafka import KafkaConsumer
 from prometheus_client import REGISTRY
 
-from services.common.bus import Kafka, Out
+from services.common.bus import Out
+from services.common.kafka import Kafka
 from services.common.codec import codec
 from services.common.config import Config, parse_text
 from services.common.runtime import Health

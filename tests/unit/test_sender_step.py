@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -13,7 +14,8 @@ import pytest
 from services.common.bus import Out
 from services.common.codec import codec
 from services.common.config import Config, Smtp, parse_text
-from services.common.errors import BadRecord, Transient
+from services.common.errors import BadRecord, Stopping
+from services.common.retry import FakeClock
 from services.common.runtime import Health
 from services.sender.runner import SenderStep, blocked_recipients
 from services.sender.smtp import PermanentFailure, SendResult, TemporaryFailure
@@ -43,33 +45,20 @@ def config(allow_outbound: bool = True, smtp: bool = True) -> Config:
         """) % ("true" if allow_outbound else "false") + smtp_block)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+def stop_after(clock: FakeClock, seconds: float | None) -> threading.Event:
+    """A stop event that is set once the sender has waited ``seconds`` in all."""
+    stop = threading.Event()
 
-    def __call__(self) -> float:
-        return self.now
+    def on_wait(_: float) -> None:
+        if seconds is not None and sum(clock.waits) >= seconds:
+            stop.set()
 
-
-class Stop:
-    """A stop event whose wait() advances the fake clock instead of sleeping."""
-
-    def __init__(self, clock: Clock, stop_after: float | None = None):
-        self.clock = clock
-        self.stop_after = stop_after
-        self.waited: list[float] = []
-
-    def is_set(self) -> bool:
-        return self.stop_after is not None and sum(self.waited) >= self.stop_after
-
-    def wait(self, timeout: float) -> bool:
-        self.waited.append(timeout)
-        self.clock.now += timeout
-        return self.is_set()
+    clock.on_wait = on_wait
+    return stop
 
 
 class Pool:
-    def __init__(self, script: Sequence[Any], clock: Clock, cost: float = 0.5):
+    def __init__(self, script: Sequence[Any], clock: FakeClock, cost: float = 0.5):
         self.script = list(script)
         self.clock = clock
         self.cost = cost
@@ -111,19 +100,19 @@ def events(outs: Sequence[Out]) -> list[dict[str, Any]]:
     return [codec("DeliveryEvent").decode(o.value) for o in outs]
 
 
-def make(script: Sequence[Any], cfg: Config | None = None, stop_after: float | None = None
-         ) -> tuple[SenderStep, Pool, Producer, Stop, Clock]:
-    clock = Clock()
-    stop = Stop(clock, stop_after)
+def make(script: Sequence[Any], cfg: Config | None = None, stop_after_seconds: float | None = None
+         ) -> tuple[SenderStep, Pool, Producer, FakeClock]:
+    clock = FakeClock()
+    stop = stop_after(clock, stop_after_seconds)
     pool = Pool(script, clock)
     producer = Producer()
     step = SenderStep(cfg or config(), producer, pool, blobs=None, stop=stop, health=Health(),  # type: ignore[arg-type]
                       clock=clock)
-    return step, pool, producer, stop, clock
+    return step, pool, producer, clock
 
 
 def test_sent_at_the_first_attempt() -> None:
-    step, pool, producer, _, _ = make([SendResult(250, "2.0.0 Ok: queued")])
+    step, pool, producer, _ = make([SendResult(250, "2.0.0 Ok: queued")])
     outs = step.process(record())
     assert producer.sent == []
     [event] = events(outs)
@@ -140,7 +129,7 @@ def test_sent_at_the_first_attempt() -> None:
 
 def test_temporary_failures_are_retried_with_a_retrying_event_each_then_sent() -> None:
     refused = TemporaryFailure("connect", "connect", "cannot connect to smtp.example.com:587: connection refused")
-    step, pool, producer, stop, _ = make([refused, refused, SendResult(250, "ok")])
+    step, pool, producer, clock = make([refused, refused, SendResult(250, "ok")])
     outs = step.process(record())
     retrying = events(producer.sent)
     assert [(e["id"], e["status"], e["smtp_code"], e["smtp_reply"]) for e in retrying] == [
@@ -149,12 +138,12 @@ def test_temporary_failures_are_retried_with_a_retrying_event_each_then_sent() -
     ]
     assert [(e["id"], e["attempt"]) for e in events(outs)] == [("out-1:3:sent", 3)]
     assert len(pool.calls) == 3
-    assert 0.5 <= sum(stop.waited) <= 3  # backoff 1 s then 2 s, with jitter down to half
+    assert 0.5 <= sum(clock.waits) <= 3  # backoff 1 s then 2 s, with jitter down to half
 
 
 def test_temporary_failures_give_up_after_the_window() -> None:
     greylisted = TemporaryFailure("recipients", "send", "smtp.example.com refused every recipient: 451", 451)
-    step, pool, producer, stop, clock = make([greylisted] * 50)
+    step, pool, producer, clock = make([greylisted] * 50)
     started = clock.now
     [event] = events(step.process(record()))
     assert event["status"] == "failed" and event["smtp_code"] == 451
@@ -163,12 +152,12 @@ def test_temporary_failures_give_up_after_the_window() -> None:
     assert clock.now - started <= 30  # the last attempt still ends inside give_up_after_seconds
     assert clock.now - started + 8 + 2 > 30  # and no further one would have
     assert len(producer.sent) == event["attempt"] - 1 == len(pool.calls) - 1
-    assert max(stop.waited) <= 1.0  # waits in small slices so health ticks and stop is seen
+    assert max(clock.waits) <= 1.0  # waits in small slices so health ticks and stop is seen
 
 
 def test_permanent_failure_fails_at_once() -> None:
     refused = PermanentFailure("recipients", "send", "smtp.example.com refused every recipient: <x> 550 5.1.1", 550)
-    step, pool, producer, _, _ = make([refused])
+    step, pool, producer, _ = make([refused])
     [event] = events(step.process(record()))
     assert (event["id"], event["status"], event["smtp_code"], event["smtp_reply"]) == \
         ("out-1:1:failed", "failed", 550, refused.reply)
@@ -177,14 +166,14 @@ def test_permanent_failure_fails_at_once() -> None:
 
 def test_stop_during_the_retry_wait_leaves_the_record_uncommitted() -> None:
     down = TemporaryFailure("connect", "connect", "connection refused")
-    step, pool, producer, _, _ = make([down, SendResult(250, "ok")], stop_after=0.2)
-    with pytest.raises(Transient, match="stays uncommitted"):
+    step, pool, producer, _ = make([down, SendResult(250, "ok")], stop_after_seconds=0.2)
+    with pytest.raises(Stopping, match="stays uncommitted"):
         step.process(record())
     assert len(pool.calls) == 1 and len(events(producer.sent)) == 1
 
 
 def test_no_smtp_settings_or_unknown_mailbox_is_a_failed_event_not_a_crash() -> None:
-    step, pool, _, _, _ = make([], cfg=config(smtp=False))
+    step, pool, _, _ = make([], cfg=config(smtp=False))
     [event] = events(step.process(record()))
     assert event["status"] == "failed"
     assert event["smtp_reply"] == "mailbox support@example.com has no outgoing mail (smtp:) settings"
@@ -194,7 +183,7 @@ def test_no_smtp_settings_or_unknown_mailbox_is_a_failed_event_not_a_crash() -> 
 
 
 def test_outbound_mail_switch_off_blocks_non_members_and_sends_nothing() -> None:
-    step, pool, _, _, _ = make([SendResult(250, "ok")], cfg=config(allow_outbound=False))
+    step, pool, _, _ = make([SendResult(250, "ok")], cfg=config(allow_outbound=False))
     [event] = events(step.process(record(cc=[{"email": "Alice@example.com", "name": None}])))
     assert event["status"] == "failed"
     assert event["smtp_reply"] == ("queue SUPPORT does not allow sending mail outside the organization; "
@@ -215,14 +204,14 @@ def test_blocked_recipients() -> None:
 
 
 def test_test_mail_events_are_keyed_by_the_outbound_id() -> None:
-    step, _, _, _, _ = make([SendResult(250, "ok")])
+    step, _, _, _ = make([SendResult(250, "ok")])
     [out] = step.process(record(kind="test", ticket=None, comment_id=None))
     assert out.key == b"out-1"
     assert events([out])[0]["ticket"] is None
 
 
 def test_undecodable_record_is_a_bad_record() -> None:
-    step, _, _, _, _ = make([])
+    step, _, _, _ = make([])
     with pytest.raises(BadRecord):
         step.process(SimpleNamespace(topic="outbound", partition=0, offset=1, key=b"", value=b"not avro"))
 
@@ -233,7 +222,7 @@ def test_missing_attachment_blob_is_a_failed_event() -> None:
             from services.common.blobs import BlobMissing
             raise BlobMissing(f"blob {ref} is not in /nowhere")
 
-    step, pool, _, _, _ = make([])
+    step, pool, _, _ = make([])
     step.blobs = NoBlobs()  # type: ignore[assignment]
     attachment = {"filename": "a.pdf", "content_type": "application/pdf", "blob_ref": "sha256:" + "0" * 64}
     [event] = events(step.process(record(attachments=[attachment])))

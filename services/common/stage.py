@@ -1,0 +1,79 @@
+"""One builder for every consuming stage (router, ticketer, sender).
+
+A stage is named by a ``StageSpec`` (its name and input topics); its runner
+passes a function that builds the stage's ``Step`` from a ``StageContext``
+(config, producer, stop event, health). ``run_stage`` assembles the rest the same
+way for every stage: the Kafka clients, the consumer group
+``<group_prefix>-<name>``, the consume loop with the stage's settings, and the
+closing of everything on the way out (the step's own resources first, then the
+producer), so the runners hold only what is particular to them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from services.common.bus import ConsumeLoop, LoopSettings, Step
+from services.common.config import Config
+from services.common.kafka import Kafka, Producer
+from services.common.runtime import Health
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    inputs: Sequence[str]  # keys of ``config.topics``
+    max_poll_records: int | None = None  # None: kafka.consumer.max_poll_records
+
+
+@dataclass
+class StageContext:
+    config: Config
+    producer: Producer
+    stop: threading.Event
+    health: Health
+    closing: ExitStack
+
+    def on_close(self, close: Callable[[], object]) -> None:
+        """Call ``close`` when the stage ends (before the producer is closed)."""
+        self.closing.callback(close)
+
+
+def loop_settings(config: Config, stage: str) -> LoopSettings:
+    return LoopSettings()
+
+
+def run_stage(
+    config: Config,
+    spec: StageSpec,
+    build: Callable[[StageContext], Step],
+    stop: threading.Event,
+    health: Health,
+    bootstrap: Sequence[str] | None = None,
+) -> None:
+    """Run ``spec``'s consume loop until ``stop``; see the module docstring.
+
+    Raises what the loop raises (a programming error, ``DeadLetterFlood``): the
+    process stops and its supervisor restarts it.
+    """
+    kafka = Kafka(config, bootstrap)
+    with ExitStack() as closing:
+        producer = kafka.producer()
+        closing.callback(producer.close)
+        step = build(StageContext(config, producer, stop, health, closing.enter_context(ExitStack())))
+        loop = ConsumeLoop(
+            kafka.source(f"{config.kafka.group_prefix}-{spec.name}", spec.max_poll_records),
+            producer,
+            step,
+            spec.name,
+            topics=[config.topics[name] for name in spec.inputs],
+            deadletter_topic=config.topics["deadletter"],
+            stop=stop,
+            settings=loop_settings(config, spec.name),
+            on_alive=health.tick,
+            on_ready=health.set_ready,
+        )
+        loop.run()
