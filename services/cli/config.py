@@ -1,0 +1,25 @@
+"""`deskmail config check`."""
+
+from __future__ import annotations
+
+import click
+
+from services.cli.common import load_config
+
+
+@click.group("config")
+def group() -> None:
+    """Validate configuration."""
+
+
+@group.command("check")
+@click.argument("path", type=click.Path(dir_okay=False), required=False, envvar="DESKMAIL_CONFIG")
+def check(path: str | None) -> None:
+    """Validate deskmail.yaml at PATH (or DESKMAIL_CONFIG); print each error with its line and exit 2 on errors."""
+    cfg = load_config(path, what="missing argument PATH (the deskmail.yaml to check), or set DESKMAIL_CONFIG")
+    mailboxes = cfg.mailboxes
+    click.echo(
+        f"{path}: ok: {len(cfg.queues)} queue(s), {len(mailboxes)} mailbox(es) "
+        f"({sum(1 for m in mailboxes if m.imap)} IMAP, {sum(1 for m in mailboxes if m.ingress)} ingress), "
+        f"{len(cfg.organization.members)} member(s)"
+    )
