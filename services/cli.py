@@ -278,7 +278,7 @@ def db_group() -> None:
 @config_option
 def db_migrate(config_path: str | None) -> None:
     """Create or upgrade the tickets database schema."""
-    from services.ticketer.store import TicketStore
+    from services.tickets import TicketStore
 
     TicketStore(_load(config_path).database_url).migrate()
     click.echo("database is up to date")
@@ -303,7 +303,7 @@ def _iso(value: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def tickets_list(config_path: str | None, queue: str | None, limit: int, as_json: bool) -> None:
     """List tickets, newest first."""
-    from services.ticketer.store import TicketStore
+    from services.tickets import TicketStore
 
     store = TicketStore(_load(config_path).database_url)
     store.migrate()

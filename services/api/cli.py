@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from services.api import serialize
-from services.ticketer.store import Recipient, ThreadEntry, TicketDetail
+from services.tickets import Recipient, ThreadEntry, TicketDetail
 
 _config_option = click.option(
     "--config", "config_path", envvar="DESKMAIL_CONFIG", type=click.Path(dir_okay=False),
@@ -35,7 +35,7 @@ def tickets_extra() -> None:
 def show(key: str, config_path: str | None, as_json: bool) -> None:
     """Show a ticket and its whole thread, oldest first."""
     from services.cli import _load
-    from services.ticketer.store import TicketStore
+    from services.tickets import TicketStore
 
     store = TicketStore(_load(config_path).database_url)
     try:
@@ -72,7 +72,7 @@ def reply(
     --internal a comment that is never emailed."""
     from services.api.replies import ReplyError, ReplyRequest, post_reply
     from services.cli import _bootstrap, _load
-    from services.ticketer.store import TicketStore
+    from services.tickets import TicketStore
 
     config = _load(config_path)
     servers = _bootstrap(bootstrap) or list(config.kafka.bootstrap_servers)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from services.common.bus import Out, Producer
 from services.common.errors import Transient
 from services.common.retry import Backoff
-from services.ticketer.store import OutboxRecord, TicketStore
+from services.tickets import OutboxRecord, TicketStore
 
 log = logging.getLogger("deskmail.api.relay")
 STAGE = "api"

@@ -21,7 +21,7 @@ relays the rows again: the same outbound id reaches the sender twice, and the
 mail may then be sent twice; only that window can duplicate a mail.
 ``record_delivery`` applies the sender's DeliveryEvents to the comment.
 
-The result and request types live in ``services.ticketer.views`` and are
+The result and request types live in ``services.tickets.views`` and are
 re-exported here.
 """
 
@@ -56,8 +56,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from services.common.ids import SYNTHETIC_MESSAGE_ID_DOMAIN
-from services.ticketer.migrations import alembic_config
-from services.ticketer.tables import (
+from services.tickets.migrations import alembic_config
+from services.tickets.tables import (
     COMMAND_ID,
     EMAIL,
     HASH,
@@ -75,7 +75,7 @@ from services.ticketer.tables import (
     rejections,
     tickets,
 )
-from services.ticketer.views import (
+from services.tickets.views import (
     PENDING_STATUSES,
     Action,
     Applied,
