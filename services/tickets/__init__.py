@@ -16,13 +16,13 @@ below are the package's public surface. ``tables`` (the schema) and
 the migrated schema with the tables.
 """
 
-from services.tickets.store import (
+from services.tickets.errors import (
     InvalidCommand,
     InvalidDeliveryEvent,
     InvalidReply,
-    TicketStore,
     UnknownTicket,
 )
+from services.tickets.store import TicketStore
 from services.tickets.views import (
     PENDING_STATUSES,
     Action,

@@ -1,8 +1,8 @@
 """What the tickets store hands out and takes in: frozen result and request types.
 
-Kept apart from ``store.py`` (which owns the SQL) so the API, the CLI and the
-tests can name these types without reading the queries. ``store`` re-exports
-every name here.
+Kept apart from the modules that hold the SQL so the API, the CLI and the
+tests can name these types without reading the queries. The package
+(``services.tickets``) re-exports every name here.
 """
 
 from __future__ import annotations
