@@ -17,9 +17,12 @@ the migrated schema with the tables.
 """
 
 from services.tickets.errors import (
+    BadDatabaseUrl,
     InvalidCommand,
     InvalidDeliveryEvent,
     InvalidReply,
+    SchemaNotCurrent,
+    StoreUnavailable,
     UnknownTicket,
 )
 from services.tickets.store import TicketStore
@@ -38,6 +41,7 @@ from services.tickets.views import (
     Rejection,
     Reply,
     Role,
+    SchemaState,
     Threading,
     ThreadEntry,
     TicketDetail,
@@ -45,8 +49,9 @@ from services.tickets.views import (
 )
 
 __all__ = [
-    "PENDING_STATUSES", "Action", "Applied", "AttachmentInfo", "CommentKind", "DeliveryStatus",
-    "InvalidCommand", "InvalidDeliveryEvent", "InvalidReply", "OutboundBuilder", "OutboxRecord",
-    "Outcome", "Participant", "Recipient", "Rejection", "Reply", "Role", "Threading",
-    "ThreadEntry", "TicketDetail", "TicketStore", "TicketSummary", "UnknownTicket",
+    "PENDING_STATUSES", "Action", "Applied", "AttachmentInfo", "BadDatabaseUrl", "CommentKind",
+    "DeliveryStatus", "InvalidCommand", "InvalidDeliveryEvent", "InvalidReply", "OutboundBuilder",
+    "OutboxRecord", "Outcome", "Participant", "Recipient", "Rejection", "Reply", "Role",
+    "SchemaNotCurrent", "SchemaState", "StoreUnavailable", "Threading", "ThreadEntry",
+    "TicketDetail", "TicketStore", "TicketSummary", "UnknownTicket",
 ]

@@ -8,7 +8,7 @@ connection to the module that holds the SQL of one concept:
 - ``queries`` reads tickets and rejections for the page, the API and the CLI;
 - ``outgoing`` stores agents' replies with their outbox rows, relays the
   outbox and records delivery events;
-- ``engine`` builds the engine and migrates.
+- ``engine`` builds the engine, migrates and checks the schema.
 
 Errors: a malformed command raises ``InvalidCommand`` (dead-letter it).
 Database errors propagate unchanged; ``sqlalchemy.exc.OperationalError``
@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from services.tickets import engine as db
@@ -41,6 +40,7 @@ from services.tickets.views import (
     Recipient,
     Rejection,
     Reply,
+    SchemaState,
     TicketDetail,
     TicketSummary,
 )
@@ -49,10 +49,14 @@ from services.tickets.views import (
 class TicketStore:
     """Tickets DB on SQLite (``sqlite:///path``) or PostgreSQL
     (``postgresql+psycopg://...``). Thread-safe: one engine, pooled connections.
-    Several stores (processes) may share one database."""
+    Several stores (processes) may share one database.
+
+    Construction does not connect; it raises ``BadDatabaseUrl`` for a URL that
+    cannot be parsed, an unsupported backend or a driver that is not installed.
+    """
 
     def __init__(self, url: str, *, sqlite_busy_timeout_s: float = 30.0) -> None:
-        self._url = make_url(url)
+        self._url = db.parse_url(url)
         self._engine = db.build_engine(self._url, sqlite_busy_timeout_s=sqlite_busy_timeout_s)
 
     @property
@@ -68,11 +72,32 @@ class TicketStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # -- the schema and the connection ---------------------------------------
+
     def migrate(self) -> None:
         """Upgrade the schema to the newest revision. Safe to call from several
         processes at once: the upgrade runs in one transaction under a lock
         (PostgreSQL advisory lock; SQLite's write lock)."""
         db.migrate(self._engine, self._url)
+
+    def ping(self) -> None:
+        """Connect once; raises ``StoreUnavailable`` (one line, no password) when
+        the database cannot be reached: nothing listening, unknown host, refused
+        credentials, an SQLite file that cannot be opened."""
+        db.ping(self._engine, self._url)
+
+    def schema_state(self) -> SchemaState:
+        """The schema's revision against this code's migrations, read from
+        Alembic's version table without migrating: ``current``, ``missing``
+        (never migrated), ``behind`` (migrate) or ``ahead`` (migrated by a newer
+        deskmail). Raises ``StoreUnavailable``."""
+        return db.schema_revisions(self._engine, self._url)[0]
+
+    def require_current(self) -> None:
+        """Raises ``SchemaNotCurrent`` (its message tells the operator what to
+        do) unless ``schema_state()`` is ``current``; ``StoreUnavailable`` when
+        the database cannot be reached. Never migrates."""
+        db.require_current(self._engine, self._url)
 
     # -- applying commands ---------------------------------------------------
 
