@@ -151,7 +151,7 @@ def run_stack(config: Config, sink: Sink | None = None) -> int:
     """
     from services.common.kafka import Kafka
     from services.localbroker import LocalBroker
-    from services.ticketer.store import TicketStore
+    from services.tickets import TicketStore
 
     check_ports(config, sink, "change the ports in the configuration")
     data = config.data_dir

@@ -30,7 +30,7 @@ from services.api.relay import OutboxRelay
 from services.common.kafka import Kafka
 from services.common.config import Config
 from services.common.runtime import Health
-from services.ticketer.store import TicketStore
+from services.tickets import TicketStore
 
 log = logging.getLogger("deskmail.api")
 STATIC = Path(__file__).resolve().parent / "static"

@@ -9,7 +9,7 @@ from typing import Protocol
 from fastapi import HTTPException, Request
 
 from services.common.config import Config, Member
-from services.ticketer.store import TicketStore
+from services.tickets import TicketStore
 
 
 class Waker(Protocol):

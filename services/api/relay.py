@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.exc import OperationalError
 
 from services.common.bus import Out
-from services.common.kafka import Producer
 from services.common.errors import Transient
+from services.common.kafka import Producer
 from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
-from services.ticketer.store import OutboxRecord, TicketStore
+from services.tickets import OutboxRecord, TicketStore
 
 log = logging.getLogger("deskmail.api.relay")
 STAGE = "api"

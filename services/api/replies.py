@@ -28,7 +28,7 @@ from typing import Any
 from services.common.codec import CodecError, codec
 from services.common.config import Config, Mailbox, Member, Queue, Signature
 from services.sender.compose import new_message_id, subject_for
-from services.ticketer.store import (
+from services.tickets import (
     InvalidReply,
     OutboundBuilder,
     Recipient,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.ticketer.store import (
+from services.tickets import (
     AttachmentInfo,
     Participant,
     Recipient,

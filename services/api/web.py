@@ -22,8 +22,8 @@ from fastapi.templating import Jinja2Templates
 from services.api.context import ApiContext, context, header_agent
 from services.api.replies import ReplyError, ReplyRequest, post_reply, reply_form
 from services.common.config import Config, Mailbox, Member, Secret
-from services.ticketer.store import Recipient, TicketDetail
-from services.ticketer.views import PENDING_STATUSES
+from services.tickets import Recipient, TicketDetail
+from services.tickets import PENDING_STATUSES
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PAGE_SIZE = 50

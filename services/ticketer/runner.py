@@ -24,7 +24,7 @@ from services.common.config import Config
 from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
 from services.common.stage import StageContext, StageSpec, run_stage
-from services.ticketer.store import InvalidCommand, InvalidDeliveryEvent, TicketStore
+from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore
 
 log = logging.getLogger("deskmail.ticketer")
 STAGE = "ticketer"

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from services.localbroker import LocalBroker  # noqa: E402
-from services.ticketer.store import TicketStore  # noqa: E402
+from services.tickets import TicketStore  # noqa: E402
 from tests.harness import mails  # noqa: E402
 from tests.harness.dovecot import DovecotServer  # noqa: E402
 from tests.harness.stack import Stack  # noqa: E402

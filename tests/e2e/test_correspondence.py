@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ticketer.store import TicketStore
+from services.tickets import TicketStore
 from tests.harness import mails
 from tests.harness.smtp import SmtpServer
 from tests.harness.stack import Stack, wait_for

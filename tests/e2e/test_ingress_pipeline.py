@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ticketer.store import TicketStore
+from services.tickets import TicketStore
 from tests.harness import mails
 from tests.harness.stack import Stack, free_port, wait_for
 

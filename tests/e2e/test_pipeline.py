@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from services.common.codec import codec
-from services.ticketer.store import TicketStore
+from services.tickets import TicketStore
 from tests.harness import mails
 from tests.harness.stack import Stack, wait_for
 

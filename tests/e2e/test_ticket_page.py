@@ -25,7 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from playwright.sync_api import Page, expect
 
 from services.common.codec import codec
-from services.ticketer.store import TicketStore
+from services.tickets import TicketStore
 from tests.harness.smtp import SmtpServer
 from tests.harness.stack import REPO, Stack, wait_for
 

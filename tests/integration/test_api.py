@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from services.api.app import create_app
 from services.common.codec import codec
 from services.common.config import Config, parse_text
-from services.ticketer.store import TicketStore
-from services.ticketer.tables import metadata
+from services.tickets import TicketStore
+from services.tickets.tables import metadata
 
 with warnings.catch_warnings():
     # Starlette 1.x warns at import that its TestClient should move off httpx.

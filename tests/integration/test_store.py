@@ -17,8 +17,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, Table, func, inspect, select
 from sqlalchemy.exc import OperationalError
 
-from services.ticketer.migrations import alembic_config
-from services.ticketer.store import (
+from services.tickets import (
     Applied,
     AttachmentInfo,
     InvalidCommand,
@@ -29,7 +28,8 @@ from services.ticketer.store import (
     TicketStore,
     TicketSummary,
 )
-from services.ticketer.tables import metadata
+from services.tickets.migrations import alembic_config
+from services.tickets.tables import metadata
 from tests.harness.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
-from services.ticketer.migrations import alembic_config
-from services.ticketer.store import (
+from services.tickets import (
     Applied,
     InvalidDeliveryEvent,
     InvalidReply,
@@ -28,7 +27,8 @@ from services.ticketer.store import (
     TicketStore,
     UnknownTicket,
 )
-from services.ticketer.tables import metadata
+from services.tickets.migrations import alembic_config
+from services.tickets.tables import metadata
 
 pytestmark = pytest.mark.integration
 

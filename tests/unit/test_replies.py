@@ -20,7 +20,7 @@ from services.api.replies import (
 )
 from services.common.codec import codec
 from services.common.config import parse_text
-from services.ticketer.store import Participant, Recipient, Threading, TicketDetail
+from services.tickets import Participant, Recipient, Threading, TicketDetail
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
 

@@ -1,6 +1,6 @@
 """Schema of the tickets database (SQLAlchemy Core).
 
-The Alembic migrations in ``services/ticketer/migrations`` create exactly this
+The Alembic migrations in ``services/tickets/migrations`` create exactly this
 schema; a test compares the two on SQLite and PostgreSQL. Column types stay
 portable between both backends. Every timestamp is stored in UTC.
 """

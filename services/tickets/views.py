@@ -1,8 +1,8 @@
 """What the tickets store hands out and takes in: frozen result and request types.
 
-Kept apart from ``store.py`` (which owns the SQL) so the API, the CLI and the
-tests can name these types without reading the queries. ``store`` re-exports
-every name here.
+Kept apart from the modules that hold the SQL so the API, the CLI and the
+tests can name these types without reading the queries. The package
+(``services.tickets``) re-exports every name here.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ CommentKind = Literal["mail_in", "mail_out", "note"]
 DeliveryStatus = Literal["queued", "retrying", "sent", "failed"]
 # A final status is never overwritten by a later event.
 PENDING_STATUSES: tuple[DeliveryStatus, ...] = ("queued", "retrying")
+# The database's schema against this code's migrations: current (at the newest
+# revision), missing (never migrated: no tables), behind (an older revision:
+# migrate), ahead (a revision this code does not know: a newer deskmail migrated it).
+SchemaState = Literal["current", "missing", "behind", "ahead"]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
 Write operations by hand (op.create_table, op.add_column, ...); keep
-services/ticketer/tables.py in step: a test compares the migrated schema with it.
+services/tickets/tables.py in step: a test compares the migrated schema with it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Alembic runtime environment for the tickets database.
 
-Configured in code (see ``services.ticketer.migrations.alembic_config``); there
+Configured in code (see ``services.tickets.migrations.alembic_config``); there
 is no alembic.ini and no logging configuration here: the process owns logging.
 """
 
@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from services.ticketer.tables import metadata
+from services.tickets.tables import metadata
 
 config = context.config
 

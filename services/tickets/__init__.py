@@ -1,0 +1,57 @@
+"""The tickets database: the shared database layer of deskmail.
+
+Three processes use it, always through ``TicketStore`` and never with SQL of
+their own:
+
+- the ticketer (``services.ticketer``) writes: it applies TicketCommands and
+  records the sender's DeliveryEvents;
+- the api (``services.api``) reads tickets and adds agents' replies, whose
+  outgoing mail it relays from the outbox to the broker;
+- the CLI (``services.cli``) reads tickets and rejections, adds replies and
+  migrates the schema.
+
+Importers write ``from services.tickets import TicketStore, ...``; the names
+below are the package's public surface. ``tables`` (the schema) and
+``migrations`` (Alembic) are for the store itself and for tests that compare
+the migrated schema with the tables.
+"""
+
+from services.tickets.errors import (
+    BadDatabaseUrl,
+    InvalidCommand,
+    InvalidDeliveryEvent,
+    InvalidReply,
+    SchemaNotCurrent,
+    StoreUnavailable,
+    UnknownTicket,
+)
+from services.tickets.store import TicketStore
+from services.tickets.views import (
+    PENDING_STATUSES,
+    Action,
+    Applied,
+    AttachmentInfo,
+    CommentKind,
+    DeliveryStatus,
+    OutboundBuilder,
+    OutboxRecord,
+    Outcome,
+    Participant,
+    Recipient,
+    Rejection,
+    Reply,
+    Role,
+    SchemaState,
+    Threading,
+    ThreadEntry,
+    TicketDetail,
+    TicketSummary,
+)
+
+__all__ = [
+    "PENDING_STATUSES", "Action", "Applied", "AttachmentInfo", "BadDatabaseUrl", "CommentKind",
+    "DeliveryStatus", "InvalidCommand", "InvalidDeliveryEvent", "InvalidReply", "OutboundBuilder",
+    "OutboxRecord", "Outcome", "Participant", "Recipient", "Rejection", "Reply", "Role",
+    "SchemaNotCurrent", "SchemaState", "StoreUnavailable", "Threading", "ThreadEntry",
+    "TicketDetail", "TicketStore", "TicketSummary", "UnknownTicket",
+]

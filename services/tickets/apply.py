@@ -1,0 +1,254 @@
+"""Applying one TicketCommand: the steps, all on the caller's transaction.
+
+``apply_command`` is idempotent: a command already applied, an IMAP message
+already received (mailbox, UIDVALIDITY, UID), or a Message-ID already known in
+the queue answers ``duplicate`` and changes nothing. A ``comment`` is threaded
+by In-Reply-To/References, then by the ticket key in the subject; one that
+finds no thread opens a ticket, unless it is ``reply_only`` (then it is
+rejected). Ticket numbers come from a counter row locked by the transaction,
+so they have no gaps. A unique-constraint race with a concurrent ticketer
+raises ``IntegrityError`` here; the store re-runs the command once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from services.tickets import statements as st
+from services.tickets.commands import AttachmentFile, Command
+from services.tickets.rows import inserted_id
+from services.tickets.views import Applied, Role
+
+# Only the newest References are searched: real threads are short, and a
+# hostile header must not turn into a huge IN list.
+_MAX_THREAD_CANDIDATES = 200
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    id: int
+    key: str
+    updated_at: datetime
+
+
+def apply_command(conn: Connection, c: Command) -> Applied:
+    """Apply ``c`` on ``conn``'s transaction (the caller commits)."""
+    duplicate = _find_duplicate(conn, c)
+    if duplicate is not None:
+        return duplicate
+    if c.action == "reject":
+        _insert_rejection(conn, c)
+        return Applied("rejected", None, None)
+    ticket = _resolve_thread(conn, c) if c.action == "comment" else None
+    if ticket is None and c.reply_only:  # may answer a known thread, not open a ticket
+        if conn.execute(st.REJECTED, {"command_id": c.id}).first():
+            return Applied("duplicate", None, None)
+        _insert_rejection(conn, c)
+        return Applied("rejected", None, None)
+    if ticket is None:
+        ticket_id, applied = _create_ticket(conn, c)
+    else:
+        ticket_id, applied = ticket.id, _add_comment(conn, c, ticket)
+    _record(conn, c, ticket_id, applied)
+    return applied
+
+
+def _find_duplicate(conn: Connection, c: Command) -> Applied | None:
+    row = conn.execute(
+        st.SEEN_BEFORE,
+        {
+            "command_id": c.id,
+            "mailbox": c.mailbox,
+            "uidvalidity": c.uidvalidity,
+            "uid": c.uid,
+            "queue": c.queue,
+            "message_id": c.message_id,
+        },
+    ).first()
+    if row is not None:
+        return Applied("duplicate", row.ticket_key, row.comment_id)
+    if c.action == "reject" and conn.execute(st.REJECTED, {"command_id": c.id}).first():
+        return Applied("duplicate", None, None)
+    return None
+
+
+def _insert_rejection(conn: Connection, c: Command) -> None:
+    # A rejection does not mark the mail as processed: replaying the topic after
+    # a rule fix may still turn the same command id into a ticket.
+    conn.execute(
+        st.INSERT_REJECTION,
+        {
+            "command_id": c.id,
+            "mailbox": c.mailbox,
+            "queue": c.queue,
+            "classification": c.classification,
+            "author_email": c.author.email,
+            "subject": c.subject,
+            "message_id": c.message_id,
+            "reason": c.reason,
+            "received_at": c.received_at,
+            "recorded_at": datetime.now(timezone.utc),
+        },
+    )
+
+
+def _record(conn: Connection, c: Command, ticket_id: int, applied: Applied) -> None:
+    conn.execute(
+        st.INSERT_PROCESSED,
+        {
+            "command_id": c.id,
+            "outcome": applied.outcome,
+            "ticket_key": applied.ticket_key,
+            "comment_id": applied.comment_id,
+            "applied_at": datetime.now(timezone.utc),
+        },
+    )
+    if c.uid > 0:
+        conn.execute(
+            st.INSERT_RECEIPT,
+            {
+                "mailbox": c.mailbox,
+                "uidvalidity": c.uidvalidity,
+                "uid": c.uid,
+                "command_id": c.id,
+                "ticket_id": ticket_id,
+            },
+        )
+
+
+def _resolve_thread(conn: Connection, c: Command) -> _Ticket | None:
+    """In-Reply-To, then References newest first, against known Message-IDs
+    (this queue before any other queue); then the ticket key in the subject,
+    which must name a ticket of this queue."""
+    candidates: list[str] = []
+    for message_id in (c.in_reply_to, *reversed(c.references)):
+        if message_id and message_id not in candidates:
+            candidates.append(message_id)
+    candidates = candidates[:_MAX_THREAD_CANDIDATES]
+    row: Any = None  # a Row from either query below
+    if candidates:
+        matches = conn.execute(st.THREAD_MATCHES, {"message_ids": candidates}).all()
+        rank = {message_id: i for i, message_id in enumerate(candidates)}
+        row = min(
+            matches,
+            key=lambda r: (r.queue != c.queue, rank[r.message_id], r.id),
+            default=None,
+        )
+    if row is None and c.ticket_key_hint is not None and not c.reply_only:  # a key in a subject is easy to guess
+        row = conn.execute(st.TICKET_BY_KEY, {"key": c.ticket_key_hint, "queue": c.queue}).first()
+    if row is None:
+        return None
+    return _Ticket(id=row.id, key=row.key, updated_at=row.updated_at)
+
+
+def _create_ticket(conn: Connection, c: Command) -> tuple[int, Applied]:
+    assert c.queue is not None
+    number = _next_number(conn, c.queue)
+    key = f"{c.queue}-{number}"
+    result = conn.execute(
+        st.INSERT_TICKET,
+        {
+            "key": key,
+            "queue": c.queue,
+            "number": number,
+            "summary": c.subject.strip() or "(no subject)",
+            "description": c.text,
+            "description_html": c.html,
+            "type": c.ticket_type,
+            "components": list(c.components),
+            "author_email": c.author.email,
+            "author_name": c.author.name,
+            "author_member": c.author.member,
+            "status": "open",
+            "created_at": c.received_at,
+            "updated_at": c.received_at,
+            "command_id": c.id,
+            "mailbox": c.mailbox,
+        },
+    )
+    ticket_id = inserted_id(result)
+    _register_message(conn, c, ticket_id, None)
+    _add_participants(conn, ticket_id, c, author_role="author", known=set())
+    _add_attachments(conn, c.attachments, ticket_id, None)
+    return ticket_id, Applied("created", key, None)
+
+
+def _next_number(conn: Connection, queue: str) -> int:
+    """Next ticket number of the queue: gap-free, because the counter row is
+    locked until this transaction ends and rolls back with it."""
+    number = conn.execute(st.BUMP_COUNTER, {"counter_queue": queue}).scalar_one_or_none()
+    if number is None:
+        # First ticket of the queue. ON CONFLICT DO NOTHING: a concurrent
+        # ticketer may be inserting the same row; either way it then exists.
+        conn.execute(st.INSERT_COUNTER[conn.dialect.name], {"queue": queue, "last_number": 0})
+        number = conn.execute(st.BUMP_COUNTER, {"counter_queue": queue}).scalar_one()
+    return int(number)
+
+
+def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
+    result = conn.execute(
+        st.INSERT_COMMENT,
+        {
+            "ticket_id": ticket.id,
+            "kind": "mail_in",
+            "author_email": c.author.email,
+            "author_name": c.author.name,
+            "body": c.text,
+            "html": c.html,
+            "message_id": c.message_id,
+            "created_at": c.received_at,
+            "command_id": c.id,
+        },
+    )
+    comment_id = inserted_id(result)
+    _register_message(conn, c, ticket.id, comment_id)
+    known = set(conn.execute(st.KNOWN_PARTICIPANTS, {"ticket_id": ticket.id}).scalars())
+    _add_participants(conn, ticket.id, c, author_role="participant", known=known)
+    _add_attachments(conn, c.attachments, ticket.id, comment_id)
+    if c.received_at > ticket.updated_at:
+        conn.execute(st.TOUCH_TICKET, {"ticket_id": ticket.id, "new_updated_at": c.received_at})
+    return Applied("commented", ticket.key, comment_id)
+
+
+def _register_message(conn: Connection, c: Command, ticket_id: int, comment_id: int | None) -> None:
+    conn.execute(
+        st.INSERT_MESSAGE,
+        {"queue": c.queue, "message_id": c.message_id, "ticket_id": ticket_id, "comment_id": comment_id},
+    )
+
+
+def _add_participants(
+    conn: Connection, ticket_id: int, c: Command, author_role: Role, known: set[str]
+) -> None:
+    rows: list[dict[str, Any]] = []
+    for person, role in ((c.author, author_role), *((p, "participant") for p in c.participants)):
+        email = person.email.strip().lower()
+        if not email or email in known:
+            continue
+        known.add(email)
+        rows.append(
+            {"ticket_id": ticket_id, "email": email, "name": person.name,
+             "member": person.member, "role": role}
+        )
+    if rows:
+        conn.execute(st.INSERT_PARTICIPANT, rows)
+
+
+def _add_attachments(
+    conn: Connection, files: Sequence[AttachmentFile], ticket_id: int, comment_id: int | None
+) -> None:
+    if files:
+        conn.execute(
+            st.INSERT_ATTACHMENT,
+            [
+                {"ticket_id": ticket_id, "comment_id": comment_id, "filename": f.filename,
+                 "content_type": f.content_type, "size": f.size, "sha256": f.sha256,
+                 "blob_ref": f.blob_ref}
+                for f in files
+            ],
+        )

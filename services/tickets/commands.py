@@ -1,0 +1,138 @@
+"""A TicketCommand checked once, so the SQL that applies it can trust its fields.
+
+``Command.parse`` takes the dict fastavro decodes and raises ``InvalidCommand``
+for anything the ticketer cannot apply: a missing field, an unknown action, a
+naive ``received_at``, a value longer than its column. Such a command is a bad
+record: the ticketer dead-letters it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from services.tickets import checks
+from services.tickets.errors import InvalidCommand
+from services.tickets.tables import COMMAND_ID, EMAIL, HASH, MESSAGE_ID, QUEUE
+from services.tickets.views import Action
+
+_ACTIONS = ("create", "comment", "reject")
+
+
+@dataclass(frozen=True)
+class Person:
+    email: str
+    name: str | None
+    member: bool
+
+
+@dataclass(frozen=True)
+class AttachmentFile:
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    blob_ref: str | None
+
+
+@dataclass(frozen=True)
+class Command:
+    """A TicketCommand checked once, so the SQL below can trust its fields."""
+
+    id: str
+    action: Action
+    classification: str
+    queue: str | None
+    mailbox: str
+    ticket_type: str | None
+    components: tuple[str, ...]
+    author: Person
+    participants: tuple[Person, ...]
+    subject: str
+    text: str
+    html: str | None
+    attachments: tuple[AttachmentFile, ...]
+    message_id: str
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    ticket_key_hint: str | None
+    uidvalidity: int
+    uid: int
+    received_at: datetime
+    reason: str | None
+    reply_only: bool
+
+    @classmethod
+    def parse(cls, cmd: Mapping[str, Any]) -> Command:
+        """Raises InvalidCommand for a missing field, an unknown action, a
+        naive ``received_at`` or a value longer than its column."""
+        try:
+            action = cmd["action"]
+            if action not in _ACTIONS:
+                raise InvalidCommand(f"unknown action {action!r}")
+            queue = checks.optional_bounded(cmd.get("queue"), "queue", QUEUE)
+            if action != "reject" and queue is None:
+                raise InvalidCommand(f"action {action!r} needs a queue")
+            received_at = cmd["received_at"]
+            if not isinstance(received_at, datetime) or received_at.tzinfo is None:
+                raise InvalidCommand(f"received_at must be a timezone-aware datetime: {received_at!r}")
+            return cls(
+                id=command_key(cmd["id"]),
+                action=action,
+                classification=checks.bounded(cmd["classification"], "classification", 16),
+                queue=queue,
+                mailbox=checks.bounded(cmd["mailbox"], "mailbox", EMAIL),
+                ticket_type=checks.optional_bounded(cmd.get("ticket_type"), "ticket_type", 64),
+                components=tuple(checks.text(c) for c in cmd.get("components") or ()),
+                author=_person(cmd["author"]),
+                participants=tuple(_person(p) for p in cmd.get("participants") or ()),
+                subject=checks.text(cmd["subject"]),
+                text=checks.text(cmd["text"]),
+                html=checks.optional_text(cmd.get("html")),
+                attachments=tuple(_attachment(a) for a in cmd.get("attachments") or ()),
+                message_id=checks.bounded(cmd["message_id"], "message_id", MESSAGE_ID),
+                in_reply_to=cmd.get("in_reply_to") or None,
+                references=tuple(cmd.get("references") or ()),
+                ticket_key_hint=cmd.get("ticket_key_hint") or None,
+                uidvalidity=int(cmd.get("source_uidvalidity") or 0),
+                uid=int(cmd.get("source_uid") or 0),
+                received_at=received_at,
+                reason=checks.optional_text(cmd.get("reason")),
+                reply_only=bool(cmd.get("reply_only", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidCommand):
+                raise
+            raise InvalidCommand(f"malformed TicketCommand: {exc!r}") from exc
+
+
+def command_key(value: Any) -> str:
+    """The stored form of a command id: as is, or a digest when it is longer than the column.
+
+    Ids embed the mailbox address (``imap:<address>:<uidvalidity>:<uid>``), and an
+    address may be up to 254 characters; the digest keeps such ids stable and unique.
+    """
+    if isinstance(value, str) and len(value) > COMMAND_ID and "\x00" not in value:
+        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    return checks.bounded(value, "id", COMMAND_ID)
+
+
+def _person(value: Mapping[str, Any]) -> Person:
+    return Person(
+        email=checks.bounded(value["email"], "email", EMAIL, empty_ok=True),
+        name=checks.optional_text(value.get("name")),
+        member=bool(value.get("member")),
+    )
+
+
+def _attachment(value: Mapping[str, Any]) -> AttachmentFile:
+    return AttachmentFile(
+        filename=checks.text(value["filename"]),
+        content_type=checks.bounded(value["content_type"], "content_type", 255),
+        size=int(value["size"]),
+        sha256=checks.bounded(value["sha256"], "sha256", HASH),
+        blob_ref=checks.optional_text(value.get("blob_ref")),
+    )

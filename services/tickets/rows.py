@@ -1,0 +1,48 @@
+"""Rows to result types and back, for the queries and the outgoing-mail writes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.engine import CursorResult
+
+from services.tickets.views import Recipient, ThreadEntry
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_T = TypeVar("_T", bound="DataclassInstance")
+
+
+def build(cls: type[_T], row: Any, **overrides: Any) -> _T:
+    """A result dataclass from the row's same-named columns, plus ``overrides``."""
+    mapping = row._mapping
+    values = {f.name: mapping[f.name] for f in fields(cls) if f.name not in overrides}
+    return cls(**values, **overrides)
+
+
+def thread_entry(row: Any) -> ThreadEntry:
+    """A ThreadEntry from a comments row (or the same-named values of a new one)."""
+    mapping = row if isinstance(row, Mapping) else row._mapping
+    values = {f.name: mapping[f.name] for f in fields(ThreadEntry) if f.name not in ("to", "cc")}
+    values["internal"] = bool(values["internal"])
+    return ThreadEntry(**values, to=recipients(mapping["to_addrs"]), cc=recipients(mapping["cc_addrs"]))
+
+
+def recipient_json(r: Recipient) -> dict[str, Any]:
+    """A recipient as stored in ``comments.to_addrs`` / ``cc_addrs``."""
+    return {"email": r.email, "name": r.name, "member": r.member}
+
+
+def recipients(value: Any) -> tuple[Recipient, ...]:
+    return tuple(
+        Recipient(str(r["email"]), r.get("name"), bool(r.get("member"))) for r in value or ()
+    )
+
+
+def inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None, "INSERT did not report its primary key"
+    return int(key[0])

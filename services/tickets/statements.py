@@ -1,0 +1,131 @@
+"""The statements of the hot paths, built once.
+
+Building and cache-keying a statement costs more than running it on SQLite,
+and ``apply`` runs about ten per command; so ``apply`` and the outgoing-mail
+writes use these prebuilt statements with bind parameters. The queries for
+pages and the CLI (``queries``) build theirs inline: they run far less often.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, insert, literal, select, union_all, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from services.tickets.tables import (
+    attachments,
+    comments,
+    messages,
+    outbox,
+    participants,
+    processed_commands,
+    queue_counters,
+    receipts,
+    rejections,
+    tickets,
+)
+from services.tickets.views import PENDING_STATUSES
+
+_pc = processed_commands
+# One round trip answers "seen before?" three ways, in order of precedence: the
+# command id; the IMAP receipt (receipts hold only uid > 0, so uid 0 never
+# matches); the Message-ID in the queue, which also covers a re-fetch after a
+# UIDVALIDITY change and the same mail delivered to two mailboxes of the queue.
+SEEN_BEFORE = (
+    union_all(
+        select(literal(1).label("precedence"), _pc.c.ticket_key, _pc.c.comment_id).where(
+            _pc.c.command_id == bindparam("command_id")
+        ),
+        select(literal(2), _pc.c.ticket_key, _pc.c.comment_id)
+        .select_from(receipts.join(_pc, _pc.c.command_id == receipts.c.command_id))
+        .where(
+            receipts.c.mailbox == bindparam("mailbox"),
+            receipts.c.uidvalidity == bindparam("uidvalidity"),
+            receipts.c.uid == bindparam("uid"),
+        ),
+        select(literal(3), tickets.c.key, messages.c.comment_id)
+        .select_from(messages.join(tickets, tickets.c.id == messages.c.ticket_id))
+        .where(
+            messages.c.queue == bindparam("queue"),
+            messages.c.message_id == bindparam("message_id"),
+        ),
+    )
+    .order_by("precedence")
+    .limit(1)
+)
+REJECTED = select(rejections.c.id).where(rejections.c.command_id == bindparam("command_id"))
+THREAD_MATCHES = select(
+    messages.c.queue, messages.c.message_id, tickets.c.id, tickets.c.key, tickets.c.updated_at
+).where(
+    messages.c.message_id.in_(bindparam("message_ids", expanding=True)),
+    tickets.c.id == messages.c.ticket_id,
+)
+TICKET_BY_KEY = select(tickets.c.id, tickets.c.key, tickets.c.updated_at).where(
+    tickets.c.key == bindparam("key"), tickets.c.queue == bindparam("queue")
+)
+BUMP_COUNTER = (
+    update(queue_counters)
+    .where(queue_counters.c.queue == bindparam("counter_queue"))
+    .values(last_number=queue_counters.c.last_number + 1)
+    .returning(queue_counters.c.last_number)
+)
+INSERT_COUNTER = {
+    "postgresql": postgresql.insert(queue_counters).on_conflict_do_nothing(
+        index_elements=[queue_counters.c.queue]
+    ),
+    "sqlite": sqlite.insert(queue_counters).on_conflict_do_nothing(
+        index_elements=[queue_counters.c.queue]
+    ),
+}
+TOUCH_TICKET = (
+    update(tickets)
+    .where(tickets.c.id == bindparam("ticket_id"))
+    .values(updated_at=bindparam("new_updated_at"))
+)
+KNOWN_PARTICIPANTS = select(participants.c.email).where(
+    participants.c.ticket_id == bindparam("ticket_id")
+)
+INSERT_TICKET = insert(tickets)
+INSERT_COMMENT = insert(comments)
+INSERT_MESSAGE = insert(messages)
+INSERT_PARTICIPANT = insert(participants)
+INSERT_ATTACHMENT = insert(attachments)
+INSERT_PROCESSED = insert(processed_commands)
+INSERT_RECEIPT = insert(receipts)
+INSERT_REJECTION = insert(rejections)
+INSERT_OUTBOX = insert(outbox)
+TICKET_FOR_REPLY = select(
+    tickets.c.id, tickets.c.key, tickets.c.queue, tickets.c.summary, tickets.c.updated_at
+).where(tickets.c.key == bindparam("key"))
+TICKET_MESSAGE_IDS = (
+    select(messages.c.message_id)
+    .where(messages.c.ticket_id == bindparam("ticket_id"))
+    .order_by(messages.c.id)
+)
+PENDING_OUTBOX = (
+    select(
+        outbox.c.id, tickets.c.key.label("ticket_key"), outbox.c.comment_id, outbox.c.payload,
+        outbox.c.created_at, outbox.c.relayed_at,
+    )
+    .join(tickets, tickets.c.id == outbox.c.ticket_id)
+    .where(outbox.c.relayed_at.is_(None))
+    .order_by(outbox.c.created_at, outbox.c.id)
+)
+MARK_RELAYED = (
+    update(outbox)
+    .where(outbox.c.id.in_(bindparam("ids", expanding=True)), outbox.c.relayed_at.is_(None))
+    .values(relayed_at=bindparam("relayed"))
+)
+# A final status (sent, failed) is never overwritten: the WHERE admits only
+# comments still queued or retrying.
+RECORD_DELIVERY = (
+    update(comments)
+    .where(
+        comments.c.outbound_id == bindparam("event_outbound_id"),
+        comments.c.delivery_status.in_(PENDING_STATUSES),
+    )
+    .values(
+        delivery_status=bindparam("new_status"),
+        delivery_detail=bindparam("new_detail"),
+        delivery_updated_at=bindparam("new_updated_at"),
+    )
+)

@@ -1,0 +1,254 @@
+"""``TicketStore``: the one object through which deskmail reads and writes tickets.
+
+A thin facade: it owns the engine and the transactions, and hands each
+connection to the module that holds the SQL of one concept:
+
+- ``commands`` checks a TicketCommand, ``apply`` applies it (idempotently:
+  a command, IMAP message or Message-ID seen before answers ``duplicate``);
+- ``queries`` reads tickets and rejections for the page, the API and the CLI;
+- ``outgoing`` stores agents' replies with their outbox rows, relays the
+  outbox and records delivery events;
+- ``engine`` builds the engine, migrates and checks the schema.
+
+Errors: a malformed command raises ``InvalidCommand`` (dead-letter it).
+Database errors propagate unchanged; ``sqlalchemy.exc.OperationalError``
+(connection lost, database locked) is transient and left to the caller's retry
+policy. A unique-constraint race with a concurrent ticketer is handled here by
+re-running the command once, which then sees the other side's effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from services.tickets import engine as db
+from services.tickets import outgoing, queries
+from services.tickets.apply import apply_command
+from services.tickets.checks import check_page
+from services.tickets.commands import Command
+from services.tickets.errors import InvalidReply
+from services.tickets.outgoing import Delivery, ReplyDraft
+from services.tickets.views import (
+    Applied,
+    OutboundBuilder,
+    OutboxRecord,
+    Recipient,
+    Rejection,
+    Reply,
+    SchemaState,
+    TicketDetail,
+    TicketSummary,
+)
+
+
+class TicketStore:
+    """Tickets DB on SQLite (``sqlite:///path``) or PostgreSQL
+    (``postgresql+psycopg://...``). Thread-safe: one engine, pooled connections.
+    Several stores (processes) may share one database.
+
+    Construction does not connect; it raises ``BadDatabaseUrl`` for a URL that
+    cannot be parsed, an unsupported backend or a driver that is not installed.
+    """
+
+    def __init__(self, url: str, *, sqlite_busy_timeout_s: float = 30.0) -> None:
+        self._url = db.parse_url(url)
+        self._engine = db.build_engine(self._url, sqlite_busy_timeout_s=sqlite_busy_timeout_s)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> TicketStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the schema and the connection ---------------------------------------
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest revision. Safe to call from several
+        processes at once: the upgrade runs in one transaction under a lock
+        (PostgreSQL advisory lock; SQLite's write lock)."""
+        db.migrate(self._engine, self._url)
+
+    def ping(self) -> None:
+        """Connect once; raises ``StoreUnavailable`` (one line, no password) when
+        the database cannot be reached: nothing listening, unknown host, refused
+        credentials, an SQLite file that cannot be opened."""
+        db.ping(self._engine, self._url)
+
+    def schema_state(self) -> SchemaState:
+        """The schema's revision against this code's migrations, read from
+        Alembic's version table without migrating: ``current``, ``missing``
+        (never migrated), ``behind`` (migrate) or ``ahead`` (migrated by a newer
+        deskmail). Raises ``StoreUnavailable``."""
+        return db.schema_revisions(self._engine, self._url)[0]
+
+    def require_current(self) -> None:
+        """Raises ``SchemaNotCurrent`` (its message tells the operator what to
+        do) unless ``schema_state()`` is ``current``; ``StoreUnavailable`` when
+        the database cannot be reached. Never migrates."""
+        db.require_current(self._engine, self._url)
+
+    # -- applying commands ---------------------------------------------------
+
+    def apply(self, cmd: Mapping[str, Any]) -> Applied:
+        """Apply one TicketCommand (the dict fastavro decodes) in one transaction:
+        tickets, comments, participants and attachments, or nothing for a
+        duplicate. Raises InvalidCommand."""
+        command = Command.parse(cmd)
+        try:
+            return self._apply_once(command)
+        except IntegrityError:
+            # A concurrent ticketer committed the same command, mail or participant
+            # first. Our transaction was rolled back; the re-run sees its effect.
+            return self._apply_once(command)
+
+    def _apply_once(self, c: Command) -> Applied:
+        with db.write(self._engine) as conn:
+            return apply_command(conn, c)
+
+    # -- queries for the CLI and the API -------------------------------------
+
+    def count_tickets(self, queue: str | None = None) -> int:
+        with self._engine.connect() as conn:
+            return queries.count_tickets(conn, queue)
+
+    def list_tickets(
+        self, queue: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[TicketSummary]:
+        """Newest first (by mail time, then by insertion)."""
+        check_page(limit, offset)
+        with self._engine.connect() as conn:
+            return queries.list_tickets(conn, queue, limit, offset)
+
+    def get_ticket(self, key: str) -> TicketDetail | None:
+        with self._engine.connect() as conn:
+            return queries.get_ticket(conn, key)
+
+    def list_rejections(
+        self, mailbox: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Rejection]:
+        """Newest first (by mail time, then by insertion)."""
+        check_page(limit, offset)
+        with self._engine.connect() as conn:
+            return queries.list_rejections(conn, mailbox, limit, offset)
+
+    def count_by_queue(self) -> dict[str, int]:
+        """Tickets per queue (queues without tickets are absent)."""
+        with self._engine.connect() as conn:
+            return queries.count_by_queue(conn)
+
+    def ticket_mailbox(self, key: str) -> str | None:
+        """The configured mailbox the ticket's opening mail arrived at (None for
+        tickets created before that was recorded, or for unknown keys)."""
+        with self._engine.connect() as conn:
+            return queries.ticket_mailbox(conn, key)
+
+    # -- agents' comments and outgoing mail ----------------------------------
+
+    def add_reply(
+        self,
+        ticket_key: str,
+        *,
+        author_email: str,
+        author_name: str | None,
+        text: str,
+        html: str | None = None,
+        send_email: bool,
+        internal: bool = False,
+        to: Sequence[Recipient] = (),
+        cc: Sequence[Recipient] = (),
+        signature_alias: str | None = None,
+        outbound_id: str | None = None,
+        message_id: str | None = None,
+        build_outbound: OutboundBuilder | None = None,
+        now: datetime | None = None,
+    ) -> Reply:
+        """Store an agent's comment on ``ticket_key`` in one transaction.
+
+        With ``send_email`` the comment is an outgoing mail (kind ``mail_out``,
+        status ``queued``): ``outbound_id``, the pre-assigned ``message_id``
+        (without brackets) and ``build_outbound`` are required, and at least one
+        ``to`` recipient. The Message-ID is registered for the ticket's queue, so
+        the customer's answer threads back by In-Reply-To; ``build_outbound``
+        gets the comment id and the threading headers (In-Reply-To: the thread's
+        newest known Message-ID; References: its first and newest ones) and
+        returns the encoded OutboundMail, written to ``outbox`` in the same
+        transaction. Recipients not yet on the ticket become participants.
+        Without ``send_email`` the comment is a note and nothing is mailed.
+
+        Authorization (who may mail whom) is the caller's job. Raises
+        UnknownTicket, InvalidReply; whatever ``build_outbound`` raises rolls
+        the comment back and propagates.
+        """
+        draft = ReplyDraft.parse(
+            author_email=author_email, author_name=author_name, text=text, html=html,
+            send_email=send_email, internal=internal, to=to, cc=cc,
+            signature_alias=signature_alias, outbound_id=outbound_id, message_id=message_id,
+            build_outbound=build_outbound,
+        )
+        created_at = now or datetime.now(timezone.utc)
+        if created_at.tzinfo is None:
+            raise InvalidReply(f"now must be timezone-aware: {created_at!r}")
+        try:
+            with db.write(self._engine) as conn:
+                return outgoing.add_reply(conn, ticket_key, draft, created_at)
+        except IntegrityError as exc:
+            # Unique outbound id and (queue, Message-ID): a caller reusing ids.
+            raise InvalidReply(
+                f"outbound id {outbound_id!r} or Message-ID {message_id!r} is already in use"
+            ) from exc
+
+    def pending_outbox(self, limit: int = 100) -> list[OutboxRecord]:
+        """Outgoing mail not yet relayed to the broker, oldest first."""
+        check_page(limit, 0)
+        with self._engine.connect() as conn:
+            return outgoing.pending_outbox(conn, limit)
+
+    def mark_relayed(self, ids: Iterable[str], now: datetime | None = None) -> int:
+        """Mark outbox rows relayed (call only after the broker's ack); returns
+        how many were still pending. Ids already relayed or unknown are ignored."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return 0
+        with db.write(self._engine) as conn:
+            return outgoing.mark_relayed(conn, wanted, now or datetime.now(timezone.utc))
+
+    def relay_outbox(self, publish: Callable[[Sequence[OutboxRecord]], None], limit: int = 100) -> int:
+        """Hand up to ``limit`` unrelayed rows, oldest first, to ``publish`` and
+        mark them relayed once it returns; returns how many were relayed.
+
+        ``publish`` must return only after the broker acknowledged every record
+        (and raise otherwise: then nothing is marked and the error propagates).
+        The rows stay locked while it runs (PostgreSQL: ``FOR UPDATE SKIP
+        LOCKED``, so concurrent relays take disjoint rows; SQLite: the database
+        write lock), so two relays never publish the same row. A crash after
+        the broker's ack and before the commit relays the rows again: the one
+        window in which a mail may be sent twice.
+        """
+        check_page(limit, 0)
+        with db.write(self._engine) as conn:
+            return outgoing.relay_outbox(conn, publish, limit)
+
+    def record_delivery(self, event: Mapping[str, Any]) -> bool:
+        """Apply one DeliveryEvent (the dict fastavro decodes) to its comment.
+
+        Returns True when the comment's delivery state changed. Returns False
+        for an outbound id no comment has (a test mail, another deployment's
+        mail) and for an event arriving after a final status: ``sent`` and
+        ``failed`` are never overwritten, so a late ``retrying`` or a
+        redelivered event changes nothing. Raises InvalidDeliveryEvent.
+        """
+        delivery = Delivery.parse(event)
+        with db.write(self._engine) as conn:
+            return outgoing.record_delivery(conn, delivery)
