@@ -76,13 +76,13 @@ def fail(message: str) -> NoReturn:
 @contextmanager
 def broker_errors(what: str) -> Iterator[None]:
     """A broker that cannot be reached is exit code 3, not a traceback."""
-    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     from services.common.errors import Transient
 
     try:
         yield
-    except (NoBrokersAvailable, KafkaConnectionError, KafkaTimeoutError, Transient) as exc:
+    except (KafkaConnectionError, KafkaTimeoutError, Transient) as exc:
         raise Unavailable(f"{what}: the Kafka broker is unreachable ({type(exc).__name__}: {exc})") from None
 
 

@@ -76,12 +76,12 @@ def _run(service: str, cfg: Config, servers: list[str] | None, metrics_port: int
 
 def _report(service: str, exc: Exception) -> int:
     """Log why the process stops as one JSON line; returns the exit code."""
-    from kafka.errors import KafkaConnectionError, NoBrokersAvailable
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     from services.common.errors import DeadLetterFlood
     from services.tickets import SchemaNotCurrent, StoreUnavailable
 
-    if isinstance(exc, (StoreUnavailable, SchemaNotCurrent, NoBrokersAvailable, KafkaConnectionError)):
+    if isinstance(exc, (StoreUnavailable, SchemaNotCurrent, KafkaConnectionError, KafkaTimeoutError)):
         log.error("stopped: a dependency is unavailable", extra={"stage": service, "error": str(exc)})
         return UNAVAILABLE
     if isinstance(exc, DeadLetterFlood):

@@ -42,7 +42,7 @@ def replay(stage: str, config_path: str | None, bootstrap: str | None, offset: i
 
     Effects are idempotent: replayed mail creates no duplicate tickets or comments.
     """
-    from kafka.errors import KafkaConnectionError, KafkaError, NoBrokersAvailable
+    from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
     cfg = load_config(config_path)
     topic = cfg.topics[REPLAY_INPUTS[stage]]
@@ -50,7 +50,7 @@ def replay(stage: str, config_path: str | None, bootstrap: str | None, offset: i
     with broker_errors(f"cannot rewind {group_id}"):
         try:
             offsets = kafka_clients(cfg, bootstrap).rewind(group_id, topic, offset)
-        except (NoBrokersAvailable, KafkaConnectionError):
+        except (KafkaConnectionError, KafkaTimeoutError):
             raise  # unreachable, not refused: exit 3 below
         except (KafkaError, ValueError) as exc:
             fail(f"cannot rewind {group_id} on {topic}: {exc} (is the {stage} still running? stop it first)")

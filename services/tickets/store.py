@@ -77,7 +77,9 @@ class TicketStore:
     def migrate(self) -> None:
         """Upgrade the schema to the newest revision. Safe to call from several
         processes at once: the upgrade runs in one transaction under a lock
-        (PostgreSQL advisory lock; SQLite's write lock)."""
+        (PostgreSQL advisory lock; SQLite's write lock). Raises
+        ``StoreUnavailable`` when the database cannot be reached."""
+        db.ping(self._engine, self._url)
         db.migrate(self._engine, self._url)
 
     def ping(self) -> None:
