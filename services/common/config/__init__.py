@@ -6,10 +6,12 @@ names the line it was found on. Nothing else in deskmail reads the environment f
 settings or secrets.
 
 The package: ``schema`` (the file as written), ``model`` (the frozen runtime
-objects and their lookups), ``secrets`` (references and ``Secret``), ``loader``
-(YAML with line numbers, ``load``, ``ConfigError``). Import from here.
+objects and their lookups), ``secrets`` (references and ``Secret``), ``hostport``
+(listen addresses), ``loader`` (YAML with line numbers, ``load``,
+``ConfigError``). Import from here.
 """
 
+from services.common.config.hostport import HostPort
 from services.common.config.loader import ConfigError, Problem, load, parse_text
 from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
 from services.common.config.schema import (
@@ -46,6 +48,7 @@ __all__ = [
     "ConsumerSettings",
     "DatabaseSettings",
     "FetcherSettings",
+    "HostPort",
     "Imap",
     "ImapSettings",
     "IngressSettings",

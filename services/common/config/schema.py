@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.common.config.hostport import HostPort, ListenAddress
 from services.common.config.secrets import SecretRef
 
 TOPIC_NAMES = {
@@ -58,8 +59,8 @@ class DatabaseSettings(_Model):
 
 
 class IngressSettings(_Model):
-    listen: str = "127.0.0.1:2525"
-    lmtp_listen: str | None = None  # LMTP for an MTA's final delivery (Postfix `lmtp:inet:HOST:PORT`); off when unset
+    listen: ListenAddress = HostPort("127.0.0.1", 2525)
+    lmtp_listen: ListenAddress | None = None  # LMTP for an MTA's final delivery (Postfix `lmtp:inet:HOST:PORT`); off when unset
     max_message_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, the ingress offers STARTTLS
     tls_key: str | None = None
@@ -97,7 +98,7 @@ class SenderSettings(_Model):
 
 
 class ApiSettings(_Model):
-    listen: str = "127.0.0.1:8080"
+    listen: ListenAddress = HostPort("127.0.0.1", 8080)
     user_header: str | None = None  # e.g. X-Forwarded-Email, set by an authenticating proxy
 
 
