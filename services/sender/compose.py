@@ -28,7 +28,7 @@ from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from typing import Any
 
-from services.router.classify import strip_reply_prefixes
+from services.common.mailrules import strip_reply_prefixes
 
 __all__ = [
     "ComposeError",

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.common import mailrules
 from services.common.config.hostport import HostPort, ListenAddress
 from services.common.config.secrets import SecretRef
 
@@ -25,7 +26,6 @@ TOPIC_NAMES = {
 }
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_QUEUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
 
 
 class _Model(BaseModel):
@@ -193,8 +193,8 @@ class QueueModel(_Model):
     @field_validator("key")
     @classmethod
     def _key(cls, v: str) -> str:
-        if not _QUEUE_KEY.match(v):
-            raise ValueError("a queue key is 1-32 upper-case letters, digits or _, starting with a letter")
+        if not mailrules.is_queue_key(v):
+            raise ValueError(mailrules.QUEUE_KEY_RULE)
         return v
 
 
