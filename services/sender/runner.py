@@ -37,6 +37,7 @@ from services.common.bus import ConsumeLoop, Kafka, Out, Producer
 from services.common.codec import CodecError, codec
 from services.common.config import Config, Mailbox
 from services.common.errors import BadRecord, Transient
+from services.common.mailrules import blocked_recipients
 from services.common.retry import Backoff
 from services.common.runtime import Health
 from services.sender.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
@@ -46,14 +47,6 @@ log = logging.getLogger("deskmail.sender")
 STAGE = "sender"
 
 Status = Literal["sent", "retrying", "failed"]
-
-
-def blocked_recipients(config: Config, mailbox: Mailbox, emails: Sequence[str]) -> list[str]:
-    """Recipients the queue may not mail: every non-member when ``allow_outbound_mail`` is off."""
-    queue = config.queue(mailbox.queue)
-    if queue is not None and queue.allow_outbound_mail:
-        return []
-    return [email for email in emails if config.member(email) is None]
 
 
 class SenderStep:

@@ -10,10 +10,12 @@ import pytest
 from services.common.config import ConfigError, parse_text
 from services.common.mailrules import (
     QUEUE_KEY_RULE,
+    AddressError,
     UnknownSignature,
     blocked_recipients,
     find_ticket_key,
     format_ticket_key,
+    new_message_id,
     is_queue_key,
     parse_ticket_key,
     signature_for,
@@ -163,6 +165,25 @@ def test_strip_reply_prefixes(subject: str, expected: str) -> None:
 
 
 
+@pytest.mark.parametrize(("original", "expected"), [
+    ("Invoice", "Re: [SUPPORT-12] Invoice"),
+    ("Re: Invoice", "Re: [SUPPORT-12] Invoice"),
+    ("Re: [SUPPORT-12] Invoice", "Re: [SUPPORT-12] Invoice"),
+    ("RE: [SUPPORT-12] AW: Re: Fwd: Invoice", "Re: [SUPPORT-12] Invoice"),
+    ("Re[2]: [support-012] Invoice", "Re: [SUPPORT-12] Invoice"),
+    ("Invoice [SUPPORT-12]", "Re: [SUPPORT-12] Invoice"),
+    ("Ответ: Отв: [SUPPORT-12] Счёт", "Re: [SUPPORT-12] Счёт"),
+    ("Re: [BILLING-3] moved ticket", "Re: [SUPPORT-12] moved ticket"),
+    ("Order [ABC-1] is broken", "Re: [SUPPORT-12] Order [ABC-1] is broken"),
+    ("  Re:   spaced    out  ", "Re: [SUPPORT-12] spaced out"),
+    ("", "Re: [SUPPORT-12]"),
+    ("Re:", "Re: [SUPPORT-12]"),
+])
+def test_subject_for(original: str, expected: str) -> None:
+    assert subject_for("SUPPORT-12", original) == expected
+    assert subject_for("SUPPORT-12", subject_for("SUPPORT-12", original)) == expected  # stable
+
+
 @pytest.mark.parametrize("original", [
     "Invoice", "Re: Invoice", "RE: [SUPPORT-12] AW: Fwd: Invoice", "[support-012] Invoice", "Order [ABC-1] is broken",
     "Re: [BILLING-3] moved ticket", "see BILLING-3 and SUPPORT-4", "Ответ: Счёт SUPPORT-99", "回复：打印机", "", "Re:",
@@ -194,6 +215,15 @@ def test_subject_for_leaves_markers_that_are_not_ticket_keys() -> None:
 
 
 # -- Message-IDs ----------------------------------------------------------------
+
+
+def test_new_message_id() -> None:
+    assert new_message_id("out-1", "support@example.com") == "deskmail.out-1@example.com"
+    assert new_message_id("out-1", "Support@EXAMPLE.com") == "deskmail.out-1@example.com"
+    assert new_message_id("a/b c.ü", "x@пример.рф") == "deskmail.a=2Fb=20c=2E=C3=BC@xn--e1afmkfd.xn--p1ai"
+    assert new_message_id("a.b", "x@example.com") != new_message_id("a_b", "x@example.com")
+    with pytest.raises(AddressError, match="is not a valid domain name"):
+        new_message_id("out-1", "x@пример..рф")
 
 
 def test_synthetic_message_id_is_stable_and_lower_case() -> None:
