@@ -25,8 +25,8 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from services.common.config import HostPort
 from services.common.runtime import setup_logging
-from services.fetcher.ingress import parse_listen
 
 log = logging.getLogger("deskmail.devsink")
 
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
-    host, port = parse_listen(args.listen)
+    listen = HostPort.parse(args.listen)
+    host, port = listen.host, listen.port
     try:
         asyncio.run(serve(host, port, args.dir))
     except OSError as exc:

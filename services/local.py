@@ -93,8 +93,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 def stack_ports(config: Config, sink: Sink | None = None) -> list[Port]:
     """Every TCP port the stack will listen on (the local broker picks a free one itself)."""
-    from services.fetcher.ingress import parse_listen
-
     ports = []
     for name in STACK:
         port = config.metrics.ports.get(name, DEFAULT_PORTS[name])
@@ -103,10 +101,10 @@ def stack_ports(config: Config, sink: Sink | None = None) -> list[Port]:
         else:
             ports.append(Port(config.metrics.host, port, f"{name} metrics"))
     if any(m.ingress for m in config.mailboxes):
-        host, port = parse_listen(config.ingress.listen)
+        host, port = config.ingress.listen.host, config.ingress.listen.port
         ports.append(Port(host, port, "SMTP ingress"))
         if config.ingress.lmtp_listen:
-            host, port = parse_listen(config.ingress.lmtp_listen)
+            host, port = config.ingress.lmtp_listen.host, config.ingress.lmtp_listen.port
             ports.append(Port(host, port, "LMTP ingress"))
     if sink is not None:
         ports.append(Port(sink.host, sink.port, "mail sink"))
@@ -399,9 +397,7 @@ def run_demo(data: Path, ports_base: int | None) -> int:
 
 
 def _describe_demo(config: Config, sink: Sink) -> None:
-    from services.fetcher.ingress import parse_listen
-
-    host, port = parse_listen(config.ingress.listen)
+    host, port = config.ingress.listen.host, config.ingress.listen.port
     web = f"http://127.0.0.1:{config.metrics.ports.get('api', DEFAULT_PORTS['api'])}"
     mailbox = next((m for m in config.mailboxes if m.ingress), None)
     if mailbox is None:

@@ -22,9 +22,10 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from services.common.config import Config, Imap, Mailbox, Smtp
+from services.common.mailrules import blocked_recipients, new_message_id, signature_for
 from services.fetcher import imap as imap_mod
 from services.sender import smtp as smtp_mod
-from services.sender.compose import as_bytes, compose, envelope_address, needs_smtputf8, new_message_id, recipients
+from services.sender.compose import as_bytes, compose, envelope_address, needs_smtputf8, recipients
 
 StepName = Literal["dns", "connect", "tls", "login", "select", "smtp-connect", "smtp-tls", "smtp-login"]
 
@@ -152,19 +153,10 @@ def send_test(config: Config, address: str, to: str, signature_alias: str | None
     Raises ``ValueError`` (configuration) or ``smtp.TemporaryFailure`` /
     ``smtp.PermanentFailure`` (the server's refusal or unreachability).
     """
-    from services.sender.runner import blocked_recipients
-
     mailbox = _mailbox(config, address)
     if mailbox.smtp is None:
         raise ValueError(f"mailbox {mailbox.address} has no outgoing mail (smtp:) settings")
-    signature = None
-    if signature_alias is not None:
-        signature = next((s for s in mailbox.signatures if s.alias == signature_alias), None)
-        if signature is None:
-            known = ", ".join(repr(s.alias) for s in mailbox.signatures) or "none"
-            raise ValueError(f"mailbox {mailbox.address} has no signature {signature_alias!r} (signatures: {known})")
-    elif mailbox.signatures:
-        signature = mailbox.signatures[0]
+    signature = signature_for(mailbox, signature_alias)  # UnknownSignature is a ValueError
     outbound_id = f"test-{uuid.uuid4().hex}"
     from_address = mailbox.smtp.address
     mail: dict[str, Any] = {

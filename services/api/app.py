@@ -81,8 +81,7 @@ def _listen(config: Config, port: int | None) -> tuple[str, int]:
     """``api.listen`` (default 127.0.0.1:8080); a given ``port`` (--metrics-port)
     replaces its port and keeps its host, so the page stays on loopback unless
     the configuration says otherwise (Kubernetes: ``api: {listen: 0.0.0.0:8080}``)."""
-    host, _, listen_port = config.api.listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", port if port is not None else int(listen_port)
+    return config.api.listen.host, port if port is not None else config.api.listen.port
 
 
 def run_api(

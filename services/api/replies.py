@@ -27,7 +27,7 @@ from typing import Any
 
 from services.common.codec import CodecError, codec
 from services.common.config import Config, Mailbox, Member, Queue, Signature
-from services.sender.compose import new_message_id, subject_for
+from services.common.mailrules import UnknownSignature, blocked_recipients, new_message_id, signature_for, subject_for
 from services.tickets import (
     InvalidReply,
     OutboundBuilder,
@@ -196,8 +196,8 @@ def plan_reply(
         raise ReplyInvalid(f"{', '.join(looping)} is deskmail's own address and cannot receive a reply")
     to = tuple(_with_member_flag(config, r) for r in to)
     cc = tuple(_with_member_flag(config, r) for r in cc)
-    external = [r.email for r in (*to, *cc) if not r.member]
-    if external and not queue.allow_outbound_mail:
+    external = blocked_recipients(config, mailbox, [r.email for r in (*to, *cc)])
+    if external:
         verb = "is" if len(external) == 1 else "are"
         raise ReplyForbidden(
             f"Queue {queue.key} does not allow sending mail outside the organization; "
@@ -261,13 +261,10 @@ def outbound_record(
 
 
 def _signature(mailbox: Mailbox, alias: str | None) -> Signature | None:
-    if not alias:
-        return mailbox.signatures[0] if mailbox.signatures else None
-    for signature in mailbox.signatures:
-        if signature.alias == alias:
-            return signature
-    known = ", ".join(repr(s.alias) for s in mailbox.signatures) or "none"
-    raise ReplyError(f"{mailbox.address} has no signature {alias!r} (it has: {known})")
+    try:
+        return signature_for(mailbox, alias)
+    except UnknownSignature as exc:
+        raise ReplyError(str(exc)) from None
 
 
 def _unique(people: Sequence[Recipient]) -> tuple[Recipient, ...]:

@@ -81,15 +81,6 @@ ACCEPTED, UNKNOWN_RECIPIENT, TOO_BIG, DEFERRED, ERROR = (
 # ---------------------------------------------------------------- pure parts
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``"host:port"`` (``"[::1]:25"`` for IPv6) -> ``(host, port)``; raises ValueError."""
-    host, sep, port = value.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address {value!r} is not HOST:PORT")
-    return host, int(port)
-
-
 def record_id(mailbox: str, sha256: str) -> str:
     """Stable per mailbox and content, so a retried delivery carries the same id."""
     return f"smtp:{mailbox}:{sha256}"
@@ -376,16 +367,16 @@ def build_ingress(
 ) -> IngressServer | None:
     """The ingress for the config's ``ingress: true`` mailboxes; None when there are none.
 
-    Raises ValueError for a malformed listen address, OSError for unreadable TLS files.
+    Raises OSError for unreadable TLS files (listen addresses were checked by the config).
     """
     addresses = [m.address for m in config.mailboxes if m.ingress]
     if not addresses:
         return None
     settings = config.ingress
-    host, port = parse_listen(settings.listen)
+    host, port = settings.listen.host, settings.listen.port
     listeners = [Listener("smtp", host, port)]
     if settings.lmtp_listen:
-        host, port = parse_listen(settings.lmtp_listen)
+        host, port = settings.lmtp_listen.host, settings.lmtp_listen.port
         listeners.append(Listener("lmtp", host, port))
     context = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     delivery = Delivery(producer, config.topics["inbound"], blobs, inline_max_bytes, ack_timeout)

@@ -23,17 +23,12 @@ Three separate questions are answered here, because they differ:
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
-
-from services.common.ids import SYNTHETIC_MESSAGE_ID_DOMAIN
+from collections.abc import Mapping, Sequence
 
 __all__ = [
-    "find_ticket_key",
     "is_auto_submitted",
     "is_bounce",
-    "strip_reply_prefixes",
     "suppresses_auto_reply",
-    "synthetic_message_id",
     "thread_key",
 ]
 
@@ -59,14 +54,6 @@ _DSN_SUBJECT = re.compile(
     r"|недоставленное сообщение|сообщение не доставлено|не удалось доставить)",
     re.IGNORECASE,
 )
-_BRACKETED_KEY = re.compile(r"\[\s*([^\[\]\s]+)-(\d{1,18})\s*\]")
-_BARE_KEY = re.compile(r"(?<![\w-])([^\W\d_][\w-]*?)-(\d{1,18})(?![\w-])")
-_REPLY_PREFIX = re.compile(
-    r"(?:\s*(?:re|fwd?|aw|wg|sv|vs|antw|doorst|tr|rv|enc|rif|odp|pd"
-    r"|ответ|отв|на|пересл|回复|答复|转发)\s*(?:\[\d+\]|\(\d+\))?\s*[:：])+\s*",
-    re.IGNORECASE,
-)
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _tokens(value: str) -> set[str]:
@@ -134,24 +121,6 @@ def _is_null_path(value: str | None) -> bool:
     return value is not None and value.replace(" ", "").strip() in ("<>", "")
 
 
-def find_ticket_key(subject: str, queue_keys: Collection[str]) -> str | None:
-    """The first ticket key of a known queue in the subject, e.g. ``SUPPORT-12``.
-
-    A bracketed key (``[SUPPORT-12]``, as deskmail writes it) wins over a bare
-    one anywhere in the subject. Keys match case-insensitively and come back in
-    upper case with the number's leading zeros dropped.
-    """
-    known = {key.upper() for key in queue_keys}
-    if not known:
-        return None
-    for pattern in (_BRACKETED_KEY, _BARE_KEY):
-        for match in pattern.finditer(subject):
-            key = match.group(1).upper()
-            if key in known:
-                return f"{key}-{int(match.group(2))}"
-    return None
-
-
 def thread_key(message_id: str, in_reply_to: str | None, references: Sequence[str]) -> str:
     """Root Message-ID of the thread: first of References, else In-Reply-To, else the mail's own."""
     if references:
@@ -159,20 +128,3 @@ def thread_key(message_id: str, in_reply_to: str | None, references: Sequence[st
     if in_reply_to:
         return in_reply_to
     return message_id
-
-
-def synthetic_message_id(sha256_hex: str) -> str:
-    """A stable Message-ID (without brackets) for mail that has none, from its content hash.
-
-    Raises ValueError if ``sha256_hex`` is not 64 hex digits.
-    """
-    digest = sha256_hex.strip().lower()
-    if not _HEX64.fullmatch(digest):
-        raise ValueError(f"not a SHA-256 hex digest: {sha256_hex!r}")
-    return digest + SYNTHETIC_MESSAGE_ID_DOMAIN
-
-
-def strip_reply_prefixes(subject: str) -> str:
-    """The subject without leading reply/forward prefixes (Re:, RE[2]:, Fwd:, AW:, Ответ:, ...)."""
-    match = _REPLY_PREFIX.match(subject)
-    return subject[match.end():].strip() if match else subject.strip()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common import mailrules
 from services.common.blobs import ref_for_sha256
 from services.common.config import Config
 from services.router import classify
@@ -52,9 +53,9 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
     own = config.own_addresses
     sender = mail.from_addr.email
 
-    message_id = mail.message_id or classify.synthetic_message_id(inbound["sha256"])
+    message_id = mail.message_id or mailrules.synthetic_message_id(inbound["sha256"])
     thread_key = classify.thread_key(message_id, mail.in_reply_to, mail.references)
-    hint = classify.find_ticket_key(mail.subject, [q.key for q in config.queues])
+    hint = mailrules.find_ticket_key(mail.subject, [q.key for q in config.queues])
     threaded = bool(mail.in_reply_to or mail.references or hint)
 
     if mail.bounce:

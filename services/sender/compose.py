@@ -28,7 +28,7 @@ from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from typing import Any
 
-from services.router.classify import strip_reply_prefixes
+from services.common.mailrules import AddressError, ascii_domain
 
 __all__ = [
     "ComposeError",
@@ -36,9 +36,7 @@ __all__ = [
     "compose",
     "envelope_address",
     "needs_smtputf8",
-    "new_message_id",
     "recipients",
-    "subject_for",
 ]
 
 
@@ -92,52 +90,8 @@ def _registry() -> HeaderRegistry:
 POLICY = email_policy.SMTP.clone(header_factory=_registry(), cte_type="7bit")
 POLICY_UTF8 = email_policy.SMTPUTF8.clone(header_factory=_registry(), cte_type="7bit")
 
-# Ticket-key markers as deskmail writes them, e.g. "[SUPPORT-12]".
-_KEY_MARKER = re.compile(r"\[\s*[A-Za-z][A-Za-z0-9_]*-\d{1,18}\s*\]")
-_ID_SAFE = re.compile(r"[A-Za-z0-9_-]")
 # A local part that needs no quotes (RFC 5322 dot-atom, plus UTF-8 under SMTPUTF8).
 _LOCAL_ATOM = re.compile(r"[^\s\"(),.:;<>@\[\]\\]+(?:\.[^\s\"(),.:;<>@\[\]\\]+)*")
-
-
-def subject_for(ticket_key: str, original_subject: str) -> str:
-    """``Re: [SUPPORT-12] original``, however many Re:/AW:/Fwd: and markers it had.
-
-    Leading reply/forward prefixes and leading ticket markers are removed
-    (repeatedly: "Re: [SUPPORT-12] AW: Re: x" -> "x"); a marker of this same
-    ticket anywhere else in the subject is removed too, since it goes in front.
-    Markers of other keys inside the text are left alone: they may be the
-    customer's own order numbers.
-    """
-    key = ticket_key.strip().upper()
-    queue, _, number = key.rpartition("-")
-    own = re.compile(rf"\[\s*{re.escape(queue)}-0*{re.escape(number.lstrip('0') or '0')}\s*\]", re.IGNORECASE)
-    rest = " ".join(original_subject.split())
-    while True:
-        stripped = strip_reply_prefixes(rest)
-        marker = _KEY_MARKER.match(stripped)
-        if marker:
-            stripped = stripped[marker.end():].strip()
-        if stripped == rest:
-            break
-        rest = stripped
-    rest = " ".join(own.sub(" ", rest).split())
-    return f"Re: [{key}] {rest}" if rest else f"Re: [{key}]"
-
-
-def new_message_id(outbound_id: str, from_address: str) -> str:
-    """The Message-ID (without brackets) for an outbound mail: ``deskmail.<id>@<domain>``.
-
-    Stable for one outbound id, so a retried or re-consumed mail keeps its id and
-    receivers can drop the duplicate. Characters of the id outside
-    ``[A-Za-z0-9_-]`` are written as ``=XX`` (hex of their UTF-8 bytes), which
-    keeps the result a valid dot-atom and distinct ids distinct.
-    """
-    local = "".join(
-        c if _ID_SAFE.fullmatch(c) else "".join(f"={b:02X}" for b in c.encode("utf-8"))
-        for c in outbound_id
-    )
-    domain = _ascii_domain(from_address.rpartition("@")[2] or "deskmail.invalid")
-    return f"deskmail.{local}@{domain}"
 
 
 def envelope_address(email: str) -> str:
@@ -145,7 +99,10 @@ def envelope_address(email: str) -> str:
     local, at, domain = email.strip().rpartition("@")
     if not at or not local or not domain:
         raise ComposeError(f"{email!r} is not an email address")
-    return f"{local}@{_ascii_domain(domain)}"
+    try:
+        return f"{local}@{ascii_domain(domain)}"
+    except AddressError as exc:
+        raise ComposeError(str(exc)) from None
 
 
 def recipients(mail: Mapping[str, Any]) -> list[str]:
@@ -274,16 +231,6 @@ def _encode_text(text: str) -> str:
 
 def _local_part(email: str) -> str:
     return email.strip().rpartition("@")[0]
-
-
-def _ascii_domain(domain: str) -> str:
-    domain = domain.strip().rstrip(".").lower()
-    if domain.isascii():
-        return domain
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ComposeError(f"{domain!r} is not a valid domain name") from None
 
 
 def _bare(message_id: str) -> str:

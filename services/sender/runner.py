@@ -34,6 +34,7 @@ from services.common.codec import CodecError, codec
 from services.common.config import Config, Mailbox
 from services.common.errors import BadRecord, Stopping, Transient
 from services.common.kafka import Producer
+from services.common.mailrules import blocked_recipients
 from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.common.runtime import Health
 from services.common.stage import StageContext, StageSpec, run_stage
@@ -50,14 +51,6 @@ STAGE = "sender"
 SPEC = StageSpec(STAGE, inputs=["outbound"], max_poll_records=1)
 
 Status = Literal["sent", "retrying", "failed"]
-
-
-def blocked_recipients(config: Config, mailbox: Mailbox, emails: Sequence[str]) -> list[str]:
-    """Recipients the queue may not mail: every non-member when ``allow_outbound_mail`` is off."""
-    queue = config.queue(mailbox.queue)
-    if queue is not None and queue.allow_outbound_mail:
-        return []
-    return [email for email in emails if config.member(email) is None]
 
 
 class SenderStep:

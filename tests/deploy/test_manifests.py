@@ -376,7 +376,7 @@ def test_example_config_is_valid_and_its_secrets_are_in_the_template(
     assert cfg.database_url.startswith("postgresql"), "Kubernetes runs on PostgreSQL"
     assert cfg.kafka.bootstrap_servers, "Kubernetes needs kafka.bootstrap_servers"
     assert str(cfg.blob_path) == "/var/lib/deskmail/blobs"
-    assert cfg.metrics.host == "0.0.0.0" and cfg.ingress.listen.startswith("0.0.0.0:")
+    assert cfg.metrics.host == "0.0.0.0" and cfg.ingress.listen.host == "0.0.0.0"
     # The Deployments pass --metrics-port; a metrics.ports entry would be ignored there.
     assert not cfg.metrics.ports
 

@@ -21,7 +21,7 @@ from services.common.blobs import FolderBlobStore
 from services.common.kafka import Kafka, Producer
 from services.common.codec import codec
 from services.common.config import Config, parse_text
-from services.fetcher.ingress import IngressServer, build_ingress, parse_listen
+from services.fetcher.ingress import IngressServer, build_ingress
 from services.fetcher.runner import inline_max_bytes, start_ingress
 from services.localbroker import LocalBroker, free_port
 
@@ -68,7 +68,7 @@ class Ingress:
         self.bootstrap = bootstrap
         self.producer: Producer = Kafka(config, [bootstrap]).producer()
         self.blobs = FolderBlobStore(config.blob_path)
-        self.host, self.port = parse_listen(config.ingress.listen)
+        self.host, self.port = config.ingress.listen.host, config.ingress.listen.port
         self._stop: Callable[[], None] | None = None
 
     def start(self) -> None:
@@ -235,7 +235,7 @@ def test_broker_down_answers_451_and_the_retried_mail_is_not_lost(unique, tmp_pa
                            ack_timeout=3.0)
     assert isinstance(server, IngressServer)
     server.start()
-    host, smtp_port = parse_listen(config.ingress.listen)
+    host, smtp_port = config.ingress.listen.host, config.ingress.listen.port
     try:
         first, second = mail(8, support), mail(9, support)
         with smtplib.SMTP(host, smtp_port, timeout=60) as client:

@@ -26,10 +26,11 @@ from services.common.bus import Out
 from services.common.kafka import Kafka
 from services.common.codec import codec
 from services.common.config import Config, parse_text
+from services.common.mailrules import new_message_id, subject_for
 from services.common.runtime import Health
 from services.localbroker import LocalBroker
 from services.mailcheck import Step, check_mailbox, send_test
-from services.sender.compose import as_bytes, compose, new_message_id, subject_for
+from services.sender.compose import as_bytes, compose
 from services.sender.runner import run_sender
 from services.sender.smtp import PermanentFailure, SmtpPool
 from tests.harness.dovecot import DovecotServer

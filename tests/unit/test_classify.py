@@ -2,15 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.router.classify import (
-    find_ticket_key,
-    is_auto_submitted,
-    is_bounce,
-    strip_reply_prefixes,
-    suppresses_auto_reply,
-    synthetic_message_id,
-    thread_key,
-)
+from services.router.classify import is_auto_submitted, is_bounce, suppresses_auto_reply, thread_key
 
 # -- machine-written mail ------------------------------------------------------
 
@@ -154,40 +146,6 @@ def test_suppresses_auto_reply(headers: dict[str, str], expected: bool) -> None:
     assert suppresses_auto_reply(headers) is expected
 
 
-# -- ticket keys ---------------------------------------------------------------
-
-QUEUES = ("SUPPORT", "IT-OPS", "Billing")
-
-
-@pytest.mark.parametrize(
-    ("subject", "expected"),
-    [
-        ("RE: [SUPPORT-3] Printer on floor 3", "SUPPORT-3"),
-        ("[support-12] lower case", "SUPPORT-12"),
-        ("Printer SUPPORT-7 is back", "SUPPORT-7"),
-        ("Question about SUPPORT-7, again", "SUPPORT-7"),
-        ("[SUPPORT-007] leading zeros", "SUPPORT-7"),
-        ("[IT-OPS-5] hyphenated queue key", "IT-OPS-5"),
-        ("billing-44: invoice", "BILLING-44"),
-        ("Re: see SUPPORT-1 and [SUPPORT-2]", "SUPPORT-2"),  # bracketed form wins
-        ("[ SUPPORT-9 ] spaced brackets", "SUPPORT-9"),
-        ("[JIRA-1] then SUPPORT-4", "SUPPORT-4"),  # unknown bracketed key is skipped
-        ("No key here", None),
-        ("[HR-3] unknown queue", None),
-        ("XSUPPORT-3 is not a key", None),
-        ("SUPPORT-3x is not a key", None),
-        ("SUPPORT-", None),
-        ("", None),
-    ],
-)
-def test_find_ticket_key(subject: str, expected: str | None) -> None:
-    assert find_ticket_key(subject, QUEUES) == expected
-
-
-def test_find_ticket_key_without_queues_finds_nothing() -> None:
-    assert find_ticket_key("[SUPPORT-3]", []) is None
-
-
 # -- threads -------------------------------------------------------------------
 
 
@@ -201,41 +159,3 @@ def test_thread_key_falls_back_to_in_reply_to() -> None:
 
 def test_thread_key_of_a_new_mail_is_its_own_id() -> None:
     assert thread_key("c@x", None, ()) == "c@x"
-
-
-def test_synthetic_message_id_is_stable_and_lower_case() -> None:
-    digest = "AB" * 32
-    assert synthetic_message_id(digest) == "ab" * 32 + "@deskmail.invalid"
-    assert synthetic_message_id(digest) == synthetic_message_id(digest.lower())
-
-
-@pytest.mark.parametrize("bad", ["", "abc", "g" * 64, "a" * 63, "a" * 65])
-def test_synthetic_message_id_rejects_non_digests(bad: str) -> None:
-    with pytest.raises(ValueError, match="not a SHA-256 hex digest"):
-        synthetic_message_id(bad)
-
-
-# -- subjects ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("subject", "expected"),
-    [
-        ("Re: Printer", "Printer"),
-        ("RE: [SUPPORT-3] Printer", "[SUPPORT-3] Printer"),
-        ("Re: RE: Fwd: FW: Printer", "Printer"),
-        ("AW: WG: Drucker", "Drucker"),
-        ("Ответ: НА: Принтер", "Принтер"),
-        ("Re[2]: Printer", "Printer"),
-        ("Re(3):Printer", "Printer"),
-        ("SV: Skrivare", "Skrivare"),
-        ("回复：打印机", "打印机"),
-        ("  re :  spaced  ", "spaced"),
-        ("Printer: Re: broken", "Printer: Re: broken"),  # only leading prefixes
-        ("Refund request", "Refund request"),
-        ("Review: new policy", "Review: new policy"),
-        ("Re:", ""),
-    ],
-)
-def test_strip_reply_prefixes(subject: str, expected: str) -> None:
-    assert strip_reply_prefixes(subject) == expected

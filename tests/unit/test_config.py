@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from services.common.config import ConfigError, parse_text
+from services.common.config import ConfigError, HostPort, parse_text
 
 GOOD = textwrap.dedent("""\
     organization:
@@ -100,3 +100,68 @@ def test_mailbox_needs_exactly_one_inbound_path():
 
 def test_yaml_syntax_error_names_line():
     assert _problems("queues:\n  - key: [unclosed\n") [0].startswith("line 3: not valid YAML")
+
+
+# -- listen addresses ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "host", "port"), [
+    ("127.0.0.1:2525", "127.0.0.1", 2525),
+    ("0.0.0.0:8080", "0.0.0.0", 8080),
+    ("localhost:65535", "localhost", 65535),
+    ("mail.example.com:25", "mail.example.com", 25),
+    ("[::1]:2424", "::1", 2424),
+    ("[::]:25", "::", 25),
+    ("127.0.0.1:0", "127.0.0.1", 0),  # 0: the system picks a free port
+    ("  127.0.0.1:2525  ", "127.0.0.1", 2525),
+])
+def test_listen_address_is_parsed_at_load_time(value: str, host: str, port: int) -> None:
+    cfg = parse_text(f"ingress: {{listen: '{value}', lmtp_listen: '{value}'}}\napi: {{listen: '{value}'}}\n")
+    for listen in (cfg.ingress.listen, cfg.ingress.lmtp_listen, cfg.api.listen):
+        assert listen == HostPort(host, port)
+        assert HostPort.parse(str(listen)) == listen  # str() writes it back as HOST:PORT
+
+
+def test_listen_address_defaults_and_text() -> None:
+    cfg = parse_text("{}")
+    assert cfg.ingress.listen == HostPort("127.0.0.1", 2525) and cfg.ingress.lmtp_listen is None
+    assert cfg.api.listen == HostPort("127.0.0.1", 8080)
+    assert str(HostPort("::1", 25)) == "[::1]:25" and str(HostPort("0.0.0.0", 2525)) == "0.0.0.0:2525"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0.0.0.0", "listen address '0.0.0.0' has no port"),
+    ("localhost:http", "listen address 'localhost:http': the port 'http' is not a number"),
+    (":99999", "listen address ':99999': the port 99999 is above 65535"),
+    (":25", "listen address ':25' has no host"),
+    ("localhost:-1", "the port '-1' is not a number"),
+    ("localhost:", "the port '' is not a number"),
+    ("localhost:２５", "the port '２５' is not a number"),
+    ("::1:25", "an IPv6 address goes in brackets"),
+    ("[127.0.0.1]:25", "brackets are for an IPv6 address"),
+    ("[::1]", "listen address '[::1]' has no port"),
+    ("mail host:25", "the host 'mail host' contains a space"),
+])
+def test_bad_listen_address_names_its_line(value: str, message: str) -> None:
+    text = f"organization:\n  name: x\ningress:\n  max_message_bytes: 2048\n  lmtp_listen: '{value}'\n"
+    [problem] = _problems(text)
+    assert problem.startswith(f"line 5: ingress.lmtp_listen: listen address {value!r}") and message in problem
+    [problem] = _problems(f"api:\n  listen: '{value}'\n")
+    assert problem.startswith(f"line 2: api.listen: listen address {value!r}") and message in problem
+
+
+def test_listen_address_must_be_text() -> None:
+    assert _problems("ingress:\n  listen: 2525\n") == [
+        "line 2: ingress.listen: a listen address is a string HOST:PORT, e.g. 127.0.0.1:2525"]
+
+
+def test_config_check_prints_the_line_of_a_bad_listen_address(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    path = tmp_path / "deskmail.yaml"
+    path.write_text("ingress:\n  listen: 0.0.0.0\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: line 2: ingress.listen: listen address '0.0.0.0' has no port" in result.output

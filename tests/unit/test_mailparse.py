@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services.router.classify import find_ticket_key, strip_reply_prefixes
+from services.common.mailrules import find_ticket_key, strip_reply_prefixes
 from services.router.mailparse import Address, Attachment, MalformedMail, ParsedMail, parse
 
 

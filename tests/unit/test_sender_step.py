@@ -17,7 +17,7 @@ from services.common.config import Config, Smtp, parse_text
 from services.common.errors import BadRecord, Stopping
 from services.common.retry import FakeClock
 from services.common.runtime import Health
-from services.sender.runner import SenderStep, blocked_recipients
+from services.sender.runner import SenderStep
 from services.sender.smtp import PermanentFailure, SendResult, TemporaryFailure
 
 
@@ -193,14 +193,6 @@ def test_outbound_mail_switch_off_blocks_non_members_and_sends_nothing() -> None
     assert event["status"] == "sent"
 
 
-def test_blocked_recipients() -> None:
-    cfg = config(allow_outbound=False)
-    mailbox = cfg.mailbox("support@example.com")
-    assert mailbox is not None
-    assert blocked_recipients(cfg, mailbox, ["ALICE@example.com", "bob@example.com"]) == ["bob@example.com"]
-    open_cfg = config(allow_outbound=True)
-    open_mailbox = open_cfg.mailbox("support@example.com")
-    assert open_mailbox is not None and blocked_recipients(open_cfg, open_mailbox, ["bob@example.com"]) == []
 
 
 def test_test_mail_events_are_keyed_by_the_outbound_id() -> None:

@@ -1,0 +1,74 @@
+"""deskmail.yaml: one declarative file for every process.
+
+``load(path)`` parses and validates the file once, resolves secret references
+(``{env: NAME}`` / ``{file: PATH}``) and returns a frozen ``Config``. Every error
+names the line it was found on. Nothing else in deskmail reads the environment for
+settings or secrets.
+
+The package: ``schema`` (the file as written), ``model`` (the frozen runtime
+objects and their lookups), ``secrets`` (references and ``Secret``), ``hostport``
+(listen addresses), ``loader`` (YAML with line numbers, ``load``,
+``ConfigError``). Import from here.
+"""
+
+from services.common.config.hostport import HostPort
+from services.common.config.loader import ConfigError, Problem, load, parse_text
+from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
+from services.common.config.schema import (
+    TOPIC_NAMES,
+    ApiSettings,
+    BlobSettings,
+    ConfigModel,
+    ConsumerSettings,
+    DatabaseSettings,
+    FetcherSettings,
+    ImapSettings,
+    IngressSettings,
+    KafkaSettings,
+    MailboxModel,
+    MarkSettings,
+    Member,
+    MetricsSettings,
+    Organization,
+    QueueModel,
+    SenderSettings,
+    Signature,
+    SmtpSettings,
+    TicketDefaults,
+)
+from services.common.config.secrets import Secret, SecretRef
+
+__all__ = [
+    "TOPIC_NAMES",
+    "ApiSettings",
+    "BlobSettings",
+    "Config",
+    "ConfigError",
+    "ConfigModel",
+    "ConsumerSettings",
+    "DatabaseSettings",
+    "FetcherSettings",
+    "HostPort",
+    "Imap",
+    "ImapSettings",
+    "IngressSettings",
+    "KafkaSettings",
+    "Mailbox",
+    "MailboxModel",
+    "MarkSettings",
+    "Member",
+    "MetricsSettings",
+    "Organization",
+    "Problem",
+    "Queue",
+    "QueueModel",
+    "Secret",
+    "SecretRef",
+    "SenderSettings",
+    "Signature",
+    "Smtp",
+    "SmtpSettings",
+    "TicketDefaults",
+    "load",
+    "parse_text",
+]

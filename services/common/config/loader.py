@@ -1,0 +1,219 @@
+"""Reading deskmail.yaml: YAML with line numbers, validation, the frozen result.
+
+``load(path)`` parses and validates the file once (``schema``), checks the rules
+that span sections, applies defaults, resolves secret references and returns a
+frozen ``model.Config``. Every error is a ``Problem`` naming the line it was found
+on (pydantic's error locations are mapped back to the YAML nodes); all of them
+are raised together as one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
+from services.common.config.schema import TOPIC_NAMES, ConfigModel
+from services.common.config.secrets import Secret, SecretRef, SecretUnavailable, resolve
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int | None
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        place = f"line {self.line}" if self.line else "file"
+        return f"{place}: {self.where}: {self.message}" if self.where else f"{place}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists each error with its line."""
+
+    def __init__(self, path: str, problems: list[Problem]):
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(str(p) for p in problems))
+
+
+# ---------------------------------------------------------------- loading
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key and sequence item."""
+
+
+def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _lines(value_node, path + (key,), out)
+            out[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _lines(item, path + (index,), out)
+
+
+def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    path = tuple(loc)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def parse_text(text: str, path: str = "<config>") -> Config:
+    """Validate YAML text into a Config; raises ConfigError naming each bad line."""
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise ConfigError(path, [Problem(line, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")])
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _lines(node, (), lines)
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [Problem(1, "", "the file must be a mapping of sections")])
+    try:
+        model = ConfigModel.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(Problem(_line_for(loc, lines), _where(loc), message))
+        raise ConfigError(path, problems) from None
+    return _freeze(model, path, lines)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate deskmail.yaml; raises ConfigError (with line numbers)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return parse_text(text, str(path))
+
+
+def _resolve(ref: SecretRef, loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int], problems: list[Problem]) -> Secret:
+    """The secret, or a placeholder and a Problem: every unresolvable secret is reported at once."""
+    try:
+        return resolve(ref)
+    except SecretUnavailable as exc:
+        problems.append(Problem(_line_for(loc, lines), _where(loc), str(exc)))
+        return Secret("", f"env:{ref.env}" if ref.env is not None else f"file:{ref.file}")
+
+
+_DEFAULT_IMAP_PORTS = {"ssl": 993, "starttls": 143, "none": 143}
+_DEFAULT_SMTP_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
+
+
+def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) -> Config:
+    problems: list[Problem] = []
+    base = Path(path).resolve().parent if path != "<config>" else Path.cwd()
+    data_dir = Path(model.data_dir) if model.data_dir else base / "deskmail-data"
+    if not data_dir.is_absolute():
+        data_dir = base / data_dir
+
+    seen_addresses: dict[str, tuple[Any, ...]] = {}
+    seen_queues: set[str] = set()
+    groups = {g for m in model.organization.members for g in m.groups}
+    member_emails = {m.email for m in model.organization.members}
+    queues: list[Queue] = []
+    for qi, q in enumerate(model.queues):
+        qloc: tuple[Any, ...] = ("queues", qi)
+        if q.key in seen_queues:
+            problems.append(Problem(_line_for(qloc + ("key",), lines), _where(qloc + ("key",)), f"queue key {q.key} is used twice"))
+        seen_queues.add(q.key)
+        for ai, entry in enumerate(q.access):
+            aloc = qloc + ("access", ai)
+            if entry.startswith("group:"):
+                if entry[6:] not in groups:
+                    problems.append(Problem(_line_for(aloc, lines), _where(aloc), f"no member is in group {entry[6:]!r}"))
+            elif entry not in ("everyone", "members") and entry.lower() not in member_emails:
+                problems.append(Problem(_line_for(aloc, lines), _where(aloc),
+                                        f"{entry!r} is not an organization member, a group:NAME, 'members' or 'everyone'"))
+        mailboxes: list[Mailbox] = []
+        for mi, m in enumerate(q.mailboxes):
+            mloc = qloc + ("mailboxes", mi)
+            if m.address in seen_addresses:
+                problems.append(Problem(_line_for(mloc + ("address",), lines), _where(mloc + ("address",)),
+                                        f"address {m.address} is configured twice"))
+            seen_addresses[m.address] = mloc
+            imap = None
+            if m.imap is not None:
+                imap = Imap(
+                    host=m.imap.host,
+                    port=m.imap.port or _DEFAULT_IMAP_PORTS[m.imap.security],
+                    security=m.imap.security,
+                    login=m.imap.login or m.address,
+                    password=_resolve(m.imap.password, mloc + ("imap", "password"), lines, problems),
+                    folder=m.imap.folder or model.fetcher.folder,
+                    cafile=m.imap.cafile,
+                    verify_tls=m.imap.verify_tls,
+                )
+            smtp = None
+            if m.smtp is not None:
+                smtp = Smtp(
+                    host=m.smtp.host,
+                    port=m.smtp.port or _DEFAULT_SMTP_PORTS[m.smtp.security],
+                    security=m.smtp.security,
+                    login=m.smtp.login,
+                    password=(_resolve(m.smtp.password, mloc + ("smtp", "password"), lines, problems)
+                              if m.smtp.password else None),
+                    address=(m.smtp.address or m.address).lower(),
+                    cafile=m.smtp.cafile,
+                    verify_tls=m.smtp.verify_tls,
+                )
+            mailboxes.append(Mailbox(
+                address=m.address, queue=q.key, accept_external=m.accept_external,
+                ticket_type=m.ticket.type, components=m.ticket.components, imap=imap,
+                ingress=m.ingress, smtp=smtp, signatures=m.signatures,
+            ))
+        queues.append(Queue(key=q.key, name=q.name or q.key, access=q.access,
+                            allow_outbound_mail=q.allow_outbound_mail, mailboxes=tuple(mailboxes)))
+
+    kafka_password = None
+    if model.kafka.sasl_password is not None:
+        kafka_password = _resolve(model.kafka.sasl_password, ("kafka", "sasl_password"), lines, problems)
+    if problems:
+        raise ConfigError(path, problems)
+
+    blob_path = Path(model.blobs.path) if model.blobs.path else data_dir / "blobs"
+    if not blob_path.is_absolute():
+        blob_path = base / blob_path
+    return Config(
+        path=path,
+        kafka=model.kafka,
+        kafka_password=kafka_password,
+        topics={**TOPIC_NAMES, **{str(k): v for k, v in model.kafka.topics.items()}},
+        database_url=model.database.url or f"sqlite:///{data_dir / 'deskmail.db'}",
+        data_dir=data_dir,
+        blob_path=blob_path,
+        blobs=model.blobs,
+        ingress=model.ingress,
+        fetcher=model.fetcher,
+        sender=model.sender,
+        api=model.api,
+        metrics=model.metrics,
+        organization=model.organization,
+        queues=tuple(queues),
+    )

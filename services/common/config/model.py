@@ -1,0 +1,119 @@
+"""The frozen runtime configuration: ``Config`` and what it holds.
+
+Built once by the loader from the validated file (``schema``), with defaults
+applied and secrets resolved; nothing here reads the environment or a file.
+The lookups (``mailbox``, ``queue``, ``member``) index once, lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from services.common.config.schema import (
+    ApiSettings,
+    BlobSettings,
+    FetcherSettings,
+    IngressSettings,
+    KafkaSettings,
+    Member,
+    MetricsSettings,
+    Organization,
+    SenderSettings,
+    Signature,
+)
+from services.common.config.secrets import Secret
+
+
+@dataclass(frozen=True)
+class Imap:
+    host: str
+    port: int
+    security: Literal["ssl", "starttls", "none"]
+    login: str
+    password: Secret
+    folder: str
+    cafile: str | None
+    verify_tls: bool
+
+
+@dataclass(frozen=True)
+class Smtp:
+    host: str
+    port: int
+    security: Literal["ssl", "starttls", "none"]
+    login: str | None
+    password: Secret | None
+    address: str
+    cafile: str | None
+    verify_tls: bool
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    address: str
+    queue: str
+    accept_external: bool
+    ticket_type: str | None
+    components: tuple[str, ...]
+    imap: Imap | None
+    ingress: bool
+    smtp: Smtp | None
+    signatures: tuple[Signature, ...]
+
+
+@dataclass(frozen=True)
+class Queue:
+    key: str
+    name: str
+    access: tuple[str, ...]
+    allow_outbound_mail: bool
+    mailboxes: tuple[Mailbox, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    kafka: KafkaSettings
+    kafka_password: Secret | None
+    topics: dict[str, str]
+    database_url: str
+    data_dir: Path
+    blob_path: Path
+    blobs: BlobSettings
+    ingress: IngressSettings
+    fetcher: FetcherSettings
+    sender: SenderSettings
+    api: ApiSettings
+    metrics: MetricsSettings
+    organization: Organization
+    queues: tuple[Queue, ...]
+
+    # Lookups run for every mail on the router's hot path: index once, lazily.
+    @cached_property
+    def mailboxes(self) -> tuple[Mailbox, ...]:
+        return tuple(m for q in self.queues for m in q.mailboxes)
+
+    @cached_property
+    def _mailbox_index(self) -> dict[str, Mailbox]:
+        return {m.address: m for m in self.mailboxes}
+
+    @cached_property
+    def _member_index(self) -> dict[str, Member]:
+        return {m.email: m for m in self.organization.members}
+
+    @cached_property
+    def own_addresses(self) -> frozenset[str]:
+        """Addresses deskmail receives at or sends as: never a customer, never a recipient."""
+        return frozenset({m.address for m in self.mailboxes} | {m.smtp.address for m in self.mailboxes if m.smtp})
+
+    def mailbox(self, address: str) -> Mailbox | None:
+        return self._mailbox_index.get(address.lower())
+
+    def queue(self, key: str) -> Queue | None:
+        return next((q for q in self.queues if q.key == key), None)
+
+    def member(self, email: str) -> Member | None:
+        return self._member_index.get(email.lower())

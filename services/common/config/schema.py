@@ -1,0 +1,217 @@
+"""deskmail.yaml as written: the pydantic models that validate the file.
+
+Each model checks one section: types, ranges, closed choices and the rules a
+single section can check on its own. Rules across sections (a queue's access
+names members, an address is used once) and defaults that depend on other
+sections are applied when the loader freezes the result into ``model.Config``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.common import mailrules
+from services.common.config.hostport import HostPort, ListenAddress
+from services.common.config.secrets import SecretRef
+
+TOPIC_NAMES = {
+    "inbound": "deskmail.mail.inbound",
+    "commands": "deskmail.ticket.commands",
+    "outbound": "deskmail.mail.outbound",
+    "events": "deskmail.mail.events",
+    "deadletter": "deskmail.deadletter",
+}
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class ConsumerSettings(_Model):
+    session_timeout_ms: int = Field(10000, ge=100)
+    heartbeat_interval_ms: int = Field(3000, ge=50)
+    max_poll_records: int = Field(500, ge=1)
+
+
+class KafkaSettings(_Model):
+    bootstrap_servers: tuple[str, ...] = ()
+    client_id: str = "deskmail"
+    group_prefix: str = "deskmail"
+    partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretRef | None = None
+    ssl_cafile: str | None = None
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    consumer: ConsumerSettings = ConsumerSettings()
+    topics: dict[Literal["inbound", "commands", "outbound", "events", "deadletter"], str] = {}
+
+
+class DatabaseSettings(_Model):
+    url: str | None = None
+
+
+class IngressSettings(_Model):
+    listen: ListenAddress = HostPort("127.0.0.1", 2525)
+    lmtp_listen: ListenAddress | None = None  # LMTP for an MTA's final delivery (Postfix `lmtp:inet:HOST:PORT`); off when unset
+    max_message_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key, the ingress offers STARTTLS
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "IngressSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("ingress TLS needs both tls_cert and tls_key")
+        return self
+
+
+class MarkSettings(_Model):
+    mode: Literal["keyword", "seen", "move"] = "keyword"
+    keyword: str = "$Deskmail"
+    folder: str = "Deskmail/Processed"
+
+
+class FetcherSettings(_Model):
+    folder: str = "INBOX"
+    mark: MarkSettings = MarkSettings()
+    idle: bool = True
+    idle_seconds: int = Field(25 * 60, ge=1, le=29 * 60)
+    poll_interval_seconds: float = Field(30.0, gt=0)
+    batch_size: int = Field(100, ge=1, le=5000)
+    backoff_initial_seconds: float = Field(1.0, gt=0)
+    backoff_max_seconds: float = Field(300.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class SenderSettings(_Model):
+    retry_initial_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(60.0, gt=0)
+    give_up_after_seconds: float = Field(240.0, gt=0)  # then the mail is failed; below max.poll.interval
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class ApiSettings(_Model):
+    listen: ListenAddress = HostPort("127.0.0.1", 8080)
+    user_header: str | None = None  # e.g. X-Forwarded-Email, set by an authenticating proxy
+
+
+class BlobSettings(_Model):
+    path: str | None = None
+    inline_max_bytes: int = Field(512 * 1024, ge=0)
+
+
+class Member(_Model):
+    email: str
+    name: str | None = None
+    groups: tuple[str, ...] = ()
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        if not _EMAIL.match(v):
+            raise ValueError(f"{v!r} is not an email address")
+        return v.lower()
+
+
+class Organization(_Model):
+    name: str = "deskmail"
+    domains: tuple[str, ...] = ()
+    members: tuple[Member, ...] = ()
+
+
+class TicketDefaults(_Model):
+    type: str | None = None
+    components: tuple[str, ...] = ()
+
+
+class ImapSettings(_Model):
+    host: str
+    port: int | None = Field(None, ge=1, le=65535)
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    login: str | None = None
+    password: SecretRef
+    folder: str | None = None
+    cafile: str | None = None
+    verify_tls: bool = True
+
+
+class SmtpSettings(_Model):
+    host: str
+    port: int | None = Field(None, ge=1, le=65535)
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    login: str | None = None
+    password: SecretRef | None = None
+    address: str | None = None
+    cafile: str | None = None
+    verify_tls: bool = True
+
+
+class Signature(_Model):
+    alias: str = Field(min_length=1)
+    text: str = ""
+
+
+class MailboxModel(_Model):
+    address: str
+    accept_external: bool = False
+    ticket: TicketDefaults = TicketDefaults()
+    imap: ImapSettings | None = None
+    ingress: bool = False
+    smtp: SmtpSettings | None = None
+    signatures: tuple[Signature, ...] = ()
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not _EMAIL.match(v):
+            raise ValueError(f"{v!r} is not an email address")
+        return v.lower()
+
+    @model_validator(mode="after")
+    def _one_inbound(self) -> "MailboxModel":
+        if self.imap is None and not self.ingress:
+            raise ValueError("a mailbox needs `imap:` settings or `ingress: true`")
+        if self.imap is not None and self.ingress:
+            raise ValueError("a mailbox has either `imap:` or `ingress: true`, not both")
+        return self
+
+
+class QueueModel(_Model):
+    key: str
+    name: str | None = None
+    access: tuple[str, ...] = ()
+    allow_outbound_mail: bool = False
+    mailboxes: tuple[MailboxModel, ...] = ()
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not mailrules.is_queue_key(v):
+            raise ValueError(mailrules.QUEUE_KEY_RULE)
+        return v
+
+
+class MetricsSettings(_Model):
+    host: str = "0.0.0.0"
+    ports: dict[str, int] = {}
+
+
+class ConfigModel(_Model):
+    kafka: KafkaSettings = KafkaSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    data_dir: str | None = None
+    blobs: BlobSettings = BlobSettings()
+    ingress: IngressSettings = IngressSettings()
+    fetcher: FetcherSettings = FetcherSettings()
+    sender: SenderSettings = SenderSettings()
+    api: ApiSettings = ApiSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    organization: Organization = Organization()
+    queues: tuple[QueueModel, ...] = ()

@@ -1,0 +1,233 @@
+"""Rules about mail that more than one service applies, each defined once.
+
+- **Ticket keys.** A queue key is 1-32 characters: an upper-case ASCII letter,
+  then upper-case ASCII letters, digits or ``_`` (``SUPPORT``, ``IT_OPS``). A
+  ticket key is ``<QUEUE>-<N>``, N a number of 1-18 digits (``SUPPORT-12``).
+  deskmail writes it into a subject as ``[SUPPORT-12]``; it finds it in a subject
+  bracketed (``[SUPPORT-12]``, ``[ support-012 ]``) or bare (``SUPPORT-12``, not
+  inside a longer word or hyphenated chain: ``XSUPPORT-12``, ``SUPPORT-12x``,
+  ``IT-SUPPORT-12`` hold no key), case-insensitively, with the number's leading
+  zeros dropped. A bracketed key of a known queue wins over a bare one.
+
+  There used to be three rules: the config's (the one above), the router's
+  (brackets around anything, bare keys of any Unicode letters and hyphens) and
+  the sender's (ASCII letters, digits and ``_`` of any length in brackets). The
+  config's is the one chosen: only configured queues' keys are ever looked for,
+  and they cannot hold a hyphen or a non-ASCII letter, so what the router's rule
+  accepted beyond it could never name a ticket. Letters are matched as ASCII
+  only: ``ſupport-3`` (a long s, which Unicode case folding turns into ``S``) is
+  not ``SUPPORT-3``. Digits are any decimal digits, as before (``SUPPORT-１２``
+  from a full-width keyboard is ``SUPPORT-12``).
+
+- **Reply subjects.** Leading reply/forward prefixes (``Re:``, ``RE[2]:``, ``AW:``,
+  ``Fwd:``, ``Ответ:``, ...) and ``subject_for``, the subject of deskmail's
+  own mail: ``Re: [SUPPORT-12] original``.
+- **Message-IDs.** ``new_message_id`` for outgoing mail, ``synthetic_message_id``
+  for incoming mail that has none.
+- **Recipients.** ``blocked_recipients``: whom a queue may not mail.
+- **Signatures.** ``signature_for``: a mailbox's signature by alias, default its
+  first.
+
+Everything here is pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
+
+from services.common.ids import SYNTHETIC_MESSAGE_ID_DOMAIN
+
+if TYPE_CHECKING:  # the config's schema validates queue keys with the rule below
+    from services.common.config import Config, Mailbox, Signature
+
+__all__ = [
+    "QUEUE_KEY_RULE",
+    "AddressError",
+    "UnknownSignature",
+    "ascii_domain",
+    "blocked_recipients",
+    "find_ticket_key",
+    "format_ticket_key",
+    "is_queue_key",
+    "new_message_id",
+    "parse_ticket_key",
+    "signature_for",
+    "strip_reply_prefixes",
+    "subject_for",
+    "synthetic_message_id",
+]
+
+# ---------------------------------------------------------------- ticket keys
+
+QUEUE_KEY_RULE = "a queue key is 1-32 upper-case letters, digits or _, starting with a letter"
+_QUEUE_KEY = r"[A-Z][A-Z0-9_]{0,31}"
+_NUMBER = r"\d{1,18}"
+# In text a key matches in any case, folded as ASCII only (see the module docstring).
+_KEY_IN_TEXT = rf"(?ai:{_QUEUE_KEY})"
+_QUEUE_KEY_RE = re.compile(_QUEUE_KEY)
+_TICKET_KEY_RE = re.compile(rf"({_KEY_IN_TEXT})-({_NUMBER})")
+_BRACKETED_KEY = re.compile(rf"\[\s*({_KEY_IN_TEXT})-({_NUMBER})\s*\]")
+_BARE_KEY = re.compile(rf"(?<![\w-])({_KEY_IN_TEXT})-({_NUMBER})(?![\w-])")
+
+
+def is_queue_key(value: str) -> bool:
+    """True for a valid queue key as configured (upper case, see QUEUE_KEY_RULE)."""
+    return _QUEUE_KEY_RE.fullmatch(value) is not None
+
+
+def format_ticket_key(queue: str, number: int) -> str:
+    """``SUPPORT-12``: the ticket key as deskmail writes and stores it."""
+    return f"{queue}-{number}"
+
+
+def parse_ticket_key(value: str) -> tuple[str, int]:
+    """``"SUPPORT-12"`` (any case, leading zeros allowed) -> ``("SUPPORT", 12)``; raises ValueError."""
+    match = _TICKET_KEY_RE.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{value!r} is not a ticket key (QUEUE-NUMBER, e.g. SUPPORT-12)")
+    return match.group(1).upper(), int(match.group(2))
+
+
+def find_ticket_key(subject: str, queue_keys: Collection[str]) -> str | None:
+    """The first ticket key of a known queue in the subject, e.g. ``SUPPORT-12``.
+
+    A bracketed key (``[SUPPORT-12]``, as deskmail writes it) wins over a bare
+    one anywhere in the subject. Keys match case-insensitively and come back in
+    upper case with the number's leading zeros dropped. ``queue_keys`` are the
+    configured keys; one that breaks the queue key rule is never found.
+    """
+    known = {key.upper() for key in queue_keys}
+    if not known:
+        return None
+    for pattern in (_BRACKETED_KEY, _BARE_KEY):
+        for match in pattern.finditer(subject):
+            key = match.group(1).upper()
+            if key in known:
+                return format_ticket_key(key, int(match.group(2)))
+    return None
+
+
+# ---------------------------------------------------------------- subjects
+
+_REPLY_PREFIX = re.compile(
+    r"(?:\s*(?:re|fwd?|aw|wg|sv|vs|antw|doorst|tr|rv|enc|rif|odp|pd"
+    r"|ответ|отв|на|пересл|回复|答复|转发)\s*(?:\[\d+\]|\(\d+\))?\s*[:：])+\s*",
+    re.IGNORECASE,
+)
+
+
+def strip_reply_prefixes(subject: str) -> str:
+    """The subject without leading reply/forward prefixes (Re:, RE[2]:, Fwd:, AW:, Ответ:, ...)."""
+    match = _REPLY_PREFIX.match(subject)
+    return subject[match.end():].strip() if match else subject.strip()
+
+
+def subject_for(ticket_key: str, original_subject: str) -> str:
+    """``Re: [SUPPORT-12] original``, however many Re:/AW:/Fwd: and markers it had.
+
+    Leading reply/forward prefixes and leading ticket markers are removed
+    (repeatedly: "Re: [SUPPORT-12] AW: Re: x" -> "x"); a marker of this same
+    ticket anywhere else in the subject is removed too, since it goes in front.
+    Markers of other keys inside the text are left alone: they may be the
+    customer's own order numbers. ``find_ticket_key`` reads the key back.
+    Raises ValueError if ``ticket_key`` is not a ticket key.
+    """
+    queue, number = parse_ticket_key(ticket_key)
+    key = format_ticket_key(queue, number)
+    own = re.compile(rf"\[\s*(?ai:{re.escape(queue)})-0*{number}\s*\]")
+    rest = " ".join(original_subject.split())
+    while True:
+        stripped = strip_reply_prefixes(rest)
+        marker = _BRACKETED_KEY.match(stripped)
+        if marker:
+            stripped = stripped[marker.end():].strip()
+        if stripped == rest:
+            break
+        rest = stripped
+    rest = " ".join(own.sub(" ", rest).split())
+    return f"Re: [{key}] {rest}" if rest else f"Re: [{key}]"
+
+
+# ---------------------------------------------------------------- Message-IDs
+
+_ID_SAFE = re.compile(r"[A-Za-z0-9_-]")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class AddressError(ValueError):
+    """An address or domain that cannot be written in mail headers or SMTP."""
+
+
+def ascii_domain(domain: str) -> str:
+    """The domain as mail headers and SMTP want it: lower case, IDN in punycode.
+
+    Raises AddressError for a domain IDNA cannot encode.
+    """
+    domain = domain.strip().rstrip(".").lower()
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise AddressError(f"{domain!r} is not a valid domain name") from None
+
+
+def new_message_id(outbound_id: str, from_address: str) -> str:
+    """The Message-ID (without brackets) for an outbound mail: ``deskmail.<id>@<domain>``.
+
+    Stable for one outbound id, so a retried or re-consumed mail keeps its id and
+    receivers can drop the duplicate. Characters of the id outside
+    ``[A-Za-z0-9_-]`` are written as ``=XX`` (hex of their UTF-8 bytes), which
+    keeps the result a valid dot-atom and distinct ids distinct. Raises
+    AddressError for a sender domain that cannot be encoded.
+    """
+    local = "".join(
+        c if _ID_SAFE.fullmatch(c) else "".join(f"={b:02X}" for b in c.encode("utf-8"))
+        for c in outbound_id
+    )
+    domain = ascii_domain(from_address.rpartition("@")[2] or "deskmail.invalid")
+    return f"deskmail.{local}@{domain}"
+
+
+def synthetic_message_id(sha256_hex: str) -> str:
+    """A stable Message-ID (without brackets) for mail that has none, from its content hash.
+
+    Raises ValueError if ``sha256_hex`` is not 64 hex digits.
+    """
+    digest = sha256_hex.strip().lower()
+    if not _HEX64.fullmatch(digest):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256_hex!r}")
+    return digest + SYNTHETIC_MESSAGE_ID_DOMAIN
+
+
+# ---------------------------------------------------------------- recipients
+
+
+def blocked_recipients(config: Config, mailbox: Mailbox, emails: Sequence[str]) -> list[str]:
+    """Recipients the mailbox's queue may not mail, in the given order: every
+    non-member when the queue's ``allow_outbound_mail`` is off, else none."""
+    queue = config.queue(mailbox.queue)
+    if queue is not None and queue.allow_outbound_mail:
+        return []
+    return [email for email in emails if config.member(email) is None]
+
+
+# ---------------------------------------------------------------- signatures
+
+
+class UnknownSignature(ValueError):
+    """The mailbox has no signature of that alias; the message lists the ones it has."""
+
+
+def signature_for(mailbox: Mailbox, alias: str | None) -> Signature | None:
+    """The mailbox's signature ``alias``; no alias (None or empty): its first
+    signature, None if it has none. Raises UnknownSignature."""
+    if not alias:
+        return mailbox.signatures[0] if mailbox.signatures else None
+    for signature in mailbox.signatures:
+        if signature.alias == alias:
+            return signature
+    known = ", ".join(repr(s.alias) for s in mailbox.signatures) or "none"
+    raise UnknownSignature(f"mailbox {mailbox.address} has no signature {alias!r} (it has: {known})")
