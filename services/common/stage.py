@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from services.common.bus import ConsumeLoop, LoopSettings, Step
 from services.common.config import Config
+from services.common.dlq import DeadLetterLimit
 from services.common.kafka import Kafka, Producer
 from services.common.runtime import Health
 
@@ -43,7 +44,14 @@ class StageContext:
 
 
 def loop_settings(config: Config, stage: str) -> LoopSettings:
-    return LoopSettings()
+    """The consume loop's settings for ``stage`` from ``consume:`` (with its per-stage override)."""
+    consume = config.consume
+    override = consume.stages.get(stage)
+    limit = override.deadletter_limit if override and override.deadletter_limit else consume.deadletter_limit
+    return LoopSettings(
+        transient_wait_seconds=consume.transient_wait_seconds,
+        deadletter_limit=DeadLetterLimit(percent=limit.percent, of_last=limit.of_last),
+    )
 
 
 def run_stage(

@@ -238,3 +238,22 @@ def test_the_lag_series_of_a_revoked_partition_is_removed() -> None:
     h.run(Echo(h.broker), until)
     assert 0.0 in seen  # the series was there while the partition was assigned
     assert REGISTRY.get_sample_value("deskmail_bus_consumer_lag_records", labels) is None
+
+
+def test_consume_settings_come_from_the_config_with_a_per_stage_override() -> None:
+    from services.common.config import parse_text
+    from services.common.stage import loop_settings
+
+    cfg = parse_text(
+        "consume:\n"
+        "  transient_wait_seconds: 12\n"
+        "  deadletter_limit: {percent: 20, of_last: 50}\n"
+        "  stages:\n"
+        "    ticketer: {deadletter_limit: {percent: 5, of_last: 1000}}\n"
+    )
+    router, ticketer = loop_settings(cfg, "router"), loop_settings(cfg, "ticketer")
+    assert router.transient_wait_seconds == ticketer.transient_wait_seconds == 12
+    assert router.deadletter_limit == DeadLetterLimit(percent=20, of_last=50)
+    assert ticketer.deadletter_limit == DeadLetterLimit(percent=5, of_last=1000)
+    defaults = loop_settings(parse_text(""), "sender")
+    assert defaults.deadletter_limit == DeadLetterLimit(percent=50, of_last=100)

@@ -212,6 +212,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         ingress=model.ingress,
         fetcher=model.fetcher,
         sender=model.sender,
+        consume=model.consume,
         api=model.api,
         metrics=model.metrics,
         organization=model.organization,

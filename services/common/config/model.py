@@ -21,6 +21,7 @@ from services.common.config.schema import (
     Member,
     MetricsSettings,
     Organization,
+    ConsumeSettings,
     SenderSettings,
     Signature,
 )
@@ -86,6 +87,7 @@ class Config:
     ingress: IngressSettings
     fetcher: FetcherSettings
     sender: SenderSettings
+    consume: ConsumeSettings
     api: ApiSettings
     metrics: MetricsSettings
     organization: Organization

@@ -97,6 +97,31 @@ class SenderSettings(_Model):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
+class DeadLetterLimitSettings(_Model):
+    percent: float = Field(50.0, ge=0, le=100)  # more than this share ...
+    of_last: int = Field(100, ge=1, le=100_000)  # ... of the last N records stops the stage
+
+
+class StageConsumeSettings(_Model):
+    deadletter_limit: DeadLetterLimitSettings | None = None  # None: consume.deadletter_limit
+
+
+class ConsumeSettings(_Model):
+    """How the router, ticketer and sender handle failures (services.common.bus)."""
+
+    transient_wait_seconds: float = Field(30.0, gt=0, le=240)  # then pause; below max.poll.interval.ms
+    deadletter_limit: DeadLetterLimitSettings = DeadLetterLimitSettings()
+    stages: dict[str, StageConsumeSettings] = {}  # per-stage overrides
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: dict[str, StageConsumeSettings]) -> dict[str, StageConsumeSettings]:
+        unknown = sorted(set(v) - {"router", "ticketer", "sender"})
+        if unknown:
+            raise ValueError(f"unknown stage {', '.join(unknown)}: the consuming stages are router, ticketer, sender")
+        return v
+
+
 class ApiSettings(_Model):
     listen: ListenAddress = HostPort("127.0.0.1", 8080)
     user_header: str | None = None  # e.g. X-Forwarded-Email, set by an authenticating proxy
@@ -211,6 +236,7 @@ class ConfigModel(_Model):
     ingress: IngressSettings = IngressSettings()
     fetcher: FetcherSettings = FetcherSettings()
     sender: SenderSettings = SenderSettings()
+    consume: ConsumeSettings = ConsumeSettings()
     api: ApiSettings = ApiSettings()
     metrics: MetricsSettings = MetricsSettings()
     organization: Organization = Organization()
