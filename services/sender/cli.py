@@ -48,7 +48,7 @@ def test_send(address: str, to: str, signature: str | None, config_path: str | N
     """Send a short test email from ADDRESS through its SMTP settings; exit 1 if it was refused."""
     from services.cli import _load
     from services.mailcheck import send_test
-    from services.sender.smtp import SmtpFailure
+    from services.sender.failures import SmtpFailure
 
     cfg = _load(config_path)
     try:

@@ -16,7 +16,8 @@ from services.common.config import Config, Smtp, parse_text
 from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
 from services.sender.runner import SenderStep, blocked_recipients
-from services.sender.smtp import PermanentFailure, SendResult, TemporaryFailure
+from services.sender.failures import PermanentFailure, TemporaryFailure
+from services.sender.smtp import SendResult
 
 
 def config(allow_outbound: bool = True, smtp: bool = True) -> Config:
