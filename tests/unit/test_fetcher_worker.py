@@ -29,14 +29,9 @@ from services.common.errors import Transient
 from services.common.runtime import Health
 from services.fetcher import imap as imapmod
 from services.fetcher.imap import MailboxError, classify, connect
-from services.fetcher.worker import (
-    MailboxWorker,
-    announces_new_mail,
-    inbound_record,
-    keywords_supported,
-    plan_batches,
-    search_criteria,
-)
+from services.fetcher.batches import plan_batches
+from services.fetcher.marks import keywords_supported, search_criteria
+from services.fetcher.worker import MailboxWorker, announces_new_mail, inbound_record
 
 PASSWORD = "pa55-w0rd-never-logged"
 _names = itertools.count(1)
