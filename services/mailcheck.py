@@ -26,6 +26,7 @@ from services.common.mailrules import blocked_recipients, new_message_id, signat
 from services.fetcher import imap as imap_mod
 from services.sender import smtp as smtp_mod
 from services.sender.compose import as_bytes, compose, envelope_address, needs_smtputf8, recipients
+from services.sender.failures import SmtpFailure
 
 StepName = Literal["dns", "connect", "tls", "login", "select", "smtp-connect", "smtp-tls", "smtp-login"]
 
@@ -126,7 +127,7 @@ def check_smtp(smtp: Smtp, timeout: float) -> list[Step]:
     steps: list[Step] = []
     try:
         client = smtp_mod.connect(smtp, timeout)
-    except smtp_mod.SmtpFailure as failure:
+    except SmtpFailure as failure:
         failed = _SMTP_STEP[failure.stage]
         if failed in ("smtp-tls", "smtp-login"):
             steps.append(Step("smtp-connect", True, f"connected to {where}"))
@@ -150,8 +151,8 @@ def send_test(config: Config, address: str, to: str, signature_alias: str | None
 
     Uses the mailbox's first signature unless ``signature_alias`` names another.
     The queue's "allow sending mail outside" switch applies as for any mail.
-    Raises ``ValueError`` (configuration) or ``smtp.TemporaryFailure`` /
-    ``smtp.PermanentFailure`` (the server's refusal or unreachability).
+    Raises ``ValueError`` (configuration) or ``failures.TemporaryFailure`` /
+    ``failures.PermanentFailure`` (the server's refusal or unreachability).
     """
     mailbox = _mailbox(config, address)
     if mailbox.smtp is None:

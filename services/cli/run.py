@@ -105,7 +105,8 @@ def up(config_path: str | None, data_dir: str, demo_ports_base: int | None) -> N
     configuration into --data (once; later runs reuse it), with an own-domain
     address served by the SMTP ingress and a local mail sink for outgoing mail.
     """
-    from services.local import run_demo, run_stack
+    from services.local import run_stack
+    from services.localdemo import run_demo
 
     if config_path is None:
         raise SystemExit(run_demo(Path(data_dir), demo_ports_base))

@@ -1,9 +1,10 @@
 """The one place an IMAP client is built, and the fetcher's IMAP error taxonomy.
 
 ``connect`` opens a session (implicit TLS, STARTTLS or plain) and logs in. Every
-failure, here or later in the session, is turned by ``classify`` into a
-``MailboxError`` whose ``reason`` comes from a closed set (it is a metric label)
-and whose message is readable and never contains the password.
+connection or protocol failure, here or later in the session (``guarded``), is
+turned by ``classify`` into a ``MailboxError`` whose ``reason`` comes from a
+closed set (it is a metric label) and whose message is readable and never
+contains the password. Anything else is a programming error and propagates.
 
 The rest of the fetcher talks to the session through ``MailClient``, the small
 slice of ``imapclient.IMAPClient`` it uses, so tests can swap in another client.
@@ -75,7 +76,9 @@ def connect(imap: Imap, timeout: float, *, client_class: Callable[..., Any] = IM
 
     ``security``: ``ssl`` is implicit TLS on connect, ``starttls`` upgrades a plain
     connection before login (and refuses to log in without it), ``none`` is plain.
-    Raises ``MailboxError``; the socket is closed on any failure.
+    Raises ``MailboxError`` for connection, TLS, login and protocol failures;
+    anything else (a programming error) propagates as it is. The socket is closed
+    on any failure.
     """
     where = f"{imap.host}:{imap.port}"
     password = imap.password.reveal()
@@ -106,8 +109,8 @@ def connect(imap: Imap, timeout: float, *, client_class: Callable[..., Any] = IM
         if client is not None:
             with contextlib.suppress(Exception):
                 client.shutdown()
-        if not isinstance(exc, Exception):
-            raise
+        if not isinstance(exc, SESSION_ERRORS) and not malformed_reply(exc):
+            raise  # a programming error (or Ctrl-C): not the server's doing, so no reconnect
         error = classify(exc, where, during=stage)
         raise MailboxError(error.reason, _scrub(error.message, password)) from None
 
@@ -152,14 +155,55 @@ def classify(exc: BaseException, where: str = "", during: Reason | None = None) 
     return MailboxError("protocol", f"unexpected IMAP failure{at}: {type(exc).__name__}: {_text(exc)}")
 
 
-# Exceptions that end a session and mean "reconnect": socket, TLS and IMAP errors.
+# Exceptions that end a session and mean "reconnect": socket and TLS errors (OSError)
+# and IMAP errors. imaplib.IMAP4.error is also the base of every imapclient exception
+# (IMAPClientError is that class; ProtocolError, CapabilityError, LoginError,
+# IllegalStateError, InvalidCriteriaError derive from it; abort and readonly too).
 SESSION_ERRORS: tuple[type[Exception], ...] = (MailboxError, OSError, imaplib.IMAP4.error)
+
+# Where imapclient lets a malformed server reply out as a bare ValueError or TypeError
+# instead of its ProtocolError (its parser wraps most, not these): the module of the
+# innermost frame, or (module, function). parse_message_list rejects a SEARCH reply
+# that is no list of numbers (ValueError, or UnicodeDecodeError on 8-bit bytes);
+# _process_select_response calls int() on EXISTS/UIDVALIDITY... and slices FLAGS as
+# the server sent them (ValueError, or TypeError when the value is missing); imaplib
+# decodes the CAPABILITY reply as ASCII while connecting (UnicodeDecodeError).
+_REPLY_PARSER_MODULES = frozenset({"imapclient.response_parser", "imapclient.response_lexer",
+                                   "imapclient.response_types"})
+_REPLY_PARSER_FUNCTIONS = frozenset({("imapclient.imapclient", "_process_select_response"),
+                                     ("imaplib", "_get_capabilities")})
+_REPLY_PARSE_ERRORS = (ValueError, TypeError, IndexError)
+
+
+def malformed_reply(exc: BaseException) -> bool:
+    """Whether ``exc`` is imapclient failing to parse what the server sent.
+
+    Decided by where it was raised, not by its type alone: a ValueError or
+    TypeError that imapclient raises over the arguments it was given (ours), or
+    that our own code raises, is a programming error and must not look like a
+    misbehaving server.
+    """
+    if not isinstance(exc, _REPLY_PARSE_ERRORS):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return module in _REPLY_PARSER_MODULES or (module, tb.tb_frame.f_code.co_name) in _REPLY_PARSER_FUNCTIONS
 
 
 def guarded(client: MailClient) -> MailClient:
-    """Wrap a session so that anything unexpected a client call raises (a parser
-    choking on a malformed reply, say) becomes ``MailboxError("protocol")``: a
-    misbehaving server then ends only its own session, which reconnects."""
+    """Wrap a session so that a malformed server reply that imapclient could not
+    parse becomes ``MailboxError("protocol")``: a misbehaving server then ends only
+    its own session, which reconnects.
+
+    Connection and IMAP errors (``SESSION_ERRORS``) pass through as they are. Any
+    other exception (a TypeError or AttributeError, a bug in our code or in the
+    client) propagates unchanged and stops the worker, instead of becoming a
+    silent reconnect loop.
+    """
     return _Guarded(client)  # type: ignore[return-value]
 
 
@@ -178,6 +222,8 @@ class _Guarded:
             except SESSION_ERRORS:
                 raise
             except Exception as exc:
+                if not malformed_reply(exc):
+                    raise
                 raise MailboxError("protocol", f"unexpected reply to {name}: {type(exc).__name__}: {_text(exc)}") from exc
 
         return call

@@ -21,20 +21,8 @@ Delivery contract:
   so no message is ever too large for Kafka; batches are also cut by total bytes
   so memory stays bounded whatever the mail size.
 
-Mark modes (``fetcher.mark.mode``):
-
-* ``keyword`` (default): ``STORE +FLAGS ($Deskmail)``; new = ``UNKEYWORD $Deskmail
-  NOT DELETED``. People can read mail in the mailbox without hiding it from
-  deskmail. If the folder cannot store keywords permanently (``PERMANENTFLAGS``
-  without ``\\*`` or the keyword), a keyword would be forgotten at logout and every
-  message fetched again forever, so the worker falls back to ``seen`` mode for
-  that session and logs a warning naming the mailbox. Falling back keeps mail
-  flowing; stopping would turn a server limitation into an outage.
-* ``seen``: ``STORE +FLAGS (\\Seen)``; new = ``UNSEEN NOT DELETED``. Mail somebody
-  reads in the mailbox before deskmail fetches it is not ingested.
-* ``move``: ``MOVE`` to ``mark.folder`` (created if missing); without the MOVE
-  capability ``COPY`` + ``\\Deleted`` + ``UID EXPUNGE`` (plain ``EXPUNGE`` without
-  UIDPLUS). New = everything in the folder not flagged ``\\Deleted``.
+Mark modes (``fetcher.mark.mode``: keyword, seen, move) are described in
+``services.fetcher.marks``.
 
 UIDVALIDITY: the worker remembers the last value it saw (in memory) and compares
 on every SELECT. A change is logged and counted
@@ -51,7 +39,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -65,6 +53,7 @@ from services.common.errors import Transient
 from services.common.retry import Backoff
 from services.common.runtime import Health
 from services.fetcher import records
+from services.fetcher.batches import MAX_BATCH_BYTES, SIZES_PER_FETCH, chunks, plan_batches, uid_range
 from services.fetcher.imap import (
     SESSION_ERRORS,
     ClientFactory,
@@ -75,59 +64,17 @@ from services.fetcher.imap import (
     guarded,
     select,
 )
+from services.fetcher.marks import MarkMode, keywords_supported, mark_delivered, search_criteria
 
 log = logging.getLogger("deskmail.fetcher")
 
 STAGE = "fetcher"
 SOURCE: Literal["imap"] = "imap"
-MarkMode = Literal["keyword", "seen", "move"]
-
-SEEN = b"\\Seen"
-DELETED = b"\\Deleted"
-# Upper bound of raw bytes held in memory for one batch; one larger message is a batch alone.
-MAX_BATCH_BYTES = 64 * 1024 * 1024
-# UIDs per FETCH of RFC822.SIZE (sizes plan the batches; one command line stays well under 64 KiB).
-SIZES_PER_FETCH = 1000
 # IDLE is checked in slices this long, so ``stop`` is noticed within about a second.
 IDLE_SLICE_SECONDS = 1.0
 
 
 # ---------------------------------------------------------------- pure decisions
-
-
-def search_criteria(mode: MarkMode, keyword: str) -> list[str]:
-    """The UID SEARCH that finds messages not yet delivered in ``mode``."""
-    if mode == "keyword":
-        return ["UNKEYWORD", keyword, "NOT", "DELETED"]
-    if mode == "seen":
-        return ["UNSEEN", "NOT", "DELETED"]
-    return ["NOT", "DELETED"]
-
-
-def keywords_supported(select_info: Mapping[bytes, Any], keyword: str) -> bool:
-    """Whether the selected folder keeps ``keyword`` permanently (RFC 3501 PERMANENTFLAGS)."""
-    flags = select_info.get(b"PERMANENTFLAGS")
-    if flags is None:  # no PERMANENTFLAGS response: all flags may be changed permanently
-        return True
-    names = {(f.decode("ascii", "replace") if isinstance(f, bytes) else str(f)).lower() for f in flags}
-    return "\\*" in names or keyword.lower() in names
-
-
-def plan_batches(sizes: Iterable[tuple[int, int]], batch_size: int, max_bytes: int) -> list[list[int]]:
-    """Cut ``(uid, size)`` pairs, in order, into batches of at most ``batch_size``
-    messages and ``max_bytes`` bytes (a single larger message is a batch alone)."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    current_bytes = 0
-    for uid, size in sizes:
-        if current and (len(current) >= batch_size or current_bytes + size > max_bytes):
-            batches.append(current)
-            current, current_bytes = [], 0
-        current.append(uid)
-        current_bytes += size
-    if current:
-        batches.append(current)
-    return batches
 
 
 def message_id(address: str, uidvalidity: int, uid: int) -> str:
@@ -158,16 +105,6 @@ def announces_new_mail(responses: Sequence[tuple[Any, ...]]) -> bool:
 
 def announces_bye(responses: Sequence[tuple[Any, ...]]) -> bool:
     return any(r and r[0] == b"BYE" for r in responses)
-
-
-def _uid_range(uids: Sequence[int]) -> str:
-    """``"7"`` or ``"7:42"``: the UIDs of a batch as they appear in logs."""
-    return str(uids[0]) if len(uids) == 1 else f"{uids[0]}:{uids[-1]}"
-
-
-def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 # ---------------------------------------------------------------- the loop
@@ -297,7 +234,7 @@ class MailboxWorker:
         uidvalidity = self._note_uidvalidity(info)
         mode = self._effective_mode(info)
         uids = sorted(int(uid) for uid in client.search(search_criteria(mode, self.settings.mark.keyword)))
-        for chunk in _chunks(uids, max(SIZES_PER_FETCH, self.settings.batch_size)):
+        for chunk in chunks(uids, max(SIZES_PER_FETCH, self.settings.batch_size)):
             sizes = client.fetch(chunk, ["RFC822.SIZE"])
             pairs = [(uid, int(sizes[uid].get(b"RFC822.SIZE", 0))) for uid in chunk if uid in sizes]
             for batch in plan_batches(pairs, self.settings.batch_size, self.max_batch_bytes):
@@ -364,25 +301,12 @@ class MailboxWorker:
         log.info(
             "delivered",
             extra={"mailbox": self.address, "uidvalidity": uidvalidity,
-                   "uid": _uid_range(delivered), "count": len(delivered)},
+                   "uid": uid_range(delivered), "count": len(delivered)},
         )
         self.health.tick()
 
     def _mark(self, client: MailClient, uids: Sequence[int], mode: MarkMode) -> None:
-        mark = self.settings.mark
-        if mode == "keyword":
-            client.add_flags(uids, [mark.keyword.encode()], silent=True)
-        elif mode == "seen":
-            client.add_flags(uids, [SEEN], silent=True)
-        elif client.has_capability("MOVE"):
-            client.move(uids, mark.folder)
-        else:
-            client.copy(uids, mark.folder)
-            client.add_flags(uids, [DELETED], silent=True)
-            if client.has_capability("UIDPLUS"):
-                client.uid_expunge(uids)
-            else:
-                client.expunge()
+        mark_delivered(client, uids, mode, self.settings.mark)
 
     # ------------------------------------------------------------ waiting
 

@@ -39,7 +39,8 @@ from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.common.runtime import Health
 from services.common.stage import StageContext, StageSpec, run_stage
 from services.sender.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
-from services.sender.smtp import PermanentFailure, SendResult, SmtpFailure, SmtpPool, TemporaryFailure
+from services.sender.failures import PermanentFailure, SmtpFailure, TemporaryFailure
+from services.sender.smtp import SendResult, SmtpPool
 
 log = logging.getLogger("deskmail.sender")
 STAGE = "sender"

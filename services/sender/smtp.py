@@ -1,27 +1,12 @@
-"""The one module that talks SMTP (smtplib), and the sender's SMTP error taxonomy.
+"""The one module that talks SMTP (smtplib): opening sessions and the session pool.
 
 ``connect`` opens a logged-in session (implicit TLS, STARTTLS or plain; AUTH only
 when a password is configured). ``SmtpPool`` keeps one open session per
-(host, port, login) and reuses it for the next mail. Every failure becomes a
-``TemporaryFailure`` (retry the mail later) or a ``PermanentFailure`` (report the
-mail as failed now), each with the SMTP ``code`` when the server answered, a
-``kind`` from a closed set (a metric label), the ``stage`` it happened in and a
-readable ``reply`` that never contains the password.
+(host, port, login) and reuses it for the next mail. Failures are raised as the
+``services.sender.failures`` taxonomy describes.
 
 Decisions:
 
-* A 4xx reply, a refused/reset/timed-out connection, a dropped session and DNS
-  failures are temporary. A 5xx reply is permanent.
-* A refused login (535 and other 5xx answers to AUTH) is permanent. It is a
-  configuration problem, but retrying would not fix it: the password is read
-  when the process starts, so a corrected secret takes effect only after a
-  restart; repeated failed logins get accounts locked at many providers; and the
-  retry window of each mail would hold up every mail behind it in the partition.
-  The mail is reported failed at once with the server's answer and a hint. A
-  4xx answer to AUTH (454 temporary authentication failure) stays temporary.
-* An untrusted certificate, a TLS protocol mismatch (``security: ssl`` against a
-  plain port) and a server without STARTTLS or AUTH are permanent for the same
-  reason; other TLS failures (a handshake cut short) are temporary.
 * Some recipients refused, others accepted: the mail is sent to the accepted
   ones and the result is a success whose ``refused`` names the others and whose
   reply lists them. Sending again for a refused recipient would deliver a second
@@ -35,51 +20,28 @@ Decisions:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import smtplib
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Literal
 
 from services.common.config import Smtp
-
-Kind = Literal["dns", "connect", "timeout", "tls", "login", "disconnected", "sender", "recipients", "data", "protocol"]
-KINDS: tuple[Kind, ...] = ("dns", "connect", "timeout", "tls", "login", "disconnected", "sender", "recipients",
-                           "data", "protocol")
-Stage = Literal["connect", "tls", "login", "send"]
-
-# TLS failures that a retry cannot fix: the two ends do not speak the same protocol.
-_TLS_MISMATCH = frozenset({"WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION",
-                           "NO_PROTOCOLS_AVAILABLE", "UNKNOWN_PROTOCOL", "HTTP_REQUEST"})
-
-
-class SmtpFailure(Exception):
-    """Sending failed. ``reply`` is safe to show and log; ``code`` is the SMTP code or None."""
-
-    temporary = False
-
-    def __init__(self, kind: Kind, stage: Stage, reply: str, code: int | None = None):
-        super().__init__(reply)
-        self.kind: Kind = kind
-        self.stage: Stage = stage
-        self.reply = reply
-        self.code = code
-
-
-class TemporaryFailure(SmtpFailure):
-    """Retry later: a 4xx reply, or the server could not be reached or dropped the session."""
-
-    temporary = True
-
-
-class PermanentFailure(SmtpFailure):
-    """Do not retry: a 5xx reply, a refused login, or a TLS/extension setup that cannot work."""
+from services.sender.failures import (
+    PermanentFailure,
+    SmtpFailure,
+    Stage,
+    classify,
+    failure_for_reply,
+    recipients_failure,
+    reply_text,
+    scrub,
+    secret_forms,
+)
 
 
 @dataclass(frozen=True)
@@ -104,100 +66,6 @@ def tls_context(smtp: Smtp) -> ssl.SSLContext:
     return context
 
 
-def failure_for_reply(code: int, text: str, kind: Kind, stage: Stage, message: str) -> SmtpFailure:
-    """A 4xx reply is temporary, anything else (5xx, or a reply that makes no sense) permanent."""
-    cls = TemporaryFailure if 400 <= code < 500 else PermanentFailure
-    return cls(kind, stage, message, code)
-
-
-def classify(exc: BaseException, where: str, stage: Stage) -> SmtpFailure:
-    """Map an exception of an SMTP session to a Temporary- or PermanentFailure.
-
-    ``where`` is ``host:port``; ``stage`` is what was being done (it decides the
-    meaning of a refused command and of a TLS error). Pure: no I/O.
-    """
-    host = where.rsplit(":", 1)[0]
-    if isinstance(exc, SmtpFailure):
-        return exc
-    if isinstance(exc, socket.gaierror):
-        return TemporaryFailure("dns", "connect", f"cannot resolve {host}: {exc.strerror or exc} — check the host name")
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        detail = exc.verify_message or exc.reason or str(exc)
-        return PermanentFailure("tls", "tls", f"the TLS certificate of {where} is not trusted: {detail} — "
-                                              "set smtp.cafile to its CA, or verify_tls: false")
-    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-        return TemporaryFailure("disconnected", "tls" if stage in ("connect", "tls") else stage,
-                                f"{where} closed the connection during TLS")
-    if isinstance(exc, ssl.SSLError):
-        reason = str(exc.reason or "")
-        if reason in _TLS_MISMATCH:
-            return PermanentFailure("tls", "tls", f"TLS handshake with {where} failed: {reason.lower().replace('_', ' ')}"
-                                                  " — check `security:` (ssl for port 465, starttls for 587)")
-        return TemporaryFailure("tls", "tls", f"TLS with {where} failed: {reason or exc}")
-    # smtplib's exceptions are OSErrors: they go first, the socket's own errors last.
-    if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return TemporaryFailure("disconnected", stage, f"{where} closed the connection" + (
-            f" ({exc})" if str(exc) and "closed" not in str(exc).lower() else ""))
-    if isinstance(exc, smtplib.SMTPAuthenticationError):
-        text = _reply_text(exc.smtp_error)
-        hint = "" if 400 <= exc.smtp_code < 500 else " — check the login and the password (or app password)"
-        return failure_for_reply(exc.smtp_code, text, "login", "login",
-                                 f"login refused by {host}: {exc.smtp_code} {text}{hint}")
-    if isinstance(exc, smtplib.SMTPNotSupportedError):
-        if stage == "tls":
-            return PermanentFailure("tls", "tls", f"{where} does not offer STARTTLS — use security: ssl or none")
-        if stage == "login":
-            return PermanentFailure("login", "login", f"{where} does not offer AUTH on this connection — "
-                                                      "use security: starttls or ssl, or remove the password")
-        return PermanentFailure("protocol", stage, f"{where} does not support {exc or 'a required extension'}")
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        refused = {r: (code, _reply_text(text)) for r, (code, text) in exc.recipients.items()}
-        return recipients_failure(where, refused)
-    if isinstance(exc, smtplib.SMTPSenderRefused):
-        text = _reply_text(exc.smtp_error)
-        return failure_for_reply(exc.smtp_code, text, "sender", "send",
-                                 f"{host} refused the sender {exc.sender}: {exc.smtp_code} {text}")
-    if isinstance(exc, smtplib.SMTPDataError):
-        text = _reply_text(exc.smtp_error)
-        return failure_for_reply(exc.smtp_code, text, "data", "send", f"{host} refused the message: {exc.smtp_code} {text}")
-    if isinstance(exc, smtplib.SMTPConnectError):
-        text = _reply_text(exc.smtp_error)
-        return failure_for_reply(exc.smtp_code, text, "connect", "connect",
-                                 f"{where} refused the session: {exc.smtp_code} {text}")
-    if isinstance(exc, smtplib.SMTPResponseException):  # HELO and other commands
-        text = _reply_text(exc.smtp_error)
-        kind: Kind = "login" if stage == "login" else "tls" if stage == "tls" else "protocol"
-        return failure_for_reply(exc.smtp_code, text, kind, stage, f"{host} answered {exc.smtp_code} {text}")
-    if isinstance(exc, smtplib.SMTPException):
-        if stage == "login":  # "No suitable authentication method found."
-            return PermanentFailure("login", "login", f"cannot log in to {where}: {exc}")
-        return PermanentFailure("protocol", stage, f"SMTP failed with {where}: {exc}")
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        hint = " — check host, port and firewall" if stage == "connect" else ""
-        return TemporaryFailure("timeout", stage, f"no answer from {where} in time{hint}")
-    if isinstance(exc, ConnectionRefusedError):
-        return TemporaryFailure("connect", stage, f"cannot connect to {where}: connection refused — check host and port")
-    if isinstance(exc, OSError):
-        detail = exc.strerror or str(exc) or type(exc).__name__
-        detail = detail[:1].lower() + detail[1:]
-        if stage == "connect":
-            return TemporaryFailure("connect", stage, f"cannot connect to {where}: {detail}")
-        return TemporaryFailure("connect", stage, f"connection to {where} failed: {detail}")
-    return PermanentFailure("protocol", stage, f"unexpected SMTP failure with {where}: {type(exc).__name__}")
-
-
-def recipients_failure(where: str, refused: Mapping[str, tuple[int, str]]) -> SmtpFailure:
-    """Every recipient refused: temporary if any refusal was 4xx, else permanent."""
-    host = where.rsplit(":", 1)[0]
-    codes = [code for code, _ in refused.values()]
-    temporary = next((c for c in codes if 400 <= c < 500), None)
-    listed = "; ".join(f"<{r}> {code} {text}".rstrip() for r, (code, text) in refused.items())
-    message = f"{host} refused every recipient: {listed}"
-    if temporary is not None:
-        return TemporaryFailure("recipients", "send", message, temporary)
-    return PermanentFailure("recipients", "send", message, codes[0] if codes else None)
-
-
 def connect(smtp: Smtp, timeout: float, *, local_hostname: str | None = None) -> smtplib.SMTP:
     """Open a session to ``smtp`` and log in (only when a password is configured).
 
@@ -208,7 +76,7 @@ def connect(smtp: Smtp, timeout: float, *, local_hostname: str | None = None) ->
     """
     where = f"{smtp.host}:{smtp.port}"
     password = smtp.password.reveal() if smtp.password is not None else None
-    secrets = _secret_forms(smtp.login or smtp.address, password)
+    secrets = secret_forms(smtp.login or smtp.address, password)
     context = None
     if smtp.security != "none":
         try:
@@ -237,7 +105,7 @@ def connect(smtp: Smtp, timeout: float, *, local_hostname: str | None = None) ->
         if client is not None:
             _close(client)
         failure = classify(exc, where, stage)
-        failure.reply = _scrub(failure.reply, secrets)
+        failure.reply = scrub(failure.reply, secrets)
         failure.args = (failure.reply,)
         raise failure from None
 
@@ -277,7 +145,7 @@ class SmtpPool:
             raise PermanentFailure("recipients", "send", "the mail has no recipients")
         key = (smtp.host, smtp.port, smtp.login)
         where = f"{smtp.host}:{smtp.port}"
-        secrets = _secret_forms(smtp.login or smtp.address, smtp.password.reveal() if smtp.password else None)
+        secrets = secret_forms(smtp.login or smtp.address, smtp.password.reveal() if smtp.password else None)
         with self._lock:
             session = self._reusable(key, smtp)
             reused = session is not None
@@ -303,7 +171,7 @@ class SmtpPool:
                 else:
                     session.last_used = self.clock()
                     return result
-                failure.reply = _scrub(failure.reply, secrets)
+                failure.reply = scrub(failure.reply, secrets)
                 failure.args = (failure.reply,)
                 raise failure
 
@@ -360,13 +228,13 @@ def _transact(client: smtplib.SMTP, where: str, envelope_from: str, recipients: 
         code, text = client.mail(envelope_from, options)
         if code != 250:
             _reset(client)
-            raise failure_for_reply(code, _reply_text(text), "sender", "send",
-                                    f"{host} refused the sender {envelope_from}: {code} {_reply_text(text)}")
+            raise failure_for_reply(code, reply_text(text), "sender", "send",
+                                    f"{host} refused the sender {envelope_from}: {code} {reply_text(text)}")
         refused: dict[str, tuple[int, str]] = {}
         for rcpt in recipients:
             code, text = client.rcpt(rcpt)
             if code not in (250, 251):
-                refused[rcpt] = (code, _reply_text(text))
+                refused[rcpt] = (code, reply_text(text))
         if len(refused) == len(recipients):
             _reset(client)
             raise recipients_failure(where, refused)
@@ -374,8 +242,8 @@ def _transact(client: smtplib.SMTP, where: str, envelope_from: str, recipients: 
         code, text = client.data(message)
         if code != 250:
             _reset(client)
-            raise failure_for_reply(code, _reply_text(text), "data", "send",
-                                    f"{host} refused the message: {code} {_reply_text(text)}")
+            raise failure_for_reply(code, reply_text(text), "data", "send",
+                                    f"{host} refused the message: {code} {reply_text(text)}")
     except SmtpFailure:
         raise
     except (OSError, smtplib.SMTPException) as exc:
@@ -386,7 +254,7 @@ def _transact(client: smtplib.SMTP, where: str, envelope_from: str, recipients: 
             failure.reply += " (after the message was sent; the server may have taken it)"
             failure.args = (failure.reply,)
         raise failure from None
-    reply = _reply_text(text)
+    reply = reply_text(text)
     if refused:
         reply += "; refused: " + "; ".join(f"<{r}> {c} {t}".rstrip() for r, (c, t) in refused.items())
     return SendResult(code, reply, refused)
@@ -411,30 +279,6 @@ def _close(client: smtplib.SMTP) -> None:
         client.quit()
     with contextlib.suppress(Exception):
         client.close()
-
-
-def _reply_text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return " ".join(text.split())[:500]
-
-
-def _secret_forms(login: str | None, password: str | None) -> list[str]:
-    """The password as it could appear in a reply: plain, and inside AUTH PLAIN/LOGIN base64."""
-    if not password:
-        return []
-    forms = [password, base64.b64encode(password.encode()).decode()]
-    if login:
-        forms.append(base64.b64encode(f"\0{login}\0{password}".encode()).decode())
-    return forms
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 @cache

@@ -24,8 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
-from services.router import mailparse
-from services.router.mailparse import parse
+from services.router.mailparse import fastpath, parse, reader, stdlib
 
 EN_WORDS = (
     "the printer on the third floor stopped working again after the update and now every "
@@ -240,9 +239,9 @@ def main() -> None:
     rate = _rate(parse, list(corpus), args.rounds)
     total_mb = sum(sizes) / 1e6
     print(f"parse():                      {rate:8.0f} messages/s  ({rate * total_mb / len(corpus):.1f} MB/s)")
-    fast = sum(mailparse._fast_tree(raw) is not None for raw in corpus)
+    fast = sum(fastpath.tree(raw) is not None for raw in corpus)
     print(f"  the fast path built the tree of {fast} of {len(corpus)} messages")
-    slow = _rate(lambda raw: mailparse._Reader(*mailparse._stdlib_tree(raw)).read(), list(corpus), args.rounds)
+    slow = _rate(lambda raw: reader.Reader(*stdlib.tree(raw)).read(), list(corpus), args.rounds)
     print(f"parse() without the fast path: {slow:8.0f} messages/s")
     compat = _rate(lambda raw: email.message_from_bytes(raw, policy=email.policy.compat32), list(corpus), args.rounds)
     print(f"stdlib compat32 parse only:   {compat:8.0f} messages/s")

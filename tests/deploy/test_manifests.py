@@ -8,8 +8,10 @@ rules. Metric names in the rules and the dashboard are checked against what
 this test until the rules and the dashboard follow.
 
 Needs (a missing one fails the test with the package to install, never skips):
-``kubectl`` (or a standalone ``kustomize``) on PATH, ``promtool`` on PATH
-(Debian package ``prometheus``), and the PyPI package ``kubernetes-validate``.
+``kubectl`` (or a standalone ``kustomize``) on PATH or beside the interpreter
+(scripts/install-deps puts one into .venv/bin when there is none), ``promtool``
+on PATH (Debian package ``prometheus``), and the PyPI package ``kubernetes-validate``.
+All of it is marked ``deploy``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 import functools
 import json
 import re
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -46,6 +50,8 @@ RENDERINGS = {"base": BASE, "overlay": OVERLAY}
 # discovery relabelling); rules and dashboards may group by them.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "container", "component", "node", "service"}
 
+pytestmark = pytest.mark.deploy
+
 
 def _fail(message: str) -> NoReturn:
     pytest.fail(message, pytrace=False)
@@ -55,16 +61,18 @@ def _fail(message: str) -> NoReturn:
 
 
 def _kustomize_command() -> list[str]:
-    kubectl = shutil.which("kubectl")
+    # PATH first, then the virtualenv's bin folder, where scripts/install-deps puts kubectl.
+    search = os.pathsep.join([os.environ.get("PATH", ""), str(Path(sys.executable).parent)])
+    kubectl = shutil.which("kubectl", path=search)
     if kubectl:
         return [kubectl, "kustomize"]
-    kustomize = shutil.which("kustomize")
+    kustomize = shutil.which("kustomize", path=search)
     if kustomize:
         return [kustomize, "build"]
     _fail(
-        "neither kubectl nor kustomize is on PATH: install kubectl (Debian/Ubuntu: the `kubectl` package "
-        "from the Kubernetes apt repository; preinstalled on the project's machine image) or a standalone "
-        "kustomize binary; Debian's own `kubernetes-client` 1.20 is too old for the `patches:` field"
+        "neither kubectl nor kustomize is on PATH or in the virtualenv: run scripts/install-deps (it puts "
+        "kubectl 1.32 into .venv/bin), or install kubectl or a standalone kustomize; Debian's own "
+        "`kubernetes-client` 1.20 is too old for the `patches:` field"
     )
 
 

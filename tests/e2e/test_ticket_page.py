@@ -26,6 +26,7 @@ from playwright.sync_api import Page, expect
 
 from services.common.codec import codec
 from services.tickets import TicketStore
+from tests.harness.records import command
 from tests.harness.smtp import SmtpServer
 from tests.harness.stack import REPO, Stack, wait_for
 
@@ -70,20 +71,16 @@ def _config(unique: Callable[[str], str], db_url: str, data: Path, smtp: SmtpSer
 
 
 def _command(n: int, **overrides: Any) -> dict[str, Any]:
-    cmd: dict[str, Any] = {
-        "id": f"page-cmd-{n}", "action": "create", "classification": "new", "queue": "SUPPORT",
-        "mailbox": "support@example.com", "ticket_type": "question", "components": ["billing"],
+    fields: dict[str, Any] = {
+        "id": f"page-cmd-{n}", "components": ["billing"],
         "author": {"email": "carol@customer.test", "name": "Carol Customer", "member": False},
-        "participants": [], "subject": "Invoice 7 is wrong",
-        "text": "Hello,\n\nthe total on invoice 7 is wrong.\n\nCarol", "html": None,
+        "subject": "Invoice 7 is wrong", "text": "Hello,\n\nthe total on invoice 7 is wrong.\n\nCarol",
         "attachments": [{"filename": "invoice-7.pdf", "content_type": "application/pdf", "size": 48213,
                          "sha256": "ab" * 32, "blob_ref": None}],
-        "message_id": f"page-{n}@customer.test", "in_reply_to": None, "references": [],
-        "thread_key": f"page-{n}@customer.test", "ticket_key_hint": None, "source_uidvalidity": 0,
-        "source_uid": 0, "received_at": datetime.now(timezone.utc), "matched_rule": None, "reason": None,
+        "message_id": f"page-{n}@customer.test", "thread_key": f"page-{n}@customer.test",
+        "source_uidvalidity": 0, "source_uid": 0, "received_at": datetime.now(timezone.utc),
     }
-    cmd.update(overrides)
-    return cmd
+    return command(n, **{**fields, **overrides})
 
 
 @pytest.fixture

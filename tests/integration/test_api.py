@@ -6,7 +6,7 @@ import re
 import textwrap
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from services.common.codec import codec
 from services.common.config import Config, parse_text
 from services.tickets import TicketStore
 from services.tickets.tables import metadata
+from tests.harness.records import command
 
 with warnings.catch_warnings():
     # Starlette 1.x warns at import that its TestClient should move off httpx.
@@ -26,7 +27,6 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
 IMAP_SECRET = "imap-pw-Zq81-never-shown"
 SMTP_SECRET = "smtp-pw-Xy77-never-shown"
 
@@ -64,22 +64,19 @@ def config_text(db_url: str, secret_file: Path, *, allow_outbound: bool = True, 
         """)
 
 
-def command(n: int, **overrides: Any) -> dict[str, Any]:
-    cmd: dict[str, Any] = {
-        "id": f"cmd-{n}", "action": "create", "classification": "new", "queue": "SUPPORT",
-        "mailbox": "support@example.com", "ticket_type": "question", "components": ["billing"],
+def invoice(n: int, **overrides: Any) -> dict[str, Any]:
+    """The shared TicketCommand as Carol's invoice mail: markup to escape, an attachment, a second person."""
+    fields: dict[str, Any] = {
+        "components": ["billing"],
         "author": {"email": "carol@customer.test", "name": "Carol Customer", "member": False},
         "participants": [{"email": "dan@customer.test", "name": "Dan", "member": False}],
         "subject": f"Invoice {n} is wrong", "text": f"Please fix invoice {n}.\n<script>alert('x')</script>",
         "html": "<p>Please fix</p><script>alert('html')</script>",
         "attachments": [{"filename": "invoice.pdf", "content_type": "application/pdf", "size": 2048,
                          "sha256": "ab" * 32, "blob_ref": None}],
-        "message_id": f"msg-{n}@customer.test", "in_reply_to": None, "references": [],
-        "thread_key": f"msg-{n}@customer.test", "ticket_key_hint": None, "source_uidvalidity": 1,
-        "source_uid": n, "received_at": T0 + timedelta(minutes=n), "matched_rule": None, "reason": None,
+        "source_uidvalidity": 1,
     }
-    cmd.update(overrides)
-    return cmd
+    return command(n, domain="customer.test", **{**fields, **overrides})
 
 
 def counts(store: TicketStore) -> dict[str, int]:
@@ -111,7 +108,7 @@ def make(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
         store.migrate()
         stores.append(store)
         if store.get_ticket("SUPPORT-1") is None:
-            store.apply(command(1))
+            store.apply(invoice(1))
         waker = Waker()
         return TestClient(create_app(config, store, waker)), store, config, waker
 
@@ -125,7 +122,7 @@ def make(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 def test_pages_render_and_escape_mail_text(make: Make) -> None:
     client, store, _, _ = make()
-    store.apply(command(2, subject="Second <b>bold</b> subject"))
+    store.apply(invoice(2, subject="Second <b>bold</b> subject"))
     home = client.get("/")
     assert home.status_code == 200
     assert "SUPPORT-2" in home.text and "Second &lt;b&gt;bold&lt;/b&gt; subject" in home.text
@@ -216,7 +213,7 @@ def test_a_refused_reply_shows_the_error_inline_and_stores_nothing(make: Make) -
 
 def test_json_api_lists_gets_and_replies(make: Make) -> None:
     client, store, _, waker = make()
-    store.apply(command(2))
+    store.apply(invoice(2))
     listing = client.get("/api/v1/tickets", params={"queue": "SUPPORT", "limit": 1}).json()
     assert listing["total"] == 2 and [t["key"] for t in listing["tickets"]] == ["SUPPORT-2"]
     assert client.get("/api/v1/tickets", params={"queue": "SUPPORT", "limit": 1, "offset": 1}).json()[
@@ -283,7 +280,7 @@ def test_json_api_refuses_external_mail_when_outbound_is_off(make: Make) -> None
 
 def test_a_queue_without_smtp_says_so(make: Make) -> None:
     client, store, _, _ = make()
-    store.apply(command(5, queue="NOTES", mailbox="notes@example.com"))
+    store.apply(invoice(5, queue="NOTES", mailbox="notes@example.com"))
     response = client.post("/api/v1/tickets/NOTES-1/replies", json={"text": "x", "author": "alice@example.com"})
     assert response.status_code == 400
     assert response.json()["detail"].startswith("Queue NOTES has no mailbox with SMTP settings")

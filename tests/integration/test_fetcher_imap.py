@@ -175,8 +175,12 @@ def start() -> Iterator[Callable[[Config], Fetcher]]:
 def consume(broker: LocalBroker, unique: Unique) -> Iterator[Callable[..., list[Any]]]:
     consumers: dict[str, KafkaConsumer] = {}
 
-    def poll(config: Config, count: int, timeout: float = 20.0) -> list[Any]:
-        """Wait until at least ``count`` records arrived (from the start of the topic); return them all."""
+    def poll(config: Config, count: int, timeout: float = 20.0, settle: float = 0.0) -> list[Any]:
+        """Wait until at least ``count`` records arrived (from the start of the topic); return them all.
+
+        With ``settle``, go on polling the broker that many seconds more, so that
+        records produced after the first ``count`` are counted too.
+        """
         topic = config.topics["inbound"]
         if topic not in consumers:
             consumers[topic] = KafkaConsumer(
@@ -191,6 +195,10 @@ def consume(broker: LocalBroker, unique: Unique) -> Iterator[Callable[..., list[
             for batch in consumer.poll(timeout_ms=300).values():
                 records.extend(batch)
         assert len(records) >= count, f"{len(records)} of {count} records arrived within {timeout} s"
+        settled = time.monotonic() + settle
+        while time.monotonic() < settled:
+            for batch in consumer.poll(timeout_ms=300).values():
+                records.extend(batch)
         return records
 
     seen: dict[str, list[Any]] = {}
@@ -276,8 +284,16 @@ def test_mode_seen_skips_read_mail_and_marks_seen(dovecot, account, make_config,
     values = decode(consume(config, 2))
     assert [v["raw"] for v in values] == [mail(2, tag=a.login), mail(3, tag=a.login)]
     wait_for(lambda: flagged(dovecot, a, "\\Seen"), 10, "all messages \\Seen")
-    time.sleep(1.5)  # no re-delivery of what is marked
-    assert len(consume(config, 2)) == 2
+    fetcher.shutdown()
+
+    # No re-delivery of what is marked: a new fetcher searches the mailbox again
+    # and must find nothing to produce.
+    restarted_at = time.time()
+    fetcher = start(config)
+    wait_for(lambda: (metric("deskmail_fetcher_mailbox_last_success_timestamp_seconds", mailbox=a.address) or 0)
+             > restarted_at, 10, "the second fetcher to search the mailbox")
+    assert len(consume(config, 2, settle=2.0)) == 2
+    assert metric("deskmail_fetcher_messages_total", mailbox=a.address, source="imap") == 2
     assert not any(KEYWORD in flags for _, flags in dovecot.messages(a.login, a.password))
     fetcher.shutdown()
 

@@ -32,7 +32,8 @@ from services.localbroker import LocalBroker
 from services.mailcheck import Step, check_mailbox, send_test
 from services.sender.compose import as_bytes, compose
 from services.sender.runner import run_sender
-from services.sender.smtp import PermanentFailure, SmtpPool
+from services.sender.failures import PermanentFailure
+from services.sender.smtp import SmtpPool
 from tests.harness.dovecot import DovecotServer
 from tests.harness.smtp import SmtpServer
 from tests.harness.stack import REPO, Stack, wait_for

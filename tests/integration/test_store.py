@@ -31,6 +31,7 @@ from services.tickets import (
 from services.tickets.migrations import alembic_config
 from services.tickets.tables import metadata
 from tests.harness.postgres import PostgresCluster
+from tests.harness.records import command
 
 pytestmark = pytest.mark.integration
 
@@ -38,37 +39,6 @@ T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
 ANN = {"email": "ann@customer.org", "name": "Ann Customer", "member": False}
 BOB = {"email": "bob@customer.org", "name": "Bob Customer", "member": False}
 ALICE = {"email": "alice@example.com", "name": "Alice Agent", "member": True}
-
-
-def command(n: int, **overrides: Any) -> dict[str, Any]:
-    """A TicketCommand as fastavro decodes it; ``n`` makes ids, Message-ID and UID unique."""
-    cmd: dict[str, Any] = {
-        "id": f"cmd-{n}",
-        "action": "create",
-        "classification": "new",
-        "queue": "SUPPORT",
-        "mailbox": "support@example.com",
-        "ticket_type": "question",
-        "components": ["billing", "web"],
-        "author": ANN,
-        "participants": [],
-        "subject": f"Subject {n}",
-        "text": f"Body {n}",
-        "html": None,
-        "attachments": [],
-        "message_id": f"msg-{n}@customer.org",
-        "in_reply_to": None,
-        "references": [],
-        "thread_key": f"msg-{n}@customer.org",
-        "ticket_key_hint": None,
-        "source_uidvalidity": 7,
-        "source_uid": n,
-        "received_at": T0 + timedelta(minutes=n),
-        "matched_rule": None,
-        "reason": None,
-    }
-    cmd.update(overrides)
-    return cmd
 
 
 def reply(n: int, **overrides: Any) -> dict[str, Any]:

@@ -29,26 +29,13 @@ from services.tickets import (
 )
 from services.tickets.migrations import alembic_config
 from services.tickets.tables import metadata
+from tests.harness.records import command
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
 NOW = datetime(2025, 3, 2, 10, 0, tzinfo=timezone.utc)
-ANN = {"email": "ann@customer.org", "name": "Ann Customer", "member": False}
 CAROL = Recipient("carol@customer.org", "Carol")
-
-
-def command(n: int, **overrides: Any) -> dict[str, Any]:
-    cmd: dict[str, Any] = {
-        "id": f"cmd-{n}", "action": "create", "classification": "new", "queue": "SUPPORT",
-        "mailbox": "support@example.com", "ticket_type": "question", "components": [], "author": ANN,
-        "participants": [], "subject": f"Subject {n}", "text": f"Body {n}", "html": None, "attachments": [],
-        "message_id": f"msg-{n}@customer.org", "in_reply_to": None, "references": [],
-        "thread_key": f"msg-{n}@customer.org", "ticket_key_hint": None, "source_uidvalidity": 7,
-        "source_uid": n, "received_at": T0 + timedelta(minutes=n), "matched_rule": None, "reason": None,
-    }
-    cmd.update(overrides)
-    return cmd
 
 
 def counts(store: TicketStore) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from services.common.codec import MARKER, CodecError, codec, load_versions, schema_dir
+from services.common.codec import HEADER_LEN, MARKER, CodecError, SchemaVersion, codec, load_versions, schema_dir
 
 EXAMPLES = schema_dir() / "examples"
 
@@ -55,21 +56,43 @@ def test_round_trip(record):
             assert decoded[key] == expected, key
 
 
+def _written_by(version: SchemaVersion, value: dict) -> bytes:
+    """``value`` as a producer that still has schema ``version`` writes it."""
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, version.parsed, value)
+    return MARKER + version.fingerprint + buf.getvalue()
+
+
 def test_every_kept_version_is_readable_by_the_current_reader():
     versions = load_versions()
     assert {"InboundMail", "TicketCommand", "DeadLetter"} <= set(versions)
     for record, kept in versions.items():
         current = codec(record)
+        fields = {f["name"]: f for f in current.current.parsed["fields"]}
         for version in kept:
             example = EXAMPLES / f"{record}.v{version.version}.json"
             assert example.exists(), f"every released schema needs an example: {example.name}"
-            import io
+            data = _written_by(version, _example(record, version.version))
+            decoded = current.decode(data)
+            # What the old writer wrote, read with its own schema: the current reader
+            # must give back exactly that, and each field added since with its default.
+            as_written = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), version.parsed)
+            old = {f["name"] for f in version.parsed["fields"]}
+            added = {name: f["default"] for name, f in fields.items() if name not in old}
+            assert decoded == {**{k: v for k, v in as_written.items() if k in fields}, **added}, \
+                f"{record} v{version.version}"
 
-            buf = io.BytesIO()
-            buf.write(MARKER + version.fingerprint)
-            fastavro.schemaless_writer(buf, version.parsed, _example(record, version.version))
-            decoded = current.decode(buf.getvalue())
-            assert isinstance(decoded, dict) and decoded, f"{record} v{version.version}"
+
+def test_a_v1_ticket_command_is_not_reply_only():
+    """v1 predates ``reply_only``: an old command must not become reply-only (or lose a value)."""
+    [v1] = [v for v in load_versions()["TicketCommand"] if v.version == 1]
+    example = _example("TicketCommand", 1)
+    assert "reply_only" not in example
+    decoded = codec("TicketCommand").decode(_written_by(v1, example))
+    assert decoded["reply_only"] is False
+    assert decoded["received_at"] == datetime.fromtimestamp(1764400000, tz=timezone.utc)
+    assert {k: v for k, v in decoded.items() if k not in ("reply_only", "received_at")} == {
+        k: v for k, v in example.items() if k != "received_at"}
 
 
 def test_unknown_fingerprint_and_garbage_are_codec_errors():

@@ -18,7 +18,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from imapclient import IMAPClient
 from imapclient.exceptions import CapabilityError, LoginError
+from imapclient.imapclient import _parse_untagged_response
+from imapclient.response_parser import parse_fetch_response, parse_message_list
+from imapclient.util import to_ints
 from prometheus_client import REGISTRY
 
 from services.common.blobs import FolderBlobStore
@@ -28,15 +32,10 @@ from services.common.config import FetcherSettings, Imap, Mailbox, MarkSettings,
 from services.common.errors import Transient
 from services.common.runtime import Health
 from services.fetcher import imap as imapmod
-from services.fetcher.imap import MailboxError, classify, connect
-from services.fetcher.worker import (
-    MailboxWorker,
-    announces_new_mail,
-    inbound_record,
-    keywords_supported,
-    plan_batches,
-    search_criteria,
-)
+from services.fetcher.imap import SESSION_ERRORS, MailboxError, classify, connect
+from services.fetcher.batches import plan_batches
+from services.fetcher.marks import keywords_supported, search_criteria
+from services.fetcher.worker import MailboxWorker, announces_new_mail, inbound_record
 
 PASSWORD = "pa55-w0rd-never-logged"
 _names = itertools.count(1)
@@ -547,7 +546,70 @@ def test_a_session_error_reconnects_and_mail_stays_unmarked_until_delivered(tmp_
     assert sample("deskmail_fetcher_mailbox_up", mailbox=worker.address) == 1
 
 
-def test_unexpected_client_failure_ends_only_the_session(tmp_path):
+# Malformed server replies, as imapclient's own parsers fail on them (not a made-up
+# exception of the same type): each must end only the session, as reason "protocol".
+MALFORMED_REPLIES = {
+    "SEARCH reply that is no list of numbers": lambda: parse_message_list([b"none"]),
+    "SEARCH reply with a broken tail": lambda: parse_message_list([b"1 2 (oops"]),
+    "SEARCH reply with 8-bit bytes": lambda: parse_message_list([b"\xff\xfe"]),
+    "SEARCH reply in two parts": lambda: parse_message_list([b"1", b"2"]),
+    "SELECT with a non-numeric UIDVALIDITY": lambda: IMAPClient._process_select_response(
+        None, {b"UIDVALIDITY": [b"many"]}),
+    "SELECT with an empty EXISTS": lambda: IMAPClient._process_select_response(None, {b"EXISTS": [None]}),
+    "FETCH with a non-numeric UID": lambda: parse_fetch_response([b"1 (UID x)"]),
+    "FETCH with a missing literal": lambda: parse_fetch_response([b"1 (UID 5 BODY[] {10}"]),
+    "IDLE line that is no untagged response": lambda: _parse_untagged_response(b"garbage"),
+}
+
+
+def _bad_arguments() -> None:
+    to_ints(["not a uid"])  # imapclient rejecting what we passed it: our bug, not the server's
+
+
+class OurBug(Exception):
+    pass
+
+
+# Exceptions that are not the server's doing: they must leave the guard unchanged.
+PROGRAMMING_ERRORS = {
+    "TypeError": lambda: len(None),  # type: ignore[arg-type]
+    "AttributeError": lambda: None.uid,  # type: ignore[attr-defined]
+    "NameError": lambda: undefined_name,  # type: ignore[name-defined]  # noqa: F821
+    "KeyError": lambda: {}[b"UIDVALIDITY"],
+    "ValueError of our own": lambda: int("x"),
+    "ValueError from imapclient over our arguments": _bad_arguments,
+    "any other exception": lambda: (_ for _ in ()).throw(OurBug("boom")),
+}
+
+
+class Raising:
+    """A client whose every call runs ``failure``."""
+
+    def __init__(self, failure: Callable[[], Any]):
+        self.failure = failure
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        return self.failure()
+
+
+@pytest.mark.parametrize("failure", MALFORMED_REPLIES.values(), ids=MALFORMED_REPLIES.keys())
+def test_a_malformed_reply_ends_the_session_as_reason_protocol(failure):
+    with pytest.raises(SESSION_ERRORS) as caught:
+        imapmod.guarded(Raising(failure)).search(["ALL"])  # type: ignore[arg-type]
+    assert classify(caught.value).reason == "protocol"
+
+
+@pytest.mark.parametrize("failure", PROGRAMMING_ERRORS.values(), ids=PROGRAMMING_ERRORS.keys())
+def test_a_programming_error_passes_the_guard_unchanged(failure):
+    with pytest.raises(Exception) as expected:
+        failure()
+    with pytest.raises(type(expected.value)) as caught:
+        imapmod.guarded(Raising(failure)).search(["ALL"])  # type: ignore[arg-type]
+    assert not isinstance(caught.value, MailboxError)
+    assert not imapmod.malformed_reply(caught.value)
+
+
+def test_a_malformed_reply_reconnects_and_the_mail_is_delivered(tmp_path):
     server = FakeServer()
     server.add(mail(1))
     broken = {"left": 1}
@@ -556,12 +618,43 @@ def test_unexpected_client_failure_ends_only_the_session(tmp_path):
         def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]:
             if broken["left"]:
                 broken["left"] -= 1
-                raise ValueError("invalid literal for int()")
+                return IMAPClient._process_select_response(None, {b"EXISTS": [b"1"], b"UIDVALIDITY": [b"x1"]})
             return super().select_folder(folder, readonly)
 
     worker, producer, stop = make_worker(server, tmp_path, factory=lambda imap, timeout: Garbled(server))
     run_until(worker, stop, lambda: len(producer.acked) == 1)
+    assert server.sessions == 2
     assert sample("deskmail_fetcher_mailbox_errors_total", mailbox=worker.address, reason="protocol") == 1
+
+
+@pytest.mark.parametrize("failure", [PROGRAMMING_ERRORS["AttributeError"], PROGRAMMING_ERRORS["TypeError"]],
+                         ids=["AttributeError", "TypeError"])
+def test_a_programming_error_in_a_client_call_stops_the_worker(tmp_path, failure):
+    server = FakeServer()
+    server.add(mail(1))
+
+    class Buggy(FakeClient):
+        def search(self, criteria: Any = "ALL", charset: str | None = None) -> list[int]:
+            return failure()  # type: ignore[no-any-return]
+
+    worker, producer, stop = make_worker(server, tmp_path, factory=lambda imap, timeout: Buggy(server))
+    crashed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # what the fetcher runner records before it exits non-zero
+            crashed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(5)
+    stop.set()  # only matters if the worker wrongly kept reconnecting
+    thread.join(5)
+    assert len(crashed) == 1 and not isinstance(crashed[0], MailboxError), crashed
+    assert server.sessions == 1  # no reconnect
+    assert producer.acked == [] and server.flags() == {1: set()}
+    assert sample("deskmail_fetcher_mailbox_errors_total", mailbox=worker.address, reason="protocol") == 0
 
 
 def test_missing_folder_is_reason_select(tmp_path):
@@ -664,6 +757,13 @@ def test_connect_failures_map_to_reasons_without_the_password(fail_at, exc, reas
     assert PASSWORD not in str(caught.value) and PASSWORD not in caught.value.message
     if fail_at != "init":
         assert calls[-1] == ("shutdown", None)
+
+
+def test_a_programming_error_while_connecting_propagates():
+    build, calls = scripted("login", KeyError("password"))
+    with pytest.raises(KeyError):
+        connect(make_mailbox("ssl").imap, 5.0, client_class=build)
+    assert calls[-1] == ("shutdown", None)
 
 
 def test_connect_without_verification_when_asked():

@@ -1,6 +1,6 @@
 """The parser's fast path builds exactly the stdlib's message tree, or declines.
 
-``mailparse._fast_tree`` splits common mail with str.find instead of the stdlib
+``mailparse.fastpath.tree`` splits common mail with str.find instead of the stdlib
 feedparser. Each mail here is parsed both ways: where the fast path answers,
 its tree and the ParsedMail read from it must equal the stdlib's; where it
 declines, parse() still gives the stdlib's result.
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from services.router import mailparse
-from services.router.mailparse import MalformedMail
+from services.router.mailparse import MalformedMail, fastpath, reader, stdlib
 from tests.bench.parse import Corpus
 from tests.harness import mails
 from tests.unit import test_mailparse as examples
@@ -41,19 +41,19 @@ def tree(message: Any) -> Any:
 
 def read(message: Any, notes: list[str]) -> Any:
     try:
-        return mailparse._Reader(message, notes).read()
+        return reader.Reader(message, notes).read()
     except MalformedMail as exc:
         return f"MalformedMail: {exc}"
 
 
 def assert_same(raw: bytes) -> bool:
     """Both paths agree on ``raw``; returns whether the fast path answered."""
-    fast = mailparse._fast_tree(raw)
+    fast = fastpath.tree(raw)
     if fast is None:
         return False
-    stdlib = email.message_from_bytes(raw, policy=mailparse._POLICY)
-    assert tree(fast) == tree(stdlib)
-    assert read(fast, []) == read(*mailparse._stdlib_tree(raw))
+    reference = email.message_from_bytes(raw, policy=stdlib.POLICY)
+    assert tree(fast) == tree(reference)
+    assert read(fast, []) == read(*stdlib.tree(raw))
     return True
 
 
@@ -163,11 +163,11 @@ def test_edge_cases_agree_with_the_stdlib(raw: bytes) -> None:
 
 
 def test_the_fast_path_takes_common_mail_and_declines_the_unusual() -> None:
-    assert mailparse._fast_tree(FIXED["nested"]) is not None
-    assert mailparse._fast_tree(FIXED["closing boundary without a line break"]) is not None
+    assert fastpath.tree(FIXED["nested"]) is not None
+    assert fastpath.tree(FIXED["closing boundary without a line break"]) is not None
     for name in ("no closing boundary", "no start boundary", "repeated boundary lines", "digest",
                  "bare CR line ends", "mbox envelope line", "attached mail", "headers only"):
-        assert mailparse._fast_tree(FIXED[name]) is None, name
+        assert fastpath.tree(FIXED[name]) is None, name
 
 
 def test_mails_of_the_unit_tests_agree() -> None:
@@ -240,8 +240,8 @@ def test_random_mutations_agree() -> None:
 
 def test_parse_falls_back_to_the_stdlib_when_the_fast_path_declines() -> None:
     raw = FIXED["no closing boundary"]
-    assert mailparse._fast_tree(raw) is None
-    assert mailparse.parse(raw) == read(*mailparse._stdlib_tree(raw))
+    assert fastpath.tree(raw) is None
+    assert mailparse.parse(raw) == read(*stdlib.tree(raw))
     assert "CloseBoundaryNotFoundDefect" in mailparse.parse(raw).defects
 
 

@@ -8,16 +8,16 @@ import ssl
 
 import pytest
 
-from services.sender.smtp import (
+from services.sender.failures import (
     KINDS,
     PermanentFailure,
     SmtpFailure,
     TemporaryFailure,
-    _scrub,
-    _secret_forms,
     classify,
     failure_for_reply,
     recipients_failure,
+    scrub,
+    secret_forms,
 )
 
 WHERE = "smtp.example.com:587"
@@ -124,11 +124,11 @@ def test_a_failure_is_an_exception_with_its_reply_as_message() -> None:
 
 
 def test_the_password_never_shows_in_a_reply() -> None:
-    secrets = _secret_forms("support", "hunter2!")
+    secrets = secret_forms("support", "hunter2!")
     reply = classify(smtplib.SMTPAuthenticationError(
         535, b"5.7.8 bad credentials for AHN1cHBvcnQAaHVudGVyMiE= (hunter2!) aHVudGVyMiE="), WHERE, "login").reply
-    scrubbed = _scrub(reply, secrets)
+    scrubbed = scrub(reply, secrets)
     assert "hunter2" not in scrubbed
     assert "AHN1cHBvcnQAaHVudGVyMiE=" not in scrubbed and "aHVudGVyMiE=" not in scrubbed
     assert scrubbed.count("***") == 3
-    assert _secret_forms("support", None) == []
+    assert secret_forms("support", None) == []

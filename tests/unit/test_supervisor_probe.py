@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services import local
+from services import localchild
 
 
 def _health_server(status: list[int]) -> ThreadingHTTPServer:
@@ -32,7 +32,7 @@ def child(tmp_path: Path):
     status = [200]
     server = _health_server(status)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    c = local.Child("router", [], tmp_path / "router.log", proc=proc,
+    c = localchild.Child("router", [], tmp_path / "router.log", proc=proc,
                     health_url=f"http://127.0.0.1:{server.server_port}/healthz")
     yield c, status
     proc.kill()
@@ -42,28 +42,28 @@ def child(tmp_path: Path):
 
 def test_a_healthy_child_is_left_alone(child, monkeypatch):
     c, status = child
-    monkeypatch.setattr(local, "UNHEALTHY_GRACE_SECONDS", 0.0)
-    local._probe(c)
-    local._probe(c)
+    monkeypatch.setattr(localchild, "UNHEALTHY_GRACE_SECONDS", 0.0)
+    localchild.probe(c)
+    localchild.probe(c)
     assert c.proc.poll() is None and c.unhealthy_since is None
 
 
 def test_a_stale_child_is_killed_only_after_the_grace_period(child, monkeypatch):
     c, status = child
     status[0] = 503
-    monkeypatch.setattr(local, "UNHEALTHY_GRACE_SECONDS", 3600.0)
-    local._probe(c)
-    local._probe(c)
+    monkeypatch.setattr(localchild, "UNHEALTHY_GRACE_SECONDS", 3600.0)
+    localchild.probe(c)
+    localchild.probe(c)
     assert c.proc.poll() is None and c.unhealthy_since is not None  # stale, but not for long
-    monkeypatch.setattr(local, "UNHEALTHY_GRACE_SECONDS", 0.0)
-    local._probe(c)
+    monkeypatch.setattr(localchild, "UNHEALTHY_GRACE_SECONDS", 0.0)
+    localchild.probe(c)
     assert c.proc.wait(timeout=5) == -9
 
 
 def test_recovering_resets_the_clock(child, monkeypatch):
     c, status = child
     status[0] = 503
-    local._probe(c)
+    localchild.probe(c)
     status[0] = 200
-    local._probe(c)
+    localchild.probe(c)
     assert c.unhealthy_since is None and c.proc.poll() is None

@@ -1,0 +1,60 @@
+"""What the parser hands the router: a ParsedMail, its addresses and attachments, and MalformedMail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+__all__ = ["Address", "Attachment", "MalformedMail", "ParsedMail"]
+
+
+class MalformedMail(Exception):
+    """The mail cannot be used at all; ``str(exc)`` is the reason for the dead-letter record."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One mailbox: ``email`` lower-cased for matching, ``name`` the decoded display name."""
+
+    email: str
+    name: str | None = None
+
+    @property
+    def display(self) -> str:
+        """``Name <email>``, or the bare address, for people to read."""
+        return f"{self.name} <{self.email}>" if self.name else self.email
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A part that is not the body: files, inline images, attached mails."""
+
+    filename: str  # decoded, without directory parts; made up when the mail names none
+    content_type: str  # lower case, e.g. "application/pdf"
+    payload: bytes = field(repr=False)  # transfer encoding removed
+    size: int  # len(payload)
+    sha256: str  # hex digest of payload
+    content_id: str | None  # without angle brackets; how HTML refers to an inline image
+    inline: bool  # meant to be shown within the body (inline disposition, or a Content-ID)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMail:
+    """What the router needs from one mail. Strings are decoded text, NUL-free."""
+
+    from_addr: Address  # From, else Sender, Reply-To or Return-Path (noted in defects)
+    reply_to: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    subject: str  # decoded, whitespace runs collapsed; "" when missing
+    text: str  # plain-text body, "\n" line ends; HTML converted when there is no text part
+    html: str | None  # the HTML body as sent, if any
+    message_id: str | None  # without angle brackets
+    in_reply_to: str | None  # first id of In-Reply-To
+    references: tuple[str, ...]  # in order, without duplicates
+    date: datetime | None  # timezone-aware; None when missing or unparseable
+    attachments: tuple[Attachment, ...]
+    auto_submitted: bool  # written by a machine (classify.is_auto_submitted)
+    bounce: bool  # a delivery status notification (classify.is_bounce)
+    suppress_auto_reply: bool  # must not be answered automatically
+    defects: tuple[str, ...]  # what was wrong with the mail and was worked around
