@@ -10,6 +10,7 @@ anything else stops the process (after committing what is already durable).
 
 from __future__ import annotations
 
+from services.common import kafka_patch  # noqa: F401  # bounds kafka-python's blocking calls (#3121)
 import logging
 import threading
 import time
