@@ -40,6 +40,15 @@ from tests.harness.broker import unique_name  # noqa: E402
 
 _DIR_MARKERS = {"integration": "integration", "e2e": "e2e"}
 
+# A test using the broker is run again, twice at most, only when pytest-timeout stopped it
+# (a kafka-python call stuck in its IO loop: docs/architecture.md, "kafka-python: the stuck
+# client call"). pytest-timeout fails with "Failed: Timeout (>240.0s) from pytest-timeout.";
+# pytest-rerunfailures matches only_rerun with re.search against "<type>: <message>" of the
+# failure and of the exceptions chained to it (older releases: the crash message), so
+# the anchored pattern matches nothing else, such as a KafkaTimeoutError or TimeoutExpired.
+PYTEST_TIMEOUT_FAILURE = r"^Failed: Timeout \(>[0-9.]+s\) from pytest-timeout"
+BROKER_RERUNS = 2
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # kafka-python 3.0 loads its protocol schemas through deprecated
@@ -60,6 +69,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(marker)
         if "postgres_url" in getattr(item, "fixturenames", ()) and item.get_closest_marker("postgres") is None:
             item.add_marker("postgres")
+        if "broker" in getattr(item, "fixturenames", ()) and item.get_closest_marker("flaky") is None:
+            item.add_marker(pytest.mark.flaky(reruns=BROKER_RERUNS, only_rerun=[PYTEST_TIMEOUT_FAILURE]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # pytest-timeout arms one timer around the whole runtest protocol, and
+    # pytest-rerunfailures runs the test again inside it: without this, a rerun would run
+    # with no timeout at all (pytest-dev/pytest-rerunfailures#99). Arm a fresh timer for
+    # each rerun, before its fixtures are set up; pytest-timeout cancels the last one.
+    if getattr(item, "execution_count", 1) <= 1:
+        return
+    import pytest_timeout
+
+    settings = pytest_timeout._get_item_settings(item)
+    if settings.timeout and not settings.func_only:  # func_only timers are per call already
+        item.config.pluginmanager.hook.pytest_timeout_set_timer(item=item, settings=settings)
 
 
 @pytest.fixture(scope="session")
