@@ -24,9 +24,9 @@ from typing import Any, Literal
 from services.common.config import Config, Imap, Mailbox, Smtp
 from services.common.mailrules import blocked_recipients, new_message_id, signature_for
 from services.fetcher import imap as imap_mod
-from services.sender import smtp as smtp_mod
-from services.sender.compose import as_bytes, compose, envelope_address, needs_smtputf8, recipients
-from services.sender.failures import SmtpFailure
+from services.common import smtp as smtp_mod
+from services.common.compose import as_bytes, compose, envelope_address, needs_smtputf8, recipients
+from services.common.smtp_failures import SmtpFailure
 
 StepName = Literal["dns", "connect", "tls", "login", "select", "smtp-connect", "smtp-tls", "smtp-login"]
 

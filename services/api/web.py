@@ -238,7 +238,7 @@ def settings_test(
 ) -> HTMLResponse:
     """Send a test email from the mailbox to ``to`` and show the server's answer."""
     from services.mailcheck import send_test
-    from services.sender.failures import SmtpFailure
+    from services.common.smtp_failures import SmtpFailure
 
     box = _mailbox_of(ctx.config, key, mailbox)
     result: dict[str, Any]

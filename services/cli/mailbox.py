@@ -43,7 +43,7 @@ def check(address: str, config_path: str | None) -> None:
 def test_send(address: str, to: str, signature: str | None, config_path: str | None) -> None:
     """Send a short test email from ADDRESS through its SMTP settings; exit 1 if it was refused."""
     from services.mailcheck import send_test
-    from services.sender.failures import SmtpFailure
+    from services.common.smtp_failures import SmtpFailure
 
     cfg = load_config(config_path)
     try:

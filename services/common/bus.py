@@ -29,7 +29,6 @@ pair), so its contract is pinned by ``tests/unit/test_bus.py``.
 
 from __future__ import annotations
 
-from services.common import kafka_patch  # noqa: F401  # bounds kafka-python's blocking calls (#3121)
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence

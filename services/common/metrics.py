@@ -126,6 +126,6 @@ SENDER_SEND_SECONDS = Histogram(
 )
 SENDER_SMTP_ERRORS = Counter(
     "deskmail_sender_smtp_errors_total",
-    "Failed SMTP attempts, by kind (services.sender.failures.KINDS: connect, timeout, tls, login, recipients...).",
+    "Failed SMTP attempts, by kind (services.common.smtp_failures.KINDS: connect, timeout, tls, login, recipients...).",
     ["kind"],
 )

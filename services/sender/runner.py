@@ -38,9 +38,9 @@ from services.common.mailrules import blocked_recipients
 from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.common.runtime import Health
 from services.common.stage import StageContext, StageSpec, run_stage
-from services.sender.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
-from services.sender.failures import PermanentFailure, SmtpFailure, TemporaryFailure
-from services.sender.smtp import SendResult, SmtpPool
+from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
+from services.common.smtp_failures import PermanentFailure, SmtpFailure, TemporaryFailure
+from services.common.smtp import SendResult, SmtpPool
 
 log = logging.getLogger("deskmail.sender")
 STAGE = "sender"

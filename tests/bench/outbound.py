@@ -33,8 +33,8 @@ from services.common.kafka import Kafka  # noqa: E402
 from services.common.codec import codec  # noqa: E402
 from services.common.mailrules import new_message_id, subject_for  # noqa: E402
 from services.localbroker import LocalBroker  # noqa: E402
-from services.sender.compose import as_bytes, compose, recipients  # noqa: E402
-from services.sender.smtp import SmtpPool  # noqa: E402
+from services.common.compose import as_bytes, compose, recipients  # noqa: E402
+from services.common.smtp import SmtpPool  # noqa: E402
 from tests.harness.smtp import SmtpServer  # noqa: E402
 from tests.harness.stack import Stack, wait_for  # noqa: E402
 

@@ -30,10 +30,10 @@ from services.common.mailrules import new_message_id, subject_for
 from services.common.runtime import Health
 from services.localbroker import LocalBroker
 from services.mailcheck import Step, check_mailbox, send_test
-from services.sender.compose import as_bytes, compose
+from services.common.compose import as_bytes, compose
 from services.sender.runner import run_sender
-from services.sender.failures import PermanentFailure
-from services.sender.smtp import SmtpPool
+from services.common.smtp_failures import PermanentFailure
+from services.common.smtp import SmtpPool
 from tests.harness.dovecot import DovecotServer
 from tests.harness.smtp import SmtpServer
 from tests.harness.stack import REPO, Stack, wait_for

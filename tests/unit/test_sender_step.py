@@ -18,8 +18,8 @@ from services.common.errors import BadRecord, Stopping
 from services.common.retry import FakeClock
 from services.common.runtime import Health
 from services.sender.runner import SenderStep
-from services.sender.failures import PermanentFailure, TemporaryFailure
-from services.sender.smtp import SendResult
+from services.common.smtp_failures import PermanentFailure, TemporaryFailure
+from services.common.smtp import SendResult
 
 
 def config(allow_outbound: bool = True, smtp: bool = True) -> Config:

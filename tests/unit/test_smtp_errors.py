@@ -8,7 +8,7 @@ import ssl
 
 import pytest
 
-from services.sender.failures import (
+from services.common.smtp_failures import (
     KINDS,
     PermanentFailure,
     SmtpFailure,

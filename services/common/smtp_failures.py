@@ -1,4 +1,5 @@
-"""The sender's SMTP error taxonomy: which failures are retried, and what they say.
+"""The SMTP error taxonomy (the sender, the test mail and check connection share it):
+which failures are retried, and what they say.
 
 Every failure of an SMTP session becomes a ``TemporaryFailure`` (retry the mail
 later) or a ``PermanentFailure`` (report the mail as failed now), each with the

@@ -1,10 +1,12 @@
-"""OutboundMail -> MIME: the sender's pure core (no I/O, no clock, no randomness).
+"""OutboundMail -> MIME: the sender's pure core (no I/O, no clock, no randomness),
+shared with the queue settings page's test mail (``services.mailcheck``).
 
 ``compose`` turns one decoded OutboundMail record into an ``EmailMessage`` that is
 ready to hand to SMTP: the signature's alias as the From display name, the
-signature appended to the text (and HTML) body, the ticket key in the subject and
-in ``X-Deskmail-Ticket``, the pre-assigned Message-ID, and In-Reply-To/References
-so the customer's mail program threads the answer under their mail.
+signature appended to the text (and HTML) body, the subject as the record carries
+it (``mailrules.subject_for`` put the ticket key in), ``X-Deskmail-Ticket``, the
+pre-assigned Message-ID, and In-Reply-To/References so the customer's mail
+program threads the answer under their mail.
 
 Headers are 7-bit: non-ASCII names and subjects become RFC 2047 encoded-words
 (UTF-8), IDN domains become punycode. Only a recipient whose local part is not

@@ -3,7 +3,7 @@
 ``connect`` opens a logged-in session (implicit TLS, STARTTLS or plain; AUTH only
 when a password is configured). ``SmtpPool`` keeps one open session per
 (host, port, login) and reuses it for the next mail. Failures are raised as the
-``services.sender.failures`` taxonomy describes.
+``services.common.smtp_failures`` taxonomy describes.
 
 Decisions:
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from services.common.config import Smtp
-from services.sender.failures import (
+from services.common.smtp_failures import (
     PermanentFailure,
     SmtpFailure,
     Stage,
