@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 import click
 
 from services.common.config import Config
-from services.common.retry import Backoff
 from services.common.runtime import DEFAULT_PORTS
 from services.localchild import PROBE_INTERVAL_SECONDS, Child, probe
 
@@ -156,7 +155,6 @@ def run_stack(config: Config, sink: Sink | None = None, *, notes: Sequence[str] 
 
         _describe(config, bootstrap, broker, children, sink, notes)
 
-        backoff = Backoff(initial=1.0, maximum=30.0)
         next_probe = time.monotonic() + PROBE_INTERVAL_SECONDS
         while not stop.wait(0.5):
             if time.monotonic() >= next_probe:
@@ -167,12 +165,11 @@ def run_stack(config: Config, sink: Sink | None = None, *, notes: Sequence[str] 
                 if child.proc is not None and child.proc.poll() is not None:
                     code = child.proc.returncode
                     if time.monotonic() - child.started_at > 60:
-                        child.restarts = 0
-                    delay = backoff.delay(child.restarts)
+                        child.restarts.reset()
+                    delay = child.restarts.delay()
                     click.echo(f"{child.name} exited with {code}; restarting in {delay:.1f}s (see {child.log_path})",
                                err=True)
-                    child.restarts += 1
-                    if stop.wait(delay):
+                    if child.restarts.sleep(stop, delay=delay) == "stopped":
                         break
                     child.start(env)
         return 0

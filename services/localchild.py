@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from services.common.retry import Backoff, Retry
+
 PROBE_INTERVAL_SECONDS = 10.0
 UNHEALTHY_GRACE_SECONDS = 60.0
 
@@ -29,7 +31,8 @@ class Child:
     args: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
+    # Restarts back off on the one retry policy; a child that ran a minute starts over.
+    restarts: Retry = dataclasses.field(default_factory=lambda: Retry(Backoff(initial=1.0, maximum=30.0)))
     started_at: float = 0.0
     health_url: str | None = None  # /healthz, probed like a Kubernetes liveness probe
     unhealthy_since: float | None = None

@@ -126,10 +126,14 @@ class Retry:
             return 0.0
         return self.clock.monotonic() - self._started
 
+    def delay(self) -> float:
+        """The (jittered) delay before the next attempt, whatever the budget."""
+        return self.backoff.delay(self.attempts)
+
     def next_delay(self, margin: float = 0.0) -> float | None:
         """The delay before the next attempt, or None if it (plus ``margin``, the
         time the attempt itself may take) would end outside the budget."""
-        delay = self.backoff.delay(self.attempts)
+        delay = self.delay()
         if self.budget is not None and self.elapsed() + delay + margin > self.budget:
             return None
         return delay
@@ -147,7 +151,7 @@ class Retry:
         """Note a failure and return the delay before the next attempt, without
         waiting (for a loop that keeps working meanwhile and checks the time)."""
         self.failed()
-        delay = self.backoff.delay(self.attempts)
+        delay = self.delay()
         self.attempts += 1
         return delay
 

@@ -50,7 +50,7 @@ from services.common.kafka import Producer
 from services.common.codec import codec
 from services.common.config import FetcherSettings, Mailbox
 from services.common.errors import Transient
-from services.common.retry import Backoff
+from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.common.runtime import Health
 from services.fetcher import records
 from services.fetcher.batches import MAX_BATCH_BYTES, SIZES_PER_FETCH, chunks, plan_batches, uid_range
@@ -131,6 +131,7 @@ class MailboxWorker:
         *,
         inline_max_bytes: int = 512 * 1024,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         if mailbox.imap is None:
             raise ValueError(f"mailbox {mailbox.address} has no IMAP settings")
@@ -146,10 +147,11 @@ class MailboxWorker:
         self.client_factory = client_factory
         self.inline_max_bytes = inline_max_bytes
         self.max_batch_bytes = max_batch_bytes
-        self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
+        backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
+        # Two sequences: a failing server and a failing broker back off independently.
+        self.session_retry = Retry(backoff, clock=clock, heartbeat=health.tick)
+        self.broker_retry = Retry(backoff, clock=clock, heartbeat=health.tick)
         self.uidvalidity: int | None = None
-        self._session_failures = 0
-        self._broker_failures = 0
         self._warned_keywords = False
         self._where = f"{self.imap.host}:{self.imap.port}"
 
@@ -166,13 +168,12 @@ class MailboxWorker:
     def _session_failed(self, error: MailboxError) -> None:
         metrics.FETCHER_UP.labels(self.address).set(0)
         metrics.FETCHER_ERRORS.labels(self.address, error.reason).inc()
-        delay = self.backoff.delay(self._session_failures)
-        self._session_failures += 1
+        delay = self.session_retry.delay()
         log.warning(
             "mailbox session failed",
             extra={"mailbox": self.address, "reason": error.reason, "error": error.message, "delay": round(delay, 2)},
         )
-        self.stop.wait(delay)
+        self.session_retry.sleep(self.stop, delay=delay)
 
     def _session(self) -> None:
         client = guarded(self.client_factory(self.imap, self.settings.timeout_seconds))
@@ -195,14 +196,13 @@ class MailboxWorker:
     def _broker_failed(self, exc: Transient) -> None:
         """Nothing of the batch was marked; pause, then the next search finds it again."""
         metrics.BUS_RETRIES.labels(STAGE).inc()
-        delay = self.backoff.delay(self._broker_failures)
-        self._broker_failures += 1
+        delay = self.broker_retry.delay()
         log.warning(
             "delivery failed, mail left unmarked",
             extra={"mailbox": self.address, "stage": STAGE, "topic": self.topic, "error": str(exc),
                    "delay": round(delay, 2)},
         )
-        self.stop.wait(delay)
+        self.broker_retry.sleep(self.stop, delay=delay)
 
     def _close(self, client: MailClient, clean: bool) -> None:
         try:
@@ -241,7 +241,7 @@ class MailboxWorker:
                 self._deliver(client, uidvalidity, batch, mode)
                 if self.stop.is_set():
                     return  # the batch in flight is done; the rest stays unmarked for next time
-        self._session_failures = 0
+        self.session_retry.reset()
         metrics.FETCHER_LAST_SUCCESS.labels(self.address).set(time.time())
         self.health.tick()
 
@@ -294,7 +294,7 @@ class MailboxWorker:
         if not outs:
             return
         self.producer.send_all(outs, STAGE)
-        self._broker_failures = 0
+        self.broker_retry.reset()
         self._mark(client, delivered, mode)
         metrics.FETCHER_MESSAGES.labels(self.address, SOURCE).inc(len(delivered))
         metrics.FETCHER_BYTES.labels(self.address).inc(size)

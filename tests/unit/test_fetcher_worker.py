@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 from services.common.blobs import FolderBlobStore
 from services.common.bus import Out
 from services.common.codec import codec
+from services.common.retry import FakeClock
 from services.common.config import FetcherSettings, Imap, Mailbox, MarkSettings, Secret
 from services.common.errors import Transient
 from services.common.runtime import Health
@@ -793,3 +794,28 @@ def test_connect_to_a_closed_port_is_reason_connect():
     with pytest.raises(MailboxError) as caught:
         connect(imap, 2.0)
     assert caught.value.reason == "connect"
+
+
+def test_a_failing_server_is_retried_on_the_one_backoff_policy_and_a_success_resets_it(tmp_path: Any) -> None:
+    """The worker's waits run on the injected clock: exponential, capped, and reset by
+    a session that works; a stop during a wait ends the worker at once."""
+    server = FakeServer()
+    attempts: list[float] = []
+    clock = FakeClock()
+
+    def factory(imap: Imap, timeout: float) -> Any:
+        attempts.append(clock.now)
+        if len(attempts) <= 4:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return FakeClient(server)
+
+    settings = make_settings(backoff_initial_seconds=2, backoff_max_seconds=8)
+    worker, producer, stop = make_worker(server, tmp_path, settings=settings, factory=factory, clock=clock)
+    server.add(mail(0))
+    run_until(worker, stop, lambda: len(producer.acked) == 1)
+    gaps = [b - a for a, b in zip(attempts, attempts[1:5])]
+    # 2, 4, 8, then capped at 8 s, each jittered down to half at most
+    for gap, ceiling in zip(gaps, [2, 4, 8, 8]):
+        assert ceiling / 2 <= gap <= ceiling
+    assert max(clock.waits) <= 1.0  # slept in slices: the liveness probe stays fed
+    assert worker.session_retry.attempts == 0  # the session that worked reset it
