@@ -20,8 +20,8 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from services.common.bus import Out
-from services.common.kafka import Kafka, Producer
 from services.common.codec import CodecError, codec
+from services.common.kafka import Kafka, Producer
 
 
 @dataclass(frozen=True)

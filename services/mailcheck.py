@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from services.common.config import Config, Imap, Mailbox, Smtp
-from services.common.mailrules import blocked_recipients, new_message_id, signature_for
-from services.fetcher import imap as imap_mod
 from services.common import smtp as smtp_mod
 from services.common.compose import as_bytes, compose, envelope_address, needs_smtputf8, recipients
+from services.common.config import Config, Imap, Mailbox, Smtp
+from services.common.mailrules import blocked_recipients, new_message_id, signature_for
 from services.common.smtp_failures import SmtpFailure
+from services.fetcher import imap as imap_mod
 
 StepName = Literal["dns", "connect", "tls", "login", "select", "smtp-connect", "smtp-tls", "smtp-login"]
 

@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.api import rest, web
 from services.api.context import ApiContext, Waker
 from services.api.relay import OutboxRelay
-from services.common.kafka import Kafka
 from services.common.config import Config
+from services.common.kafka import Kafka
 from services.common.runtime import Health
 from services.tickets import TicketStore
 

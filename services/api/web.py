@@ -22,8 +22,7 @@ from fastapi.templating import Jinja2Templates
 from services.api.context import ApiContext, context, header_agent
 from services.api.replies import ReplyError, ReplyRequest, post_reply, reply_form
 from services.common.config import Config, Mailbox, Member, Secret
-from services.tickets import Recipient, TicketDetail
-from services.tickets import PENDING_STATUSES
+from services.tickets import PENDING_STATUSES, Recipient, TicketDetail
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PAGE_SIZE = 50
@@ -237,8 +236,8 @@ def settings_test(
     ctx: ApiContext = Depends(context),
 ) -> HTMLResponse:
     """Send a test email from the mailbox to ``to`` and show the server's answer."""
-    from services.mailcheck import send_test
     from services.common.smtp_failures import SmtpFailure
+    from services.mailcheck import send_test
 
     box = _mailbox_of(ctx.config, key, mailbox)
     result: dict[str, Any]

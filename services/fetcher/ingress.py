@@ -44,10 +44,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from services.common import metrics
 from services.common.blobs import BlobStore
 from services.common.bus import Out
-from services.common.kafka import Producer
 from services.common.codec import codec
 from services.common.config import Config
 from services.common.errors import Transient
+from services.common.kafka import Producer
 from services.fetcher.records import inbound_record
 
 log = logging.getLogger("deskmail.fetcher.ingress")

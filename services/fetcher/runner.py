@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from services.common.blobs import BlobStore, FolderBlobStore
-from services.common.kafka import Kafka, Producer
 from services.common.config import Config
+from services.common.kafka import Kafka, Producer
 from services.common.runtime import Health
 from services.fetcher.ingress import build_ingress
 from services.fetcher.worker import MailboxWorker

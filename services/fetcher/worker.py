@@ -46,10 +46,10 @@ from typing import Any, Literal
 from services.common import metrics
 from services.common.blobs import BlobStore
 from services.common.bus import Out
-from services.common.kafka import Producer
 from services.common.codec import codec
 from services.common.config import FetcherSettings, Mailbox
 from services.common.errors import Transient
+from services.common.kafka import Producer
 from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.common.runtime import Health
 from services.fetcher import records

@@ -31,16 +31,16 @@ from services.common import metrics
 from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
 from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
+from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
 from services.common.config import Config, Mailbox
 from services.common.errors import BadRecord, Stopping, Transient
 from services.common.kafka import Producer
 from services.common.mailrules import blocked_recipients
 from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.common.runtime import Health
-from services.common.stage import StageContext, StageSpec, run_stage
-from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
-from services.common.smtp_failures import PermanentFailure, SmtpFailure, TemporaryFailure
 from services.common.smtp import SendResult, SmtpPool
+from services.common.smtp_failures import PermanentFailure, SmtpFailure, TemporaryFailure
+from services.common.stage import StageContext, StageSpec, run_stage
 
 log = logging.getLogger("deskmail.sender")
 STAGE = "sender"

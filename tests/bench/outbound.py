@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from kafka import KafkaConsumer  # noqa: E402
 
 from services.common.bus import Out  # noqa: E402
-from services.common.kafka import Kafka  # noqa: E402
 from services.common.codec import codec  # noqa: E402
-from services.common.mailrules import new_message_id, subject_for  # noqa: E402
-from services.localbroker import LocalBroker  # noqa: E402
 from services.common.compose import as_bytes, compose, recipients  # noqa: E402
+from services.common.kafka import Kafka  # noqa: E402
+from services.common.mailrules import new_message_id, subject_for  # noqa: E402
 from services.common.smtp import SmtpPool  # noqa: E402
+from services.localbroker import LocalBroker  # noqa: E402
 from tests.harness.smtp import SmtpServer  # noqa: E402
 from tests.harness.stack import Stack, wait_for  # noqa: E402
 

@@ -15,9 +15,9 @@ import pytest
 from kafka import KafkaConsumer
 from prometheus_client import REGISTRY
 
-from services.common.kafka import Kafka
 from services.common.codec import codec
 from services.common.config import Config, parse_text
+from services.common.kafka import Kafka
 from services.common.runtime import Health
 from services.fetcher.runner import run_fetcher
 from services.localbroker import LocalBroker

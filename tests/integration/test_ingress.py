@@ -18,9 +18,9 @@ from kafka import KafkaConsumer
 from prometheus_client import REGISTRY
 
 from services.common.blobs import FolderBlobStore
-from services.common.kafka import Kafka, Producer
 from services.common.codec import codec
 from services.common.config import Config, parse_text
+from services.common.kafka import Kafka, Producer
 from services.fetcher.ingress import IngressServer, build_ingress
 from services.fetcher.runner import inline_max_bytes, start_ingress
 from services.localbroker import LocalBroker, free_port

@@ -23,17 +23,17 @@ from kafka import KafkaConsumer
 from prometheus_client import REGISTRY
 
 from services.common.bus import Out
-from services.common.kafka import Kafka
 from services.common.codec import codec
+from services.common.compose import as_bytes, compose
 from services.common.config import Config, parse_text
+from services.common.kafka import Kafka
 from services.common.mailrules import new_message_id, subject_for
 from services.common.runtime import Health
+from services.common.smtp import SmtpPool
+from services.common.smtp_failures import PermanentFailure
 from services.localbroker import LocalBroker
 from services.mailcheck import Step, check_mailbox, send_test
-from services.common.compose import as_bytes, compose
 from services.sender.runner import run_sender
-from services.common.smtp_failures import PermanentFailure
-from services.common.smtp import SmtpPool
 from tests.harness.dovecot import DovecotServer
 from tests.harness.smtp import SmtpServer
 from tests.harness.stack import REPO, Stack, wait_for

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
 from services.common.mailrules import new_message_id
 from services.router import mailparse
-from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
 
 LONG_ID = "CAFooBarBazQuux1234567890abcdefghijklmnopqrstuvwxyz0123456789-0123456789@mail.gmail.com"
 

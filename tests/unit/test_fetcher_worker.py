@@ -28,13 +28,13 @@ from prometheus_client import REGISTRY
 from services.common.blobs import FolderBlobStore
 from services.common.bus import Out
 from services.common.codec import codec
-from services.common.retry import FakeClock
 from services.common.config import FetcherSettings, Imap, Mailbox, MarkSettings, Secret
 from services.common.errors import Transient
+from services.common.retry import FakeClock
 from services.common.runtime import Health
 from services.fetcher import imap as imapmod
-from services.fetcher.imap import SESSION_ERRORS, MailboxError, classify, connect
 from services.fetcher.batches import plan_batches
+from services.fetcher.imap import SESSION_ERRORS, MailboxError, classify, connect
 from services.fetcher.marks import keywords_supported, search_criteria
 from services.fetcher.worker import MailboxWorker, announces_new_mail, inbound_record
 

@@ -17,9 +17,9 @@ from services.common.config import Config, Smtp, parse_text
 from services.common.errors import BadRecord, Stopping
 from services.common.retry import FakeClock
 from services.common.runtime import Health
-from services.sender.runner import SenderStep
-from services.common.smtp_failures import PermanentFailure, TemporaryFailure
 from services.common.smtp import SendResult
+from services.common.smtp_failures import PermanentFailure, TemporaryFailure
+from services.sender.runner import SenderStep
 
 
 def config(allow_outbound: bool = True, smtp: bool = True) -> Config:
