@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from services.common.mailrules import format_ticket_key
 from services.tickets import statements as st
 from services.tickets.commands import AttachmentFile, Command
 from services.tickets.rows import inserted_id
@@ -149,7 +150,7 @@ def _resolve_thread(conn: Connection, c: Command) -> _Ticket | None:
 def _create_ticket(conn: Connection, c: Command) -> tuple[int, Applied]:
     assert c.queue is not None
     number = _next_number(conn, c.queue)
-    key = f"{c.queue}-{number}"
+    key = format_ticket_key(c.queue, number)
     result = conn.execute(
         st.INSERT_TICKET,
         {
