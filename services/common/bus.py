@@ -16,7 +16,9 @@ What a step may raise decides what happens to the record:
   loop commits what came before, rewinds every partition of the batch to its
   first unfinished record, pauses all assigned partitions and keeps polling (so
   the consumer stays in its group; max.poll.interval.ms is never missed), then
-  resumes them after a growing backoff and tries again.
+  resumes them after a growing backoff and tries again. A record the broker
+  would not take or acknowledge is handled the same way (nothing unacknowledged
+  is committed; the batch is processed again, idempotently).
 * ``Stopping`` (or a stop requested during a retry): commit what came before,
   leave this record uncommitted, return.
 * anything else: propagates and stops the process; nothing of the batch is
@@ -218,7 +220,7 @@ class ConsumeLoop:
             self._commit(pending, done, batches)
             self.stop.set()
             return
-        except _GiveUp:
+        except (_GiveUp, Transient):  # a dependency stayed down, or the broker would not take a record
             if self._commit(pending, done, batches):
                 self._pause(batches, done)
             return

@@ -109,14 +109,19 @@ class MemorySink:
     """A producer: records reach the broker only in ``wait`` (the "ack").
 
     ``fail_waits`` makes that many next ``wait`` calls raise ``Transient`` (the
-    broker did not acknowledge) without storing anything.
+    broker did not acknowledge) without storing anything; ``fail_sends`` the
+    same for ``send`` (the broker would not take the record).
     """
 
     def __init__(self, broker: MemoryBroker):
         self.broker = broker
         self.fail_waits = 0
+        self.fail_sends = 0
 
     def send(self, out: Out) -> Out:
+        if self.fail_sends:
+            self.fail_sends -= 1
+            raise Transient("no metadata for the topic in time")
         return out
 
     def wait(self, pending: Sequence[tuple[Out, Any]], stage: str) -> None:

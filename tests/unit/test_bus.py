@@ -196,6 +196,15 @@ def test_an_unacknowledged_batch_is_not_committed_and_is_processed_again() -> No
     assert h.values(OUT) == [b"out:0", b"out:1"]  # the first attempt reached nothing
 
 
+def test_a_record_the_broker_would_not_take_is_processed_again_after_a_pause() -> None:
+    h = Harness(n=3)
+    step = Echo(h.broker)
+    h.sink.fail_sends = 1  # the first record's output
+    h.run(step, until=lambda: h.committed() == 3)
+    assert step.seen == [0, 0, 1, 2]
+    assert h.values(OUT) == [b"out:0", b"out:1", b"out:2"]
+
+
 def test_a_programming_error_stops_the_loop_after_committing_what_is_durable() -> None:
     h = Harness(n=4)
     step = Echo(h.broker, fail=lambda r: TypeError("bug") if r.offset == 2 else None)
