@@ -48,13 +48,13 @@ def parse_url(url: str) -> URL:
     except (ArgumentError, ValueError):
         # SQLAlchemy's message may quote the URL, password and all: not chained.
         raise BadDatabaseUrl(
-            "database_url is not a database URL: expected sqlite:///PATH or "
+            "database.url is not a database URL: expected sqlite:///PATH or "
             "postgresql+psycopg://USER:PASSWORD@HOST/DATABASE"
         ) from None
     backend = parsed.get_backend_name()
     if backend not in BACKENDS:
         raise BadDatabaseUrl(
-            f"database_url names the backend {backend!r}; the tickets database runs on "
+            f"database.url names the backend {backend!r}; the tickets database runs on "
             f"sqlite or postgresql: {safe_url(parsed)}"
         )
     return parsed
@@ -73,7 +73,7 @@ def build_engine(url: URL, *, sqlite_busy_timeout_s: float) -> Engine:
             return _sqlite_engine(url, sqlite_busy_timeout_s)
         return create_engine(url, pool_pre_ping=True)
     except (ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ArgumentError
-        raise BadDatabaseUrl(f"database_url cannot be used ({exc}): {safe_url(url)}") from exc
+        raise BadDatabaseUrl(f"database.url cannot be used ({exc}): {safe_url(url)}") from exc
 
 
 def _sqlite_engine(url: URL, busy_timeout_s: float) -> Engine:
