@@ -24,6 +24,7 @@ from typing import Any, Literal
 from services.common import smtp as smtp_mod
 from services.common.compose import as_bytes, compose, envelope_address, needs_smtputf8, recipients
 from services.common.config import Config, Imap, Mailbox, Smtp
+from services.common.config import message_id_key
 from services.common.mailrules import blocked_recipients, new_message_id, signature_for
 from services.common.smtp_failures import SmtpFailure
 from services.fetcher import imap as imap_mod
@@ -170,7 +171,7 @@ def send_test(config: Config, address: str, to: str, signature_alias: str | None
         "text": (f"This is a test email from deskmail, sent through the outgoing mail settings of "
                  f"{mailbox.address} ({mailbox.smtp.host}:{mailbox.smtp.port}).\n"
                  "If you can read it, answers to tickets of this queue can go out by email."),
-        "html": None, "message_id": new_message_id(outbound_id, from_address),
+        "html": None, "message_id": new_message_id(outbound_id, from_address, key=message_id_key(config), ticket=None),
         "in_reply_to": None, "references": [], "attachments": [],
         "created_at": datetime.now(timezone.utc),
     }

@@ -27,6 +27,7 @@ from typing import Any
 
 from services.common.codec import CodecError, codec
 from services.common.config import Config, Mailbox, Member, Queue, Signature
+from services.common.config import message_id_key
 from services.common.mailrules import UnknownSignature, blocked_recipients, new_message_id, signature_for, subject_for
 from services.tickets import (
     InvalidReply,
@@ -307,7 +308,7 @@ def post_reply(
     if plan.send_email:
         assert plan.from_address is not None
         outbound_id = make_id()
-        message_id = new_message_id(outbound_id, plan.from_address)
+        message_id = new_message_id(outbound_id, plan.from_address, key=message_id_key(config), ticket=ticket.key)
         encoder = codec("OutboundMail")
 
         def encode(threading: Threading) -> bytes:

@@ -22,25 +22,31 @@
 - **Reply subjects.** Leading reply/forward prefixes (``Re:``, ``RE[2]:``, ``AW:``,
   ``Fwd:``, ``Ответ:``, ...) and ``subject_for``, the subject of deskmail's
   own mail: ``Re: [SUPPORT-12] original``.
-- **Message-IDs.** ``new_message_id`` for outgoing mail, ``synthetic_message_id``
-  for incoming mail that has none.
+- **Message-IDs.** ``new_message_id`` for outgoing mail (with a token only the
+  holder of ``organization.message_id_key`` can write, checked by
+  ``verify_message_id``), ``synthetic_message_id`` for incoming mail that has none.
 - **Recipients.** ``blocked_recipients``: whom a queue may not mail.
 - **Signatures.** ``signature_for``: a mailbox's signature by alias, default its
   first.
 
-Everything here is pure: no I/O, no clock.
+Everything here is pure: no I/O, no clock (``new_message_id`` draws its nonce
+from ``secrets`` unless given one).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
+import secrets
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from services.common.ids import SYNTHETIC_MESSAGE_ID_DOMAIN
 
 if TYPE_CHECKING:  # the config's schema validates queue keys with the rule below
-    from services.common.config import Config, Mailbox, Signature
+    from services.common.config import Config, Mailbox, Secret, Signature
 
 __all__ = [
     "QUEUE_KEY_RULE",
@@ -57,6 +63,7 @@ __all__ = [
     "strip_reply_prefixes",
     "subject_for",
     "synthetic_message_id",
+    "verify_message_id",
 ]
 
 # ---------------------------------------------------------------- ticket keys
@@ -153,6 +160,8 @@ def subject_for(ticket_key: str, original_subject: str) -> str:
 # ---------------------------------------------------------------- Message-IDs
 
 _ID_SAFE = re.compile(r"[A-Za-z0-9_-]")
+_NONCE_BYTES = 16
+_MAC_BYTES = 16  # 128 bits: past guessing, and the id stays short
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -174,21 +183,65 @@ def ascii_domain(domain: str) -> str:
         raise AddressError(f"{domain!r} is not a valid domain name") from None
 
 
-def new_message_id(outbound_id: str, from_address: str) -> str:
-    """The Message-ID (without brackets) for an outbound mail: ``deskmail.<id>@<domain>``.
+def new_message_id(
+    outbound_id: str,
+    from_address: str,
+    *,
+    key: Secret,
+    ticket: str | None,
+    nonce: bytes | None = None,
+) -> str:
+    """The Message-ID (without brackets) for an outbound mail:
+    ``deskmail.<id>.<nonce>.<mac>@<domain>``.
 
-    Stable for one outbound id, so a retried or re-consumed mail keeps its id and
-    receivers can drop the duplicate. Characters of the id outside
-    ``[A-Za-z0-9_-]`` are written as ``=XX`` (hex of their UTF-8 bytes), which
-    keeps the result a valid dot-atom and distinct ids distinct. Raises
+    ``<nonce>`` is 16 random bytes and ``<mac>`` an HMAC-SHA256 (first 16 bytes)
+    under ``key`` of the ticket key, the outbound id (which names the comment)
+    and the nonce, both in hex: nobody without the key can make up a Message-ID
+    deskmail would have written, nor derive one ticket's from another's, so an
+    answer naming one proves its writer saw that mail. ``ticket`` is None for
+    mail of no ticket (``deskmail mail send-test``). The result is random: call
+    it once per mail and keep it with the mail (the outbox payload does), so a
+    retried or re-consumed mail keeps its id and receivers can drop the
+    duplicate. ``nonce`` is for tests only. Characters of the outbound id
+    outside ``[A-Za-z0-9_-]`` are written as ``=XX`` (hex of their UTF-8 bytes),
+    which keeps the result a valid dot-atom and distinct ids distinct. Raises
     AddressError for a sender domain that cannot be encoded.
     """
-    local = "".join(
+    nonce = secrets.token_bytes(_NONCE_BYTES) if nonce is None else nonce
+    domain = ascii_domain(from_address.rpartition("@")[2] or "deskmail.invalid")
+    mac = _message_id_mac(key, ticket, outbound_id, nonce)
+    return f"deskmail.{_id_local(outbound_id)}.{nonce.hex()}.{mac}@{domain}"
+
+
+def verify_message_id(message_id: str, *, key: Secret, ticket: str | None, outbound_id: str) -> bool:
+    """True when ``message_id`` is one ``new_message_id`` wrote under ``key``
+    for this ticket and outbound id (any domain, brackets allowed)."""
+    local = message_id.strip().strip("<>").rpartition("@")[0]
+    parts = local.split(".")  # the outbound id's own dots are written as =2E
+    if len(parts) != 4 or parts[0] != "deskmail" or parts[1] != _id_local(outbound_id):
+        return False
+    try:
+        nonce = bytes.fromhex(parts[2])
+    except ValueError:
+        return False
+    if len(nonce) != _NONCE_BYTES:
+        return False
+    return hmac.compare_digest(parts[3], _message_id_mac(key, ticket, outbound_id, nonce))
+
+
+def _id_local(outbound_id: str) -> str:
+    return "".join(
         c if _ID_SAFE.fullmatch(c) else "".join(f"={b:02X}" for b in c.encode("utf-8"))
         for c in outbound_id
     )
-    domain = ascii_domain(from_address.rpartition("@")[2] or "deskmail.invalid")
-    return f"deskmail.{local}@{domain}"
+
+
+def _message_id_mac(key: Secret, ticket: str | None, outbound_id: str, nonce: bytes) -> str:
+    # JSON keeps the fields apart whatever they hold; the label keeps this key's
+    # MACs from meaning anything anywhere else.
+    fields = json.dumps(["deskmail message-id v1", ticket or "", outbound_id, nonce.hex()])
+    digest = hmac.new(key.reveal().encode("utf-8"), fields.encode("utf-8"), hashlib.sha256).digest()
+    return digest[:_MAC_BYTES].hex()
 
 
 def synthetic_message_id(sha256_hex: str) -> str:

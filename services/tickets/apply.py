@@ -3,9 +3,10 @@
 ``apply_command`` is idempotent: a command already applied, an IMAP message
 already received (mailbox, UIDVALIDITY, UID), or a Message-ID already known in
 the queue answers ``duplicate`` and changes nothing. A ``comment`` is threaded
-by In-Reply-To/References, then by the ticket key in the subject; one that
-finds no thread opens a ticket, unless it is ``reply_only`` (then it is
-rejected). Ticket numbers come from a counter row locked by the transaction,
+by In-Reply-To/References within its queue, then by the ticket key in the
+subject when its author is a participant or a member (``_resolve_thread``);
+one that finds no thread opens a ticket, unless it is ``reply_only`` (then it
+is rejected). Ticket numbers come from a counter row locked by the transaction,
 so they have no gaps. A unique-constraint race with a concurrent ticketer
 raises ``IntegrityError`` here; the store re-runs the command once.
 """
@@ -123,9 +124,17 @@ def _record(conn: Connection, c: Command, ticket_id: int, applied: Applied) -> N
 
 
 def _resolve_thread(conn: Connection, c: Command) -> _Ticket | None:
-    """In-Reply-To, then References newest first, against known Message-IDs
-    (this queue before any other queue); then the ticket key in the subject,
-    which must name a ticket of this queue."""
+    """The ticket ``c`` writes into, or None (see "Threading: who may write into
+    a ticket" in docs/security.md):
+
+    - In-Reply-To, then References newest first, naming a Message-ID of a ticket
+      of the command's queue: never another queue's, whatever the headers say.
+      A ``reply_only`` command (an outsider on a members-only address) counts
+      only the Message-IDs of mail deskmail sent, not of mail it received;
+    - else the ticket key in the subject, of this queue, if the author may write
+      into that ticket by name (``_may_name``). A ``reply_only`` command never
+      threads by key.
+    """
     candidates: list[str] = []
     for message_id in (c.in_reply_to, *reversed(c.references)):
         if message_id and message_id not in candidates:
@@ -133,18 +142,31 @@ def _resolve_thread(conn: Connection, c: Command) -> _Ticket | None:
     candidates = candidates[:_MAX_THREAD_CANDIDATES]
     row: Any = None  # a Row from either query below
     if candidates:
-        matches = conn.execute(st.THREAD_MATCHES, {"message_ids": candidates}).all()
+        matches = conn.execute(st.THREAD_MATCHES, {"message_ids": candidates, "queue": c.queue}).all()
+        if c.reply_only:
+            matches = [r for r in matches if r.kind == "mail_out"]
         rank = {message_id: i for i, message_id in enumerate(candidates)}
-        row = min(
-            matches,
-            key=lambda r: (r.queue != c.queue, rank[r.message_id], r.id),
-            default=None,
-        )
-    if row is None and c.ticket_key_hint is not None and not c.reply_only:  # a key in a subject is easy to guess
-        row = conn.execute(st.TICKET_BY_KEY, {"key": c.ticket_key_hint, "queue": c.queue}).first()
+        row = min(matches, key=lambda r: (rank[r.message_id], r.id), default=None)
+    if row is None and c.ticket_key_hint is not None and not c.reply_only:
+        found = conn.execute(st.TICKET_BY_KEY, {"key": c.ticket_key_hint, "queue": c.queue}).first()
+        if found is not None and _may_name(conn, c, found.id):
+            row = found
     if row is None:
         return None
     return _Ticket(id=row.id, key=row.key, updated_at=row.updated_at)
+
+
+def _may_name(conn: Connection, c: Command, ticket_id: int) -> bool:
+    """A key in a subject is easy to guess: it admits only the ticket's
+    participants and the organization's members. The router sends a member's
+    comment only for a queue the member has access to (it rejects the others),
+    so ``author.member`` here means "a member with access to this queue"; the
+    flag is what the router read from the From address until sender
+    authentication proves it."""
+    if c.author.member:
+        return True
+    email = c.author.email.strip().lower()
+    return bool(email) and conn.execute(st.IS_PARTICIPANT, {"ticket_id": ticket_id, "email": email}).first() is not None
 
 
 def _create_ticket(conn: Connection, c: Command) -> tuple[int, Applied]:

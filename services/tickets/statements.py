@@ -53,14 +53,25 @@ SEEN_BEFORE = (
     .limit(1)
 )
 REJECTED = select(rejections.c.id).where(rejections.c.command_id == bindparam("command_id"))
-THREAD_MATCHES = select(
-    messages.c.queue, messages.c.message_id, tickets.c.id, tickets.c.key, tickets.c.updated_at
-).where(
-    messages.c.message_id.in_(bindparam("message_ids", expanding=True)),
-    tickets.c.id == messages.c.ticket_id,
+# Tickets of the command's queue only: threading never crosses queues. The
+# comment's kind tells deskmail's own mail (mail_out) from mail it received.
+THREAD_MATCHES = (
+    select(messages.c.message_id, comments.c.kind, tickets.c.id, tickets.c.key, tickets.c.updated_at)
+    .select_from(
+        messages.join(tickets, tickets.c.id == messages.c.ticket_id).outerjoin(
+            comments, comments.c.id == messages.c.comment_id
+        )
+    )
+    .where(
+        messages.c.message_id.in_(bindparam("message_ids", expanding=True)),
+        tickets.c.queue == bindparam("queue"),
+    )
 )
 TICKET_BY_KEY = select(tickets.c.id, tickets.c.key, tickets.c.updated_at).where(
     tickets.c.key == bindparam("key"), tickets.c.queue == bindparam("queue")
+)
+IS_PARTICIPANT = select(participants.c.id).where(
+    participants.c.ticket_id == bindparam("ticket_id"), participants.c.email == bindparam("email")
 )
 BUMP_COUNTER = (
     update(queue_counters)

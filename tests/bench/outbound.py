@@ -31,6 +31,7 @@ from kafka import KafkaConsumer  # noqa: E402
 from services.common.bus import Out  # noqa: E402
 from services.common.codec import codec  # noqa: E402
 from services.common.compose import as_bytes, compose, recipients  # noqa: E402
+from services.common.config import Secret  # noqa: E402
 from services.common.kafka import Kafka  # noqa: E402
 from services.common.mailrules import new_message_id, subject_for  # noqa: E402
 from services.common.smtp import SmtpPool  # noqa: E402
@@ -39,6 +40,7 @@ from tests.harness.smtp import SmtpServer  # noqa: E402
 from tests.harness.stack import Stack, wait_for  # noqa: E402
 
 ADDRESS = "support@example.com"
+KEY = Secret("bench-message-id-key", "bench")
 WORDS = ("счёт", "invoice", "доставка", "order", "refund", "возврат", "please", "спасибо", "account", "пароль")
 
 
@@ -50,7 +52,7 @@ def comment(i: int, rng: random.Random) -> dict[str, Any]:
         "mailbox": ADDRESS, "from_address": ADDRESS, "alias": rng.choice(["Example support", "Служба поддержки"]),
         "signature": "--\nExample Inc. customer support", "to": [{"email": f"c{i % 300}@customer.test", "name": None}],
         "cc": [], "subject": subject_for(f"SUPPORT-{i + 1}", f"Re: {rng.choice(WORDS)} {i}"), "text": text,
-        "html": None if i % 3 else f"<p>{text}</p>", "message_id": new_message_id(out_id, ADDRESS),
+        "html": None if i % 3 else f"<p>{text}</p>", "message_id": new_message_id(out_id, ADDRESS, key=KEY, ticket=f"SUPPORT-{i + 1}"),
         "in_reply_to": f"q{i}@customer.test", "references": [f"q{i}@customer.test"], "attachments": [],
         "created_at": datetime.now(timezone.utc),
     }

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import email
 import json
+import re
+import stat
 import textwrap
 import urllib.request
+import uuid
 from email import policy
 from pathlib import Path
 
@@ -51,6 +54,13 @@ def _config(unique, dovecot, smtp: SmtpServer, data: Path, support: str) -> str:
                 signatures:
                   - {{alias: Поддержка Example, text: "--\\nExample Inc. customer support"}}
         """)
+
+
+def _keyed_mail(sender: str, to: str, subject: str, text: str) -> bytes:
+    """A mail that names a ticket only by the key in its subject: no In-Reply-To, no References."""
+    return (f"From: <{sender}>\r\nTo: <{to}>\r\nDate: Sun, 01 Nov 2026 10:00:00 +0000\r\n"
+            f"Message-ID: <keyed-{uuid.uuid4().hex}@customer.test>\r\nSubject: {subject}\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n").encode()
 
 
 def _post(url: str, body: dict) -> dict:
@@ -121,10 +131,27 @@ def test_customer_mail_agent_reply_and_customer_answer(tmp_path, dovecot, broker
             assert "Got it, thank you!" in thread[1]["text"]
             assert store.count_tickets(queue="SUPPORT") == 1
 
+            # 5. only participants write by ticket key: a stranger's "Re: [KEY]" without
+            # threading headers opens a ticket of its own; the customer's still threads
+            stranger = f"{unique('mallory')}@elsewhere.test"
+            dovecot.append(support, "imap-pw", _keyed_mail(stranger, support, f"Re: [{key}] {subject}", "mine now"))
+            wait_for(lambda: store.count_tickets(queue="SUPPORT") == 2, 60, "the stranger's own ticket")
+            dovecot.append(support, "imap-pw", _keyed_mail(customer, support, f"Re: [{key}] {subject}", "one more"))
+            wait_for(lambda: len(_get(f"{api}/tickets/{key}")["thread"]) == 3, 60, "the customer's keyed answer")
+            ticket = _get(f"{api}/tickets/{key}")
+            assert [e["author"] for e in ticket["thread"]] == ["alice@example.com", customer, customer]
+            assert stranger not in json.dumps(ticket)
+
+            # the Message-ID carries a token signed with a key made once in the data folder
+            assert re.fullmatch(r"deskmail\.out-[0-9a-f]+\.[0-9a-f]{32}\.[0-9a-f]{32}@example\.com", agent_mid)
+            key_file = tmp_path / "data" / "message-id.key"
+            assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+            message_id_key = key_file.read_text().strip()
+
             # no secret leaks into what the processes wrote
             for name in ("fetcher", "router", "ticketer", "sender", "api"):
                 log = stack.log(name)
-                assert SMTP_PASSWORD not in log and "imap-pw" not in log, name
+                assert SMTP_PASSWORD not in log and "imap-pw" not in log and message_id_key not in log, name
             assert stack.stop() == {n: 0 for n in ("ticketer", "router", "fetcher", "sender", "api")}
         finally:
             stack.stop()

@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 from services.common.bus import Out
 from services.common.codec import codec
 from services.common.compose import as_bytes, compose
-from services.common.config import Config, parse_text
+from services.common.config import Config, Secret, parse_text
 from services.common.kafka import Kafka
 from services.common.mailrules import new_message_id, subject_for
 from services.common.runtime import Health
@@ -226,7 +226,7 @@ def outbound(env: Env, n: int = 1, **overrides: Any) -> dict[str, Any]:
         "mailbox": env.address, "from_address": env.address, "alias": "Example support",
         "signature": "--\nExample Inc. customer support", "to": [{"email": env.customer, "name": "Carol"}],
         "cc": [], "subject": subject_for(f"SUPPORT-{n}", f"Invoice {n}"), "text": f"Here is invoice {n}.",
-        "html": None, "message_id": new_message_id(out_id, env.address), "in_reply_to": f"q{n}@customer.test",
+        "html": None, "message_id": new_message_id(out_id, env.address, key=Secret("k" * 32, "test"), ticket=f"SUPPORT-{n}"), "in_reply_to": f"q{n}@customer.test",
         "references": [f"root{n}@customer.test", f"q{n}@customer.test"], "attachments": [],
         "created_at": datetime.now(timezone.utc),
     }

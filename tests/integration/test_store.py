@@ -22,12 +22,15 @@ from services.tickets import (
     AttachmentInfo,
     InvalidCommand,
     Participant,
+    Recipient,
     Rejection,
     ThreadEntry,
     TicketDetail,
     TicketStore,
     TicketSummary,
 )
+from services.common.config import Secret
+from services.common.mailrules import new_message_id
 from services.tickets.migrations import alembic_config
 from services.tickets.tables import metadata
 from tests.harness.postgres import PostgresCluster
@@ -39,10 +42,23 @@ T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
 ANN = {"email": "ann@customer.org", "name": "Ann Customer", "member": False}
 BOB = {"email": "bob@customer.org", "name": "Bob Customer", "member": False}
 ALICE = {"email": "alice@example.com", "name": "Alice Agent", "member": True}
+MALLORY = {"email": "mallory@elsewhere.test", "name": "Mallory", "member": False}
+MESSAGE_ID_KEY = Secret("integration-test-message-id-key", "test")
 
 
 def reply(n: int, **overrides: Any) -> dict[str, Any]:
     return command(n, action="comment", classification="reply", **overrides)
+
+
+def agent_mail(store: TicketStore, key: str, to: str = "ann@customer.org", n: int = 1) -> str:
+    """An agent's emailed reply on ``key``; its Message-ID as deskmail writes them."""
+    message_id = new_message_id(f"out-{n}", "support@example.com", key=MESSAGE_ID_KEY, ticket=key)
+    store.add_reply(
+        key, author_email="alice@example.com", author_name="Alice Agent", text=f"Answer {n}",
+        send_email=True, to=[Recipient(to, None)], outbound_id=f"out-{n}", message_id=message_id,
+        build_outbound=lambda threading_: b"encoded OutboundMail", now=T0 + timedelta(hours=n),
+    )
+    return message_id
 
 
 def row_counts(store: TicketStore) -> dict[str, int]:
@@ -265,16 +281,20 @@ def test_reply_by_references_takes_the_newest_known(store: TicketStore) -> None:
     assert store.count_tickets() == 2
 
 
-def test_reply_prefers_this_queue_then_any_queue(store: TicketStore) -> None:
-    store.apply(command(1, queue="SALES"))
+def test_threading_never_crosses_queues(store: TicketStore) -> None:
+    store.apply(command(1, queue="SALES", mailbox="sales@example.com"))
     store.apply(command(2))
-    # In-Reply-To is known only in SALES, an older Reference in SUPPORT: SUPPORT wins.
+    # In-Reply-To is known only in SALES, an older Reference in SUPPORT: SUPPORT's.
     a = store.apply(reply(3, in_reply_to="msg-1@customer.org", references=["msg-2@customer.org"]))
     assert (a.outcome, a.ticket_key) == ("commented", "SUPPORT-1")
-    # Known only in another queue: the comment goes there.
-    b = store.apply(reply(4, in_reply_to="msg-1@customer.org"))
-    assert (b.outcome, b.ticket_key) == ("commented", "SALES-1")
-    assert store.count_tickets() == 2
+    # Known only in another queue: a new ticket in the queue the mail came to,
+    # not a comment in SALES (this test used to pin that it went there).
+    b = store.apply(reply(4, author=MALLORY, in_reply_to="msg-1@customer.org", references=["msg-1@customer.org"]))
+    assert b == Applied("created", "SUPPORT-2", None)
+    sales = store.get_ticket("SALES-1")
+    assert sales is not None and sales.thread == ()
+    assert [p.email for p in sales.participants] == ["ann@customer.org"]
+    assert store.count_tickets() == 3
 
 
 def test_reply_by_ticket_key_in_subject(store: TicketStore) -> None:
@@ -287,6 +307,54 @@ def test_reply_by_ticket_key_in_subject(store: TicketStore) -> None:
     assert missing == Applied("created", "SUPPORT-2", None)
     other_queue = store.apply(reply(5, ticket_key_hint="SALES-1"))
     assert other_queue == Applied("created", "SUPPORT-3", None)
+
+
+# -- who may write into a ticket (docs/security.md) ---------------------------
+
+
+def test_a_stranger_naming_a_ticket_key_opens_a_new_ticket(store: TicketStore) -> None:
+    store.apply(command(1, participants=[BOB]))
+    before = store.get_ticket("SUPPORT-1")
+    injected = reply(2, author=MALLORY, subject="Re: [SUPPORT-1] Subject 1", ticket_key_hint="SUPPORT-1",
+                     participants=[{"email": "eve@elsewhere.test", "name": None, "member": False}])
+    assert store.apply(injected) == Applied("created", "SUPPORT-2", None)
+    assert store.get_ticket("SUPPORT-1") == before  # no comment, no participant, not touched
+    own = store.get_ticket("SUPPORT-2")
+    assert own is not None and own.summary == "Re: [SUPPORT-1] Subject 1"
+    assert [(p.email, p.role) for p in own.participants] == [
+        ("mallory@elsewhere.test", "author"), ("eve@elsewhere.test", "participant")]
+    # A forged In-Reply-To that names no mail of the queue changes nothing either.
+    guessed = reply(3, author=MALLORY, ticket_key_hint="SUPPORT-1", in_reply_to="deskmail.out-1@example.com")
+    assert store.apply(guessed) == Applied("created", "SUPPORT-3", None)
+    assert store.get_ticket("SUPPORT-1") == before
+
+
+def test_the_customers_own_reply_with_only_the_key_threads(store: TicketStore) -> None:
+    store.apply(command(1))
+    # the router hands over the address as written; participants are stored lower-cased
+    ann = {**ANN, "email": "Ann@Customer.ORG"}
+    applied = store.apply(reply(2, author=ann, subject="Re: [SUPPORT-1] Subject 1", ticket_key_hint="SUPPORT-1"))
+    assert (applied.outcome, applied.ticket_key) == ("commented", "SUPPORT-1")
+
+
+def test_participants_and_members_with_only_the_key_thread(store: TicketStore) -> None:
+    store.apply(command(1, participants=[BOB]))
+    agent_mail(store, "SUPPORT-1", to="carol@customer.org")  # Carol becomes a participant
+    carol = {"email": "carol@customer.org", "name": "Carol", "member": False}
+    for n, author in ((2, BOB), (3, carol), (4, ALICE)):
+        applied = store.apply(reply(n, author=author, ticket_key_hint="SUPPORT-1"))
+        assert (applied.outcome, applied.ticket_key) == ("commented", "SUPPORT-1"), author
+    assert store.count_tickets() == 1
+
+
+def test_a_known_message_id_of_the_queue_threads_whoever_writes(store: TicketStore) -> None:
+    # Naming a Message-ID of the ticket's mail shows its writer saw that mail
+    # (an outsider copied on it, say): that is a real participant.
+    store.apply(command(1))
+    sent = agent_mail(store, "SUPPORT-1")
+    for n, message_id in ((2, "msg-1@customer.org"), (3, sent)):
+        applied = store.apply(reply(n, author=MALLORY, in_reply_to=message_id))
+        assert (applied.outcome, applied.ticket_key) == ("commented", "SUPPORT-1")
 
 
 def test_comment_without_thread_falls_back_to_create(store: TicketStore) -> None:
@@ -534,11 +602,35 @@ def test_lost_postgres_connection_raises_operational_error() -> None:
 # -- replies from people who may not open tickets ----------------------------
 
 
-def test_reply_only_threads_onto_a_known_message_id(store: TicketStore) -> None:
+def test_reply_only_threads_onto_mail_deskmail_sent(store: TicketStore) -> None:
     store.apply(command(1))
-    reply = command(2, action="comment", classification="reply", in_reply_to="msg-1@customer.org",
-                    reply_only=True, reason="external_not_accepted: not a member")
-    assert store.apply(reply).outcome == "commented"
+    sent = agent_mail(store, "SUPPORT-1")
+    answer = reply(2, in_reply_to=sent, references=["msg-1@customer.org", sent],
+                   reply_only=True, reason="external_not_accepted: not a member")
+    applied = store.apply(answer)
+    assert (applied.outcome, applied.ticket_key) == ("commented", "SUPPORT-1")
+
+
+def test_reply_only_does_not_thread_onto_mail_deskmail_received(store: TicketStore) -> None:
+    # Alice (a member) opened the ticket on a members-only address, copying Mallory.
+    # Mallory's answer to Alice's own mail is not an answer to deskmail's (this
+    # test used to pin that it threaded).
+    store.apply(command(1, author=ALICE, participants=[MALLORY]))
+    store.apply(reply(2, author=ALICE, in_reply_to="msg-1@customer.org"))
+    answer = reply(3, author=MALLORY, in_reply_to="msg-2@customer.org", references=["msg-1@customer.org"],
+                   reply_only=True, reason="external_not_accepted: not a member")
+    assert store.apply(answer) == Applied("rejected", None, None)
+    detail = store.get_ticket("SUPPORT-1")
+    assert detail is not None and [e.message_id for e in detail.thread] == ["msg-2@customer.org"]
+
+
+def test_reply_only_does_not_thread_onto_another_queues_mail(store: TicketStore) -> None:
+    store.apply(command(1, queue="SALES", mailbox="sales@example.com"))
+    sent = agent_mail(store, "SALES-1")
+    answer = reply(2, in_reply_to=sent, reply_only=True, reason="external_not_accepted: not a member")
+    assert store.apply(answer) == Applied("rejected", None, None)
+    sales = store.get_ticket("SALES-1")
+    assert sales is not None and [e.kind for e in sales.thread] == ["mail_out"]
 
 
 def test_reply_only_without_a_known_thread_is_rejected_once(store: TicketStore) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
+from services.common.config import Secret
 from services.common.mailrules import new_message_id
 from services.router import mailparse
 
@@ -205,8 +206,9 @@ def test_the_same_record_composes_to_the_same_bytes() -> None:
 
 
 def test_message_id_is_written_in_brackets() -> None:
-    msg = parsed(as_bytes(compose(outbound(message_id=new_message_id("0f/1", "support@example.com")))))
-    assert msg["Message-ID"] == "<deskmail.0f=2F1@example.com>"
+    message_id = new_message_id("0f/1", "support@example.com", key=Secret("k" * 32, "test"), ticket="SUPPORT-12")
+    msg = parsed(as_bytes(compose(outbound(message_id=message_id))))
+    assert msg["Message-ID"] == f"<{message_id}>"
 
 
 def test_recipients_and_envelope_addresses() -> None:

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from services.common.config import ConfigError, parse_text
+from services.common.config import ConfigError, Secret, parse_text
 from services.common.mailrules import (
     QUEUE_KEY_RULE,
     AddressError,
@@ -216,14 +216,21 @@ def test_subject_for_leaves_markers_that_are_not_ticket_keys() -> None:
 
 # -- Message-IDs ----------------------------------------------------------------
 
+KEY = Secret("unit-test-message-id-key", "test")
+
 
 def test_new_message_id() -> None:
-    assert new_message_id("out-1", "support@example.com") == "deskmail.out-1@example.com"
-    assert new_message_id("out-1", "Support@EXAMPLE.com") == "deskmail.out-1@example.com"
-    assert new_message_id("a/b c.ü", "x@пример.рф") == "deskmail.a=2Fb=20c=2E=C3=BC@xn--e1afmkfd.xn--p1ai"
-    assert new_message_id("a.b", "x@example.com") != new_message_id("a_b", "x@example.com")
+    # The token's own properties are tested in test_message_id.py.
+    def local_and_domain(outbound_id: str, from_address: str) -> tuple[str, str]:
+        local, _, domain = new_message_id(outbound_id, from_address, key=KEY, ticket="SUPPORT-1").partition("@")
+        return local.rsplit(".", 2)[0], domain
+
+    assert local_and_domain("out-1", "support@example.com") == ("deskmail.out-1", "example.com")
+    assert local_and_domain("out-1", "Support@EXAMPLE.com") == ("deskmail.out-1", "example.com")
+    assert local_and_domain("a/b c.ü", "x@пример.рф") == ("deskmail.a=2Fb=20c=2E=C3=BC", "xn--e1afmkfd.xn--p1ai")
+    assert local_and_domain("a.b", "x@example.com") != local_and_domain("a_b", "x@example.com")
     with pytest.raises(AddressError, match="is not a valid domain name"):
-        new_message_id("out-1", "x@пример..рф")
+        new_message_id("out-1", "x@пример..рф", key=KEY, ticket=None)
 
 
 def test_synthetic_message_id_is_stable_and_lower_case() -> None:

@@ -8,10 +8,11 @@ settings or secrets.
 The package: ``schema`` (the file as written), ``model`` (the frozen runtime
 objects and their lookups), ``secrets`` (references and ``Secret``), ``hostport``
 (listen addresses), ``loader`` (YAML with line numbers, ``load``,
-``ConfigError``). Import from here.
+``ConfigError``), ``keys`` (the Message-ID key, ``message_id_key``). Import from here.
 """
 
 from services.common.config.hostport import HostPort
+from services.common.config.keys import message_id_key
 from services.common.config.loader import ConfigError, Problem, load, parse_text
 from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
 from services.common.config.schema import (
@@ -72,5 +73,6 @@ __all__ = [
     "SmtpSettings",
     "TicketDefaults",
     "load",
+    "message_id_key",
     "parse_text",
 ]

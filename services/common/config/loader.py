@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
 from services.common.config.schema import TOPIC_NAMES, ConfigModel
-from services.common.config.secrets import Secret, SecretRef, SecretUnavailable, resolve
+from services.common.config.secrets import MIN_KEY_CHARS, Secret, SecretRef, SecretUnavailable, resolve
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,15 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
     kafka_password = None
     if model.kafka.sasl_password is not None:
         kafka_password = _resolve(model.kafka.sasl_password, ("kafka", "sasl_password"), lines, problems)
+    message_id_key = None
+    if model.organization.message_id_key is not None:
+        kloc = ("organization", "message_id_key")
+        unresolved = len(problems)
+        message_id_key = _resolve(model.organization.message_id_key, kloc, lines, problems)
+        if len(problems) == unresolved and len(message_id_key.reveal()) < MIN_KEY_CHARS:
+            problems.append(Problem(_line_for(kloc, lines), _where(kloc),
+                                    f"the key from {message_id_key.source} is shorter than "
+                                    f"{MIN_KEY_CHARS} characters"))
     if problems:
         raise ConfigError(path, problems)
 
@@ -217,4 +226,5 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         metrics=model.metrics,
         organization=model.organization,
         queues=tuple(queues),
+        message_id_key=message_id_key,
     )

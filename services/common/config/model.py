@@ -92,6 +92,8 @@ class Config:
     metrics: MetricsSettings
     organization: Organization
     queues: tuple[Queue, ...]
+    # organization.message_id_key resolved; None: use the data folder's (config.keys)
+    message_id_key: Secret | None = None
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property

@@ -149,6 +149,9 @@ class Organization(_Model):
     name: str = "deskmail"
     domains: tuple[str, ...] = ()
     members: tuple[Member, ...] = ()
+    # Signs the token in every outgoing Message-ID (mailrules.new_message_id).
+    # Unset: a key made once in <data_dir>/message-id.key (config.keys).
+    message_id_key: SecretRef | None = None
 
 
 class TicketDefaults(_Model):

@@ -52,6 +52,11 @@ class SecretRef(BaseModel):
         return self
 
 
+# A signing key (organization.message_id_key) shorter than this is refused:
+# it could be guessed, and then so could every Message-ID signed with it.
+MIN_KEY_CHARS = 16
+
+
 class SecretUnavailable(Exception):
     """The reference cannot be resolved; the message names the variable or file, never a value."""
 
