@@ -10,6 +10,14 @@ external participants) and whether the queue may mail them at all
 (``allow_outbound_mail`` off: nobody outside the organization). A refused reply
 stores and sends nothing.
 
+Every value that goes into a header of the mail (each recipient's address and
+name, the signature alias, the subject, the From address) must be one line:
+a line break of any kind (``mailrules.check_header_text``) refuses the reply
+(``ReplyInvalid``) before anything is stored, and typed recipient lists are
+checked before they are split, so a U+2028 cannot turn one recipient into two.
+The record carries only In-Reply-To and References ids that are msg-ids
+(``mailrules.is_msg_id``), at most ``mailrules.MAX_REFERENCES`` of them.
+
 ``post_reply`` then builds the OutboundMail record (subject via
 ``subject_for``, pre-assigned Message-ID via ``new_message_id``) and hands it to
 ``TicketStore.add_reply``, which writes the comment and its outbox row in one
@@ -28,7 +36,17 @@ from typing import Any
 from services.common.codec import CodecError, codec
 from services.common.config import Config, Mailbox, Member, Queue, Signature
 from services.common.config import message_id_key
-from services.common.mailrules import UnknownSignature, blocked_recipients, new_message_id, signature_for, subject_for
+from services.common.mailrules import (
+    HeaderTextError,
+    UnknownSignature,
+    blocked_recipients,
+    check_header_text,
+    is_msg_id,
+    new_message_id,
+    signature_for,
+    subject_for,
+    trim_references,
+)
 from services.tickets import (
     InvalidReply,
     OutboundBuilder,
@@ -150,13 +168,15 @@ def default_recipients(config: Config, ticket: TicketDetail) -> tuple[Recipient,
     return tuple(out)
 
 
-def parse_addresses(values: Iterable[str]) -> tuple[Recipient, ...]:
+def parse_addresses(values: Iterable[str], field: str = "To") -> tuple[Recipient, ...]:
     """Addresses as typed by an agent: ``a@x.org``, ``Ann <a@x.org>``, several
-    per value separated by commas or semicolons. ReplyInvalid names a bad one."""
+    per value separated by commas or semicolons. ReplyInvalid names a bad one,
+    and a value with a line break (``field`` names it in the message)."""
     out: list[Recipient] = []
     for value in values:
-        if "\n" in value or "\r" in value:
-            raise ReplyInvalid(f"{value.strip()!r} is not an email address")
+        # Before splitting: getaddresses() ends an address at some line breaks
+        # (U+2028, NEL), which would make one typed recipient two.
+        _one_line(field, value)
         for name, email in getaddresses([value.replace(";", ",")]):
             if not name and not email:
                 continue
@@ -188,7 +208,7 @@ def plan_reply(
         )
     to = default_recipients(config, ticket) if request.to is None else parse_addresses(request.to)
     to = _unique(to)
-    cc = tuple(r for r in _unique(parse_addresses(request.cc)) if r.email not in {t.email for t in to})
+    cc = tuple(r for r in _unique(parse_addresses(request.cc, "Cc")) if r.email not in {t.email for t in to})
     if not to:
         raise ReplyInvalid(f"the reply has no recipients: {ticket.key} has no external participant, name one in To")
     own = config.own_addresses
@@ -204,8 +224,10 @@ def plan_reply(
             f"Queue {queue.key} does not allow sending mail outside the organization; "
             f"{', '.join(external)} {verb} external"
         )
+    if request.signature:
+        _one_line("the signature", request.signature)
     signature = _signature(mailbox, request.signature)
-    return ReplyPlan(
+    plan = ReplyPlan(
         ticket_key=ticket.key,
         queue=queue.key,
         author=author,
@@ -219,6 +241,30 @@ def plan_reply(
         cc=cc,
         subject=subject_for(ticket.key, ticket.summary),
     )
+    _check_headers(plan)
+    return plan
+
+
+def _check_headers(plan: ReplyPlan) -> None:
+    """ReplyInvalid unless every header value of the planned mail is one line.
+
+    Typed recipients were checked when parsed; this catches the rest, from the
+    config (alias, From address) and the ticket (default recipients, subject).
+    """
+    for field, people in (("To", plan.to), ("Cc", plan.cc)):
+        for person in people:
+            _one_line(f"the {field} address", person.email)
+            _one_line(f"the {field} name", person.name or "")
+    _one_line("the From address", plan.from_address or "")
+    _one_line("the alias", plan.alias or "")
+    _one_line("the subject", plan.subject or "")
+
+
+def _one_line(field: str, value: str) -> None:
+    try:
+        check_header_text(field, value)
+    except HeaderTextError as exc:
+        raise ReplyInvalid(str(exc)) from None
 
 
 def reply_form(config: Config, ticket: TicketDetail, received_at: str | None) -> ReplyForm:
@@ -254,8 +300,10 @@ def outbound_record(
         "text": plan.text,
         "html": None,
         "message_id": message_id,
-        "in_reply_to": threading.in_reply_to,
-        "references": list(threading.references),
+        # The router keeps only msg-ids; an id stored before it did would make the
+        # sender refuse the mail, so such ids are left out here instead.
+        "in_reply_to": threading.in_reply_to if threading.in_reply_to and is_msg_id(threading.in_reply_to) else None,
+        "references": trim_references([r for r in threading.references if is_msg_id(r)]),
         "attachments": [],
         "created_at": threading.created_at,
     }

@@ -8,6 +8,18 @@ it (``mailrules.subject_for`` put the ticket key in), ``X-Deskmail-Ticket``, the
 pre-assigned Message-ID, and In-Reply-To/References so the customer's mail
 program threads the answer under their mail.
 
+Every value a header is built from may come from an outsider (a customer's
+name, the subject of their mail, the ids of their thread) or a form field, so
+compose refuses (``ComposeError``) a line break or NUL in an address, a name,
+the alias, the subject or the ticket key (``mailrules.check_header_text``), and
+a Message-ID, In-Reply-To or References id that is not a msg-id
+(``mailrules.is_msg_id``): the router keeps only such ids, so one here is a
+record from elsewhere, and refusing it names the problem where dropping it
+would hide it. References are cut to ``mailrules.MAX_REFERENCES`` ids (the
+first and the last ones), the subject to ``mailrules.MAX_SUBJECT_CHARS``
+characters. The subject is always re-encoded by compose's own folding, never
+copied: whatever it held arrives as one logical header.
+
 Headers are 7-bit: non-ASCII names and subjects become RFC 2047 encoded-words
 (UTF-8), IDN domains become punycode. Only a recipient whose local part is not
 ASCII needs SMTPUTF8; then the message is built with ``policy.SMTPUTF8`` and
@@ -30,7 +42,16 @@ from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from typing import Any
 
-from services.common.mailrules import AddressError, ascii_domain
+from services.common.mailrules import (
+    MAX_SUBJECT_CHARS,
+    AddressError,
+    HeaderTextError,
+    ascii_domain,
+    cap_text,
+    check_header_text,
+    is_msg_id,
+    trim_references,
+)
 
 __all__ = [
     "ComposeError",
@@ -97,7 +118,11 @@ _LOCAL_ATOM = re.compile(r"[^\s\"(),.:;<>@\[\]\\]+(?:\.[^\s\"(),.:;<>@\[\]\\]+)*
 
 
 def envelope_address(email: str) -> str:
-    """The address as SMTP wants it: domain in punycode, local part untouched."""
+    """The address as SMTP wants it: domain in punycode, local part untouched.
+
+    Raises ComposeError for something that is not one address on one line.
+    """
+    _one_line("the address", email)
     local, at, domain = email.strip().rpartition("@")
     if not at or not local or not domain:
         raise ComposeError(f"{email!r} is not an email address")
@@ -124,8 +149,10 @@ def compose(mail: Mapping[str, Any], *, attachments: Mapping[str, bytes] | None 
 
     ``attachments`` maps each ``blob_ref`` of ``mail["attachments"]`` to its bytes
     (the runner reads them from the blob store). Raises ``ComposeError`` for an
-    address that cannot be written or an attachment that was not supplied.
+    address that cannot be written, header text that is not one line, an id that
+    is not a msg-id, or an attachment that was not supplied.
     """
+    _check_header_values(mail)
     smtputf8 = any(not _local_part(r["email"]).isascii() for r in [*mail["to"], *mail.get("cc", [])]) \
         or not _local_part(mail["from_address"]).isascii()
     message = EmailMessage(policy=POLICY_UTF8 if smtputf8 else POLICY)
@@ -133,12 +160,12 @@ def compose(mail: Mapping[str, Any], *, attachments: Mapping[str, bytes] | None 
     message["To"] = ", ".join(_address(r.get("name"), r["email"]) for r in mail["to"])
     if mail.get("cc"):
         message["Cc"] = ", ".join(_address(r.get("name"), r["email"]) for r in mail["cc"])
-    message["Subject"] = _encode_text(" ".join(mail["subject"].split()))
+    message["Subject"] = _encode_text(cap_text(" ".join(mail["subject"].split()), MAX_SUBJECT_CHARS))
     message["Date"] = _datetime(mail["created_at"])
     message["Message-ID"] = f"<{mail['message_id']}>"
     if mail.get("in_reply_to"):
         message["In-Reply-To"] = f"<{_bare(mail['in_reply_to'])}>"
-    references = [_bare(r) for r in mail.get("references") or [] if _bare(r)]
+    references = trim_references([_bare(r) for r in mail.get("references") or [] if _bare(r)])
     if references:
         message["References"] = " ".join(f"<{r}>" for r in references)
     if mail.get("ticket"):
@@ -159,6 +186,36 @@ def compose(mail: Mapping[str, Any], *, attachments: Mapping[str, bytes] | None 
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=item["filename"])
     _set_boundaries(message, mail["message_id"])
     return message
+
+
+def _check_header_values(mail: Mapping[str, Any]) -> None:
+    """ComposeError for a header value that is not one line or an id that is not a msg-id."""
+    _one_line("the From address", mail["from_address"])
+    _one_line("the alias", mail["alias"] or "")
+    for field, people in (("To", mail["to"]), ("Cc", mail.get("cc") or [])):
+        for person in people:
+            _one_line(f"the {field} address", person["email"])
+            _one_line(f"the {field} name", person.get("name") or "")
+    _one_line("the subject", mail["subject"])
+    _one_line("the ticket key", mail.get("ticket") or "")
+    for item in mail.get("attachments") or []:
+        _one_line("the attachment name", item["filename"])
+        _one_line("the attachment type", item["content_type"] or "")
+    ids = [("Message-ID", mail["message_id"])]
+    if mail.get("in_reply_to"):
+        ids.append(("In-Reply-To", _bare(mail["in_reply_to"])))
+    ids += [("References", _bare(r)) for r in mail.get("references") or [] if _bare(r)]
+    for header, value in ids:
+        if not is_msg_id(value):
+            shown = repr(value) if len(value) <= 80 else repr(value[:80]) + "…"
+            raise ComposeError(f"{header} id {shown} is not a msg-id (1-980 printable ASCII characters)")
+
+
+def _one_line(field: str, value: str) -> None:
+    try:
+        check_header_text(field, value)
+    except HeaderTextError as exc:
+        raise ComposeError(str(exc)) from None
 
 
 def _set_boundaries(message: EmailMessage, seed: str) -> None:

@@ -28,6 +28,16 @@
 - **Recipients.** ``blocked_recipients``: whom a queue may not mail.
 - **Signatures.** ``signature_for``: a mailbox's signature by alias, default its
   first.
+- **Header text and msg-ids.** ``check_header_text``: a value bound for one
+  header line (an address, a display name, an alias, a subject) holds no line
+  break, as ``str.splitlines`` knows them (CR, LF, VT, FF, FS, GS, RS, NEL,
+  U+2028, U+2029), and no NUL; anything else is refused with
+  ``HeaderTextError``, never repaired. ``is_msg_id``: what deskmail takes for a
+  Message-ID (without brackets): 1-980 printable ASCII characters (no space,
+  no control character, no non-ASCII letter, no ``<`` or ``>``), so that
+  ``In-Reply-To: <id>`` fits one 998-character line. ``trim_references``:
+  at most 50 ids, the first and the last ones. ``cap_text``: a subject or
+  summary cut with an ellipsis.
 
 Everything here is pure: no I/O, no clock (``new_message_id`` draws its nonce
 from ``secrets`` unless given one).
@@ -49,13 +59,21 @@ if TYPE_CHECKING:  # the config's schema validates queue keys with the rule belo
     from services.common.config import Config, Mailbox, Secret, Signature
 
 __all__ = [
+    "MAX_MSG_ID_CHARS",
+    "MAX_REFERENCES",
+    "MAX_SUBJECT_CHARS",
+    "MAX_SUMMARY_CHARS",
     "QUEUE_KEY_RULE",
     "AddressError",
+    "HeaderTextError",
     "UnknownSignature",
     "ascii_domain",
     "blocked_recipients",
+    "cap_text",
+    "check_header_text",
     "find_ticket_key",
     "format_ticket_key",
+    "is_msg_id",
     "is_queue_key",
     "new_message_id",
     "parse_ticket_key",
@@ -63,6 +81,7 @@ __all__ = [
     "strip_reply_prefixes",
     "subject_for",
     "synthetic_message_id",
+    "trim_references",
     "verify_message_id",
 ]
 
@@ -284,3 +303,67 @@ def signature_for(mailbox: Mailbox, alias: str | None) -> Signature | None:
             return signature
     known = ", ".join(repr(s.alias) for s in mailbox.signatures) or "none"
     raise UnknownSignature(f"mailbox {mailbox.address} has no signature {alias!r} (it has: {known})")
+
+
+# ---------------------------------------------------------------- header text and msg-ids
+# Everything a header is built from may come from an attacker: a customer's
+# mail (names, subjects, Message-IDs) or a typed form field. These rules keep
+# each value on its own header line, and a mail's header block bounded.
+
+# The line breaks str.splitlines() honours: each one is a line end to some
+# parser, mail program or log viewer along the way.
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+_UNSAFE_HEADER_CHAR = re.compile("[\x00" + LINE_BREAKS + "]")
+MAX_MSG_ID_CHARS = 980  # "In-Reply-To: <" + id + ">" within RFC 5322's 998-character line
+_MSG_ID_CHARS = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+")  # printable ASCII without < and >
+MAX_REFERENCES = 50
+MAX_SUMMARY_CHARS = 255  # a ticket's summary, from the subject of the mail that opened it
+MAX_SUBJECT_CHARS = 900  # "Subject: " + an unbreakable run still fits a 998-character line
+ELLIPSIS = "\u2026"
+
+
+class HeaderTextError(ValueError):
+    """A value meant for one header line holds a line break or a NUL."""
+
+
+def check_header_text(field: str, value: str) -> str:
+    """``value`` unchanged when it can go into a header as one line, else HeaderTextError.
+
+    ``field`` names the value for people ("To", "the alias", ...). Refused, not
+    repaired: a line break in an address or a name is an injection attempt or a
+    mistake, and neither should be mailed as something else than was typed.
+    """
+    found = _UNSAFE_HEADER_CHAR.search(value)
+    if found is not None:
+        char = found.group()
+        what = "a NUL character" if char == "\x00" else f"a line break (U+{ord(char):04X})"
+        shown = repr(value) if len(value) <= 80 else repr(value[:80]) + ELLIPSIS
+        raise HeaderTextError(f"{field} {shown} contains {what}; header text must be one line")
+    return value
+
+
+def is_msg_id(value: str) -> bool:
+    """True for an id (without angle brackets) deskmail reads and writes as a Message-ID.
+
+    Looser than RFC 5322's ``id-left "@" id-right`` (real mail has ids without
+    an ``@``) but never anything that cannot be written back as one ASCII token:
+    1-MAX_MSG_ID_CHARS printable ASCII characters, no ``<`` or ``>``.
+    """
+    return 0 < len(value) <= MAX_MSG_ID_CHARS and _MSG_ID_CHARS.fullmatch(value) is not None
+
+
+def trim_references(ids: Sequence[str], limit: int = MAX_REFERENCES) -> list[str]:
+    """At most ``limit`` ids: the first (the thread's root) and the last ``limit - 1``
+    (the nearest parents), as RFC 5322 3.6.4 suggests when a References list gets long."""
+    if len(ids) <= limit:
+        return list(ids)
+    if limit <= 1:
+        return list(ids[:limit])
+    return [ids[0], *ids[len(ids) - (limit - 1):]]
+
+
+def cap_text(text: str, limit: int) -> str:
+    """``text`` when it has at most ``limit`` characters, else cut to ``limit`` ending in an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + ELLIPSIS

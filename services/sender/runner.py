@@ -17,6 +17,12 @@ last attempt broke off after DATA was sent, the mail itself (the event's reply
 says "the server may have taken it"; the Message-ID is the same, so mail programs
 and deskmail's own ingress can drop the copy). Apart from that, only a crash
 between the server's 250 and the commit re-sends a mail (at-least-once delivery).
+
+A mail that cannot be composed or encoded (a line break in a name, an id that
+is not a msg-id, anything the email package refuses) gets a ``failed`` event
+with the reason and is committed like any other: it never reaches SMTP, and it
+never stops the process, which would only restart on the same record and hold
+up every mail queued behind it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from email.errors import MessageError
 from typing import Any, Literal
 
 from services.common import metrics
@@ -52,6 +59,15 @@ STAGE = "sender"
 SPEC = StageSpec(STAGE, inputs=["outbound"], max_poll_records=1)
 
 Status = Literal["sent", "retrying", "failed"]
+
+# What composing and encoding one mail raises when its content cannot be a mail:
+# compose's own refusals, characters a header cannot encode (UnicodeError), and
+# what the email package's header handling raises (ValueError, TypeError,
+# MessageError; its defects are ValueErrors). Caught only around compose and
+# as_bytes, so a bug in SMTP or Kafka handling still stops the process. A record
+# that fails here gets a ``failed`` event and the next record is sent: one
+# crafted mail never holds up the queue.
+_COMPOSE_ERRORS = (ComposeError, UnicodeError, ValueError, TypeError, MessageError)
 
 
 class SenderStep:
@@ -103,11 +119,17 @@ class SenderStep:
                 return [self._final(mail, 1, None, (
                     f"queue {mailbox.queue} does not allow sending mail outside the organization; "
                     f"not members: {', '.join(blocked)}"))]
-            message = compose(mail, attachments=self._attachments(mail))
-            envelope_from = envelope_address(mail["from_address"])
+            attachments = self._attachments(mail)
         except (ComposeError, BlobMissing) as exc:
             return [self._final(mail, 1, None, f"cannot compose the mail: {exc}")]
-        data = as_bytes(message)
+        try:
+            message = compose(mail, attachments=attachments)
+            envelope_from = envelope_address(mail["from_address"])
+            data = as_bytes(message)
+        except _COMPOSE_ERRORS as exc:
+            # This mail's content cannot become a mail; the next one may.
+            reason = str(exc) if isinstance(exc, ComposeError) else f"{type(exc).__name__}: {exc}"
+            return [self._final(mail, 1, None, f"cannot compose the mail: {reason}")]
         return [self._send(mail, mailbox, envelope_from, rcpts, data, needs_smtputf8(message))]
 
     def _attachments(self, mail: dict[str, Any]) -> dict[str, bytes]:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from services.api.app import create_app
 from services.common.codec import codec
+from services.common.compose import as_bytes, compose
 from services.common.config import Config, parse_text
 from services.tickets import TicketStore
 from services.tickets.tables import metadata
@@ -261,6 +262,46 @@ def test_json_api_errors_are_clear(make: Make) -> None:
     assert client.post("/api/v1/tickets/SUPPORT-1/replies", json={"text": "x", "bogus": 1}).status_code == 422
     assert client.get("/api/v1/tickets/SUPPORT-99").status_code == 404
     assert counts(store) == before
+
+
+@pytest.mark.parametrize("char", ["\r\n", "\n", "\u2028", "\x85", "\x1e"])
+def test_a_line_break_in_a_header_field_is_refused_with_the_reason(make: Make, char: str) -> None:
+    client, store, _, waker = make()
+    before = counts(store)
+    injected = f"carol@customer.test{char}Bcc: all@customer.test"
+    cases = [
+        ({"to": [injected]}, f"To {injected!r} contains a line break"),
+        ({"to": [f"Carol{char}Bcc <carol@customer.test>"]}, "contains a line break"),
+        ({"cc": [f"dan@customer.test{char}mallory@attacker.test"]}, "Cc "),
+        ({"signature": f"Example support{char}Bcc: all@customer.test"}, "the signature "),
+    ]
+    for extra, detail in cases:
+        response = client.post("/api/v1/tickets/SUPPORT-1/replies",
+                               json={"text": "x", "author": "alice@example.com", **extra})
+        assert response.status_code == 422, (extra, response.text)
+        assert detail in response.json()["detail"], response.json()
+        assert response.json()["detail"].endswith("header text must be one line")
+
+    page = client.post("/tickets/SUPPORT-1/reply", data={
+        "author": "alice@example.com", "text": "Typed text stays.", "send_email": "on", "to": injected, "cc": "",
+    })
+    assert page.status_code == 422
+    assert "header text must be one line" in page.text and ">Typed text stays.</textarea>" in page.text
+    assert counts(store) == before and waker.woken == 0 and store.pending_outbox() == []
+
+
+def test_a_hostile_subject_and_message_id_from_a_customer_still_make_a_sendable_reply(make: Make) -> None:
+    """The router keeps such mail one line and its ids msg-ids; what the store already
+    holds from before is left out of the record rather than stopping the sender."""
+    client, store, _, _ = make()
+    store.apply(invoice(3, subject="Invoice " + "x" * 300, message_id="пример@example.org",
+                        thread_key="пример@example.org"))
+    created = client.post("/api/v1/tickets/SUPPORT-2/replies", json={"text": "Done.", "author": "alice@example.com"})
+    assert created.status_code == 201, created.text
+    (row,) = store.pending_outbox()
+    mail = codec("OutboundMail").decode(row.payload)
+    assert mail["in_reply_to"] is None and mail["references"] == []
+    assert as_bytes(compose(mail)).isascii()
 
 
 def test_json_api_refuses_external_mail_when_outbound_is_off(make: Make) -> None:

@@ -115,3 +115,42 @@ def test_run_reports_a_failure_as_one_json_log_line(tmp_path: Path, service: str
     entries = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
     assert entries[-1]["level"] == "error" and entries[-1]["stage"] == service
     assert f"127.0.0.1:{port}" in entries[-1]["error"]
+
+
+def test_a_reply_with_a_line_break_in_a_header_field_is_refused_in_one_line(tmp_path: Path) -> None:
+    from services.tickets import TicketStore
+    from tests.harness.records import command
+
+    url = f"sqlite:///{tmp_path}/tickets.db"
+    config = write_config(tmp_path, url, textwrap.dedent("""\
+        organization:
+          members: [{email: alice@example.com}]
+        """))
+    # a queue that may mail customers, from a mailbox with SMTP settings
+    config.write_text(config.read_text().replace(
+        "{address: support@example.com, ingress: true}",
+        "{address: support@example.com, ingress: true, accept_external: true, smtp: {host: smtp.example.com}}"
+    ).replace("- key: SUPPORT\n", "- key: SUPPORT\n    allow_outbound_mail: true\n"))
+    store = TicketStore(url)
+    try:
+        store.migrate()
+        store.apply(command(1))
+    finally:
+        store.close()
+    for args in (["--to", "ann@customer.org\r\nBcc: all@customer.org"],
+                 ["--to", "ann@customer.org\u2028mallory@attacker.test"],
+                 ["--cc", "Dan\x85Bcc <dan@customer.org>"],
+                 ["--signature", "Support\nBcc: all@customer.org"]):
+        result = deskmail("tickets", "reply", "SUPPORT-1", "--text", "x", "--as", "alice@example.com", *args,
+                          "--config", str(config))
+        no_traceback(result)
+        assert result.returncode == FAILED, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].endswith("header text must be one line"), result.stderr
+        assert "contains a line break" in lines[0]
+    store = TicketStore(url)
+    try:
+        detail = store.get_ticket("SUPPORT-1")
+        assert detail is not None and detail.thread == () and store.pending_outbox() == []
+    finally:
+        store.close()

@@ -356,6 +356,32 @@ def test_outbound_switch_off_refuses_an_external_recipient_and_sends_nothing(wor
     sender.shutdown()
 
 
+def test_a_mail_that_cannot_be_composed_fails_alone_and_the_next_one_is_sent(world, unique, start_sender, watch):
+    """A raw non-ASCII reference once crashed the sender on every restart; header
+    injection must never reach SMTP. Both fail their mail; the queue behind them moves."""
+    cfg = world.config(unique)
+    events = watch(cfg)
+    sender = start_sender(cfg)
+    non_ascii = outbound(world, 13, in_reply_to="пример@example.org",
+                         references=["root13@customer.test", "пример@example.org"])
+    injected = outbound(world, 13, to=[{"email": world.customer, "name": "Carol\r\nBcc: all@customer.test"}],
+                        subject="Re: [SUPPORT-13] x\nBcc: all@customer.test")
+    good = outbound(world, 13)  # same ticket, same partition, behind the two
+    produce(cfg, non_ascii, injected, good)
+
+    values = events.until(lambda vs: of(vs, good, "sent"), 30, "the good mail sent")
+    [first] = of(values, non_ascii)
+    assert (first["status"], first["smtp_code"]) == ("failed", None)
+    assert first["smtp_reply"] == ("cannot compose the mail: In-Reply-To id 'пример@example.org' is not a msg-id "
+                                   "(1-980 printable ASCII characters)")
+    [second] = of(values, injected)
+    assert second["status"] == "failed" and "contains a line break" in second["smtp_reply"]
+    [received] = world.smtp.received()  # nothing of the two reached SMTP
+    assert good["message_id"].encode() in received.data
+    assert [str(m["Message-ID"]) for m in world.inbox()] == [f"<{good['message_id']}>"]
+    sender.shutdown()
+
+
 def test_implicit_tls_smtps_works(world, unique, start_sender, watch):
     smtps = SmtpServer({SMTP_LOGIN: world.smtp_password}, tls="implicit").start()
     try:

@@ -12,7 +12,7 @@ import pytest
 
 from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
 from services.common.config import Secret
-from services.common.mailrules import new_message_id
+from services.common.mailrules import new_message_id, subject_for
 from services.router import mailparse
 
 LONG_ID = "CAFooBarBazQuux1234567890abcdefghijklmnopqrstuvwxyz0123456789-0123456789@mail.gmail.com"
@@ -139,6 +139,70 @@ def test_idn_domains_become_punycode_and_only_a_utf8_local_part_needs_smtputf8()
 def test_bad_address_is_a_compose_error() -> None:
     with pytest.raises(ComposeError, match="not an email address"):
         compose(outbound(to=[{"email": "carol-at-customer.test", "name": None}]))
+
+
+def header_lines(data: bytes, name: str) -> list[str]:
+    """The physical lines of one header: its first line and its continuation lines."""
+    lines = head(data).split("\r\n")
+    start = next(i for i, line in enumerate(lines) if line.lower().startswith(name.lower() + ":"))
+    end = start + 1
+    while end < len(lines) and lines[end][:1] in (" ", "\t"):
+        end += 1
+    return lines[start:end]
+
+
+def test_a_customers_subject_with_line_breaks_goes_out_as_one_header() -> None:
+    """CR/LF written raw, encoded as =0D=0A and base64, and text that only looks like
+    an encoded-word of CR/LF: the reply's Subject is one logical header, and what a
+    mail program decodes holds no line break."""
+    incoming = (
+        b"From: carol@customer.test\r\n"
+        b"Subject: =?utf-8?q?Invoice=0D=0ABcc:_all@customer.test?= =?utf-8?b?DQpYLUV2aWw6IDE=?=\r\n"
+        b" =?utf-8?q?=3D=3Futf-8=3Fq=3Fa=3D0D=3D0Ab=3F=3D?= end\r\n\r\nbody\r\n"
+    )
+    summary = mailparse.parse(incoming).subject
+    assert summary == "Invoice Bcc: all@customer.test X-Evil: 1=?utf-8?q?a=0D=0Ab?= end"
+    data = as_bytes(compose(outbound(subject=subject_for("SUPPORT-12", summary))))
+    lines = header_lines(data, "Subject")
+    assert all(line[:1] == " " for line in lines[1:])
+    assert not any(line.lower().startswith(("bcc:", "x-evil:")) for line in head(data).split("\r\n"))
+    msg = parsed(data)
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    assert str(msg["Subject"]) == f"Re: [SUPPORT-12] {summary}"  # the look-alike was encoded, not decoded
+    assert mailparse.parse(data).subject == f"Re: [SUPPORT-12] {summary}"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"alias": "Support\r\nBcc: x@y.test"}, "the alias 'Support\\r\\nBcc: x@y.test' contains a line break"),
+    ({"subject": "x\u2029y"}, "the subject 'x\\u2029y' contains a line break"),
+    ({"to": [{"email": "carol@customer.test", "name": "Carol\vX"}]}, "the To name 'Carol\\x0bX' contains"),
+    ({"from_address": "support@example.com\n"}, "the From address 'support@example.com\\n' contains"),
+    ({"ticket": "SUPPORT-12\nBcc: x@y.test"}, "the ticket key 'SUPPORT-12\\nBcc: x@y.test' contains"),
+    ({"message_id": "пример@example.org"}, "Message-ID id 'пример@example.org' is not a msg-id"),
+    ({"references": ["a b@x.test"]}, "References id 'a b@x.test' is not a msg-id"),
+    ({"references": ["x" * 981]}, "References id '" + "x" * 80 + "'… is not a msg-id"),
+    ({"attachments": [{"filename": "a\nb.pdf", "content_type": "application/pdf", "blob_ref": "r"}]},
+     "the attachment name 'a\\nb.pdf' contains a line break"),
+])
+def test_header_values_that_are_not_one_line_or_not_msg_ids_are_refused(overrides: dict[str, Any],
+                                                                      message: str) -> None:
+    with pytest.raises(ComposeError) as info:
+        compose(outbound(**overrides), attachments={"r": b"x"})
+    assert message in str(info.value)
+
+
+def test_references_are_cut_to_fifty_keeping_the_first_and_the_last() -> None:
+    refs = [f"r{n}@customer.test" for n in range(300)]
+    msg = parsed(as_bytes(compose(outbound(references=refs))))
+    assert str(msg["References"]).split() == [f"<{r}>" for r in [refs[0], *refs[-49:]]]
+
+
+def test_a_long_subject_is_cut_and_every_line_stays_under_998() -> None:
+    for subject in ("x" * 5000, "word " * 1000, "слово " * 1000):
+        data = as_bytes(compose(outbound(subject=subject)))
+        assert max(len(line) for line in data.split(b"\r\n")) <= 998
+        decoded = str(parsed(data)["Subject"])
+        assert len(decoded) == 900 and decoded.endswith("\u2026")
 
 
 # ---------------------------------------------------------------- bodies

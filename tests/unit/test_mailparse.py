@@ -526,6 +526,25 @@ def test_message_id_without_brackets() -> None:
     assert parse(raw).message_id == "1234.5678@legacy.example"
 
 
+def test_a_subject_is_one_line_whatever_its_encoded_words_decode_to() -> None:
+    # =0D=0A and base64 "DQo=" are CR LF; \u2028 is a line break to str.splitlines
+    raw = crlf(
+        b"From: a@example.com\n"
+        b"Subject: =?utf-8?q?Invoice=0D=0ABcc:_all@customer.test?= =?utf-8?b?DQpYLUV2aWw6IDE=?=\n"
+        b" tail =?utf-8?q?=E2=80=A8line?=\n\nx\n"
+    )
+    subject = parse(raw).subject
+    assert subject == "Invoice Bcc: all@customer.test X-Evil: 1 tail line"
+    assert subject.splitlines() == [subject]
+
+
+def test_a_long_subject_is_cut_for_the_ticket_summary() -> None:
+    raw = crlf(b"From: a@example.com\nSubject: " + b"word " * 1000 + b"\n\nx\n")
+    mail = parse(raw)
+    assert len(mail.subject) == 255 and mail.subject.endswith("word\u2026")
+    assert mail.defects == ("the subject has 4999 characters; cut to 255",)
+
+
 def test_date_without_zone_is_utc_and_garbage_is_none() -> None:
     no_zone = crlf(b"From: a@example.com\nDate: Tue, 03 Mar 2026 08:00:00 -0000\n\nx\n")
     assert parse(no_zone).date == datetime(2026, 3, 3, 8, 0, tzinfo=timezone.utc)

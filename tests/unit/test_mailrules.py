@@ -1,5 +1,5 @@
 """The shared mail rules: ticket-key grammar, reply subjects, Message-IDs,
-blocked recipients, signatures."""
+blocked recipients, signatures, header text."""
 
 from __future__ import annotations
 
@@ -11,17 +11,22 @@ from services.common.config import ConfigError, Secret, parse_text
 from services.common.mailrules import (
     QUEUE_KEY_RULE,
     AddressError,
+    HeaderTextError,
     UnknownSignature,
     blocked_recipients,
+    cap_text,
+    check_header_text,
     find_ticket_key,
     format_ticket_key,
     new_message_id,
+    is_msg_id,
     is_queue_key,
     parse_ticket_key,
     signature_for,
     strip_reply_prefixes,
     subject_for,
     synthetic_message_id,
+    trim_references,
 )
 
 # -- queue keys ----------------------------------------------------------------
@@ -305,3 +310,89 @@ def test_unknown_signature_names_the_ones_there_are(mailbox: str, alias: str, me
     with pytest.raises(UnknownSignature) as info:
         signature_for(box, alias)
     assert str(info.value) == message and isinstance(info.value, ValueError)
+
+
+# -- header text and msg-ids ---------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [
+    "Carol Customer", "carol@customer.test", "Re: [SUPPORT-12] Счёт", "tab\tinside", "", "emoji 🎉",
+])
+def test_one_line_header_text_is_returned_as_it_is(value: str) -> None:
+    assert check_header_text("To", value) == value
+
+
+@pytest.mark.parametrize(("char", "named"), [
+    ("\n", "a line break (U+000A)"),
+    ("\r", "a line break (U+000D)"),
+    ("\r\n", "a line break (U+000D)"),
+    ("\v", "a line break (U+000B)"),
+    ("\f", "a line break (U+000C)"),
+    ("\x1c", "a line break (U+001C)"),
+    ("\x1d", "a line break (U+001D)"),
+    ("\x1e", "a line break (U+001E)"),
+    ("\x85", "a line break (U+0085)"),
+    ("\u2028", "a line break (U+2028)"),
+    ("\u2029", "a line break (U+2029)"),
+    ("\x00", "a NUL character"),
+])
+def test_every_line_break_and_nul_is_refused(char: str, named: str) -> None:
+    value = f"carol@customer.test{char}Bcc: all@customer.test"
+    assert len(value.splitlines()) > 1 or char == "\x00"
+    with pytest.raises(HeaderTextError) as info:
+        check_header_text("To", value)
+    assert str(info.value) == f"To {value!r} contains {named}; header text must be one line"
+    assert isinstance(info.value, ValueError)
+
+
+def test_every_line_break_python_knows_is_in_the_rule() -> None:
+    breaks = [chr(c) for c in range(0x110000) if len(f"a{chr(c)}b".splitlines()) > 1]
+    for char in breaks:
+        with pytest.raises(HeaderTextError):
+            check_header_text("Subject", f"a{char}b")
+
+
+def test_a_long_refused_value_is_shown_shortened() -> None:
+    with pytest.raises(HeaderTextError) as info:
+        check_header_text("Subject", "x" * 5000 + "\n")
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize(("value", "valid"), [
+    ("CAF1234.5678@mail.example.com", True),
+    ("deskmail.out-1=2E@example.com", True),
+    ("no-at-sign", True),
+    ("a@[192.0.2.1]", True),
+    ("a" * 980, True),
+    ("a" * 981, False),
+    ("", False),
+    ("пример@example.org", False),
+    ("a b@x.org", False),
+    ("a\tb@x.org", False),
+    ("a\r\nb@x.org", False),
+    ("a\x00b@x.org", False),
+    ("a\x7fb@x.org", False),
+    ("<a@x.org>", False),
+    ("a>b@x.org", False),
+])
+def test_is_msg_id(value: str, valid: bool) -> None:
+    assert is_msg_id(value) is valid
+
+
+@pytest.mark.parametrize(("count", "kept"), [
+    (0, []),
+    (3, [0, 1, 2]),
+    (50, list(range(50))),
+    (51, [0, *range(2, 51)]),
+    (5000, [0, *range(4951, 5000)]),
+])
+def test_trim_references_keeps_the_first_and_the_last(count: int, kept: list[int]) -> None:
+    assert trim_references([f"r{n}@x" for n in range(count)]) == [f"r{n}@x" for n in kept]
+
+
+def test_cap_text() -> None:
+    assert cap_text("short", 255) == "short"
+    assert cap_text("x" * 255, 255) == "x" * 255
+    assert cap_text("x" * 256, 255) == "x" * 254 + "\u2026"
+    assert cap_text("word " * 100, 12) == "word word w\u2026"
+    assert cap_text("word " * 100, 11) == "word word\u2026"  # no space before the ellipsis

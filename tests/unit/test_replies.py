@@ -174,6 +174,39 @@ def test_parse_addresses_refuses_header_injection() -> None:
         parse_addresses(["carol@customer.test\r\nBcc: all@customer.test"])
 
 
+@pytest.mark.parametrize("char", ["\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85",
+                                  "\u2028", "\u2029", "\x00"])
+@pytest.mark.parametrize("where", ["address", "name"])
+def test_every_line_break_in_a_typed_recipient_is_refused(char: str, where: str) -> None:
+    value = (f"carol@customer.test{char}all@customer.test" if where == "address"
+             else f"Carol{char}Bcc <carol@customer.test>")
+    for field in ("to", "cc"):
+        with pytest.raises(ReplyInvalid) as info:
+            plan_reply(CONFIG, ticket(), None, request(**{field: (value,)}))
+        assert info.value.message.startswith(f"{field.capitalize()} {value!r} contains ")
+        assert info.value.message.endswith("; header text must be one line")
+
+
+def test_a_u2028_never_makes_one_typed_recipient_two() -> None:
+    # getaddresses() alone reads this as two addresses
+    with pytest.raises(ReplyInvalid, match="U\\+2028"):
+        parse_addresses(["carol@customer.test\u2028mallory@attacker.test"])
+
+
+def test_a_signature_alias_with_a_line_break_is_refused() -> None:
+    with pytest.raises(ReplyInvalid) as info:
+        plan_reply(CONFIG, ticket(), None, request(signature="Example support\nBcc: x@y.test"))
+    assert info.value.message == ("the signature 'Example support\\nBcc: x@y.test' contains a line break (U+000A); "
+                                  "header text must be one line")
+
+
+def test_a_stored_participant_name_with_a_line_break_is_refused() -> None:
+    people = (Participant("dan@customer.test", "Dan\u2029Bcc: x@y.test", False, "participant"),)
+    with pytest.raises(ReplyInvalid) as info:
+        plan_reply(CONFIG, ticket(participants=people), None, request())
+    assert info.value.message.startswith("the To name 'Dan\\u2029Bcc: x@y.test' contains a line break (U+2029)")
+
+
 def test_subject_signature_and_from_address() -> None:
     plan = plan_reply(CONFIG, ticket(summary="RE: [SUPPORT-12] Invoice is wrong"), None, request())
     assert plan.subject == "Re: [SUPPORT-12] Invoice is wrong"
@@ -222,3 +255,15 @@ def test_outbound_record_is_a_valid_outbound_mail() -> None:
         "message_id": "deskmail.out-1@example.com", "in_reply_to": "last@customer.test",
         "references": ["root@customer.test", "last@customer.test"], "attachments": [], "created_at": T0,
     }
+
+
+def test_outbound_record_leaves_out_stored_ids_that_are_not_msg_ids_and_caps_references() -> None:
+    plan = plan_reply(CONFIG, ticket(), None, request())
+    refs = ("root@customer.test", "пример@example.org", *(f"r{n}@customer.test" for n in range(100)))
+    threading = Threading(
+        ticket_key="SUPPORT-12", queue="SUPPORT", summary="Invoice is wrong", comment_id=7,
+        in_reply_to="пример@example.org", references=refs, created_at=T0,
+    )
+    record = outbound_record(plan, "out-1", "deskmail.out-1@example.com", threading)
+    assert record["in_reply_to"] is None
+    assert record["references"] == ["root@customer.test", *(f"r{n}@customer.test" for n in range(51, 100))]

@@ -221,3 +221,52 @@ def test_missing_attachment_blob_is_a_failed_event() -> None:
     [event] = events(step.process(record(attachments=[attachment])))
     assert event["status"] == "failed" and "is not in /nowhere" in event["smtp_reply"]
     assert pool.calls == []
+
+
+# ---------------------------------------------------------------- one crafted mail
+
+
+def test_a_raw_non_ascii_reference_fails_that_mail_and_the_next_is_sent() -> None:
+    step, pool, _, _ = make([SendResult(250, "ok")])
+    [event] = events(step.process(record(in_reply_to="пример@example.org",
+                                         references=["root@customer.test", "пример@example.org"])))
+    assert (event["status"], event["attempt"], event["smtp_code"]) == ("failed", 1, None)
+    assert event["smtp_reply"] == ("cannot compose the mail: In-Reply-To id 'пример@example.org' is not a msg-id "
+                                   "(1-980 printable ASCII characters)")
+    assert pool.calls == []
+    [event] = events(step.process(record(id="out-2")))
+    assert event["status"] == "sent" and len(pool.calls) == 1
+
+
+def test_an_encoding_error_past_compose_fails_that_mail_not_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were compose's own checks to miss something, the email package's error
+    while encoding still fails only this mail."""
+    monkeypatch.setattr("services.common.compose._check_header_values", lambda mail: None)
+    step, pool, _, _ = make([SendResult(250, "ok")])
+    [event] = events(step.process(record(references=["пример@example.org"])))
+    assert event["status"] == "failed"
+    assert event["smtp_reply"].startswith("cannot compose the mail: UnicodeEncodeError: ")
+    [event] = events(step.process(record(to=[{"email": "carol@customer.test\nBcc: x@y.test", "name": None}])))
+    assert event["status"] == "failed"
+    assert pool.calls == []
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    ({"to": [{"email": "carol@customer.test\r\nBcc: all@customer.test", "name": None}]},
+     "the address 'carol@customer.test\\r\\nBcc: all@customer.test' contains a line break (U+000D)"),
+    ({"to": [{"email": "carol@customer.test", "name": "Carol\u2028Bcc: all@customer.test"}]},
+     "the To name 'Carol\\u2028Bcc: all@customer.test' contains a line break (U+2028)"),
+    ({"cc": [{"email": "dan@customer.test", "name": "Dan\x85X: 1"}]},
+     "the Cc name 'Dan\\x85X: 1' contains a line break (U+0085)"),
+    ({"alias": "Support\nBcc: all@customer.test"},
+     "the alias 'Support\\nBcc: all@customer.test' contains a line break (U+000A)"),
+    ({"subject": "Re: [SUPPORT-12] x\r\nBcc: all@customer.test"},
+     "the subject 'Re: [SUPPORT-12] x\\r\\nBcc: all@customer.test' contains a line break (U+000D)"),
+    ({"subject": "Re: x\x00"}, "the subject 'Re: x\\x00' contains a NUL character"),
+])
+def test_header_injection_fails_the_mail_and_nothing_reaches_smtp(overrides: dict[str, Any], reason: str) -> None:
+    step, pool, _, _ = make([SendResult(250, "ok")])
+    [event] = events(step.process(record(**overrides)))
+    assert event["status"] == "failed"
+    assert event["smtp_reply"] == f"cannot compose the mail: {reason}; header text must be one line"
+    assert pool.calls == []

@@ -7,8 +7,9 @@ for common mail it is built by a fast path that finds boundaries with str.find
 instead of reading bodies line by line, and anything unusual is left to the
 stdlib itself. Headers are decoded by hand: raw 8-bit bytes, broken
 encoded-words and unknown charsets are tolerated and noted in
-``ParsedMail.defects``. Only a mail that cannot be used at all raises
-:class:`MalformedMail`.
+``ParsedMail.defects``. Threading ids are kept only when deskmail can write
+them back into a reply (the rule is in :mod:`.msgids`). Only a mail that cannot
+be used at all raises :class:`MalformedMail`.
 """
 
 from __future__ import annotations

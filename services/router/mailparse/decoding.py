@@ -34,7 +34,6 @@ _CODEC_SUPERSETS = {
 }
 _FOLD = re.compile(r"\r?\n(?=[ \t])|\r?\n$")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
-_MSG_ID = re.compile(r"<([^<>]*)>")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FILENAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
@@ -186,15 +185,6 @@ def salvage_base64(data: bytes) -> bytes:
             break
         lines.append(line)
     return _lenient_base64(b"".join(lines) if lines else data)
-
-
-def message_ids(value: str) -> list[str]:
-    """Message-IDs in a header, without angle brackets (bare ``id@host`` tokens too)."""
-    ids = ["".join(clean(found).split()) for found in _MSG_ID.findall(value)]
-    ids = [found for found in ids if found]
-    if ids:
-        return ids
-    return [clean(token).strip("<>,;") for token in value.split() if "@" in token]
 
 
 def unique(items: list[str]) -> list[str]:

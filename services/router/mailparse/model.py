@@ -46,12 +46,12 @@ class ParsedMail:
     reply_to: tuple[Address, ...]
     to: tuple[Address, ...]
     cc: tuple[Address, ...]
-    subject: str  # decoded, whitespace runs collapsed; "" when missing
+    subject: str  # decoded, one line, whitespace runs collapsed, at most 255 characters; "" when missing
     text: str  # plain-text body, "\n" line ends; HTML converted when there is no text part
     html: str | None  # the HTML body as sent, if any
-    message_id: str | None  # without angle brackets
-    in_reply_to: str | None  # first id of In-Reply-To
-    references: tuple[str, ...]  # in order, without duplicates
+    message_id: str | None  # without angle brackets; None when missing or not a msg-id (see msgids)
+    in_reply_to: str | None  # first msg-id of In-Reply-To
+    references: tuple[str, ...]  # msg-ids in order, without duplicates, at most 50
     date: datetime | None  # timezone-aware; None when missing or unparseable
     attachments: tuple[Attachment, ...]
     auto_submitted: bool  # written by a machine (classify.is_auto_submitted)

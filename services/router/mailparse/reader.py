@@ -23,13 +23,14 @@ from services.router.mailparse.decoding import (
     decode_8bit,
     decode_words,
     header_param,
-    message_ids,
     part_filename,
     salvage_base64,
     to_addresses,
     unfold,
     unique,
 )
+from services.common.mailrules import MAX_SUMMARY_CHARS, cap_text
+from services.router.mailparse import msgids
 from services.router.mailparse.model import Address, Attachment, MalformedMail, ParsedMail
 from services.router.mailparse.stdlib import GENERATOR_POLICY
 
@@ -71,10 +72,9 @@ class Reader:
             )
         text, html, attachments = self._body()
         from_addr = self._sender()
-        subject = " ".join(self._decoded("subject").split())
-        references = unique(message_ids(self._header("references")))
-        in_reply_to = message_ids(self._header("in-reply-to"))
-        message_id = message_ids(self._header("message-id"))
+        subject = self._subject()
+        ids = msgids.thread_ids(self._folded("message-id"), self._folded("in-reply-to"), self._folded("references"))
+        self._defects.extend(ids.defects)
         auto_submitted = classify.is_auto_submitted(self._headers, subject)
         content_type = self._message.get_content_type()
         bounce = classify.is_bounce(
@@ -92,9 +92,9 @@ class Reader:
             subject=subject,
             text=text,
             html=html,
-            message_id=message_id[0] if message_id else None,
-            in_reply_to=in_reply_to[0] if in_reply_to else None,
-            references=tuple(references),
+            message_id=ids.message_id,
+            in_reply_to=ids.in_reply_to,
+            references=ids.references,
             date=self._date(),
             attachments=tuple(attachments),
             auto_submitted=auto_submitted,
@@ -114,8 +114,21 @@ class Reader:
             return ""
         return decode_8bit(unfold(value), self._charset_hint)
 
+    def _folded(self, name: str) -> str:
+        """Header text with raw 8-bit bytes decoded, folds left in (msgids reads them)."""
+        return decode_8bit(self._headers.get(name) or "", self._charset_hint)
+
     def _decoded(self, name: str) -> str:
         return clean(decode_words(self._header(name)))
+
+    def _subject(self) -> str:
+        """Decoded, one line (every line break a decoded encoded-word held is a space
+        now), at most MAX_SUMMARY_CHARS: it becomes the ticket's summary."""
+        subject = " ".join(self._decoded("subject").split())
+        if len(subject) > MAX_SUMMARY_CHARS:
+            self._defects.append(f"the subject has {len(subject)} characters; cut to {MAX_SUMMARY_CHARS}")
+            subject = cap_text(subject, MAX_SUMMARY_CHARS)
+        return subject
 
     def _addresses(self, name: str) -> list[Address]:
         values = self._message.get_all(name)
@@ -241,14 +254,14 @@ class Reader:
                 content_type, strict=False
             )
             filename = "attachment" + (extension or ".bin")
-        content_id = message_ids(unfold(part.get("content-id") or ""))
+        content_id = msgids.content_id(part.get("content-id") or "")
         return Attachment(
             filename=filename,
             content_type=content_type,
             payload=payload,
             size=len(payload),
             sha256=hashlib.sha256(payload).hexdigest(),
-            content_id=content_id[0] if content_id else None,
+            content_id=content_id,
             inline=disposition == "inline" or (disposition is None and bool(content_id)),
         )
 
