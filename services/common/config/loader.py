@@ -194,6 +194,9 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
     kafka_password = None
     if model.kafka.sasl_password is not None:
         kafka_password = _resolve(model.kafka.sasl_password, ("kafka", "sasl_password"), lines, problems)
+    session_secret = None
+    if model.api.session_secret is not None:
+        session_secret = _resolve(model.api.session_secret, ("api", "session_secret"), lines, problems)
     if problems:
         raise ConfigError(path, problems)
 
@@ -217,4 +220,5 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         metrics=model.metrics,
         organization=model.organization,
         queues=tuple(queues),
+        api_session_secret=session_secret,
     )

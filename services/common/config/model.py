@@ -92,6 +92,7 @@ class Config:
     metrics: MetricsSettings
     organization: Organization
     queues: tuple[Queue, ...]
+    api_session_secret: Secret | None = None  # api.session_secret, resolved
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property
