@@ -4,7 +4,7 @@
 
 * adds the security headers to every response it sees (pages, JSON, errors,
   static files, refusals): a Content-Security-Policy without inline script or
-  style, ``nosniff``, ``no-referrer``, ``DENY`` framing. A handler that needs a
+  style, ``nosniff``, no Referer to other sites, ``DENY`` framing. A handler that needs a
   different policy (remote images on request, a sandboxed attachment) sets its
   own Content-Security-Policy header, which is kept;
 * refuses a request whose ``Host`` is not deskmail's (DNS rebinding: a page at
@@ -39,7 +39,10 @@ _POLICY = (
 )
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not no-referrer: under it a browser sends "Origin: null" with the page's own form
+    # posts, which the Origin check must refuse. same-origin sends no Referer to any
+    # other site either, and makes a cross-site post carry Origin null (refused).
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
 }
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -465,7 +465,7 @@ def test_every_response_carries_the_security_headers(make: Make) -> None:
     for name, response in responses.items():
         assert response.headers.get("content-security-policy") == csp, name
         assert response.headers.get("x-content-type-options") == "nosniff", name
-        assert response.headers.get("referrer-policy") == "no-referrer", name
+        assert response.headers.get("referrer-policy") == "same-origin", name
         assert response.headers.get("x-frame-options") == "DENY", name
     # Swagger UI would load its code from a CDN: no documentation page, the document stays
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
