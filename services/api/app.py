@@ -1,7 +1,10 @@
 """The api process: the ticket pages, the JSON API, and the outbox relay.
 
 ``create_app`` builds the FastAPI application around a config, a store and
-(optionally) the outbox relay it wakes after each stored reply.
+(optionally) the outbox relay it wakes after each stored reply, wrapped in the
+browser hardening of ``services.api.security`` (headers, Host and Origin checks).
+The OpenAPI document is at /openapi.json; no documentation page is served, as
+Swagger UI would load its code from a CDN into deskmail's origin.
 ``run_api`` is `deskmail run api`: it serves the app with uvicorn on
 ``api.listen`` (with its port replaced when a port is given), serves /metrics,
 /healthz and /readyz on the same port, and runs the relay in a background
@@ -19,14 +22,17 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import rest, web
 from services.api.context import ApiContext, Waker
+from services.api.csrf import CsrfTokens
 from services.api.relay import OutboxRelay
+from services.api.security import BrowserGuard, SitePolicy
+from services.common.blobs import FolderBlobStore
 from services.common.config import Config
 from services.common.kafka import Kafka
 from services.common.runtime import Health
@@ -44,8 +50,13 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
         title="deskmail",
         version="1",
         description="Tickets from email: read tickets and their threads, reply by email.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.deskmail = ApiContext(config, store, relay)
+    app.state.csrf = CsrfTokens.from_config(config)
+    app.state.blobs = FolderBlobStore(config.blob_path)
+    app.add_middleware(BrowserGuard, site=SitePolicy.from_config(config), refuse=error_response)
     app.include_router(rest.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -66,15 +77,23 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
 
     @app.exception_handler(StarletteHTTPException)
     async def errors(request: Request, exc: StarletteHTTPException) -> Response:
-        """Pages get an HTML error page; the JSON API keeps FastAPI's {"detail": ...}."""
-        wants_html = "text/html" in request.headers.get("accept", "text/html")
-        if request.url.path.startswith("/api/") or not wants_html:
+        if _wants_json(request):
             return await http_exception_handler(request, exc)
-        return web.templates.TemplateResponse(
-            request, "error.html", {"status": exc.status_code, "detail": exc.detail}, status_code=exc.status_code
-        )
+        return error_response(request, exc.status_code, str(exc.detail))
 
     return app
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "text/html")
+
+
+def error_response(request: Request, status: int, detail: str) -> Response:
+    """Pages get an HTML error page; the JSON API FastAPI's {"detail": ...}."""
+    if _wants_json(request):
+        return JSONResponse({"detail": detail}, status_code=status)
+    return web.templates.TemplateResponse(request, "error.html", {"status": status, "detail": detail},
+                                          status_code=status)
 
 
 def _listen(config: Config, port: int | None) -> tuple[str, int]:

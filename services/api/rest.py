@@ -1,4 +1,4 @@
-"""The JSON API under /api/v1 (documented at /docs, schema at /openapi.json)."""
+"""The JSON API under /api/v1 (its OpenAPI document at /openapi.json; no docs page, see app.py)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
 """The server-rendered pages: queues, ticket lists, the ticket page with its reply
-form, and a queue's mailbox settings with connection checks.
+form and attachments, and a queue's mailbox settings with connection checks.
 
-Everything is escaped by Jinja's autoescape; mail is shown as its plain text,
-never as HTML. Forms work without JavaScript; the ticket page adds a small
-script that polls delivery status while a mail is queued or retrying.
+Everything is escaped by Jinja's autoescape. Mail is shown as its plain text; on
+request (``?html=1``) as its HTML, only ever through ``services.api.sanitize``,
+with remote images left out until the agent asks for them (``&images=1``).
+Attachments are downloads, never pages (``services.api.files``). Every form
+carries a CSRF token (``services.api.csrf``). Forms work without JavaScript; the
+ticket page adds a small static script that polls delivery status while a mail
+is queued or retrying (no inline script: the CSP forbids it).
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import jinja2
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from services.api import csrf, files
 from services.api.context import ApiContext, context, header_agent
 from services.api.replies import ReplyError, ReplyRequest, post_reply, reply_form
+from services.api.sanitize import SafeHtml, clean_mail_html
+from services.api.security import content_security_policy
+from services.common.blobs import BlobMissing, BlobStore
 from services.common.config import Config, Mailbox, Member, Secret
 from services.tickets import PENDING_STATUSES, Recipient, TicketDetail
 
@@ -46,18 +53,27 @@ router = APIRouter(include_in_schema=False, dependencies=[Depends(header_agent)]
 
 
 def _render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, values, status_code=status)
+    """The page, with this browser's form token (a new one, and its cookie, when
+    the browser has none that this api signed)."""
+    tokens: csrf.CsrfTokens = request.app.state.csrf
+    token = request.cookies.get(csrf.COOKIE) or ""
+    fresh = not tokens.valid(token)
+    if fresh:
+        token = tokens.mint()
+    response = templates.TemplateResponse(request, name, {**values, "csrf_token": token}, status_code=status)
+    if fresh:
+        secure = (request.app.state.deskmail.config.api.public_url or "").startswith("https:")
+        response.set_cookie(csrf.COOKIE, token, httponly=True, samesite="lax", secure=secure, path="/")
+    return response
 
 
-def same_origin(request: Request) -> None:
-    """Refuse a form posted from another site (a browser sends Origin on POST).
-    Behind a proxy that rewrites Host, its X-Forwarded-Host names the site."""
-    origin = request.headers.get("origin")
-    if not origin or origin == "null":
-        return
-    hosts = {request.headers.get("host"), *request.headers.get("x-forwarded-host", "").split(",")}
-    if urlsplit(origin).netloc not in {h.strip() for h in hosts if h}:
-        raise HTTPException(403, "form posted from another site")
+def csrf_protect(request: Request, csrf_token: str = Form("")) -> None:
+    """Refuse a form post without this browser's signed token (403, with the reason).
+    The Origin check is in ``services.api.security``."""
+    tokens: csrf.CsrfTokens = request.app.state.csrf
+    problem = tokens.refusal(request.cookies.get(csrf.COOKIE), csrf_token)
+    if problem is not None:
+        raise HTTPException(403, problem)
 
 
 # ------------------------------------------------------------------ lists
@@ -99,9 +115,21 @@ def address_list(people: Sequence[Recipient]) -> str:
     return ", ".join(out)
 
 
+def mail_html(detail: TicketDetail, remote_images: bool) -> dict[str | int, SafeHtml]:
+    """The sanitised HTML of each mail that has one: "opening", then comment ids."""
+    out: dict[str | int, SafeHtml] = {}
+    if detail.description_html:
+        out["opening"] = clean_mail_html(detail.description_html, remote_images=remote_images)
+    for e in detail.thread:
+        if e.html:
+            out[e.id] = clean_mail_html(e.html, remote_images=remote_images)
+    return out
+
+
 def _ticket_page(
     request: Request, ctx: ApiContext, detail: TicketDetail, signed_in: Member | None,
     form: dict[str, Any] | None = None, error: str | None = None, status: int = 200,
+    show_html: bool = False, remote_images: bool = False,
 ) -> HTMLResponse:
     defaults = reply_form(ctx.config, detail, ctx.store.ticket_mailbox(detail.key))
     values = form or {
@@ -113,12 +141,20 @@ def _ticket_page(
         "author": request.cookies.get(AGENT_COOKIE, ""),
     }
     members = {m.email for m in ctx.config.organization.members}
-    return _render(
+    numbered = list(enumerate(detail.attachments))  # the number is the download's address
+    html = mail_html(detail, remote_images) if show_html else {}
+    response = _render(
         request, "ticket.html", status=status,
         t=detail,
         queue=ctx.config.queue(detail.queue),
-        opening_files=[a for a in detail.attachments if a.comment_id is None],
-        files={e.id: [a for a in detail.attachments if a.comment_id == e.id] for e in detail.thread},
+        all_files=numbered,
+        opening_files=[(i, a) for i, a in numbered if a.comment_id is None],
+        files={e.id: [(i, a) for i, a in numbered if a.comment_id == e.id] for e in detail.thread},
+        has_html=bool(detail.description_html or any(e.html for e in detail.thread)),
+        mail_html=html,
+        show_html=show_html,
+        remote_images=remote_images,
+        blocked_images=sum(h.blocked_images for h in html.values()),
         members=members,
         reply=defaults,
         form=values,
@@ -127,20 +163,47 @@ def _ticket_page(
         agents=ctx.config.organization.members,
         pending=any(e.delivery_status in PENDING_STATUSES for e in detail.thread),
     )
+    if show_html and remote_images:  # the agent asked: this response only
+        response.headers["content-security-policy"] = content_security_policy(remote_images=True)
+    return response
 
 
 @router.get("/tickets/{key}", response_class=HTMLResponse)
 def ticket_page(
-    request: Request, key: str, ctx: ApiContext = Depends(context),
+    request: Request, key: str, html: bool = False, images: bool = False, ctx: ApiContext = Depends(context),
     signed_in: Member | None = Depends(header_agent),
 ) -> HTMLResponse:
+    """The ticket; ``html``: show each mail's sanitised HTML, ``images``: with its https images."""
     detail = ctx.store.get_ticket(key)
     if detail is None:
         raise HTTPException(404, f"no ticket {key}")
-    return _ticket_page(request, ctx, detail, signed_in)
+    return _ticket_page(request, ctx, detail, signed_in, show_html=html or images, remote_images=images)
 
 
-@router.post("/tickets/{key}/reply", response_class=HTMLResponse, dependencies=[Depends(same_origin)])
+@router.get("/tickets/{key}/files/{number}")
+def attachment(request: Request, key: str, number: int, ctx: ApiContext = Depends(context)) -> Response:
+    """An attachment's bytes, as a download of a safe type (``services.api.files``)."""
+    detail = ctx.store.get_ticket(key)
+    if detail is None:
+        raise HTTPException(404, f"no ticket {key}")
+    if not 0 <= number < len(detail.attachments):
+        raise HTTPException(404, f"ticket {key} has no attachment {number}")
+    info = detail.attachments[number]
+    if info.blob_ref is None:
+        raise HTTPException(404, f"the content of {info.filename} was not stored")
+    blobs: BlobStore = request.app.state.blobs
+    try:
+        data = blobs.get(info.blob_ref)
+    except BlobMissing:
+        raise HTTPException(404, f"the content of {info.filename} is missing from the blob store") from None
+    return Response(data, media_type=files.served_type(info.content_type), headers={
+        "content-disposition": files.content_disposition(info.filename),
+        "content-security-policy": files.ATTACHMENT_CSP,
+        "cache-control": "private, no-store",
+    })
+
+
+@router.post("/tickets/{key}/reply", response_class=HTMLResponse, dependencies=[Depends(csrf_protect)])
 def ticket_reply(
     request: Request,
     key: str,
@@ -218,7 +281,7 @@ def _mailbox_of(config: Config, key: str, address: str) -> Mailbox:
     return mailbox
 
 
-@router.post("/queues/{key}/settings/check", response_class=HTMLResponse, dependencies=[Depends(same_origin)])
+@router.post("/queues/{key}/settings/check", response_class=HTMLResponse, dependencies=[Depends(csrf_protect)])
 def settings_check(
     request: Request, key: str, mailbox: str = Form(...), ctx: ApiContext = Depends(context)
 ) -> HTMLResponse:
@@ -230,7 +293,7 @@ def settings_check(
     return _settings_page(request, ctx.config, key, results={box.address: {"check": steps}})
 
 
-@router.post("/queues/{key}/settings/test", response_class=HTMLResponse, dependencies=[Depends(same_origin)])
+@router.post("/queues/{key}/settings/test", response_class=HTMLResponse, dependencies=[Depends(csrf_protect)])
 def settings_test(
     request: Request, key: str, mailbox: str = Form(...), to: str = Form(""), signature: str = Form(""),
     ctx: ApiContext = Depends(context),

@@ -137,10 +137,16 @@ def test_up_without_config_runs_the_demo_and_stops_cleanly(tmp_path):
                 return ""
 
         assert "My printer is on fire" in wait_for(page, 60, f"the ticket page\n{up.logs()}")
+        # as a browser does: the page's form token, its cookie, and the page's Origin
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/tickets/SUPPORT-1", timeout=5) as r:
+            cookie = r.headers["Set-Cookie"].split(";", 1)[0]
+            token = re.search(r'name="csrf_token" value="([^"]+)"', r.read().decode())
+        assert token and cookie.startswith("deskmail_csrf=")
         form = urllib.parse.urlencode({"text": "Please unplug it first.", "to": "customer@example.org",
                                        "send_email": "on", "signature": "Demo support",
-                                       "author": "agent@example.com"}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{web}/tickets/SUPPORT-1/reply", data=form)
+                                       "author": "agent@example.com", "csrf_token": token.group(1)}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{web}/tickets/SUPPORT-1/reply", data=form,
+                                         headers={"Origin": f"http://127.0.0.1:{web}", "Cookie": cookie})
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200  # after the redirect to the ticket page
         saved = wait_for(lambda: sorted((data / "sent-mail").glob("*.eml")), 60,

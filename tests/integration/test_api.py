@@ -28,13 +28,15 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.integration
 
+ORIGIN = "http://127.0.0.1:8080"  # api.listen below: a Host the api accepts
 IMAP_SECRET = "imap-pw-Zq81-never-shown"
 SMTP_SECRET = "smtp-pw-Xy77-never-shown"
 
 
 def config_text(db_url: str, secret_file: Path, *, allow_outbound: bool = True, user_header: str | None = None,
-                mailbox_extra: str = "") -> str:
+                mailbox_extra: str = "", public_url: str | None = None) -> str:
     header = f"\n          user_header: {user_header}" if user_header else ""
+    header += f"\n          public_url: {public_url}" if public_url else ""
     return textwrap.dedent(f"""\
         database: {{url: "{db_url}"}}
         api:
@@ -80,6 +82,17 @@ def invoice(n: int, **overrides: Any) -> dict[str, Any]:
     return command(n, domain="customer.test", **{**fields, **overrides})
 
 
+def post_form(client: TestClient, action: str, data: dict[str, str], *, headers: dict[str, str] | None = None,
+              **options: Any) -> Any:
+    """Post ``data`` as a browser does from the page the form is on (``action`` minus
+    its last part): with that page's CSRF token and cookie, and deskmail's Origin."""
+    page = client.get(action.rsplit("/", 1)[0], headers=headers)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token, page.text
+    return client.post(action, data={**data, "csrf_token": token.group(1)},
+                       headers={"Origin": ORIGIN, **(headers or {})}, **options)
+
+
 def counts(store: TicketStore) -> dict[str, int]:
     with store.engine.connect() as conn:
         return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one() for t in metadata.sorted_tables}
@@ -111,7 +124,7 @@ def make(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
         if store.get_ticket("SUPPORT-1") is None:
             store.apply(invoice(1))
         waker = Waker()
-        return TestClient(create_app(config, store, waker)), store, config, waker
+        return TestClient(create_app(config, store, waker), base_url=ORIGIN), store, config, waker
 
     yield build
     for store in stores:
@@ -154,7 +167,7 @@ def test_pages_render_and_escape_mail_text(make: Make) -> None:
 
 def test_reply_from_the_page_is_stored_queued_and_redirects(make: Make) -> None:
     client, store, _, waker = make()
-    response = client.post("/tickets/SUPPORT-1/reply", data={
+    response = post_form(client, "/tickets/SUPPORT-1/reply", data={
         "author": "alice@example.com", "text": "We fixed the invoice.", "send_email": "on",
         "to": "Carol Customer <carol@customer.test>", "cc": "dan@customer.test", "signature": "Alice at Example",
     }, follow_redirects=False)
@@ -176,12 +189,14 @@ def test_reply_from_the_page_is_stored_queued_and_redirects(make: Make) -> None:
 
     page = client.get(response.headers["location"]).text
     assert f'id="status-{entry.id}"' in page and 'data-status="queued"' in page
-    assert "We fixed the invoice." in page and "setTimeout(tick, 2000)" in page
+    assert "We fixed the invoice." in page and '<script src="/static/ticket.js" defer></script>' in page
+    assert 'data-deliveries="/api/v1/tickets/SUPPORT-1/deliveries"' in page and "<script>" not in page
+    assert "setTimeout(tick, 2000)" in client.get("/static/ticket.js").text
 
 
 def test_an_internal_comment_from_the_page(make: Make) -> None:
     client, store, _, waker = make()
-    response = client.post("/tickets/SUPPORT-1/reply", data={
+    response = post_form(client, "/tickets/SUPPORT-1/reply", data={
         "author": "bob@example.com", "text": "Customer called, all good.", "to": "carol@customer.test",
     }, follow_redirects=False)
     assert response.status_code == 303
@@ -194,7 +209,7 @@ def test_an_internal_comment_from_the_page(make: Make) -> None:
 def test_a_refused_reply_shows_the_error_inline_and_stores_nothing(make: Make) -> None:
     client, store, _, _ = make(allow_outbound=False)
     before = counts(store)
-    response = client.post("/tickets/SUPPORT-1/reply", data={
+    response = post_form(client, "/tickets/SUPPORT-1/reply", data={
         "author": "alice@example.com", "text": "Typed text stays.", "send_email": "on",
         "to": "carol@customer.test", "cc": "",
     })
@@ -204,7 +219,7 @@ def test_a_refused_reply_shows_the_error_inline_and_stores_nothing(make: Make) -
     assert ">Typed text stays.</textarea>" in response.text
     assert counts(store) == before
 
-    missing = client.post("/tickets/SUPPORT-1/reply", data={"author": "", "text": "x", "send_email": "on"})
+    missing = post_form(client, "/tickets/SUPPORT-1/reply", data={"author": "", "text": "x", "send_email": "on"})
     assert missing.status_code == 403 and "not an organization member" in missing.text
     assert counts(store) == before
 
@@ -336,7 +351,7 @@ def test_openapi_documents_the_reply_endpoint(make: Make) -> None:
     assert "201" in post["responses"] and "403" in post["responses"]
     assert "/api/v1/tickets/{key}" in doc["paths"] and "/api/v1/tickets" in doc["paths"]
     assert not any(p.startswith("/tickets") for p in doc["paths"])  # pages are not API
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs").status_code == 404  # no page loading Swagger UI from a CDN
 
 
 # ------------------------------------------------------------------ identity
@@ -350,7 +365,7 @@ def test_user_header_identifies_the_agent(make: Make) -> None:
     page = client.get("/tickets/SUPPORT-1", headers=alice)
     assert page.status_code == 200 and '<select name="author"' not in page.text and "Alice Agent" in page.text
     # the header decides; a form field naming someone else is ignored
-    posted = client.post("/tickets/SUPPORT-1/reply", headers=alice, follow_redirects=False,
+    posted = post_form(client, "/tickets/SUPPORT-1/reply", headers=alice, follow_redirects=False,
                          data={"author": "bob@example.com", "text": "hi", "send_email": "on",
                                "to": "carol@customer.test"})
     assert posted.status_code == 303
@@ -365,14 +380,201 @@ def test_user_header_identifies_the_agent(make: Make) -> None:
 def test_a_form_posted_from_another_site_is_refused(make: Make) -> None:
     client, store, _, _ = make()
     before = counts(store)
-    response = client.post("/tickets/SUPPORT-1/reply", headers={"Origin": "https://evil.test"},
-                           data={"author": "alice@example.com", "text": "x", "send_email": "on"})
-    assert response.status_code == 403 and counts(store) == before
+    reply = {"author": "alice@example.com", "text": "x", "send_email": "on", "to": "eve@elsewhere.test"}
+    refused = {
+        "posted from another site (https://evil.test)": {"Origin": "https://evil.test"},
+        # a sandboxed iframe or a file:// page sends Origin: null
+        "Origin null (a sandboxed frame or a local file) may not post": {"Origin": "null"},
+        "a form post without an Origin header is refused": {"Origin": ""},  # dropped below
+    }
+    for reason, headers in refused.items():
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/tickets/SUPPORT-1").text)
+        assert token
+        sent = {k: v for k, v in headers.items() if v}
+        response = client.post("/tickets/SUPPORT-1/reply", data={**reply, "csrf_token": token.group(1)},
+                               headers=sent)
+        assert response.status_code == 403 and reason in response.text, (reason, response.text)
+    # the test mail to an arbitrary address is refused the same way
+    response = client.post("/queues/SUPPORT/settings/test", headers={"Origin": "null"},
+                           data={"mailbox": "support@example.com", "to": "eve@elsewhere.test"})
+    assert response.status_code == 403 and "Origin null" in response.text
+    # the JSON API: a foreign Origin is refused, as JSON
+    api = client.post("/api/v1/tickets/SUPPORT-1/replies", headers={"Origin": "https://evil.test"},
+                      json={"text": "x", "author": "alice@example.com"})
+    assert api.status_code == 403 and api.json()["detail"].startswith("posted from another site")
+    assert counts(store) == before
+
     # behind a proxy that rewrites Host, the forwarded host is the site
-    proxied = client.post("/tickets/SUPPORT-1/reply", follow_redirects=False,
-                          headers={"Origin": "https://desk.example.com", "X-Forwarded-Host": "desk.example.com"},
-                          data={"author": "alice@example.com", "text": "x"})
+    proxied = post_form(client, "/tickets/SUPPORT-1/reply", follow_redirects=False,
+                        headers={"Origin": "https://desk.example.com", "X-Forwarded-Host": "desk.example.com"},
+                        data={"author": "alice@example.com", "text": "x"})
     assert proxied.status_code == 303
+
+
+def test_a_form_without_this_browsers_token_is_refused(make: Make) -> None:
+    client, store, _, _ = make()
+    before = counts(store)
+    own = {"Origin": ORIGIN}
+    reply = {"author": "alice@example.com", "text": "x"}
+    page = client.get("/tickets/SUPPORT-1")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token and page.cookies.get("deskmail_csrf") == token.group(1)
+    cookie = page.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
+
+    no_field = client.post("/tickets/SUPPORT-1/reply", headers=own, data=reply)
+    assert no_field.status_code == 403 and "the form has no CSRF token" in no_field.text
+    nonce = token.group(1).split(".")[0]
+    forged = client.post("/tickets/SUPPORT-1/reply", headers=own, data={**reply, "csrf_token": nonce + ".AAAA"})
+    assert forged.status_code == 403 and "does not match" in forged.text
+    # a token that is well-formed and matches a planted cookie, but was not signed by this api
+    client.cookies.set("deskmail_csrf", nonce + ".AAAA")
+    planted = client.post("/tickets/SUPPORT-1/reply", headers=own, data={**reply, "csrf_token": nonce + ".AAAA"})
+    assert planted.status_code == 403 and "expired" in planted.text
+    client.cookies.clear()
+    no_cookie = client.post("/tickets/SUPPORT-1/reply", headers=own, data={**reply, "csrf_token": token.group(1)})
+    assert no_cookie.status_code == 403 and "no CSRF cookie" in no_cookie.text
+    assert counts(store) == before
+    # the page hands out a fresh token again, and the form goes through with it
+    assert post_form(client, "/tickets/SUPPORT-1/reply", reply, follow_redirects=False).status_code == 303
+
+
+def test_a_token_signed_with_the_session_secret_survives_a_restart(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, store, config, _ = make()
+    secret = tmp_path / "session-secret"
+    secret.write_text("a-long-random-session-secret\n")
+    text = config_text(config.database_url, tmp_path / "smtp-password").replace(
+        "api:\n", f"api:\n  session_secret: {{file: {secret}}}\n")
+    keyed = parse_text(text, str(tmp_path / "deskmail.yaml"))
+    assert keyed.api_session_secret is not None and "a-long-random" not in repr(keyed)
+    first, second = (TestClient(create_app(keyed, store), base_url=ORIGIN) for _ in range(2))
+    token = re.search(r'name="csrf_token" value="([^"]+)"', first.get("/tickets/SUPPORT-1").text)
+    assert token
+    second.cookies.set("deskmail_csrf", token.group(1))
+    response = second.post("/tickets/SUPPORT-1/reply", headers={"Origin": ORIGIN}, follow_redirects=False,
+                           data={"author": "alice@example.com", "text": "x", "csrf_token": token.group(1)})
+    assert response.status_code == 303
+    # without the secret each start has its own key
+    client.cookies.set("deskmail_csrf", token.group(1))
+    other = client.post("/tickets/SUPPORT-1/reply", headers={"Origin": ORIGIN},
+                        data={"author": "alice@example.com", "text": "x", "csrf_token": token.group(1)})
+    assert other.status_code == 403
+
+
+def test_a_host_that_is_not_deskmails_is_refused(make: Make) -> None:
+    client, _, _, _ = make()
+    for host in ("evil.test", "evil.test:8080", "127.0.0.1.evil.test:8080"):
+        page = client.get("/tickets/SUPPORT-1", headers={"Host": host})
+        assert page.status_code == 403 and "is not this deskmail" in page.text, host
+        assert "Invoice 1" not in page.text
+        api = client.get("/api/v1/tickets", headers={"Host": host})
+        assert api.status_code == 403 and "is not this deskmail" in api.json()["detail"]
+    for host in ("localhost:8080", "127.0.0.1:9999", "[::1]:8080", "LOCALHOST"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+    for probe in ("/healthz", "/readyz", "/metrics"):  # kubelet and Prometheus use the pod's IP
+        assert client.get(probe, headers={"Host": "10.1.2.3:8080"}).status_code == 200
+
+    public, _, _, _ = make(public_url="https://desk.example.com/")
+    public.base_url = "https://127.0.0.1:8080"  # as behind a TLS proxy: the form cookie is Secure
+    home = public.get("/", headers={"Host": "desk.example.com"})
+    assert home.status_code == 200 and "secure" in home.headers["set-cookie"].lower()
+    assert public.get("/", headers={"Host": "other.example.com"}).status_code == 403
+    # a proxy that sends Host as the upstream's address: the browser's Origin is public_url
+    assert post_form(public, "/tickets/SUPPORT-1/reply", {"author": "alice@example.com", "text": "x"},
+                     headers={"Origin": "https://desk.example.com"}, follow_redirects=False).status_code == 303
+    assert post_form(public, "/tickets/SUPPORT-1/reply", {"author": "alice@example.com", "text": "x"},
+                     headers={"Origin": "http://desk.example.com:8443"}).status_code == 403
+
+
+def test_every_response_carries_the_security_headers(make: Make) -> None:
+    client, _, _, _ = make()
+    csp = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
+           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    responses = {
+        "page": client.get("/tickets/SUPPORT-1"),
+        "html error": client.get("/tickets/SUPPORT-99"),
+        "json": client.get("/api/v1/tickets"),
+        "json error": client.get("/api/v1/tickets/SUPPORT-99"),
+        "static": client.get("/static/style.css"),
+        "openapi": client.get("/openapi.json"),
+        "metrics": client.get("/metrics"),
+        "refusal": client.get("/", headers={"Host": "evil.test"}),
+        "no page": client.get("/nowhere"),
+    }
+    for name, response in responses.items():
+        assert response.headers.get("content-security-policy") == csp, name
+        assert response.headers.get("x-content-type-options") == "nosniff", name
+        assert response.headers.get("referrer-policy") == "same-origin", name
+        assert response.headers.get("x-frame-options") == "DENY", name
+    # Swagger UI would load its code from a CDN: no documentation page, the document stays
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+
+
+def test_mail_html_is_shown_cleaned_and_images_only_on_request(make: Make) -> None:
+    client, store, _, _ = make()
+    html = ('<p onclick="alert(1)">Please <b>fix</b> <a href="javascript:alert(2)">this</a> and '
+            '<a href="https://customer.test/help">that</a></p><img src="https://tracker.test/pixel.gif">'
+            '<script>alert("html")</script><style>body{display:none}</style><form action="/tickets/x"></form>')
+    store.apply(invoice(2, html=html))
+    text = client.get("/tickets/SUPPORT-2")
+    assert 'id="view-html" href="/tickets/SUPPORT-2?html=1"' in text.text and "<b>fix</b>" not in text.text
+
+    shown = client.get("/tickets/SUPPORT-2?html=1")
+    body = shown.text
+    assert '<div class="body html"><p>Please <b>fix</b> <a rel="noopener noreferrer nofollow">this</a>' in body
+    assert '<a href="https://customer.test/help" rel="noopener noreferrer nofollow">that</a>' in body
+    for gone in ("onclick", "javascript:", 'alert("html")', "display:none", "tracker.test", 'action="/tickets/x"'):
+        assert gone not in body, gone
+    assert "1 remote image not loaded" in body
+    assert 'id="load-images" href="/tickets/SUPPORT-2?html=1&amp;images=1"' in body
+    assert "img-src 'self';" in shown.headers["content-security-policy"]
+
+    loaded = client.get("/tickets/SUPPORT-2?html=1&images=1")
+    assert '<img src="https://tracker.test/pixel.gif">' in loaded.text and "Remote images are loaded" in loaded.text
+    assert "img-src 'self' https:;" in loaded.headers["content-security-policy"]
+    assert "script-src 'self';" in loaded.headers["content-security-policy"]
+    # the next page is strict again
+    assert "img-src 'self';" in client.get("/tickets/SUPPORT-2").headers["content-security-policy"]
+
+
+def test_attachments_are_downloads_of_a_safe_type(make: Make) -> None:
+    from services.common.blobs import FolderBlobStore
+
+    client, store, config, _ = make()
+    blobs = FolderBlobStore(config.blob_path)
+    contents = {
+        "page.html": (b"<script>alert(document.cookie)</script>", "text/html", "application/octet-stream"),
+        "logo.svg": (b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>', "image/svg+xml",
+                     "application/octet-stream"),
+        "data.xml": (b"<?xml version='1.0'?><x/>", "application/xml", "application/octet-stream"),
+        "photo.png": (b"\x89PNG\r\n\x1a\n", "image/png", "image/png"),
+        "invoice.pdf": (b"%PDF-1.4", "application/pdf", "application/pdf"),
+        "notes.txt": (b"<b>plain</b>", "text/plain; charset=utf-8", "text/plain; charset=utf-8"),
+        '../../"Rechnung" \u202eKÖLN.exe': (b"MZ", "application/pdf", "application/pdf"),
+    }
+    files = [{"filename": name, "content_type": declared, "size": len(data), "sha256": "00" * 32,
+              "blob_ref": blobs.put(data, durable=False)} for name, (data, declared, _) in contents.items()]
+    files.append({"filename": "gone.bin", "content_type": "application/pdf", "size": 3, "sha256": "00" * 32,
+                  "blob_ref": "sha256:" + "ef" * 32})
+    store.apply(invoice(2, attachments=files))
+    page = client.get("/tickets/SUPPORT-2").text
+    assert '<a class="file" href="/tickets/SUPPORT-2/files/0" download>page.html</a>' in page
+
+    for number, (name, (data, _, served)) in enumerate(contents.items()):
+        response = client.get(f"/tickets/SUPPORT-2/files/{number}")
+        assert response.status_code == 200 and response.content == data, name
+        assert response.headers["content-type"] == served, name
+        assert response.headers["content-disposition"].startswith("attachment; filename="), name
+        assert response.headers["content-security-policy"] == "default-src 'none'; sandbox; frame-ancestors 'none'"
+        assert response.headers["x-content-type-options"] == "nosniff"
+    odd = client.get(f"/tickets/SUPPORT-2/files/{len(contents) - 1}").headers["content-disposition"]
+    assert odd == ("attachment; filename=\"_Rechnung_ K_LN.exe\"; "
+                   "filename*=UTF-8''%22Rechnung%22%20K%C3%96LN.exe")
+    assert client.get(f"/tickets/SUPPORT-2/files/{len(contents)}").status_code == 404  # blob missing
+    assert client.get("/tickets/SUPPORT-2/files/99").status_code == 404
+    assert client.get("/tickets/SUPPORT-1/files/0").status_code == 404  # its pdf was never stored
 
 
 # ------------------------------------------------------------------ settings
@@ -411,7 +613,7 @@ def test_check_connection_and_test_email_against_real_servers(
                       cafile: {smtp.cafile}, password: {{env: API_SMTP_PW}}}}"""), " " * 14)
         monkeypatch.setenv("API_SMTP_PW", SMTP_SECRET)
         client, _, _, _ = make(mailbox_extra=extra)
-        checked = client.post("/queues/SUPPORT/settings/check", data={"mailbox": address})
+        checked = post_form(client, "/queues/SUPPORT/settings/check", data={"mailbox": address})
         assert checked.status_code == 200
         steps = re.findall(r'<li class="(ok|fail)"><span class="mark">(.)</span> ([\w-]+)', checked.text)
         assert [(cls, name) for cls, _, name in steps] == [
@@ -419,7 +621,7 @@ def test_check_connection_and_test_email_against_real_servers(
             ("ok", "smtp-connect"), ("ok", "smtp-tls"), ("ok", "smtp-login")]
         assert all(mark == "✓" for _, mark, _ in steps)
 
-        sent = client.post("/queues/SUPPORT/settings/test",
+        sent = post_form(client, "/queues/SUPPORT/settings/test",
                            data={"mailbox": address, "to": "carol@customer.test", "signature": ""})
         assert sent.status_code == 200 and "Test email accepted by the server: carol@customer.test: 250" in sent.text
         (received,) = smtp.received()
@@ -428,5 +630,5 @@ def test_check_connection_and_test_email_against_real_servers(
             assert IMAP_SECRET not in page and SMTP_SECRET not in page
 
         dovecot.add_user(address, "changed-elsewhere")
-        failed = client.post("/queues/SUPPORT/settings/check", data={"mailbox": address}).text
+        failed = post_form(client, "/queues/SUPPORT/settings/check", data={"mailbox": address}).text
         assert re.search(r'<li class="fail"><span class="mark">✗</span> login', failed)

@@ -203,6 +203,9 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
             problems.append(Problem(_line_for(kloc, lines), _where(kloc),
                                     f"the key from {message_id_key.source} is shorter than "
                                     f"{MIN_KEY_CHARS} characters"))
+    session_secret = None
+    if model.api.session_secret is not None:
+        session_secret = _resolve(model.api.session_secret, ("api", "session_secret"), lines, problems)
     if problems:
         raise ConfigError(path, problems)
 
@@ -227,4 +230,5 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         organization=model.organization,
         queues=tuple(queues),
         message_id_key=message_id_key,
+        api_session_secret=session_secret,
     )

@@ -94,6 +94,7 @@ class Config:
     queues: tuple[Queue, ...]
     # organization.message_id_key resolved; None: use the data folder's (config.keys)
     message_id_key: Secret | None = None
+    api_session_secret: Secret | None = None  # api.session_secret, resolved
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property

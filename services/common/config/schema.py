@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -125,6 +126,25 @@ class ConsumeSettings(_Model):
 class ApiSettings(_Model):
     listen: ListenAddress = HostPort("127.0.0.1", 8080)
     user_header: str | None = None  # e.g. X-Forwarded-Email, set by an authenticating proxy
+    # Where agents' browsers reach the page (https://desk.example.com): the only Host
+    # and Origin accepted besides loopback. Unset: the listen address and loopback only.
+    public_url: str | None = None
+    session_secret: SecretRef | None = None  # signs form tokens; unset: a random key per start
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(f"{v!r}: public_url is scheme://host[:port] only (deskmail serves from the root)")
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        default = {"http": 80, "https": 443}[parts.scheme]
+        port = "" if parts.port in (None, default) else f":{parts.port}"
+        return f"{parts.scheme}://{host}{port}"  # as a browser writes it in Origin
 
 
 class BlobSettings(_Model):
