@@ -111,14 +111,20 @@ class IngressHandler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,  # noqa: N802 (aiosmtpd)
                           address: str, mail_options: list[str]) -> str:
-        """Refuse an announced SIZE the in-flight budget cannot take now, before the data is sent."""
+        """Reserve an announced SIZE in the in-flight budget, or refuse it now, before the data is sent.
+
+        Reserving (not just checking) keeps concurrent senders from all passing MAIL
+        and then outgrowing the budget after sending their data.
+        """
+        assert isinstance(envelope, IngressEnvelope)
         size = announced_size(mail_options)
-        if size and not self.admission.fits(size):
+        if size and not self.admission.take(size):
             metrics.FETCHER_INGRESS.labels(BUSY).inc()
             metrics.FETCHER_INGRESS_DEFERRALS.labels("inflight_bytes").inc()
             log.warning("message deferred, the client will retry",
                         extra={"reason": "inflight_bytes", "size": size, "count": self.admission.inflight_bytes})
             return REPLY_BUSY
+        envelope.reserved = size
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"

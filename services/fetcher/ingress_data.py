@@ -114,6 +114,7 @@ class Message:
 
 class IngressEnvelope(Envelope):
     message: Message | None = None
+    reserved = 0  # in-flight bytes taken at MAIL for the announced SIZE, until DATA or the reset
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,22 @@ class IngressSession(SMTP):
     def _create_envelope(self) -> IngressEnvelope:
         return IngressEnvelope()
 
+    def _set_post_data_state(self) -> None:
+        """A new envelope (after DATA, RSET, EHLO): the old one's SIZE reservation is returned."""
+        self._release_reservation()
+        super()._set_post_data_state()
+
+    def _release_reservation(self) -> None:
+        envelope = getattr(self, "envelope", None)
+        if isinstance(envelope, IngressEnvelope) and envelope.reserved:
+            self.context.admission.release(envelope.reserved)
+            envelope.reserved = 0
+
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:  # once, also when STARTTLS switched the transport
             self._counted = False
             self.context.admission.close_session()
+        self._release_reservation()
         super().connection_lost(error)
 
     async def push(self, status: str | bytes) -> None:
@@ -171,6 +184,7 @@ class IngressSession(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         admission = self.context.admission
         message = Message(self.context.blobs, self.context.inline_max_bytes)
+        message.held, self.envelope.reserved = self.envelope.reserved, 0  # the message holds it now
         try:
             refusal = await self._receive(message)
             if refusal is None and not self._take(message):
@@ -222,7 +236,7 @@ class IngressSession(SMTP):
                 refusal = TOO_BIG
             if refusal is None:
                 message.add(line[1:] if line_start and line.startswith(b".") else line)
-                if message.size - message.held >= CHUNK_BYTES and not self._take(message):
+                if message.size - message.held >= CHUNK_BYTES and not self._take(message):  # beyond SIZE
                     refusal = BUSY
                 if refusal is None and message.spill_due():
                     try:
@@ -237,8 +251,15 @@ class IngressSession(SMTP):
         return refusal
 
     def _take(self, message: Message) -> bool:
-        """Take the budget for the bytes of ``message`` not yet counted; False when they do not fit."""
-        if not self.context.admission.take(message.size - message.held):
+        """Hold exactly ``message.size`` bytes of the budget; False when the growth does not fit.
+
+        Below the SIZE reserved at MAIL nothing is taken; a message smaller than
+        announced gives the rest back.
+        """
+        admission = self.context.admission
+        if message.size <= message.held:
+            admission.release(message.held - message.size)
+        elif not admission.take(message.size - message.held):
             return False
         message.held = message.size
         return True

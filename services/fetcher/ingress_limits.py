@@ -10,9 +10,10 @@ retries, exactly as when the broker is unavailable.
   in place of the greeting and closed (421 is the reply that closes the channel,
   RFC 5321 3.8).
 * ``ingress.max_inflight_bytes``: message bytes received and not yet answered, over
-  all sessions. ``MAIL FROM ... SIZE=`` that does not fit gets ``451 4.3.2`` before
-  any data is sent; a message that outgrows the budget while it arrives is read to
-  its end, dropped, and answered ``451 4.3.2``.
+  all sessions. ``MAIL FROM ... SIZE=`` reserves its size until the transaction
+  ends, or gets ``451 4.3.2`` before any data is sent when it does not fit; a message
+  that outgrows the budget (beyond its SIZE, or announced none) while it arrives is
+  read to its end, dropped, and answered ``451 4.3.2``.
 
 Used only from the ingress's event loop thread, so it needs no lock.
 """

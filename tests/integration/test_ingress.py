@@ -397,6 +397,31 @@ def test_a_message_beyond_the_in_flight_budget_gets_451_and_is_accepted_when_ret
     assert sorted(len(r["raw"]) for _, r in found) == sorted([len(held), len(other)])
 
 
+def test_an_announced_size_is_reserved_until_the_transaction_ends(ingress):
+    server, support, _ = ingress(ingress_yaml="max_message_bytes: 200000\nmax_inflight_bytes: 300000")
+
+    def inflight() -> float:
+        return metric("deskmail_fetcher_ingress_inflight_bytes")
+
+    with server.smtp() as first, server.smtp() as second:
+        first.ehlo()
+        second.ehlo()
+        assert first.mail("c@customer.test", ["SIZE=200000"])[0] == 250
+        assert inflight() == 200_000
+        code, reply = second.mail("c@customer.test", ["SIZE=150000"])
+        assert (code, reply[:5]) == (451, b"4.3.2")
+        first.rset()
+        wait_until(lambda: inflight() == 0, "RSET to return the reservation")
+        assert second.mail("c@customer.test", ["SIZE=150000"])[0] == 250
+        raw = mail(26, support, size=5000)  # smaller than announced: the rest is given back
+        second.rcpt(support)
+        assert second.data(raw)[0] == 250
+        wait_until(lambda: inflight() == 0, "DATA to return the reservation")
+        assert first.mail("c@customer.test", ["SIZE=200000"])[0] == 250
+    wait_until(lambda: inflight() == 0, "the closed session to return its reservation")
+    assert [r["raw"] for _, r in server.records(1)] == [raw]
+
+
 def test_a_large_message_is_streamed_to_the_blob_store_byte_for_byte(ingress):
     server, support, orders = ingress(extra="blobs: {inline_max_bytes: 65536}")
     raw = mail(23, support, size=3_000_000)
