@@ -1,8 +1,8 @@
 """The ingress's SMTP/LMTP session: aiosmtpd with DATA read as a stream.
 
 aiosmtpd collects DATA as a list of one ``bytearray`` per line, joins it, and hands
-the handler the whole message (``handle_DATA``): a 30 MB message costs about four
-times its size while it waits for the broker. ``IngressSession.smtp_DATA`` replaces
+the handler the whole message (``handle_DATA``): a 30 MB message cost about 75 MB
+while it waited for the broker (docs/benchmarks.md). ``IngressSession.smtp_DATA`` replaces
 that one method (the rest of aiosmtpd's protocol is untouched): it reads the lines
 the same way (``readuntil(b"\\r\\n")``, so pipelining, the 1,001-byte line limit and
 ``data_size_limit`` behave as before) and puts them in a :class:`Message`, which
