@@ -2,17 +2,26 @@
 
 References are content addresses (``sha256:<hex>``), so storing the same bytes twice
 is a no-op and a replayed record finds its blob again. The default store is a local
-folder (shared storage on Kubernetes); anything with ``put``/``get`` can replace it.
+folder (shared storage on Kubernetes); anything with ``put``/``writer``/``get`` can
+replace it.
+
+Every write goes to a temporary file in the store's folder and is renamed into place
+(``os.replace``), so a reader sees a whole blob or none, never a partial one. Mail too
+large to hold in memory is streamed with ``writer()``: chunks go to the temporary file
+and the digest is computed on the way, so the reference is known only at ``commit``.
 
 Durability is the caller's choice. The raw mail the fetcher stores is the only
-copy once the IMAP server has marked it, so it is written with fsync before the
-record that refers to it is produced. Attachments the router stores are derived
-data: the raw mail stays in the inbound topic, so they skip the fsync, which cost
-the router about as much as parsing the mail. A process crash loses nothing (the
-written bytes are in the page cache); a machine crash can cut short attachments
-written in the seconds before it, and replaying the inbound records of that
-window stores them again, since ``put`` rewrites a file of the wrong size.
-``get`` checks the digest, so a damaged blob is reported, never served.
+copy once the IMAP server has marked it (or the ingress has answered 250), so it is
+written durably before the record that refers to it is produced: the file is fsynced
+before the rename and its folder after it, so neither the bytes nor the name can be
+lost to a machine crash. Attachments the router stores are derived data: the raw mail
+stays in the inbound topic, so they skip the fsyncs, which cost the router about as
+much as parsing the mail. A process crash loses nothing (the written bytes are in the
+page cache); a machine crash can cut short attachments written in the seconds before
+it, and replaying the inbound records of that window stores them again, since ``put``
+rewrites a file of the wrong size. ``get`` checks the digest, so a damaged blob is
+reported, never served. A process killed in the middle of a write leaves a
+``.tmp-*`` file behind, which no reference points at; it is safe to delete.
 """
 
 from __future__ import annotations
@@ -21,15 +30,38 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
+
+TEMP_PREFIX = ".tmp-"
 
 
 class BlobMissing(Exception):
     """A reference points at nothing in the store."""
 
 
+class BlobWriter(Protocol):
+    """One blob being written in chunks: ``write`` any number of times, then ``commit`` or ``abort``.
+
+    ``size`` and ``sha256`` describe the bytes written so far. Blocking: disk I/O.
+    """
+
+    size: int
+
+    @property
+    def sha256(self) -> str: ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def commit(self, *, durable: bool = True) -> str: ...
+
+    def abort(self) -> None: ...
+
+
 class BlobStore(Protocol):
     def put(self, data: bytes, *, durable: bool = True) -> str: ...
+
+    def writer(self) -> BlobWriter: ...
 
     def get(self, ref: str) -> bytes: ...
 
@@ -43,6 +75,15 @@ def ref_for_sha256(hexdigest: str) -> str:
     return "sha256:" + hexdigest
 
 
+def _sync_folder(folder: Path) -> None:
+    """Make a rename into ``folder`` durable (POSIX: the name lives in the folder's data)."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FolderBlobStore:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -54,36 +95,20 @@ class FolderBlobStore:
         return self.root / digest[:2] / digest[2:4] / digest
 
     def put(self, data: bytes, *, durable: bool = True) -> str:
-        """Store ``data`` (atomic rename; fsync first when ``durable``) and return the reference.
+        """Store ``data`` (atomic rename; fsync of the file and its folder when ``durable``); return the reference.
 
         Raises OSError when the folder cannot take it.
         """
         ref = ref_for(data)
-        path = self._path(ref)
-        try:
-            if path.stat().st_size == len(data):
-                if durable:  # it may have been stored without fsync, as derived data
-                    with path.open("rb") as handle:
-                        os.fsync(handle.fileno())
-                return ref
-        except FileNotFoundError:
-            pass
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                if durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return ref
+        if self._present(self._path(ref), len(data), durable):
+            return ref
+        with self.writer() as writer:
+            writer.write(data)
+            return writer.commit(durable=durable)
+
+    def writer(self) -> FolderBlobWriter:
+        """A writer streaming one blob into a temporary file of this folder. Raises OSError."""
+        return FolderBlobWriter(self)
 
     def get(self, ref: str) -> bytes:
         """The stored bytes; raises BlobMissing when there are none or they do not match ``ref``."""
@@ -94,3 +119,93 @@ class FolderBlobStore:
         if ref_for(data) != ref:
             raise BlobMissing(f"blob {ref} in {self.root} is damaged (its bytes do not match the reference)")
         return data
+
+    def _present(self, path: Path, size: int, durable: bool) -> bool:
+        """True when ``path`` holds a blob of ``size`` bytes (synced now if ``durable``: it may be derived data)."""
+        try:
+            if path.stat().st_size != size:
+                return False  # cut short by a machine crash: written again
+        except FileNotFoundError:
+            return False
+        if durable:
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+            _sync_folder(path.parent)
+        return True
+
+    def _install(self, tmp: Path, ref: str, size: int, durable: bool) -> None:
+        """Rename the finished temporary file ``tmp`` into place (or drop it: the blob is there already)."""
+        path = self._path(ref)
+        if self._present(path, size, durable):
+            tmp.unlink(missing_ok=True)
+            return
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        if durable:
+            _sync_folder(path.parent)
+
+
+class FolderBlobWriter:
+    """Streams one blob to ``<root>/.tmp-*``, hashing on the way; ``commit`` renames it to its address.
+
+    Use it as a context manager (or call ``abort``): a writer left without ``commit``
+    removes its temporary file. Blocking: every call does disk I/O.
+    """
+
+    def __init__(self, store: FolderBlobStore):
+        self._store = store
+        try:
+            fd, tmp = tempfile.mkstemp(dir=store.root, prefix=TEMP_PREFIX)
+        except FileNotFoundError:
+            store.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=store.root, prefix=TEMP_PREFIX)
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self._done = False
+        self.size = 0
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._hash.update(chunk)  # hashlib releases the GIL for large chunks
+        self.size += len(chunk)
+
+    def commit(self, *, durable: bool = True) -> str:
+        """Finish the blob (fsync first when ``durable``) and return its reference. Raises OSError."""
+        if self._done:
+            raise RuntimeError("blob writer already finished")
+        self._done = True
+        ref = ref_for_sha256(self.sha256)
+        try:
+            self._file.flush()
+            if durable:
+                os.fsync(self._file.fileno())
+            self._file.close()
+            self._store._install(self._tmp, ref, self.size, durable)
+        except BaseException:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            raise
+        return ref
+
+    def abort(self) -> None:
+        """Drop what was written. Idempotent, and a no-op after ``commit``."""
+        if self._done:
+            return
+        self._done = True
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.abort()

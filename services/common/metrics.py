@@ -83,6 +83,20 @@ FETCHER_INGRESS = Counter(
     "SMTP/LMTP ingress transactions, by reply class.",
     ["outcome"],
 )
+FETCHER_INGRESS_DEFERRALS = Counter(
+    "deskmail_fetcher_ingress_deferrals_total",
+    "SMTP/LMTP ingress answers that make the sending MTA retry later, by reason "
+    "(services.fetcher.ingress_limits.DEFER_REASONS: sessions, inflight_bytes, broker, timeout).",
+    ["reason"],
+)
+FETCHER_INGRESS_SESSIONS = Gauge(
+    "deskmail_fetcher_ingress_open_sessions",
+    "SMTP/LMTP connections open now (capped by ingress.max_sessions).",
+)
+FETCHER_INGRESS_INFLIGHT = Gauge(
+    "deskmail_fetcher_ingress_inflight_bytes",
+    "Message bytes received and not yet answered, over all sessions (capped by ingress.max_inflight_bytes).",
+)
 
 # ---- router
 ROUTER_COMMANDS = Counter(

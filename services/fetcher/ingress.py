@@ -19,15 +19,21 @@ Reply contract, which is what makes the ingress lose nothing:
   applies a command id only once.
 * LMTP answers DATA once per accepted recipient (RFC 2033); all of them carry the
   same outcome, because the records of one message are acknowledged together.
+* Beyond ``ingress.max_sessions`` open connections, or ``ingress.max_inflight_bytes``
+  of message data received and not yet answered: ``421 4.3.2`` at connect, ``451
+  4.3.2`` at MAIL (announced SIZE) or after DATA (services.fetcher.ingress_limits).
 
-The broker call blocks, so it runs in a small thread pool, never on the loop.
+Memory stays bounded: a message above the claim-check size (``blobs.inline_max_bytes``)
+is streamed to a temporary blob file while it arrives and renamed to its content
+address (fsynced) before its records are produced (services.fetcher.ingress_data);
+only smaller ones are held in memory. The broker call and the disk writes block, so
+they run in small thread pools, never on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import logging
 import socket
 import ssl
@@ -35,31 +41,45 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Literal
 
-from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from services.common import metrics
 from services.common.blobs import BlobStore
-from services.common.bus import Out
-from services.common.codec import codec
 from services.common.config import Config
 from services.common.errors import Transient
 from services.common.kafka import Producer
-from services.fetcher.records import inbound_record
+from services.fetcher.ingress_data import (
+    ACCEPTED,
+    BUSY,
+    DEFERRED,
+    ERROR,
+    REPLY_DEFERRED,
+    UNKNOWN_RECIPIENT,
+    IngressEnvelope,
+    IngressLmtpSession,
+    IngressSession,
+    SessionContext,
+)
+from services.fetcher.ingress_delivery import (
+    ACK_TIMEOUT_SECONDS,
+    SOURCE,
+    STAGE,
+    Accepted,
+    Delivery,
+    envelope_sender,
+)
+from services.fetcher.ingress_limits import REPLY_BUSY, REPLY_TOO_MANY_SESSIONS, Admission, announced_size
 
 log = logging.getLogger("deskmail.fetcher.ingress")
 
-STAGE = "fetcher"
-SOURCE: Literal["smtp"] = "smtp"
 Dialect = Literal["smtp", "lmtp"]
 
-# How long DATA waits for the broker's acknowledgement before answering 451.
-ACK_TIMEOUT_SECONDS = 30.0
 # Deliveries waiting for the broker at once; more wait their turn (and time out into 451).
 DELIVERY_THREADS = 4
+# Threads writing streamed messages to the blob store (page-cache writes; the fsync is the delivery's).
+DISK_THREADS = 2
 # An idle client is disconnected after this long (RFC 5321 4.5.3.2.7 suggests 5 minutes).
 SESSION_TIMEOUT_SECONDS = 300.0
 # On stop, transactions already past DATA get this long beyond the ack timeout to finish.
@@ -68,105 +88,46 @@ STOP_GRACE_SECONDS = 5.0
 # Replies (RFC 3463 enhanced status codes).
 REPLY_OK = "250 2.0.0 Ok: queued as {id}"
 REPLY_NO_MAILBOX = "550 5.1.1 <{address}>: no such mailbox here"
-REPLY_TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
-REPLY_DEFERRED = "451 4.3.0 Temporary failure, try again later"
 REPLY_ERROR = "451 4.3.0 Internal error, try again later"
 REPLY_SHUTDOWN = "421 4.3.2 Service shutting down, try again later\r\n"
-
-# Outcomes counted in deskmail_fetcher_ingress_sessions_total.
-ACCEPTED, UNKNOWN_RECIPIENT, TOO_BIG, DEFERRED, ERROR = (
-    "accepted", "unknown_recipient", "too_big", "deferred", "error")
-
-
-# ---------------------------------------------------------------- pure parts
-
-
-def record_id(mailbox: str, sha256: str) -> str:
-    """Stable per mailbox and content, so a retried delivery carries the same id."""
-    return f"smtp:{mailbox}:{sha256}"
-
-
-def envelope_sender(mail_from: str | None) -> str | None:
-    """MAIL FROM as recorded: ``""`` for the null reverse-path of bounces, None if unknown."""
-    if mail_from is None:
-        return None
-    return "" if mail_from.strip() in ("", "<>") else mail_from
-
-
-def ingress_record(
-    mailbox: str,
-    raw: bytes,
-    sha256: str,
-    envelope_from: str | None,
-    envelope_to: Sequence[str],
-    received_at: datetime,
-    blobs: BlobStore,
-    inline_max_bytes: int,
-) -> dict[str, Any]:
-    """The InboundMail record of one message for one mailbox (see services.fetcher.records)."""
-    return inbound_record(
-        record_id=record_id(mailbox, sha256), mailbox=mailbox, source=SOURCE, raw=raw, sha256=sha256,
-        received_at=received_at, blobs=blobs, inline_max_bytes=inline_max_bytes,
-        envelope_from=envelope_from, envelope_to=envelope_to,
-    )
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """One message after DATA: raw bytes and the accepted recipients, grouped by mailbox."""
-
-    raw: bytes
-    envelope_from: str | None
-    recipients: dict[str, list[str]]  # mailbox address -> RCPT TO addresses as given
-
-
-# ---------------------------------------------------------------- blocking delivery
-
-
-class Delivery:
-    """Writes one accepted message to the inbound topic and waits for the broker.
-
-    Blocking: call it from a worker thread. Raises ``Transient`` when the blob store
-    or the broker did not take every record.
-    """
-
-    def __init__(self, producer: Producer, topic: str, blobs: BlobStore, inline_max_bytes: int,
-                 ack_timeout: float = ACK_TIMEOUT_SECONDS):
-        self.producer = producer
-        self.topic = topic
-        self.blobs = blobs
-        self.inline_max_bytes = inline_max_bytes
-        self.ack_timeout = ack_timeout
-
-    def __call__(self, mail: Accepted) -> str:
-        """Returns the hex SHA-256 of the message (the content part of every record id)."""
-        sha256 = hashlib.sha256(mail.raw).hexdigest()
-        received_at = datetime.now(timezone.utc)
-        encode = codec("InboundMail").encode
-        outs = [
-            Out(self.topic, mailbox.encode(),
-                encode(ingress_record(mailbox, mail.raw, sha256, mail.envelope_from, rcpts, received_at,
-                                      self.blobs, self.inline_max_bytes)))
-            for mailbox, rcpts in mail.recipients.items()
-        ]
-        self.producer.send_all(outs, STAGE, timeout=self.ack_timeout)
-        return sha256
 
 
 # ---------------------------------------------------------------- aiosmtpd handler
 
 
 class IngressHandler:
-    """aiosmtpd hooks: accept RCPT for ingress mailboxes only, answer DATA after the ack."""
+    """aiosmtpd hooks: MAIL within the budget, RCPT for ingress mailboxes only, DATA answered after the ack."""
 
     def __init__(self, addresses: frozenset[str], deliver: Callable[[Accepted], str],
-                 executor: concurrent.futures.Executor, ack_timeout: float, protocol: Dialect):
+                 executor: concurrent.futures.Executor, ack_timeout: float, protocol: Dialect,
+                 admission: Admission):
         self.addresses = addresses
         self.deliver = deliver
         self.executor = executor
         self.ack_timeout = ack_timeout
         self.protocol = protocol
+        self.admission = admission
         self.in_flight = 0
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,  # noqa: N802 (aiosmtpd)
+                          address: str, mail_options: list[str]) -> str:
+        """Reserve an announced SIZE in the in-flight budget, or refuse it now, before the data is sent.
+
+        Reserving (not just checking) keeps concurrent senders from all passing MAIL
+        and then outgrowing the budget after sending their data.
+        """
+        assert isinstance(envelope, IngressEnvelope)
+        size = announced_size(mail_options)
+        if size and not self.admission.take(size):
+            metrics.FETCHER_INGRESS.labels(BUSY).inc()
+            metrics.FETCHER_INGRESS_DEFERRALS.labels("inflight_bytes").inc()
+            log.warning("message deferred, the client will retry",
+                        extra={"reason": "inflight_bytes", "size": size, "count": self.admission.inflight_bytes})
+            return REPLY_BUSY
+        envelope.reserved = size
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,  # noqa: N802 (aiosmtpd)
                           address: str, rcpt_options: list[str]) -> str:
@@ -180,21 +141,27 @@ class IngressHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        """Deliver ``envelope.message`` (set by IngressSession.smtp_DATA) and answer once the broker acked."""
+        assert isinstance(envelope, IngressEnvelope) and envelope.message is not None
+        message = envelope.message
         recipients: dict[str, list[str]] = {}
         for address in envelope.rcpt_tos:
             recipients.setdefault(address.lower(), []).append(address)
-        raw = envelope.original_content or b""
-        mail = Accepted(raw=raw, envelope_from=envelope_sender(envelope.mail_from), recipients=recipients)
+        mail = Accepted(raw=message.raw if message.writer is None else b"",
+                        envelope_from=envelope_sender(envelope.mail_from), recipients=recipients,
+                        blob=message.writer)
+        raw_size = mail.size
         # LMTP: one reply per accepted RCPT, in order (RFC 2033 4.2); SMTP: one reply.
         replies = len(envelope.rcpt_tos) if self.protocol == "lmtp" else 1
         self.in_flight += 1
         try:
-            loop = asyncio.get_running_loop()
-            sha256 = await asyncio.wait_for(loop.run_in_executor(self.executor, self.deliver, mail),
-                                            self.ack_timeout)
+            job = self.executor.submit(self.deliver, mail)
+            message.guard(job)  # the temporary blob file stays until the delivery is done with it
+            sha256 = await asyncio.wait_for(asyncio.wrap_future(job), self.ack_timeout)
         except (Transient, asyncio.TimeoutError) as exc:
             reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "broker"
             metrics.FETCHER_INGRESS.labels(DEFERRED).inc()
+            metrics.FETCHER_INGRESS_DEFERRALS.labels(reason).inc()
             metrics.BUS_RETRIES.labels(STAGE).inc()
             for mailbox in recipients:
                 log.warning("delivery deferred, the client will retry",
@@ -209,7 +176,7 @@ class IngressHandler:
         metrics.FETCHER_INGRESS.labels(ACCEPTED).inc()
         for mailbox in recipients:
             metrics.FETCHER_MESSAGES.labels(mailbox, SOURCE).inc()
-            metrics.FETCHER_BYTES.labels(mailbox).inc(len(raw))
+            metrics.FETCHER_BYTES.labels(mailbox).inc(raw_size)
             log.info("delivered", extra={"mailbox": mailbox, "count": 1})
         return "\r\n".join([REPLY_OK.format(id=sha256[:16])] * replies)
 
@@ -220,29 +187,16 @@ class IngressHandler:
         return REPLY_ERROR
 
 
-class _Replies:
-    """Counts 552 replies (aiosmtpd sends them itself) and gives them an enhanced code."""
-
-    data_size_limit: int | None
-
-    async def push(self, status: str | bytes) -> None:
-        text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
-        if text.startswith("552 ") and not text.startswith("552 5."):
-            metrics.FETCHER_INGRESS.labels(TOO_BIG).inc()
-            log.info("message refused", extra={"reason": TOO_BIG})
-            status = REPLY_TOO_BIG.format(limit=self.data_size_limit)
-        await super().push(status)  # type: ignore[misc]
-
-
-class SmtpServer(_Replies, SMTP):
-    pass
-
-
-class LmtpServer(_Replies, LMTP):
-    pass
-
-
 # ---------------------------------------------------------------- the server
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection beyond ``ingress.max_sessions``: 421 instead of the greeting, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(REPLY_TOO_MANY_SESSIONS.encode())
+        transport.close()  # after the reply is flushed
 
 
 @dataclass(frozen=True)
@@ -269,6 +223,9 @@ class IngressServer:
         tls_context: ssl.SSLContext | None = None,
         ack_timeout: float = ACK_TIMEOUT_SECONDS,
         hostname: str | None = None,
+        *,
+        max_sessions: int,
+        max_inflight_bytes: int,
     ):
         self.addresses = frozenset(a.lower() for a in addresses)
         self.delivery = delivery
@@ -278,7 +235,10 @@ class IngressServer:
         self.ack_timeout = ack_timeout
         self.hostname = hostname or socket.gethostname()
         self.bound: list[Listener] = []
+        self.admission = Admission(max_sessions, max_inflight_bytes)
         self._executor = concurrent.futures.ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ingress-ack")
+        self._disk = concurrent.futures.ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="ingress-disk")
+        self._context = SessionContext(self.admission, delivery.blobs, delivery.inline_max_bytes, self._disk)
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.base_events.Server] = []
@@ -302,14 +262,21 @@ class IngressServer:
             raise
 
     async def _listen(self, listener: Listener) -> asyncio.base_events.Server:
-        handler = IngressHandler(self.addresses, self.delivery, self._executor, self.ack_timeout, listener.protocol)
+        handler = IngressHandler(self.addresses, self.delivery, self._executor, self.ack_timeout, listener.protocol,
+                                 self.admission)
         self._handlers.append(handler)
-        kind = LmtpServer if listener.protocol == "lmtp" else SmtpServer
+        kind = IngressLmtpSession if listener.protocol == "lmtp" else IngressSession
 
-        def session() -> SMTP:
-            server = kind(handler, data_size_limit=self.max_message_bytes, enable_SMTPUTF8=True,
-                          hostname=self.hostname, ident="deskmail", tls_context=self.tls_context,
-                          timeout=SESSION_TIMEOUT_SECONDS, loop=self._loop)
+        def session() -> asyncio.Protocol:
+            # Counted here, not in connection_made: one accept call may take several connections.
+            if not self.admission.open_session():
+                metrics.FETCHER_INGRESS_DEFERRALS.labels("sessions").inc()
+                log.warning("connection refused, the client will retry",
+                            extra={"reason": "sessions", "count": self.admission.sessions})
+                return _Refusal()
+            server = kind(handler, context=self._context, data_size_limit=self.max_message_bytes,
+                          enable_SMTPUTF8=True, hostname=self.hostname, ident="deskmail",
+                          tls_context=self.tls_context, timeout=SESSION_TIMEOUT_SECONDS, loop=self._loop)
             self._sessions.add(server)
             return server
 
@@ -319,6 +286,7 @@ class IngressServer:
         """Stop accepting, wait for transactions in flight (bounded), close sessions. Idempotent."""
         if self._thread is None or not self._thread.is_alive():
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._disk.shutdown(wait=False, cancel_futures=True)
             return
         try:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(
@@ -330,6 +298,7 @@ class IngressServer:
         if not self._thread.is_alive():
             self._loop.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._disk.shutdown(wait=False, cancel_futures=True)
         log.info("ingress stopped", extra={"stage": STAGE})
 
     async def _shutdown(self) -> None:
@@ -380,4 +349,5 @@ def build_ingress(
         listeners.append(Listener("lmtp", host, port))
     context = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     delivery = Delivery(producer, config.topics["inbound"], blobs, inline_max_bytes, ack_timeout)
-    return IngressServer(addresses, delivery, listeners, settings.max_message_bytes, context, ack_timeout)
+    return IngressServer(addresses, delivery, listeners, settings.max_message_bytes, context, ack_timeout,
+                         max_sessions=settings.max_sessions, max_inflight_bytes=settings.max_inflight_bytes)

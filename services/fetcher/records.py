@@ -25,13 +25,16 @@ def inbound_record(
     uid: int = 0,
     envelope_from: str | None = None,
     envelope_to: Sequence[str] = (),
+    blob_ref: str | None = None,
+    size: int | None = None,
 ) -> dict[str, Any]:
     """One message as an InboundMail record; mail above ``inline_max_bytes`` goes to ``blobs``.
 
-    Raises ``Transient`` when the blob store cannot take the message.
+    A message the caller already streamed to the store comes as ``blob_ref`` with its
+    ``size`` and ``sha256`` (and an empty ``raw``). Raises ``Transient`` when the blob
+    store cannot take the message.
     """
-    blob_ref = None
-    if len(raw) > inline_max_bytes:
+    if blob_ref is None and len(raw) > inline_max_bytes:
         try:
             blob_ref = blobs.put(raw)
         except OSError as exc:
@@ -43,7 +46,7 @@ def inbound_record(
         "uidvalidity": uidvalidity,
         "uid": uid,
         "received_at": received_at,
-        "size": len(raw),
+        "size": len(raw) if size is None else size,
         "sha256": sha256 or hashlib.sha256(raw).hexdigest(),
         "raw": None if blob_ref else raw,
         "blob_ref": blob_ref,

@@ -314,3 +314,157 @@ def test_starttls_is_offered_when_a_certificate_is_configured(ingress, tmp_path)
         assert client.sendmail("c@customer.test", [support], raw) == {}
     [(_, record)] = server.records(1)
     assert record["raw"] == raw
+
+
+# ---------------------------------------------------------------- limits and streaming
+
+
+def lines(size: int) -> bytes:
+    """``size`` bytes of 78-byte lines that need no dot-stuffing, to send as raw DATA."""
+    return (b"y" * 76 + b"\r\n") * (size // 78)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def temp_files(server: Ingress) -> list[Path]:
+    return list(server.blobs.root.rglob(".tmp-*")) if server.blobs.root.exists() else []
+
+
+def start_data(client: smtplib.SMTP, sender: str, rcpt: str) -> None:
+    """MAIL, RCPT and DATA up to the 354, so the caller can send the message in parts."""
+    client.ehlo()
+    assert client.mail(sender)[0] == 250
+    assert client.rcpt(rcpt)[0] == 250
+    client.putcmd("data")
+    assert client.getreply()[0] == 354
+
+
+def test_a_session_beyond_max_sessions_gets_421_and_is_accepted_when_retried(ingress):
+    server, support, _ = ingress(ingress_yaml="max_sessions: 2")
+    refused = metric("deskmail_fetcher_ingress_deferrals_total", reason="sessions")
+    first, second = server.smtp(), server.smtp()
+    try:
+        assert first.ehlo()[0] == 250 and second.ehlo()[0] == 250
+        assert metric("deskmail_fetcher_ingress_open_sessions") == 2
+        with pytest.raises(smtplib.SMTPConnectError) as refusal:
+            server.smtp()
+        assert refusal.value.smtp_code == 421 and refusal.value.smtp_error.startswith(b"4.3.2")
+        assert metric("deskmail_fetcher_ingress_deferrals_total", reason="sessions") == refused + 1
+        # the open sessions still work
+        raw = mail(20, support)
+        assert first.sendmail("c@customer.test", [support], raw) == {}
+    finally:
+        first.quit()
+    wait_until(lambda: metric("deskmail_fetcher_ingress_open_sessions") == 1, "the session to close")
+    retried = mail(21, support)
+    with server.smtp() as client:  # the MTA's retry
+        assert client.sendmail("c@customer.test", [support], retried) == {}
+    second.quit()
+    assert sorted(r["raw"] for _, r in server.records(2)) == sorted([raw, retried])
+
+
+def test_a_message_beyond_the_in_flight_budget_gets_451_and_is_accepted_when_retried(ingress):
+    server, support, _ = ingress(ingress_yaml="max_message_bytes: 200000\nmax_inflight_bytes: 300000")
+    busy = metric("deskmail_fetcher_ingress_deferrals_total", reason="inflight_bytes")
+    held = lines(200_000)
+    other = mail(22, support, size=150_000)
+    with server.smtp() as holder, server.smtp() as client:
+        start_data(holder, "c@customer.test", support)
+        holder.send(held[:-780])
+        wait_until(lambda: metric("deskmail_fetcher_ingress_inflight_bytes") >= 3 * 65536, "the first message")
+        # announced with SIZE: refused at MAIL, before the data is sent
+        with pytest.raises(smtplib.SMTPSenderRefused) as refusal:
+            client.sendmail("c@customer.test", [support], other)
+        assert refusal.value.smtp_code == 451 and refusal.value.smtp_error.startswith(b"4.3.2")
+        client.rset()
+        # not announced: read to its end, then refused
+        client.mail("c@customer.test")
+        client.rcpt(support)
+        code, reply = client.data(other)
+        assert (code, reply[:5]) == (451, b"4.3.2"), reply
+        assert metric("deskmail_fetcher_ingress_deferrals_total", reason="inflight_bytes") == busy + 2
+        # the first message completes; the budget is free again and the retry is accepted
+        holder.send(held[-780:] + b".\r\n")
+        assert holder.getreply()[0] == 250
+        wait_until(lambda: metric("deskmail_fetcher_ingress_inflight_bytes") == 0, "the budget to be released")
+        assert client.sendmail("c@customer.test", [support], other) == {}
+    found = server.records(2)
+    assert sorted(len(r["raw"]) for _, r in found) == sorted([len(held), len(other)])
+
+
+def test_an_announced_size_is_reserved_until_the_transaction_ends(ingress):
+    server, support, _ = ingress(ingress_yaml="max_message_bytes: 200000\nmax_inflight_bytes: 300000")
+
+    def inflight() -> float:
+        return metric("deskmail_fetcher_ingress_inflight_bytes")
+
+    with server.smtp() as first, server.smtp() as second:
+        first.ehlo()
+        second.ehlo()
+        assert first.mail("c@customer.test", ["SIZE=200000"])[0] == 250
+        assert inflight() == 200_000
+        code, reply = second.mail("c@customer.test", ["SIZE=150000"])
+        assert (code, reply[:5]) == (451, b"4.3.2")
+        first.rset()
+        wait_until(lambda: inflight() == 0, "RSET to return the reservation")
+        assert second.mail("c@customer.test", ["SIZE=150000"])[0] == 250
+        raw = mail(26, support, size=5000)  # smaller than announced: the rest is given back
+        second.rcpt(support)
+        assert second.data(raw)[0] == 250
+        wait_until(lambda: inflight() == 0, "DATA to return the reservation")
+        assert first.mail("c@customer.test", ["SIZE=200000"])[0] == 250
+    wait_until(lambda: inflight() == 0, "the closed session to return its reservation")
+    assert [r["raw"] for _, r in server.records(1)] == [raw]
+
+
+def test_a_large_message_is_streamed_to_the_blob_store_byte_for_byte(ingress):
+    server, support, orders = ingress(extra="blobs: {inline_max_bytes: 65536}")
+    raw = mail(23, support, size=3_000_000)
+    sha = hashlib.sha256(raw).hexdigest()
+    with server.smtp() as client:
+        assert client.sendmail("c@customer.test", [support, orders], raw) == {}
+    found = server.records(2)
+    assert sorted(key for key, _ in found) == sorted([support.encode(), orders.encode()])
+    for _, record in found:
+        assert (record["raw"], record["blob_ref"]) == (None, f"sha256:{sha}")
+        assert (record["size"], record["sha256"]) == (len(raw), sha)
+        assert record["id"] == f"smtp:{record['mailbox']}:{sha}"
+    assert server.blobs.get(f"sha256:{sha}") == raw
+    assert temp_files(server) == []
+    wait_until(lambda: metric("deskmail_fetcher_ingress_inflight_bytes") == 0, "the budget to be released")
+
+
+def test_a_streamed_message_over_the_size_limit_gets_552_and_leaves_nothing(ingress):
+    server, support, _ = ingress(ingress_yaml="max_message_bytes: 200000", extra="blobs: {inline_max_bytes: 1024}")
+    too_big = metric("deskmail_fetcher_ingress_sessions_total", outcome="too_big")
+    with server.smtp() as client:
+        client.ehlo()
+        client.mail("c@customer.test")
+        client.rcpt(support)
+        code, reply = client.data(mail(24, support, size=300_000))
+        assert code == 552 and reply.startswith(b"5.3.4"), reply
+        small = mail(25, support, size=5000)  # above the inline size: streamed too
+        assert client.sendmail("c@customer.test", [support], small) == {}
+    assert metric("deskmail_fetcher_ingress_sessions_total", outcome="too_big") == too_big + 1
+    [(_, record)] = server.records(1)
+    assert server.blobs.get(record["blob_ref"]) == small
+    assert temp_files(server) == []
+    wait_until(lambda: metric("deskmail_fetcher_ingress_inflight_bytes") == 0, "the budget to be released")
+
+
+def test_a_connection_dropped_in_the_middle_of_data_leaves_no_blob_and_frees_the_budget(ingress):
+    server, support, _ = ingress(extra="blobs: {inline_max_bytes: 1024}")
+    client = server.smtp()
+    start_data(client, "c@customer.test", support)
+    client.send(lines(500_000))
+    wait_until(lambda: bool(temp_files(server)), "the message to be streamed to a temporary file")
+    client.sock.close()
+    client.close()
+    wait_until(lambda: temp_files(server) == [] and metric("deskmail_fetcher_ingress_inflight_bytes") == 0
+               and metric("deskmail_fetcher_ingress_open_sessions") == 0, "the session to be cleaned up")
+    assert server.records(1, timeout=2) == []

@@ -173,3 +173,26 @@ def test_config_check_prints_the_line_of_a_bad_listen_address(tmp_path) -> None:
     result = CliRunner().invoke(main, ["config", "check", str(path)])
     assert result.exit_code == 2
     assert f"{path}: line 2: ingress.listen: listen address '0.0.0.0' has no port" in result.output
+
+
+# -- ingress limits --------------------------------------------------------------
+
+
+def test_ingress_limits_default_to_16_sessions_and_128_mib_in_flight() -> None:
+    cfg = parse_text("{}")
+    assert (cfg.ingress.max_sessions, cfg.ingress.max_inflight_bytes) == (16, 128 * 1024 * 1024)
+    cfg = parse_text("ingress: {max_sessions: 4, max_inflight_bytes: 30000000, max_message_bytes: 30000000}\n")
+    assert (cfg.ingress.max_sessions, cfg.ingress.max_inflight_bytes) == (4, 30_000_000)
+
+
+def test_the_in_flight_default_grows_with_a_larger_message_limit() -> None:
+    cfg = parse_text("ingress: {max_message_bytes: 200000000}\n")
+    assert cfg.ingress.max_inflight_bytes == 200_000_000
+
+
+def test_an_in_flight_budget_below_the_message_limit_is_refused() -> None:
+    # a message between the two would be deferred forever
+    [problem] = _problems("ingress:\n  max_message_bytes: 4096\n  max_inflight_bytes: 2048\n")
+    assert "ingress.max_inflight_bytes must be at least ingress.max_message_bytes" in problem
+    [problem] = _problems("ingress:\n  max_sessions: 0\n")
+    assert problem.startswith("line 2: ingress.max_sessions")

@@ -59,17 +59,40 @@ class DatabaseSettings(_Model):
     url: str | None = None
 
 
+DEFAULT_INFLIGHT_BYTES = 128 * 1024 * 1024
+
+
 class IngressSettings(_Model):
     listen: ListenAddress = HostPort("127.0.0.1", 2525)
     lmtp_listen: ListenAddress | None = None  # LMTP for an MTA's final delivery (Postfix `lmtp:inet:HOST:PORT`); off when unset
     max_message_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    # Open connections at once, SMTP and LMTP together; one more is answered 421 4.3.2 and closed.
+    max_sessions: int = Field(16, ge=1)
+    # Message bytes received and not yet answered, over all sessions; beyond it 451 4.3.2.
+    # Default: 128 MiB, or max_message_bytes if that is larger (so any allowed message fits).
+    max_inflight_bytes: int = Field(DEFAULT_INFLIGHT_BYTES, ge=1024)
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, the ingress offers STARTTLS
     tls_key: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inflight_default(cls, data: object) -> object:
+        if isinstance(data, dict) and "max_inflight_bytes" not in data:
+            size = data.get("max_message_bytes")
+            if isinstance(size, int) and size > DEFAULT_INFLIGHT_BYTES:
+                return {**data, "max_inflight_bytes": size}
+        return data
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "IngressSettings":
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("ingress TLS needs both tls_cert and tls_key")
+        return self
+
+    @model_validator(mode="after")
+    def _one_message_fits(self) -> "IngressSettings":
+        if self.max_inflight_bytes < self.max_message_bytes:  # such a message would be deferred forever
+            raise ValueError("ingress.max_inflight_bytes must be at least ingress.max_message_bytes")
         return self
 
 
