@@ -3,6 +3,7 @@ and who the agent is."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,21 +35,77 @@ def context(request: Request) -> ApiContext:
     return ctx
 
 
-def header_agent(request: Request) -> Member | None:
-    """The agent named by ``api.user_header`` (set by an authenticating proxy).
+def signed_in_agent(request: Request) -> Member | None:
+    """The organization member a request acts as, per ``api.auth``.
 
-    Without that setting there is no identity here (None) and a reply names its
-    author itself. With it, a request lacking the header or naming someone who
-    is not an organization member is refused with 403.
+    - ``Authorization: Bearer TOKEN`` (an API token, `deskmail tokens create`) is
+      accepted in every mode; an unknown, revoked or expired token is 401.
+    - ``none``: without a token there is no identity here (None) and a reply names
+      its author itself; the api runs so only on loopback (see ``auth_refusal``).
+    - ``proxy``: ``api.user_header`` names the agent, but only on a connection from
+      ``api.auth.trusted_proxies``; from anywhere else the header is ignored.
+
+    Raises HTTPException: 401 (JSON, with ``WWW-Authenticate``) without valid
+    credentials, 403 when they name someone who is not an organization member.
     """
-    config = context(request).config
-    header = config.api.user_header
-    if not header:
+    ctx = context(request)
+    config = ctx.config
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized("the Authorization header must be `Bearer TOKEN`")
+        email = ctx.store.token_member(token.strip())
+        if email is None:
+            raise _unauthorized("the API token is unknown, revoked or expired")
+        member = config.member(email)
+        if member is None:
+            raise HTTPException(403, f"{email} is no longer an organization member")
+        return member
+    if config.api.auth.mode == "none":
         return None
+    header = config.api.user_header
+    assert header is not None  # the config requires it in proxy mode
+    if not _from_trusted_proxy(request, config.api.auth.trusted_proxies):
+        raise _unauthorized("sign in: send an API token, or come through the authenticating proxy")
     value = request.headers.get(header, "").strip()
     if not value:
-        raise HTTPException(403, f"no {header} header: sign in through the proxy")
+        raise _unauthorized(f"no {header} header: sign in through the proxy")
     member = config.member(value)
     if member is None:
         raise HTTPException(403, f"{value} is not an organization member")
     return member
+
+
+def _unauthorized(reason: str) -> HTTPException:
+    return HTTPException(401, reason, headers={"WWW-Authenticate": 'Bearer realm="deskmail"'})
+
+
+def _from_trusted_proxy(request: Request, trusted: tuple[str, ...]) -> bool:
+    host = request.client.host if request.client else None
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(entry, strict=False) for entry in trusted)
+
+
+def auth_refusal(config: Config) -> str | None:
+    """Why the api must not start with this config, or None.
+
+    ``api.auth.mode: none`` lets anyone who reaches the api act as any member,
+    so it is allowed only while the api listens on loopback.
+    """
+    if config.api.auth.mode != "none":
+        return None
+    host = config.api.listen.host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (f"api.auth.mode is none (no sign-in), so the api listens only on loopback, not on {config.api.listen}: "
+            "set api.auth.mode: proxy (behind an authenticating proxy) or listen on 127.0.0.1")

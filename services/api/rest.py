@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api import serialize
-from services.api.context import ApiContext, context, header_agent
+from services.api.context import ApiContext, context, signed_in_agent
 from services.api.replies import ReplyError, ReplyRequest, post_reply
 from services.common.config import Member
 
-router = APIRouter(prefix="/api/v1", tags=["tickets"], dependencies=[Depends(header_agent)])
+router = APIRouter(prefix="/api/v1", tags=["tickets"], dependencies=[Depends(signed_in_agent)])
 
 
 class Error(BaseModel):
@@ -160,7 +160,7 @@ def post_ticket_reply(
     key: str,
     body: ReplyIn,
     ctx: ApiContext = Depends(context),
-    signed_in: Member | None = Depends(header_agent),
+    signed_in: Member | None = Depends(signed_in_agent),
 ) -> dict[str, object]:
     """Reply on a ticket: an email to the recipients (delivery status ``queued``,
     then ``sent``/``failed`` as the sender reports), or an internal comment."""

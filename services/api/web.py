@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from services.api import csrf, files
-from services.api.context import ApiContext, context, header_agent
+from services.api.context import ApiContext, context, signed_in_agent
 from services.api.replies import ReplyError, ReplyRequest, post_reply, reply_form
 from services.api.sanitize import SafeHtml, clean_mail_html
 from services.api.security import content_security_policy
@@ -49,7 +49,7 @@ templates = Jinja2Templates(
 templates.env.filters["when"] = lambda v: v.strftime("%Y-%m-%d %H:%M UTC") if v else ""
 templates.env.filters["size"] = lambda n: f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} B"
 
-router = APIRouter(include_in_schema=False, dependencies=[Depends(header_agent)])
+router = APIRouter(include_in_schema=False, dependencies=[Depends(signed_in_agent)])
 
 
 def _render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
@@ -171,7 +171,7 @@ def _ticket_page(
 @router.get("/tickets/{key}", response_class=HTMLResponse)
 def ticket_page(
     request: Request, key: str, html: bool = False, images: bool = False, ctx: ApiContext = Depends(context),
-    signed_in: Member | None = Depends(header_agent),
+    signed_in: Member | None = Depends(signed_in_agent),
 ) -> HTMLResponse:
     """The ticket; ``html``: show each mail's sanitised HTML, ``images``: with its https images."""
     detail = ctx.store.get_ticket(key)
@@ -214,7 +214,7 @@ def ticket_reply(
     send_email: str = Form(""),
     author: str = Form(""),
     ctx: ApiContext = Depends(context),
-    signed_in: Member | None = Depends(header_agent),
+    signed_in: Member | None = Depends(signed_in_agent),
 ) -> Response:
     """Store the reply and redirect to the ticket (POST-redirect-GET); on a
     refusal show the page again with the error and what was typed."""

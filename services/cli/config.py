@@ -23,3 +23,8 @@ def check(path: str | None) -> None:
         f"({sum(1 for m in mailboxes if m.imap)} IMAP, {sum(1 for m in mailboxes if m.ingress)} ingress), "
         f"{len(cfg.organization.members)} member(s)"
     )
+    from services.api.context import auth_refusal
+
+    refusal = auth_refusal(cfg)
+    if refusal is not None:
+        click.echo(f"{path}: warning: `deskmail run api` will refuse to start: {refusal}", err=True)

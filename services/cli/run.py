@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from services.cli.common import FAILED, UNAVAILABLE, bootstrap_option, bootstrap_servers, config_option, load_config
+from services.cli.common import FAILED, UNAVAILABLE, USAGE, bootstrap_option, bootstrap_servers, config_option, load_config
 from services.common.config import Config
 
 log = logging.getLogger("deskmail")
@@ -47,6 +47,11 @@ def _run(service: str, cfg: Config, servers: list[str] | None, metrics_port: int
     health = Health()
     if service == "api":  # the web server serves /metrics, /healthz and /readyz itself
         from services.api.app import run_api
+        from services.api.context import auth_refusal
+
+        refusal = auth_refusal(cfg)
+        if refusal is not None:
+            raise Refused(refusal)
 
         run_api(cfg, stop, health, servers, port=metrics_port)
         return
@@ -74,6 +79,10 @@ def _run(service: str, cfg: Config, servers: list[str] | None, metrics_port: int
         server.shutdown()
 
 
+class Refused(Exception):
+    """The configuration is valid but unsafe to run as it stands (exit code 2)."""
+
+
 def _report(service: str, exc: Exception) -> int:
     """Log why the process stops as one JSON line; returns the exit code."""
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
@@ -84,6 +93,9 @@ def _report(service: str, exc: Exception) -> int:
     if isinstance(exc, (StoreUnavailable, SchemaNotCurrent, KafkaConnectionError, KafkaTimeoutError)):
         log.error("stopped: a dependency is unavailable", extra={"stage": service, "error": str(exc)})
         return UNAVAILABLE
+    if isinstance(exc, Refused):
+        log.error("refused to start", extra={"stage": service, "reason": str(exc)})
+        return USAGE
     if isinstance(exc, DeadLetterFlood):
         log.error("stopped by the dead-letter limit", extra={"stage": service, "error": str(exc)})
         return FAILED

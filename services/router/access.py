@@ -1,6 +1,6 @@
 """Who may open tickets by mail in which queue. Pure: config in, decision out.
 
-Rules:
+Rules (the access list itself is ``services.common.permissions``, shared with the api):
 - an organization member may write to a queue whose ``access`` list admits them
   (their address, one of their ``group:NAME``s, ``members`` or ``everyone``; an
   empty list admits every member), whatever the address's external switch says;
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import Config, Mailbox, Member, Queue
+from services.common.config import Config, Mailbox
+from services.common.permissions import member_may_use
 
 
 @dataclass(frozen=True)
@@ -22,19 +23,6 @@ class Decision:
     member: bool
     reason: str | None = None  # closed set of short codes, used as a metric label
     detail: str | None = None  # human sentence for logs and the rejection record
-
-
-def member_may_use(member: Member, queue: Queue) -> bool:
-    if not queue.access:
-        return True
-    for entry in queue.access:
-        if entry in ("everyone", "members"):
-            return True
-        if entry.startswith("group:") and entry[6:] in member.groups:
-            return True
-        if entry.lower() == member.email:
-            return True
-    return False
 
 
 def decide(config: Config, mailbox: Mailbox, sender: str) -> Decision:

@@ -7,8 +7,8 @@ their own:
   records the sender's DeliveryEvents;
 - the api (``services.api``) reads tickets and adds agents' replies, whose
   outgoing mail it relays from the outbox to the broker;
-- the CLI (``services.cli``) reads tickets and rejections, adds replies and
-  migrates the schema.
+- the CLI (``services.cli``) reads tickets and rejections, adds replies,
+  manages API tokens and migrates the schema.
 
 Importers write ``from services.tickets import TicketStore, ...``; the names
 below are the package's public surface. ``tables`` (the schema) and
@@ -21,11 +21,13 @@ from services.tickets.errors import (
     InvalidCommand,
     InvalidDeliveryEvent,
     InvalidReply,
+    InvalidToken,
     SchemaNotCurrent,
     StoreUnavailable,
     UnknownTicket,
 )
 from services.tickets.store import TicketStore
+from services.tickets.tokens import ApiToken
 from services.tickets.views import (
     PENDING_STATUSES,
     Action,
@@ -49,7 +51,7 @@ from services.tickets.views import (
 )
 
 __all__ = [
-    "PENDING_STATUSES", "Action", "Applied", "AttachmentInfo", "BadDatabaseUrl", "CommentKind",
+    "PENDING_STATUSES", "Action", "ApiToken", "InvalidToken", "Applied", "AttachmentInfo", "BadDatabaseUrl", "CommentKind",
     "DeliveryStatus", "InvalidCommand", "InvalidDeliveryEvent", "InvalidReply", "OutboundBuilder",
     "OutboxRecord", "Outcome", "Participant", "Recipient", "Rejection", "Reply", "Role",
     "SchemaNotCurrent", "SchemaState", "StoreUnavailable", "Threading", "ThreadEntry",

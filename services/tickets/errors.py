@@ -25,6 +25,10 @@ class InvalidDeliveryEvent(ValueError):
     """A DeliveryEvent lacks a field or has a value the ticketer cannot record."""
 
 
+class InvalidToken(ValueError):
+    """An API token cannot be made as asked (bad name, expiry in the past)."""
+
+
 class UnknownTicket(LookupError):
     """No ticket has this key."""
 

@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from services.tickets import engine as db
-from services.tickets import outgoing, queries
+from services.tickets import outgoing, queries, tokens
 from services.tickets.apply import apply_command
 from services.tickets.checks import check_page
 from services.tickets.commands import Command
@@ -254,3 +254,26 @@ class TicketStore:
         delivery = Delivery.parse(event)
         with db.write(self._engine) as conn:
             return outgoing.record_delivery(conn, delivery)
+
+    # ------------------------------------------------------------ API tokens
+
+    def create_token(self, member_email: str, name: str, expires_at: datetime | None = None,
+                     now: datetime | None = None) -> tuple[int, str]:
+        """A new API token for ``member_email``: (id, the token). Only its hash is stored;
+        the token cannot be shown again. Raises InvalidToken."""
+        with db.write(self._engine) as conn:
+            return tokens.create(conn, member_email, name, expires_at, now or datetime.now(timezone.utc))
+
+    def token_member(self, token: str, now: datetime | None = None) -> str | None:
+        """The member email of a valid token (not revoked, not expired), else None."""
+        with db.write(self._engine) as conn:
+            return tokens.find(conn, token, now or datetime.now(timezone.utc))
+
+    def list_tokens(self) -> list[tokens.ApiToken]:
+        with self._engine.connect() as conn:
+            return tokens.list_all(conn)
+
+    def revoke_token(self, token_id: int, now: datetime | None = None) -> bool:
+        """Revoke at once; False when there is no such active token."""
+        with db.write(self._engine) as conn:
+            return tokens.revoke(conn, token_id, now or datetime.now(timezone.utc))

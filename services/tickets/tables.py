@@ -246,3 +246,20 @@ outbox = Table(
     Column("relayed_at", UtcDateTime, nullable=True),
     Index(None, "relayed_at", "created_at"),
 )
+
+# API tokens for scripts and the CLI (`deskmail tokens`): only the SHA-256 of a
+# token is kept, so a copy of the database reveals no usable token.
+TOKEN_NAME = 200
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_email", String(EMAIL), nullable=False),
+    Column("name", String(TOKEN_NAME), nullable=False),
+    Column("token_sha256", String(HASH), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=True),  # NULL: never
+    Column("revoked_at", UtcDateTime, nullable=True),
+    Column("last_used_at", UtcDateTime, nullable=True),
+    UniqueConstraint("token_sha256"),
+)

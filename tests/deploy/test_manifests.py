@@ -387,6 +387,10 @@ def test_example_config_is_valid_and_its_secrets_are_in_the_template(
     assert cfg.metrics.host == "0.0.0.0" and cfg.ingress.listen.host == "0.0.0.0"
     # The Deployments pass --metrics-port; a metrics.ports entry would be ignored there.
     assert not cfg.metrics.ports
+    # Published beyond loopback, the api needs sign-in: `deskmail run api` refuses mode none there.
+    from services.api.context import auth_refusal
+
+    assert cfg.api.auth.mode != "none" and auth_refusal(cfg) is None
 
 
 # ---------------------------------------------------------------- Dockerfile

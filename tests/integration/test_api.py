@@ -35,7 +35,7 @@ SMTP_SECRET = "smtp-pw-Xy77-never-shown"
 
 def config_text(db_url: str, secret_file: Path, *, allow_outbound: bool = True, user_header: str | None = None,
                 mailbox_extra: str = "", public_url: str | None = None) -> str:
-    header = f"\n          user_header: {user_header}" if user_header else ""
+    header = f"\n          user_header: {user_header}\n          auth: {{mode: proxy}}" if user_header else ""
     header += f"\n          public_url: {public_url}" if public_url else ""
     return textwrap.dedent(f"""\
         database: {{url: "{db_url}"}}
@@ -124,7 +124,9 @@ def make(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
         if store.get_ticket("SUPPORT-1") is None:
             store.apply(invoice(1))
         waker = Waker()
-        return TestClient(create_app(config, store, waker), base_url=ORIGIN), store, config, waker
+        # From loopback, where api.auth.trusted_proxies trusts a sidecar proxy by default.
+        client = TestClient(create_app(config, store, waker), base_url=ORIGIN, client=("127.0.0.1", 50000))
+        return client, store, config, waker
 
     yield build
     for store in stores:
@@ -359,7 +361,7 @@ def test_openapi_documents_the_reply_endpoint(make: Make) -> None:
 
 def test_user_header_identifies_the_agent(make: Make) -> None:
     client, store, _, _ = make(user_header="X-Forwarded-Email")
-    assert client.get("/tickets/SUPPORT-1").status_code == 403
+    assert client.get("/tickets/SUPPORT-1").status_code == 401  # no credentials at all
     assert client.get("/tickets/SUPPORT-1", headers={"X-Forwarded-Email": "eve@customer.test"}).status_code == 403
     alice = {"X-Forwarded-Email": "Alice@Example.com"}
     page = client.get("/tickets/SUPPORT-1", headers=alice)

@@ -101,7 +101,7 @@ def test_migrated_schema_matches_tables(store: TicketStore) -> None:
         context = MigrationContext.configure(
             conn, opts={"compare_type": True, "compare_server_default": True}
         )
-        assert context.get_current_revision() == "0002"
+        assert context.get_current_revision() == "0003"
         assert compare_metadata(context, metadata) == []
         # The comparison does see differences: one extra column is reported.
         changed = MetaData(naming_convention=metadata.naming_convention)
@@ -136,7 +136,7 @@ def test_migrate_from_several_processes_at_once(db_url: str) -> None:
         stores[0].migrate()  # a later start finds the schema current
         with stores[0].engine.connect() as conn:
             context = MigrationContext.configure(conn)
-            assert context.get_current_revision() == "0002"
+            assert context.get_current_revision() == "0003"
             assert compare_metadata(context, metadata) == []
     finally:
         for s in stores:
@@ -201,6 +201,7 @@ def test_create_writes_ticket_participants_attachments(store: TicketStore) -> No
         "processed_commands": 1,
         "rejections": 0,
         "outbox": 0,
+        "api_tokens": 0,
     }
 
 

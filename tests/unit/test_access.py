@@ -46,3 +46,29 @@ def test_decide(mailbox, sender, allowed, member, reason):
     assert (decision.allowed, decision.member, decision.reason) == (allowed, member, reason)
     if not allowed:
         assert sender.lower() in decision.detail
+
+
+def test_agents_see_the_queues_their_access_lists_admit_and_admins_see_all() -> None:
+    from services.common.config import parse_text
+    from services.common.permissions import is_admin, may_manage, may_see, visible_queues
+
+    cfg = parse_text(
+        "organization:\n"
+        "  members:\n"
+        "    - {email: alice@example.com, groups: [support]}\n"
+        "    - {email: bob@example.com}\n"
+        "    - {email: root@example.com, groups: [ops]}\n"
+        "  admins: [group:ops]\n"
+        "queues:\n"
+        "  - {key: SUPPORT, access: [group:support]}\n"
+        "  - {key: SALES, access: [bob@example.com]}\n"
+        "  - {key: ALL}\n"
+    )
+    alice, bob, root = (cfg.member(e) for e in ("alice@example.com", "bob@example.com", "root@example.com"))
+    assert alice and bob and root
+    assert [q.key for q in visible_queues(cfg, alice)] == ["SUPPORT", "ALL"]
+    assert [q.key for q in visible_queues(cfg, bob)] == ["SALES", "ALL"]
+    assert [q.key for q in visible_queues(cfg, root)] == ["SUPPORT", "SALES", "ALL"]
+    sales = cfg.queue("SALES")
+    assert sales is not None and not may_see(cfg, alice, sales)
+    assert is_admin(cfg, root) and may_manage(cfg, root) and not may_manage(cfg, alice)

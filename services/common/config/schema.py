@@ -8,6 +8,7 @@ sections are applied when the loader freezes the result into ``model.Config``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 from urllib.parse import urlsplit
@@ -146,13 +147,38 @@ class ConsumeSettings(_Model):
         return v
 
 
+class AuthSettings(_Model):
+    """Who may use the ticket page and the JSON API (services.api.context).
+
+    ``none``: no sign-in; allowed only while the api listens on loopback.
+    ``proxy``: an authenticating proxy names the agent in ``api.user_header``;
+    the header counts only on connections from ``trusted_proxies``.
+    API tokens (``Authorization: Bearer``) are accepted in every mode.
+    """
+
+    mode: Literal["none", "proxy"] = "none"
+    # A sidecar proxy (oauth2-proxy in the same pod) connects over loopback.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)") from None
+        return v
+
+
 class ApiSettings(_Model):
     listen: ListenAddress = HostPort("127.0.0.1", 8080)
-    user_header: str | None = None  # e.g. X-Forwarded-Email, set by an authenticating proxy
+    user_header: str | None = None  # e.g. X-Forwarded-Email, set by an authenticating proxy (auth.mode proxy)
     # Where agents' browsers reach the page (https://desk.example.com): the only Host
     # and Origin accepted besides loopback. Unset: the listen address and loopback only.
     public_url: str | None = None
     session_secret: SecretRef | None = None  # signs form tokens; unset: a random key per start
+    auth: AuthSettings = AuthSettings()
 
     @field_validator("public_url")
     @classmethod
@@ -168,6 +194,15 @@ class ApiSettings(_Model):
         default = {"http": 80, "https": 443}[parts.scheme]
         port = "" if parts.port in (None, default) else f":{parts.port}"
         return f"{parts.scheme}://{host}{port}"  # as a browser writes it in Origin
+
+    @model_validator(mode="after")
+    def _mode_and_header(self) -> ApiSettings:
+        if self.auth.mode == "proxy" and not self.user_header:
+            raise ValueError("api.auth.mode proxy needs api.user_header: the header the proxy names the agent in")
+        if self.auth.mode == "none" and self.user_header:
+            # Silently ignoring the header would let anyone act as anyone.
+            raise ValueError("api.user_header is set but api.auth.mode is none: set api.auth.mode: proxy")
+        return self
 
 
 class BlobSettings(_Model):
@@ -195,6 +230,7 @@ class Organization(_Model):
     # Signs the token in every outgoing Message-ID (mailrules.new_message_id).
     # Unset: a key made once in <data_dir>/message-id.key (config.keys).
     message_id_key: SecretRef | None = None
+    admins: tuple[str, ...] = ()  # members' emails or group:NAME; they see every queue and its settings
 
 
 class TicketDefaults(_Model):
