@@ -299,7 +299,7 @@ def test_a_line_break_in_a_header_field_is_refused_with_the_reason(make: Make, c
         assert detail in response.json()["detail"], response.json()
         assert response.json()["detail"].endswith("header text must be one line")
 
-    page = client.post("/tickets/SUPPORT-1/reply", data={
+    page = post_form(client, "/tickets/SUPPORT-1/reply", {
         "author": "alice@example.com", "text": "Typed text stays.", "send_email": "on", "to": injected, "cc": "",
     })
     assert page.status_code == 422
