@@ -306,7 +306,7 @@ class QueueModel(_Model):
 
 
 class MetricsSettings(_Model):
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # Kubernetes: 0.0.0.0, so Prometheus can scrape the pod (deploy/ sets it)
     ports: dict[str, int] = {}
 
 
