@@ -23,3 +23,10 @@ def check(path: str | None) -> None:
         f"({sum(1 for m in mailboxes if m.imap)} IMAP, {sum(1 for m in mailboxes if m.ingress)} ingress), "
         f"{len(cfg.organization.members)} member(s)"
     )
+    if cfg.organization.members and not cfg.organization.sender_authentication.trusted_authserv_ids:
+        click.echo(
+            f"{path}: warning: member mail is trusted by its From line, which anyone can write; "
+            "set organization.sender_authentication.trusted_authserv_ids to the receiving servers "
+            "whose Authentication-Results prove it",
+            err=True,
+        )
