@@ -42,7 +42,21 @@ CONFIG = parse_text(textwrap.dedent("""\
     ],
 )
 def test_decide(mailbox, sender, allowed, member, reason):
-    decision = decide(CONFIG, CONFIG.mailbox(mailbox), sender.lower())
+    decision = decide(CONFIG, CONFIG.mailbox(mailbox), sender.lower(), authenticated=True)
     assert (decision.allowed, decision.member, decision.reason) == (allowed, member, reason)
     if not allowed:
         assert sender.lower() in decision.detail
+
+
+@pytest.mark.parametrize(
+    ("mailbox", "sender", "allowed", "member", "reason"),
+    [
+        ("internal@example.com", "alice@example.com", False, False, "sender_not_authenticated"),
+        ("support@example.com", "alice@example.com", True, False, None),  # an outsider's mail, external accepted
+        ("support@example.com", "carl@example.com", True, False, None),   # not a member, so no access check
+        ("internal@example.com", "eve@customer.test", False, False, "external_not_accepted"),
+    ],
+)
+def test_a_member_address_without_proof_is_an_outsider(mailbox, sender, allowed, member, reason):
+    decision = decide(CONFIG, CONFIG.mailbox(mailbox), sender, authenticated=False)
+    assert (decision.allowed, decision.member, decision.reason) == (allowed, member, reason)
