@@ -192,3 +192,20 @@ def test_without_trust_configured_a_member_is_trusted_by_from():
     raw = _member_mail("")
     c = route(_inbound(raw, "ops@example.com"), raw, CONFIG).command
     assert (c["action"], c["author"]["member"]) == ("create", True)
+
+
+def test_the_runner_counts_an_unproven_member_as_a_rejection(tmp_path):
+    from services.common import metrics
+    from services.common.blobs import FolderBlobStore
+    from services.common.bus import Record
+    from services.common.codec import codec
+    from services.router.runner import RouterStep
+
+    raw = _member_mail("")
+    step = RouterStep(TRUSTING, FolderBlobStore(tmp_path))
+    rejected = metrics.ROUTER_REJECTIONS.labels("sender_not_authenticated")
+    before = rejected._value.get()
+    [out] = step.process(Record("inbound", 0, 0, None, codec("InboundMail").encode(_inbound(raw, "ops@example.com"))))
+    command = codec("TicketCommand").decode(out.value)
+    assert (command["action"], command["author"]["member"]) == ("reject", False)
+    assert rejected._value.get() == before + 1
