@@ -13,17 +13,23 @@ including an ``Authentication-Results: mx.example.com; dmarc=pass`` and a
    a trailing dot ignored) and it parses (a field this module cannot read strictly
    is ignored, never half-read);
 2. the scan stops at the first Received field added by a trusted server: one that
-   names ``by <trusted id>``. Only the trusted Authentication-Results fields above
-   it count; everything below it, which the sender may have forged, is ignored;
+   names ``by <trusted id>`` (the trusted hop). Trusted Authentication-Results
+   fields above it count. If there are none above it, the server is one that
+   writes its results just below its own Received field (Gmail does: ``Received:
+   ... by mx.google.com`` and then ``Authentication-Results: mx.google.com``), and
+   only the *topmost* trusted field between that hop and the next Received field
+   counts: the server prepends its fields, so anything the sender forged in that
+   place lies below the real one. Everything further down is ignored;
 3. when no Received field names a trusted server, nothing counts: the trusted
    server did not handle this mail, so any field claiming its name is forged.
 
 A Received field is matched liberally (``by <id>`` anywhere in it, comments
 included), because the mistake in that direction is safe: stopping too early only
 believes fewer fields, while missing the trusted server's own Received would let
-forged fields below it count. The trusted server must write its
-Authentication-Results above its own Received field; one that writes them below
-(``Received`` first, then ``Authentication-Results``) is not believed by this rule.
+forged fields below it count. Name only servers that write Authentication-Results
+for every mail they accept (RFC 8601 section 5 also has them remove or rename
+fields claiming their authserv-id that arrive with the mail): a server that writes
+none would leave the topmost field below its hop to the sender.
 
 What proves the From (``verify``): among the counted results, ``dmarc=pass``
 (whose ``header.from``, when given, is the From domain), or ``dkim=pass`` whose
@@ -193,18 +199,40 @@ def counted_results(trace: Iterable[tuple[str, str]], trusted_ids: Sequence[str]
     """The results inside the trust border (see the module docstring); trace is top-down."""
     trusted = frozenset(_host(authserv_id) for authserv_id in trusted_ids)
     counted: list[MethodResult] = []
-    for name, value in trace:
+    fields = iter(trace)
+    for name, value in fields:
         if name == "received":
             if _added_by_trusted(value, trusted):
-                return tuple(counted)
+                if counted:  # the server wrote its results above its hop: nothing below counts
+                    return tuple(counted)
+                return _first_below_the_hop(fields, trusted)
         elif name == "authentication-results":
-            try:
-                results = parse(value)
-            except AuthResultsError:
-                continue
-            if results.authserv_id in trusted:
+            results = _trusted(value, trusted)
+            if results is not None:
                 counted.extend(results.results)
     return ()  # no trusted server handled this mail: every field naming one is forged
+
+
+def _first_below_the_hop(fields: Iterable[tuple[str, str]], trusted: frozenset[str]) -> tuple[MethodResult, ...]:
+    """The server's results written just below its own Received field (Gmail's order):
+    the topmost trusted field before the next Received. Anything further down, and
+    any second field, may be the sender's: the server prepends, so its own is on top."""
+    for name, value in fields:
+        if name == "received":
+            return ()
+        if name == "authentication-results":
+            results = _trusted(value, trusted)
+            if results is not None:
+                return results.results
+    return ()
+
+
+def _trusted(value: str, trusted: frozenset[str]) -> AuthResults | None:
+    try:
+        results = parse(value)
+    except AuthResultsError:
+        return None
+    return results if results.authserv_id in trusted else None
 
 
 def _aligned(signing_domain: str, from_domain: str) -> bool:

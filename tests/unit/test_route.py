@@ -158,7 +158,8 @@ def _member_mail(trace: str, to: str = "ops@example.com") -> bytes:
     [
         "",                                                                                 # no proof at all
         f"Authentication-Results: relay.other.test; dmarc=pass header.from=example.com\r\n{BORDER}",  # untrusted id
-        f"{BORDER}Authentication-Results: mx.example.com; dmarc=pass header.from=example.com\r\n",  # forged below
+        f"{BORDER}Authentication-Results: mx.example.com; dmarc=fail header.from=example.com\r\n"
+        "Authentication-Results: mx.example.com; dmarc=pass header.from=example.com\r\n",  # forged below the real
         f"Authentication-Results: mx.example.com; dkim=pass header.d=attacker.test\r\n{BORDER}",  # not aligned
         f"Authentication-Results: mx.example.com; dmarc=fail header.from=example.com\r\n{BORDER}",
     ],
@@ -171,11 +172,13 @@ def test_unproven_member_on_members_only_address_is_rejected(trace):
     assert c["reason"].startswith("sender_not_authenticated: mail from member address alice@example.com")
 
 
+@pytest.mark.parametrize("above_the_hop", [True, False], ids=["above-its-hop", "below-its-hop-gmail-order"])
 @pytest.mark.parametrize(
     "results", ["dmarc=pass header.from=example.com", "dkim=pass header.d=example.com header.s=s1"],
 )
-def test_proven_member_gets_member_rights(results):
-    raw = _member_mail(f"Authentication-Results: mx.example.com; {results}\r\n{BORDER}")
+def test_proven_member_gets_member_rights(results, above_the_hop):
+    field = f"Authentication-Results: mx.example.com; {results}\r\n"
+    raw = _member_mail(field + BORDER if above_the_hop else BORDER + field)
     c = route(_inbound(raw, "ops@example.com"), raw, TRUSTING).command
     assert (c["action"], c["queue"], c["author"]["member"], c["reason"]) == ("create", "OPS", True, None)
 

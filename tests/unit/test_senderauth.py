@@ -69,21 +69,29 @@ FORGED = ar("mx.example.com; dmarc=pass header.from=example.com")  # same text, 
     ("trace", "counted"),
     [
         ([PASS, BORDER], 1),                                     # the trusted server's own field
-        ([BORDER, FORGED], 0),                                   # below the border: the sender's
-        ([BORDER, FORGED, ("received", "by mx.example.com")], 0),  # a forged border below the real one
+        ([BORDER, PASS], 1),                                     # written just below its hop (Gmail's order)
+        ([BORDER, ar("mx.example.com; dmarc=fail header.from=example.com"), FORGED], 1),  # only the topmost
+        ([BORDER, ("received", "from mail.sender.test by relay.sender.test"), FORGED], 0),  # below another hop
+        ([PASS, BORDER, FORGED], 1),                             # written above its hop: nothing below counts
         ([ar("mx.example.com; dmarc=fail header.from=example.com"), BORDER, FORGED], 1),
         ([FORGED], 0),                                           # no trusted hop at all: nothing counts
         ([FORGED, ("received", "from x by relay.other.test")], 0),
         ([ar("relay.other.test; dmarc=pass header.from=example.com"), BORDER], 0),  # untrusted authserv-id
         ([("received", "from a by deskmail.local"), PASS, BORDER], 1),  # hops above the border are fine
         ([PASS, ("received", "from a (helo by mx.example.com) by relay.test"), BORDER], 1),  # liberal match stops early
-        ([("received", "from a (helo by mx.example.com) by relay.test"), PASS, BORDER], 0),  # ... which is safe
+        ([("received", "from a (helo by mx.example.com) by relay.test"), PASS, BORDER], 1),  # ... then the topmost below
         ([ar("mx.example.com; dmarc=pass (broken"), BORDER], 0),  # unreadable: ignored
         ([ar("MX.EXAMPLE.COM.; dmarc=pass"), ("received", "from a by MX.Example.Com. with SMTP"), FORGED], 1),
     ],
 )
 def test_trust_border(trace, counted):
     assert len(counted_results(trace, TRUSTED)) == counted
+
+
+def test_below_the_hop_only_the_servers_own_topmost_field_counts():
+    real = ar("mx.example.com; dmarc=fail header.from=example.com")
+    [result] = counted_results([BORDER, real, FORGED], TRUSTED)
+    assert (result.method, result.result) == ("dmarc", "fail")  # the sender's dmarc=pass below it is ignored
 
 
 @pytest.mark.parametrize(
