@@ -28,3 +28,10 @@ def check(path: str | None) -> None:
     refusal = auth_refusal(cfg)
     if refusal is not None:
         click.echo(f"{path}: warning: `deskmail run api` will refuse to start: {refusal}", err=True)
+    if cfg.organization.members and not cfg.organization.sender_authentication.trusted_authserv_ids:
+        click.echo(
+            f"{path}: warning: member mail is trusted by its From line, which anyone can write; "
+            "set organization.sender_authentication.trusted_authserv_ids to the receiving servers "
+            "whose Authentication-Results prove it",
+            err=True,
+        )

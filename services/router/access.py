@@ -6,7 +6,11 @@ Rules (the access list itself is ``services.common.permissions``, shared with th
   empty list admits every member), whatever the address's external switch says;
 - a member whom the access list does not admit is refused, even on an address that
   accepts external mail (members can create tickets only where they have access);
-- anyone else is admitted only where the address accepts external mail.
+- anyone else is admitted only where the address accepts external mail;
+- a member's address whose mail does not prove it (``authenticated`` False, see
+  services/router/senderauth.py) is anyone else: admitted as an outsider where
+  the address accepts external mail, refused with ``sender_not_authenticated``
+  where it does not.
 """
 
 from __future__ import annotations
@@ -25,10 +29,19 @@ class Decision:
     detail: str | None = None  # human sentence for logs and the rejection record
 
 
-def decide(config: Config, mailbox: Mailbox, sender: str) -> Decision:
+def decide(config: Config, mailbox: Mailbox, sender: str, *, authenticated: bool) -> Decision:
+    """``authenticated``: the mail proves its From (always True when no trust is configured)."""
     queue = config.queue(mailbox.queue)
     assert queue is not None, "config guarantees every mailbox belongs to a queue"
     member = config.member(sender)
+    if member is not None and not authenticated:
+        if mailbox.accept_external:
+            return Decision(True, False)
+        return Decision(
+            False, False, "sender_not_authenticated",
+            f"mail from member address {sender} does not prove its sender "
+            f"and {mailbox.address} accepts mail only from members",
+        )
     if member is not None:
         if member_may_use(member, queue):
             return Decision(True, True)

@@ -14,7 +14,7 @@ from typing import Any
 from services.common import mailrules
 from services.common.blobs import ref_for_sha256
 from services.common.config import Config
-from services.router import classify
+from services.router import classify, senderauth
 from services.router.access import decide
 from services.router.mailparse import ParsedMail, parse
 
@@ -68,7 +68,9 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
         classification = "new"
 
     action, reason, detail = ("comment" if threaded else "create"), None, None
-    access = decide(config, mailbox, sender)
+    trusted = config.organization.sender_authentication.trusted_authserv_ids
+    authenticated = not trusted or senderauth.verify(mail.trace, sender, mail.from_header, trusted).authenticated
+    access = decide(config, mailbox, sender, authenticated=authenticated)
     if sender in own:
         action, reason, detail = "reject", "loop", f"mail from deskmail's own address {sender}"
     elif not access.allowed and access.reason == "external_not_accepted" and (mail.in_reply_to or mail.references):

@@ -42,7 +42,7 @@ CONFIG = parse_text(textwrap.dedent("""\
     ],
 )
 def test_decide(mailbox, sender, allowed, member, reason):
-    decision = decide(CONFIG, CONFIG.mailbox(mailbox), sender.lower())
+    decision = decide(CONFIG, CONFIG.mailbox(mailbox), sender.lower(), authenticated=True)
     assert (decision.allowed, decision.member, decision.reason) == (allowed, member, reason)
     if not allowed:
         assert sender.lower() in decision.detail
@@ -72,3 +72,17 @@ def test_agents_see_the_queues_their_access_lists_admit_and_admins_see_all() -> 
     sales = cfg.queue("SALES")
     assert sales is not None and not may_see(cfg, alice, sales)
     assert is_admin(cfg, root) and may_manage(cfg, root) and not may_manage(cfg, alice)
+
+
+@pytest.mark.parametrize(
+    ("mailbox", "sender", "allowed", "member", "reason"),
+    [
+        ("internal@example.com", "alice@example.com", False, False, "sender_not_authenticated"),
+        ("support@example.com", "alice@example.com", True, False, None),  # an outsider's mail, external accepted
+        ("support@example.com", "carl@example.com", True, False, None),   # not a member, so no access check
+        ("internal@example.com", "eve@customer.test", False, False, "external_not_accepted"),
+    ],
+)
+def test_a_member_address_without_proof_is_an_outsider(mailbox, sender, allowed, member, reason):
+    decision = decide(CONFIG, CONFIG.mailbox(mailbox), sender, authenticated=False)
+    assert (decision.allowed, decision.member, decision.reason) == (allowed, member, reason)

@@ -196,3 +196,30 @@ def test_an_in_flight_budget_below_the_message_limit_is_refused() -> None:
     assert "ingress.max_inflight_bytes must be at least ingress.max_message_bytes" in problem
     [problem] = _problems("ingress:\n  max_sessions: 0\n")
     assert problem.startswith("line 2: ingress.max_sessions")
+
+
+def test_trusted_authserv_ids_are_host_names_in_lower_case(monkeypatch) -> None:
+    monkeypatch.setenv("TEST_SUPPORT_PW", "pw")
+    config = parse_text(GOOD.replace("  members:", "  sender_authentication:\n"
+                                     "    trusted_authserv_ids: [MX.Google.com., mx.example.com]\n  members:"))
+    assert config.organization.sender_authentication.trusted_authserv_ids == ("mx.google.com", "mx.example.com")
+    assert parse_text("queues: []\n").organization.sender_authentication.trusted_authserv_ids == ()
+    problems = _problems("organization:\n  sender_authentication:\n    trusted_authserv_ids: ['mx example;com']\n")
+    assert len(problems) == 1 and problems[0].startswith("line 3:") and "not a host name" in problems[0]
+
+
+@pytest.mark.parametrize(("trust", "warned"), [("", True), ("  sender_authentication: {trusted_authserv_ids: [mx.example.com]}\n", False)])
+def test_config_check_warns_when_member_mail_is_trusted_by_from(tmp_path, trust: str, warned: bool) -> None:
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    path = tmp_path / "deskmail.yaml"
+    path.write_text("organization:\n  members: [{email: alice@example.com}]\n" + trust
+                    + "queues:\n  - key: OPS\n    mailboxes: [{address: ops@example.com, ingress: true}]\n",
+                    encoding="utf-8")
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "ok: 1 queue(s)" in result.stdout
+    assert ("warning: member mail is trusted by its From line" in result.stderr) is warned
+    assert "warning" not in result.stdout

@@ -64,6 +64,9 @@ def test_plain_mail() -> None:
         bounce=False,
         suppress_auto_reply=False,
         defects=(),
+        from_header=True,
+        trace=(("received", "from mx.example.com (mx.example.com [203.0.113.7])\tby mail.deskmail.test (Postfix)"
+                " with ESMTPS id 4F1A2B3C\tfor <support@deskmail.test>; Tue, 03 Mar 2026 09:15:02 +0100 (CET)"),),
     )
 
 

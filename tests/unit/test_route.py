@@ -125,3 +125,90 @@ def test_a_subject_key_alone_does_not_let_an_outsider_in():
 def test_accepted_mail_is_not_reply_only():
     raw = _mail(extra="In-Reply-To: <x@example.com>\r\n")
     assert route(_inbound(raw), raw, CONFIG).command["reply_only"] is False
+
+
+# -- member identity: the From must be proven once trust is configured ----------
+
+TRUSTING = parse_text(textwrap.dedent("""\
+    organization:
+      members:
+        - {email: alice@example.com, name: Alice, groups: [support]}
+      sender_authentication:
+        trusted_authserv_ids: [mx.example.com]
+    queues:
+      - key: SUPPORT
+        access: [group:support]
+        mailboxes:
+          - {address: support@example.com, accept_external: true, ingress: true}
+      - key: OPS
+        access: [group:support]
+        mailboxes:
+          - {address: ops@example.com, ingress: true}
+    """))
+BORDER = "Received: from mail.example.com (mail.example.com [192.0.2.5]) by mx.example.com with ESMTPS id 9\r\n"
+
+
+def _member_mail(trace: str, to: str = "ops@example.com") -> bytes:
+    return (f"{trace}From: Alice <alice@example.com>\r\nTo: {to}\r\nSubject: Disk full\r\n"
+            f"Message-ID: <a1@example.com>\r\n\r\nPlease look.\r\n").encode()
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [
+        "",                                                                                 # no proof at all
+        f"Authentication-Results: relay.other.test; dmarc=pass header.from=example.com\r\n{BORDER}",  # untrusted id
+        f"{BORDER}Authentication-Results: mx.example.com; dmarc=fail header.from=example.com\r\n"
+        "Authentication-Results: mx.example.com; dmarc=pass header.from=example.com\r\n",  # forged below the real
+        f"Authentication-Results: mx.example.com; dkim=pass header.d=attacker.test\r\n{BORDER}",  # not aligned
+        f"Authentication-Results: mx.example.com; dmarc=fail header.from=example.com\r\n{BORDER}",
+    ],
+)
+def test_unproven_member_on_members_only_address_is_rejected(trace):
+    raw = _member_mail(trace)
+    routed = route(_inbound(raw, "ops@example.com"), raw, TRUSTING)
+    c = routed.command
+    assert (c["action"], c["author"]["member"], routed.attachments) == ("reject", False, [])
+    assert c["reason"].startswith("sender_not_authenticated: mail from member address alice@example.com")
+
+
+@pytest.mark.parametrize("above_the_hop", [True, False], ids=["above-its-hop", "below-its-hop-gmail-order"])
+@pytest.mark.parametrize(
+    "results", ["dmarc=pass header.from=example.com", "dkim=pass header.d=example.com header.s=s1"],
+)
+def test_proven_member_gets_member_rights(results, above_the_hop):
+    field = f"Authentication-Results: mx.example.com; {results}\r\n"
+    raw = _member_mail(field + BORDER if above_the_hop else BORDER + field)
+    c = route(_inbound(raw, "ops@example.com"), raw, TRUSTING).command
+    assert (c["action"], c["queue"], c["author"]["member"], c["reason"]) == ("create", "OPS", True, None)
+
+
+def test_unproven_member_on_external_address_is_an_outsider():
+    raw = _member_mail(f"Authentication-Results: mx.example.com; dkim=pass header.d=attacker.test\r\n{BORDER}",
+                       to="support@example.com")
+    c = route(_inbound(raw), raw, TRUSTING).command
+    assert (c["action"], c["author"], c["reason"]) == (
+        "create", {"email": "alice@example.com", "name": "Alice", "member": False}, None)
+
+
+def test_without_trust_configured_a_member_is_trusted_by_from():
+    raw = _member_mail("")
+    c = route(_inbound(raw, "ops@example.com"), raw, CONFIG).command
+    assert (c["action"], c["author"]["member"]) == ("create", True)
+
+
+def test_the_runner_counts_an_unproven_member_as_a_rejection(tmp_path):
+    from services.common import metrics
+    from services.common.blobs import FolderBlobStore
+    from services.common.bus import Record
+    from services.common.codec import codec
+    from services.router.runner import RouterStep
+
+    raw = _member_mail("")
+    step = RouterStep(TRUSTING, FolderBlobStore(tmp_path))
+    rejected = metrics.ROUTER_REJECTIONS.labels("sender_not_authenticated")
+    before = rejected._value.get()
+    [out] = step.process(Record("inbound", 0, 0, None, codec("InboundMail").encode(_inbound(raw, "ops@example.com"))))
+    command = codec("TicketCommand").decode(out.value)
+    assert (command["action"], command["author"]["member"]) == ("reject", False)
+    assert rejected._value.get() == before + 1

@@ -28,6 +28,7 @@ TOPIC_NAMES = {
 }
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_AUTHSERV_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$")
 
 
 class _Model(BaseModel):
@@ -223,6 +224,20 @@ class Member(_Model):
         return v.lower()
 
 
+class SenderAuthentication(_Model):
+    """Whose Authentication-Results (RFC 8601) prove a member's From: see services/router/senderauth.py."""
+
+    trusted_authserv_ids: tuple[str, ...] = ()  # e.g. mx.google.com; empty: members are trusted by From
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _ids(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for authserv_id in v:
+            if not _AUTHSERV_ID.match(authserv_id):
+                raise ValueError(f"{authserv_id!r} is not a host name (the authserv-id a receiving server writes)")
+        return tuple(authserv_id.lower().rstrip(".") for authserv_id in v)
+
+
 class Organization(_Model):
     name: str = "deskmail"
     domains: tuple[str, ...] = ()
@@ -231,6 +246,7 @@ class Organization(_Model):
     # Unset: a key made once in <data_dir>/message-id.key (config.keys).
     message_id_key: SecretRef | None = None
     admins: tuple[str, ...] = ()  # members' emails or group:NAME; they see every queue and its settings
+    sender_authentication: SenderAuthentication = SenderAuthentication()
 
 
 class TicketDefaults(_Model):

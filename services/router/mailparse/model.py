@@ -58,3 +58,7 @@ class ParsedMail:
     bounce: bool  # a delivery status notification (classify.is_bounce)
     suppress_auto_reply: bool  # must not be answered automatically
     defects: tuple[str, ...]  # what was wrong with the mail and was worked around
+    from_header: bool  # from_addr was read from From itself, not from a fallback header
+    # The Authentication-Results and Received fields, top-down as (lower-case name,
+    # unfolded value): the trace services/router/senderauth.py reads.
+    trace: tuple[tuple[str, str], ...]

@@ -50,6 +50,7 @@ _EXTENSIONS = {
     "message/rfc822": ".eml",
     "message/global": ".eml",
 }
+_TRACE_FIELDS = frozenset({"authentication-results", "received"})
 _BODY_TYPES = frozenset({"text/plain", "text/html"})
 _DAMAGED_BASE64 = (errors.InvalidBase64CharactersDefect, errors.InvalidBase64LengthDefect)
 
@@ -62,6 +63,7 @@ class Reader:
         self._defects = defects
         self._charset_hint: str | None = None  # a body charset, to guess raw 8-bit headers
         self._headers: dict[str, str] = {}
+        self._from_header = False
         for name, value in message.items():
             self._headers.setdefault(name.lower(), value)
 
@@ -103,6 +105,8 @@ class Reader:
                 auto_submitted or bounce or classify.suppresses_auto_reply(self._headers)
             ),
             defects=tuple(unique(self._defects)),
+            from_header=self._from_header,
+            trace=self._trace(),
         )
 
     # -- headers --------------------------------------------------------
@@ -157,6 +161,7 @@ class Reader:
                 if "@" in address.email:
                     if name != "from":
                         self._defects.append(f"no usable From address; took the {name} header")
+                    self._from_header = name == "from"
                     return address
             if found and fallback is None:
                 fallback = found[0]  # e.g. a bare "MAILER-DAEMON"
@@ -165,6 +170,13 @@ class Reader:
             return fallback
         raise MalformedMail(
             "no sender address: no From, Sender, Reply-To or Return-Path header holds an address"
+        )
+
+    def _trace(self) -> tuple[tuple[str, str], ...]:
+        return tuple(
+            (name.lower(), decode_8bit(unfold(str(value)), self._charset_hint))
+            for name, value in self._message.items()
+            if name.lower() in _TRACE_FIELDS
         )
 
     def _date(self) -> datetime | None:
