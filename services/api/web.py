@@ -60,7 +60,9 @@ def _render(request: Request, name: str, status: int = 200, **values: Any) -> HT
     fresh = not tokens.valid(token)
     if fresh:
         token = tokens.mint()
-    response = templates.TemplateResponse(request, name, {**values, "csrf_token": token}, status_code=status)
+    sign_out = request.app.state.deskmail.config.api.auth.mode == "oidc"  # a session cookie to clear
+    response = templates.TemplateResponse(request, name, {**values, "csrf_token": token, "sign_out": sign_out},
+                                          status_code=status)
     if fresh:
         secure = (request.app.state.deskmail.config.api.public_url or "").startswith("https:")
         response.set_cookie(csrf.COOKIE, token, httponly=True, samesite="lax", secure=secure, path="/")
