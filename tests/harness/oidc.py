@@ -29,5 +29,5 @@ class Provider:
 
 @contextmanager
 def provider(*users: tuple[str, dict[str, object]]) -> Iterator[Provider]:
-    with run_server_in_thread(user_claims=[User(sub, claims) for sub, claims in users]) as server:
+    with run_server_in_thread(user_claims=[User(sub=sub, claims=claims) for sub, claims in users]) as server:
         yield Provider(f"http://localhost:{server.server_port}")
