@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from urllib.parse import urlencode
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api import rest, web
+from services.api import rest, signin, web
 from services.api.context import ApiContext, Waker
 from services.api.csrf import CsrfTokens
 from services.api.relay import OutboxRelay
@@ -57,6 +58,9 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
     app.state.csrf = CsrfTokens.from_config(config)
     app.state.blobs = FolderBlobStore(config.blob_path)
     app.add_middleware(BrowserGuard, site=SitePolicy.from_config(config), refuse=error_response)
+    if config.api.auth.mode == "oidc":
+        app.state.signin = signin.SignIn(config)
+        app.include_router(signin.router)
     app.include_router(rest.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -79,6 +83,10 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
     async def errors(request: Request, exc: StarletteHTTPException) -> Response:
         if _wants_json(request):
             return await http_exception_handler(request, exc)
+        if exc.status_code == 401 and config.api.auth.mode == "oidc" and request.method == "GET":
+            # A page without a session: sign in, then come back here.
+            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?{urlencode({'next': here})}", status_code=303)
         return error_response(request, exc.status_code, str(exc.detail))
 
     return app

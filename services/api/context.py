@@ -4,11 +4,13 @@ and who the agent is."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import HTTPException, Request
 
+from services.api.session import SESSION_COOKIE, SignedValues
 from services.common.config import Config, Member
 from services.tickets import TicketStore
 
@@ -44,6 +46,8 @@ def signed_in_agent(request: Request) -> Member | None:
       its author itself; the api runs so only on loopback (see ``auth_refusal``).
     - ``proxy``: ``api.user_header`` names the agent, but only on a connection from
       ``api.auth.trusted_proxies``; from anywhere else the header is ignored.
+    - ``oidc``: the signed session cookie set by /auth/callback
+      (``services.api.signin``); without one a page redirects to /login (app.py).
 
     Raises HTTPException: 401 (JSON, with ``WWW-Authenticate``) without valid
     credentials, 403 when they name someone who is not an organization member.
@@ -64,6 +68,8 @@ def signed_in_agent(request: Request) -> Member | None:
         return member
     if config.api.auth.mode == "none":
         return None
+    if config.api.auth.mode == "oidc":
+        return _session_member(request, config)
     header = config.api.user_header
     assert header is not None  # the config requires it in proxy mode
     if not _from_trusted_proxy(request, config.api.auth.trusted_proxies):
@@ -74,6 +80,18 @@ def signed_in_agent(request: Request) -> Member | None:
     member = config.member(value)
     if member is None:
         raise HTTPException(403, f"{value} is not an organization member")
+    return member
+
+
+def _session_member(request: Request, config: Config) -> Member:
+    sessions: SignedValues = request.app.state.signin.sessions
+    session = sessions.open(request.cookies.get(SESSION_COOKIE), time.time())
+    email = session.get("email") if session else None
+    if not isinstance(email, str):
+        raise _unauthorized("sign in: open /login, or send an API token")
+    member = config.member(email)
+    if member is None:
+        raise HTTPException(403, f"{email} is no longer an organization member")
     return member
 
 

@@ -8,10 +8,11 @@ from typing import Literal
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.api import serialize
+from services.api import access, serialize
 from services.api.context import ApiContext, context, signed_in_agent
 from services.api.replies import ReplyError, ReplyRequest, post_reply
 from services.common.config import Member
+from services.tickets import TicketDetail
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"], dependencies=[Depends(signed_in_agent)])
 
@@ -112,7 +113,8 @@ class ReplyIn(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": Error, "description": "The queue cannot send this mail (no SMTP, unknown signature)."},
-    403: {"model": Error, "description": "Not a member, or the queue may not mail outside the organization."},
+    403: {"model": Error, "description": "Not a member, no access to the ticket's queue, "
+                                         "or the queue may not mail outside the organization."},
     404: {"model": Error, "description": "No such ticket."},
 }
 
@@ -123,32 +125,50 @@ def list_tickets(
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
     ctx: ApiContext = Depends(context),
+    agent: Member | None = Depends(signed_in_agent),
 ) -> dict[str, object]:
-    """Tickets, newest first."""
-    tickets = ctx.store.list_tickets(queue=queue, limit=limit, offset=offset)
+    """Tickets of the queues the agent sees, newest first; naming a queue the
+    agent does not see is 403."""
+    if queue is not None:
+        access.require_queue(ctx.config, agent, queue)
+        tickets = ctx.store.list_tickets(queue=queue, limit=limit, offset=offset)
+        total = ctx.store.count_tickets(queue)
+    else:
+        seen = access.seen_queues(ctx.config, agent)
+        tickets = access.list_tickets(ctx.store, seen, limit, offset)
+        total = access.count_tickets(ctx.store, seen)
     return {
         "tickets": [serialize.summary(t) for t in tickets],
-        "total": ctx.store.count_tickets(queue),
+        "total": total,
         "limit": limit,
         "offset": offset,
     }
 
 
-@router.get("/tickets/{key}", response_model=TicketOut, responses={404: _ERRORS[404]})
-def get_ticket(key: str, ctx: ApiContext = Depends(context)) -> dict[str, object]:
+def _visible_ticket(ctx: ApiContext, agent: Member | None, key: str) -> TicketDetail:
+    """The ticket; 404 when there is none, 403 when its queue is not the agent's."""
+    detail = ctx.store.get_ticket(key)
+    if detail is None:
+        raise HTTPException(404, f"no ticket {key}")
+    access.require_queue(ctx.config, agent, detail.queue)
+    return detail
+
+
+@router.get("/tickets/{key}", response_model=TicketOut, responses={403: _ERRORS[403], 404: _ERRORS[404]})
+def get_ticket(
+    key: str, ctx: ApiContext = Depends(context), agent: Member | None = Depends(signed_in_agent)
+) -> dict[str, object]:
     """The ticket and its whole thread, oldest first."""
-    detail = ctx.store.get_ticket(key)
-    if detail is None:
-        raise HTTPException(404, f"no ticket {key}")
-    return serialize.ticket(detail)
+    return serialize.ticket(_visible_ticket(ctx, agent, key))
 
 
-@router.get("/tickets/{key}/deliveries", response_model=list[DeliveryOut], responses={404: _ERRORS[404]})
-def get_deliveries(key: str, ctx: ApiContext = Depends(context)) -> list[dict[str, object]]:
+@router.get("/tickets/{key}/deliveries", response_model=list[DeliveryOut],
+            responses={403: _ERRORS[403], 404: _ERRORS[404]})
+def get_deliveries(
+    key: str, ctx: ApiContext = Depends(context), agent: Member | None = Depends(signed_in_agent)
+) -> list[dict[str, object]]:
     """Delivery status of every outgoing mail of the ticket (the ticket page polls this)."""
-    detail = ctx.store.get_ticket(key)
-    if detail is None:
-        raise HTTPException(404, f"no ticket {key}")
+    detail = _visible_ticket(ctx, agent, key)
     return [serialize.delivery(e) for e in detail.thread if e.kind == "mail_out"]
 
 
@@ -164,6 +184,7 @@ def post_ticket_reply(
 ) -> dict[str, object]:
     """Reply on a ticket: an email to the recipients (delivery status ``queued``,
     then ``sent``/``failed`` as the sender reports), or an internal comment."""
+    _visible_ticket(ctx, signed_in, key)
     author = _author(signed_in, body.author)
     request = ReplyRequest(
         ticket_key=key, author_email=author, text=body.text,

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from services.api import csrf, files
+from services.api import access, csrf, files
 from services.api.context import ApiContext, context, signed_in_agent
 from services.api.replies import ReplyError, ReplyRequest, post_reply, reply_form
 from services.api.sanitize import SafeHtml, clean_mail_html
@@ -60,7 +60,9 @@ def _render(request: Request, name: str, status: int = 200, **values: Any) -> HT
     fresh = not tokens.valid(token)
     if fresh:
         token = tokens.mint()
-    response = templates.TemplateResponse(request, name, {**values, "csrf_token": token}, status_code=status)
+    sign_out = request.app.state.deskmail.config.api.auth.mode == "oidc"  # a session cookie to clear
+    response = templates.TemplateResponse(request, name, {**values, "csrf_token": token, "sign_out": sign_out},
+                                          status_code=status)
     if fresh:
         secure = (request.app.state.deskmail.config.api.public_url or "").startswith("https:")
         response.set_cookie(csrf.COOKIE, token, httponly=True, samesite="lax", secure=secure, path="/")
@@ -80,24 +82,33 @@ def csrf_protect(request: Request, csrf_token: str = Form("")) -> None:
 
 
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, ctx: ApiContext = Depends(context)) -> HTMLResponse:
+def home(
+    request: Request, ctx: ApiContext = Depends(context), agent: Member | None = Depends(signed_in_agent)
+) -> HTMLResponse:
+    """The queues the agent sees, with the newest of their tickets."""
+    seen = access.seen_queues(ctx.config, agent)
     counts = ctx.store.count_by_queue()
-    queues = [(q, counts.get(q.key, 0)) for q in ctx.config.queues]
-    return _render(request, "index.html", queues=queues, latest=ctx.store.list_tickets(limit=LATEST),
-                   total=sum(counts.values()))
+    queues = [(q, counts.get(q.key, 0)) for q in ctx.config.queues if seen is None or q.key in seen]
+    return _render(request, "index.html", queues=queues, latest=access.list_tickets(ctx.store, seen, LATEST, 0),
+                   total=sum(n for key, n in counts.items() if seen is None or key in seen),
+                   manage=access.may_manage(ctx.config, agent))
 
 
 @router.get("/queues/{key}", response_class=HTMLResponse)
-def queue_page(request: Request, key: str, page: int = 1, ctx: ApiContext = Depends(context)) -> HTMLResponse:
+def queue_page(
+    request: Request, key: str, page: int = 1, ctx: ApiContext = Depends(context),
+    agent: Member | None = Depends(signed_in_agent),
+) -> HTMLResponse:
     queue = ctx.config.queue(key)
     total = ctx.store.count_tickets(key)
     if queue is None and total == 0:
         raise HTTPException(404, f"no queue {key}")
+    access.require_queue(ctx.config, agent, key)
     pages = max(1, math.ceil(total / PAGE_SIZE))
     page = min(max(1, page), pages)
     tickets = ctx.store.list_tickets(key, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     return _render(request, "queue.html", key=key, queue=queue, tickets=tickets, total=total,
-                   page=page, pages=pages)
+                   page=page, pages=pages, manage=access.may_manage(ctx.config, agent))
 
 
 # ------------------------------------------------------------------ ticket
@@ -168,24 +179,32 @@ def _ticket_page(
     return response
 
 
+def _visible_ticket(ctx: ApiContext, agent: Member | None, key: str) -> TicketDetail:
+    """The ticket; 404 when there is none, 403 when its queue is not the agent's."""
+    detail = ctx.store.get_ticket(key)
+    if detail is None:
+        raise HTTPException(404, f"no ticket {key}")
+    access.require_queue(ctx.config, agent, detail.queue)
+    return detail
+
+
 @router.get("/tickets/{key}", response_class=HTMLResponse)
 def ticket_page(
     request: Request, key: str, html: bool = False, images: bool = False, ctx: ApiContext = Depends(context),
     signed_in: Member | None = Depends(signed_in_agent),
 ) -> HTMLResponse:
     """The ticket; ``html``: show each mail's sanitised HTML, ``images``: with its https images."""
-    detail = ctx.store.get_ticket(key)
-    if detail is None:
-        raise HTTPException(404, f"no ticket {key}")
+    detail = _visible_ticket(ctx, signed_in, key)
     return _ticket_page(request, ctx, detail, signed_in, show_html=html or images, remote_images=images)
 
 
 @router.get("/tickets/{key}/files/{number}")
-def attachment(request: Request, key: str, number: int, ctx: ApiContext = Depends(context)) -> Response:
+def attachment(
+    request: Request, key: str, number: int, ctx: ApiContext = Depends(context),
+    agent: Member | None = Depends(signed_in_agent),
+) -> Response:
     """An attachment's bytes, as a download of a safe type (``services.api.files``)."""
-    detail = ctx.store.get_ticket(key)
-    if detail is None:
-        raise HTTPException(404, f"no ticket {key}")
+    detail = _visible_ticket(ctx, agent, key)
     if not 0 <= number < len(detail.attachments):
         raise HTTPException(404, f"ticket {key} has no attachment {number}")
     info = detail.attachments[number]
@@ -218,9 +237,7 @@ def ticket_reply(
 ) -> Response:
     """Store the reply and redirect to the ticket (POST-redirect-GET); on a
     refusal show the page again with the error and what was typed."""
-    detail = ctx.store.get_ticket(key)
-    if detail is None:
-        raise HTTPException(404, f"no ticket {key}")
+    detail = _visible_ticket(ctx, signed_in, key)
     emailed = send_email in ("on", "1", "true", "yes")
     request_ = ReplyRequest(
         ticket_key=key,
@@ -269,7 +286,12 @@ def _settings_page(
                    secret_source=secret_source)
 
 
-@router.get("/queues/{key}/settings", response_class=HTMLResponse)
+def manager_only(ctx: ApiContext = Depends(context), agent: Member | None = Depends(signed_in_agent)) -> None:
+    """Queue settings (connection checks, test emails) are for organization.admins: 403 for anyone else."""
+    access.require_manager(ctx.config, agent)
+
+
+@router.get("/queues/{key}/settings", response_class=HTMLResponse, dependencies=[Depends(manager_only)])
 def settings_page(request: Request, key: str, ctx: ApiContext = Depends(context)) -> HTMLResponse:
     return _settings_page(request, ctx.config, key)
 
@@ -281,7 +303,7 @@ def _mailbox_of(config: Config, key: str, address: str) -> Mailbox:
     return mailbox
 
 
-@router.post("/queues/{key}/settings/check", response_class=HTMLResponse, dependencies=[Depends(csrf_protect)])
+@router.post("/queues/{key}/settings/check", response_class=HTMLResponse, dependencies=[Depends(manager_only), Depends(csrf_protect)])
 def settings_check(
     request: Request, key: str, mailbox: str = Form(...), ctx: ApiContext = Depends(context)
 ) -> HTMLResponse:
@@ -293,7 +315,7 @@ def settings_check(
     return _settings_page(request, ctx.config, key, results={box.address: {"check": steps}})
 
 
-@router.post("/queues/{key}/settings/test", response_class=HTMLResponse, dependencies=[Depends(csrf_protect)])
+@router.post("/queues/{key}/settings/test", response_class=HTMLResponse, dependencies=[Depends(manager_only), Depends(csrf_protect)])
 def settings_test(
     request: Request, key: str, mailbox: str = Form(...), to: str = Form(""), signature: str = Form(""),
     ctx: ApiContext = Depends(context),

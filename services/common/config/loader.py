@@ -206,6 +206,10 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
     session_secret = None
     if model.api.session_secret is not None:
         session_secret = _resolve(model.api.session_secret, ("api", "session_secret"), lines, problems)
+    oidc_secret = None
+    if model.api.auth.oidc is not None and model.api.auth.oidc.client_secret is not None:
+        oidc_secret = _resolve(model.api.auth.oidc.client_secret, ("api", "auth", "oidc", "client_secret"), lines,
+                               problems)
     if problems:
         raise ConfigError(path, problems)
 
@@ -231,4 +235,5 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         queues=tuple(queues),
         message_id_key=message_id_key,
         api_session_secret=session_secret,
+        api_oidc_client_secret=oidc_secret,
     )

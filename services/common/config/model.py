@@ -95,6 +95,7 @@ class Config:
     # organization.message_id_key resolved; None: use the data folder's (config.keys)
     message_id_key: Secret | None = None
     api_session_secret: Secret | None = None  # api.session_secret, resolved
+    api_oidc_client_secret: Secret | None = None  # api.auth.oidc.client_secret, resolved
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property
