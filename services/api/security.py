@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.config import Config
@@ -129,8 +129,12 @@ class BrowserGuard:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_hardened(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 headers.setdefault("content-security-policy", content_security_policy())
                 for name, value in SECURITY_HEADERS.items():
@@ -141,4 +145,12 @@ class BrowserGuard:
         if problem is not None:
             await self.refuse(Request(scope, receive), 403, problem)(scope, receive, send_hardened)
             return
-        await self.app(scope, receive, send_hardened)
+        try:
+            await self.app(scope, receive, send_hardened)
+        except Exception:
+            # Answer the 500 here, inside this middleware, so it carries the headers too;
+            # then re-raise for Starlette's outermost handler, which logs it (and, the
+            # response having started, sends nothing more).
+            if not started:
+                await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send_hardened)
+            raise

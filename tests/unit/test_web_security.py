@@ -113,3 +113,29 @@ def test_form_tokens() -> None:
     for bad in ("", ".", "no-dot", "é.é", token + "x"):
         assert not tokens.valid(bad)
     assert "k" * 8 not in repr(tokens)
+
+
+def test_an_unhandled_error_is_answered_with_the_security_headers_too() -> None:
+    import warnings
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from services.api.security import BrowserGuard
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    def boom(request: object) -> PlainTextResponse:
+        raise RuntimeError("a bug")
+
+    app = Starlette(routes=[Route("/boom", boom)])
+    app.add_middleware(BrowserGuard, site=policy(), refuse=lambda request, code, why: PlainTextResponse(why, code))
+    response = TestClient(app, base_url="http://127.0.0.1:8080", raise_server_exceptions=False).get("/boom")
+    assert response.status_code == 500 and response.text == "Internal Server Error"
+    assert response.headers["content-security-policy"] == content_security_policy()
+    assert response.headers["x-content-type-options"] == "nosniff"
+    with pytest.raises(RuntimeError, match="a bug"):  # still raised to Starlette's handler, which logs it
+        TestClient(app, base_url="http://127.0.0.1:8080").get("/boom")
