@@ -223,3 +223,15 @@ def test_config_check_warns_when_member_mail_is_trusted_by_from(tmp_path, trust:
     assert "ok: 1 queue(s)" in result.stdout
     assert ("warning: member mail is trusted by its From line" in result.stderr) is warned
     assert "warning" not in result.stdout
+
+
+@pytest.mark.parametrize("field, text", [
+    ("queues[0].name", 'queues:\n  - key: S\n    name: "Support\\nBcc: all@example.com"\n'
+                       '    mailboxes: [{address: s@example.com, ingress: true}]\n'),
+    ("queues[0].mailboxes[0].signatures[0].alias",
+     'queues:\n  - key: S\n    mailboxes:\n      - address: s@example.com\n        ingress: true\n'
+     '        signatures: [{alias: "Support\\u2028Bcc: all@example.com"}]\n'),
+])
+def test_names_that_go_into_a_from_header_are_one_line(field: str, text: str) -> None:
+    [problem] = _problems(text)
+    assert field in problem and "header text must be one line" in problem

@@ -315,9 +315,21 @@ class SmtpSettings(_Model):
     verify_tls: bool = True
 
 
+def _one_line(field: str, value: str | None) -> str | None:
+    """A value that ends up in a mail header (a From name): one line, or a config error."""
+    if value is not None:
+        mailrules.check_header_text(field, value)
+    return value
+
+
 class Signature(_Model):
     alias: str = Field(min_length=1)
     text: str = ""
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        return _one_line("the alias", v) or v
 
 
 class MailboxModel(_Model):
@@ -358,6 +370,11 @@ class QueueModel(_Model):
         if not mailrules.is_queue_key(v):
             raise ValueError(mailrules.QUEUE_KEY_RULE)
         return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return _one_line("the queue name", v)
 
 
 class MetricsSettings(_Model):
