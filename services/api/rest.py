@@ -47,6 +47,8 @@ class CommentOut(BaseModel):
     internal: bool
     author: str
     author_name: str | None
+    author_verified: bool | None = Field(
+        None, description="Incoming mail: sender authentication proved its From; null for an agent's comment.")
     created_at: datetime
     text: str
     message_id: str | None
@@ -88,6 +90,7 @@ class TicketOut(BaseModel):
     author: str
     author_name: str | None
     author_member: bool
+    author_verified: bool = Field(description="Sender authentication proved the opening mail's From.")
     created_at: datetime
     updated_at: datetime
     description: str

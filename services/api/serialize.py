@@ -45,7 +45,8 @@ def entry(e: ThreadEntry, files: tuple[AttachmentInfo, ...] = ()) -> dict[str, A
     """One comment; ``delivery`` is set for outgoing mail only."""
     out: dict[str, Any] = {
         "id": e.id, "kind": e.kind, "internal": e.internal, "author": e.author_email,
-        "author_name": e.author_name, "created_at": iso(e.created_at), "text": e.body,
+        "author_name": e.author_name, "author_verified": e.author_verified,
+        "created_at": iso(e.created_at), "text": e.body,
         "message_id": e.message_id, "attachments": [a.filename for a in files if a.comment_id == e.id],
     }
     if e.kind == "mail_out":
@@ -69,7 +70,7 @@ def ticket(t: TicketDetail) -> dict[str, Any]:
     return {
         "key": t.key, "queue": t.queue, "type": t.type, "components": list(t.components),
         "summary": t.summary, "status": t.status, "author": t.author_email, "author_name": t.author_name,
-        "author_member": t.author_member, "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
+        "author_member": t.author_member, "author_verified": t.author_verified, "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
         "description": t.description,
         "attachments": [a.filename for a in t.attachments if a.comment_id is None],
         "participants": [participant(p) for p in t.participants],

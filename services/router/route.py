@@ -37,7 +37,9 @@ class Routed:
 
 
 def _person(address: Any, config: Config) -> dict[str, Any]:
-    return {"email": address.email, "name": address.name, "member": config.member(address.email) is not None}
+    # A participant's address is only named in To/Cc, never checked: not verified.
+    return {"email": address.email, "name": address.name, "member": config.member(address.email) is not None,
+            "verified": False}
 
 
 def route(inbound: dict[str, Any], raw: bytes, config: Config) -> Routed:
@@ -69,7 +71,10 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
 
     action, reason, detail = ("comment" if threaded else "create"), None, None
     trusted = config.organization.sender_authentication.trusted_authserv_ids
-    authenticated = not trusted or senderauth.verify(mail.trace, sender, mail.from_header, trusted).authenticated
+    # verified: the From was proven. Without trust configured nothing is proven, yet
+    # members keep their rights by the From line alone (config check warns).
+    verified = bool(trusted) and senderauth.verify(mail.trace, sender, mail.from_header, trusted).authenticated
+    authenticated = not trusted or verified
     access = decide(config, mailbox, sender, authenticated=authenticated)
     if sender in own:
         action, reason, detail = "reject", "loop", f"mail from deskmail's own address {sender}"
@@ -100,7 +105,8 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
         "mailbox": mailbox.address,
         "ticket_type": mailbox.ticket_type,
         "components": list(mailbox.components),
-        "author": {"email": sender, "name": mail.from_addr.name, "member": access.member},
+        "author": {"email": sender, "name": mail.from_addr.name, "member": access.member,
+                   "verified": verified},
         "participants": participants,
         "subject": mail.subject,
         "text": mail.text[:MAX_TEXT_CHARS],

@@ -27,6 +27,7 @@ class Person:
     email: str
     name: str | None
     member: bool
+    verified: bool = False  # sender authentication proved this From (TicketCommand v3)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def _person(value: Mapping[str, Any]) -> Person:
         email=checks.bounded(value["email"], "email", EMAIL, empty_ok=True),
         name=checks.optional_text(value.get("name")),
         member=bool(value.get("member")),
+        verified=bool(value.get("verified")),
     )
 
 

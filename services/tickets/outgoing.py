@@ -123,6 +123,7 @@ def add_reply(conn: Connection, key: str, d: ReplyDraft, created_at: datetime) -
         "kind": "mail_out" if d.send_email else "note",
         "author_email": d.author_email,
         "author_name": d.author_name,
+        "author_verified": None,  # an agent's comment is no mail: nothing to prove
         "body": d.text,
         "html": d.html,
         "message_id": d.message_id if d.send_email else None,

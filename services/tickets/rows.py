@@ -28,6 +28,8 @@ def thread_entry(row: Any) -> ThreadEntry:
     mapping = row if isinstance(row, Mapping) else row._mapping
     values = {f.name: mapping[f.name] for f in fields(ThreadEntry) if f.name not in ("to", "cc")}
     values["internal"] = bool(values["internal"])
+    if values["author_verified"] is not None:
+        values["author_verified"] = bool(values["author_verified"])
     return ThreadEntry(**values, to=recipients(mapping["to_addrs"]), cc=recipients(mapping["cc_addrs"]))
 
 

@@ -105,6 +105,8 @@ tickets = Table(
     Column("author_email", String(EMAIL), nullable=False),
     Column("author_name", Text, nullable=True),
     Column("author_member", Boolean, nullable=False),
+    # Sender authentication proved the opening mail's From (false before 0004: no proof kept).
+    Column("author_verified", Boolean, nullable=False, server_default=text("false")),
     Column("status", String(32), nullable=False, server_default=text("'open'")),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
@@ -137,6 +139,9 @@ comments = Table(
     Column("to_addrs", JSON, nullable=True),
     Column("cc_addrs", JSON, nullable=True),
     Column("signature_alias", Text, nullable=True),
+    # Incoming mail only: sender authentication proved its From. NULL for an
+    # agent's comment, which is no mail (the agent signed in).
+    Column("author_verified", Boolean, nullable=True),
     Column("delivery_status", String(16), nullable=True),
     Column("delivery_detail", Text, nullable=True),
     Column("delivery_updated_at", UtcDateTime, nullable=True),

@@ -95,6 +95,8 @@ class ThreadEntry:
     delivery_status: DeliveryStatus | None = None
     delivery_detail: str | None = None  # the last SMTP reply or connection error
     delivery_updated_at: datetime | None = None
+    # Incoming mail: sender authentication proved its From; None for an agent's comment.
+    author_verified: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,9 @@ class TicketDetail:
     thread: tuple[ThreadEntry, ...]  # comments, oldest first
     attachments: tuple[AttachmentInfo, ...]
     message_ids: tuple[str, ...]  # every Message-ID known for the ticket, oldest first
+    # Sender authentication proved the opening mail's From; false when trust is not
+    # configured (a member is then believed by the From line) or it was never checked.
+    author_verified: bool = False
 
 
 @dataclass(frozen=True)

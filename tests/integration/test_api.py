@@ -634,3 +634,40 @@ def test_check_connection_and_test_email_against_real_servers(
         dovecot.add_user(address, "changed-elsewhere")
         failed = post_form(client, "/queues/SUPPORT/settings/check", data={"mailbox": address}).text
         assert re.search(r'<li class="fail"><span class="mark">✗</span> login', failed)
+
+
+# ------------------------------------------------------------------ author verified
+
+
+def test_a_member_whose_from_was_not_proven_is_marked_not_verified(make: Make) -> None:
+    client, store, _, _ = make()
+    alice = {"email": "alice@example.com", "name": "Alice Agent", "member": True}
+    store.apply(invoice(2, author=alice))  # trusted by its From line only
+    store.apply(invoice(3, author={**alice, "verified": True}))
+    store.apply(invoice(4, action="comment", classification="reply", author=alice,
+                        in_reply_to="msg-3@customer.test", attachments=[]))
+    store.apply(invoice(5, action="comment", classification="reply", author={**alice, "verified": True},
+                        in_reply_to="msg-2@customer.test", attachments=[]))
+
+    unproven = client.get("/api/v1/tickets/SUPPORT-2").json()
+    proven = client.get("/api/v1/tickets/SUPPORT-3").json()
+    assert (unproven["author_member"], unproven["author_verified"]) == (True, False)
+    assert (proven["author_member"], proven["author_verified"]) == (True, True)
+    assert [e["author_verified"] for e in unproven["thread"]] == [True]
+    assert [e["author_verified"] for e in proven["thread"]] == [False]
+    outsider = client.get("/api/v1/tickets/SUPPORT-1").json()
+    assert (outsider["author_member"], outsider["author_verified"]) == (False, False)
+
+    badge = ('<span class="tag unverified" title="the From line was not proven by sender authentication">'
+             "not verified</span>")
+    page = client.get("/tickets/SUPPORT-2").text
+    opening = page.split('id="opening"', 1)[1].split("</header>", 1)[0]
+    assert badge in opening and "external" not in opening
+    assert badge not in page.split('id="opening"', 1)[1].split("</header>", 1)[1]  # the proven reply
+    page = client.get("/tickets/SUPPORT-3").text
+    opening, rest = page.split('id="opening"', 1)[1].split("</header>", 1)
+    assert badge not in opening
+    assert rest.count(badge) == 1 and rest.split(badge, 1)[0].count("<article") == 1  # the unproven reply
+    # An outsider is shown as external, never as "not verified".
+    page = client.get("/tickets/SUPPORT-1").text
+    assert badge not in page and '<span class="tag external">external</span>' in page

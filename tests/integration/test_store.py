@@ -101,7 +101,7 @@ def test_migrated_schema_matches_tables(store: TicketStore) -> None:
         context = MigrationContext.configure(
             conn, opts={"compare_type": True, "compare_server_default": True}
         )
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0004"
         assert compare_metadata(context, metadata) == []
         # The comparison does see differences: one extra column is reported.
         changed = MetaData(naming_convention=metadata.naming_convention)
@@ -136,7 +136,7 @@ def test_migrate_from_several_processes_at_once(db_url: str) -> None:
         stores[0].migrate()  # a later start finds the schema current
         with stores[0].engine.connect() as conn:
             context = MigrationContext.configure(conn)
-            assert context.get_current_revision() == "0003"
+            assert context.get_current_revision() == "0004"
             assert compare_metadata(context, metadata) == []
     finally:
         for s in stores:
@@ -252,6 +252,7 @@ def test_reply_by_in_reply_to_adds_comment(store: TicketStore) -> None:
             html="<p>Thanks</p>",
             message_id="msg-2@customer.org",
             created_at=T0 + timedelta(minutes=2),
+            author_verified=False,
         ),
     )
     assert detail.participants == (
@@ -649,3 +650,24 @@ def test_reply_only_does_not_trust_a_ticket_key_in_the_subject(store: TicketStor
                     ticket_key_hint="SUPPORT-1", subject="Re: [SUPPORT-1] hi", reply_only=True)
     assert store.apply(guess).outcome == "rejected"
     assert store.get_ticket("SUPPORT-1").thread == ()
+
+
+# -- author verified -----------------------------------------------------------
+
+
+def test_the_author_s_proof_is_stored_on_the_ticket_and_each_incoming_mail(store: TicketStore) -> None:
+    proven = {**ALICE, "verified": True}
+    store.apply(command(1, author=proven))
+    store.apply(reply(2, author=ALICE, in_reply_to="msg-1@customer.org"))  # a v2 record: no field
+    store.apply(reply(3, author=proven, in_reply_to="msg-1@customer.org"))
+    agent_mail(store, "SUPPORT-1")
+    detail = store.get_ticket("SUPPORT-1")
+    assert detail is not None and detail.author_verified is True
+    assert [(e.kind, e.author_verified) for e in detail.thread] == [
+        ("mail_in", False), ("mail_in", True), ("mail_out", None)]
+
+
+def test_an_unproven_author_opens_a_not_verified_ticket(store: TicketStore) -> None:
+    store.apply(command(1, author={**ALICE, "verified": False}))
+    detail = store.get_ticket("SUPPORT-1")
+    assert detail is not None and (detail.author_member, detail.author_verified) == (True, False)

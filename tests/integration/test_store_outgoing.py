@@ -90,7 +90,7 @@ def test_schema_at_head_matches_tables(store: TicketStore) -> None:
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     with store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
-        assert context.get_current_revision() == head == "0003"
+        assert context.get_current_revision() == head == "0004"
         assert compare_metadata(context, metadata) == []
 
 
@@ -111,6 +111,8 @@ def test_upgrade_keeps_existing_comments_and_downgrade_removes_the_new_columns(d
         assert detail is not None and s.ticket_mailbox("SUPPORT-1") is None
         (old,) = detail.thread
         assert (old.body, old.internal, old.delivery_status, old.to) == ("old reply", False, None, ())
+        # Mail stored before 0004 kept no proof of its From: not verified.
+        assert (detail.author_verified, old.author_verified) == (False, False)
         # the CHECK on delivery_status holds on both backends
         with pytest.raises(Exception, match="(?i)check"):
             with s.engine.begin() as conn:

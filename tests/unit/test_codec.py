@@ -47,7 +47,7 @@ def test_encoding_is_pinned_to_exact_bytes():
 
 @pytest.mark.parametrize("record", ["InboundMail", "TicketCommand", "DeadLetter", "OutboundMail", "DeliveryEvent"])
 def test_round_trip(record):
-    value = _example(record, 1)
+    value = _example(record, codec(record).current.version)
     decoded = codec(record).decode(codec(record).encode(value))
     assert decoded[next(k for k in ("received_at", "time", "created_at") if k in value)] == datetime.fromtimestamp(
         1764400000, tz=timezone.utc)
@@ -61,6 +61,27 @@ def _written_by(version: SchemaVersion, value: dict) -> bytes:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, version.parsed, value)
     return MARKER + version.fingerprint + buf.getvalue()
+
+
+def _with_defaults(value, schema, named=None):
+    """``value`` as written by an older schema, with every field the current ``schema``
+    added (at any depth: records, arrays of records) set to its default."""
+    named = {} if named is None else named
+    if isinstance(schema, str):
+        schema = named.get(schema, schema)
+    if isinstance(schema, dict) and schema.get("type") == "record":
+        named[schema["name"]] = schema
+        out = dict(value)
+        for f in schema["fields"]:
+            out[f["name"]] = _with_defaults(out[f["name"]], f["type"], named) if f["name"] in out else f["default"]
+        return out
+    if isinstance(schema, dict) and schema.get("type") == "array" and isinstance(value, list):
+        return [_with_defaults(v, schema["items"], named) for v in value]
+    if isinstance(schema, list) and isinstance(value, dict):  # a union with a record branch
+        for branch in schema:
+            if isinstance(named.get(branch, branch), dict):
+                return _with_defaults(value, branch, named)
+    return value
 
 
 def test_every_kept_version_is_readable_by_the_current_reader():
@@ -77,10 +98,8 @@ def test_every_kept_version_is_readable_by_the_current_reader():
             # What the old writer wrote, read with its own schema: the current reader
             # must give back exactly that, and each field added since with its default.
             as_written = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), version.parsed)
-            old = {f["name"] for f in version.parsed["fields"]}
-            added = {name: f["default"] for name, f in fields.items() if name not in old}
-            assert decoded == {**{k: v for k, v in as_written.items() if k in fields}, **added}, \
-                f"{record} v{version.version}"
+            kept_fields = {k: v for k, v in as_written.items() if k in fields}
+            assert decoded == _with_defaults(kept_fields, current.current.parsed), f"{record} v{version.version}"
 
 
 def test_a_v1_ticket_command_is_not_reply_only():
@@ -91,8 +110,28 @@ def test_a_v1_ticket_command_is_not_reply_only():
     decoded = codec("TicketCommand").decode(_written_by(v1, example))
     assert decoded["reply_only"] is False
     assert decoded["received_at"] == datetime.fromtimestamp(1764400000, tz=timezone.utc)
-    assert {k: v for k, v in decoded.items() if k not in ("reply_only", "received_at")} == {
-        k: v for k, v in example.items() if k != "received_at"}
+    assert decoded["author"] == {**example["author"], "verified": False}
+    assert {k: v for k, v in decoded.items() if k not in ("reply_only", "received_at", "author")} == {
+        k: v for k, v in example.items() if k not in ("received_at", "author")}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_ticket_command_author_is_not_verified(version):
+    """Before v3 no record carried proof of its From: an old author reads as not verified
+    (never as proven), and its participants too."""
+    [old] = [v for v in load_versions()["TicketCommand"] if v.version == version]
+    example = _example("TicketCommand", version)
+    assert "verified" not in example["author"]
+    decoded = codec("TicketCommand").decode(_written_by(old, example))
+    assert decoded["author"]["verified"] is False
+    assert all(p["verified"] is False for p in decoded["participants"])
+
+
+def test_a_v3_ticket_command_keeps_a_proven_author():
+    example = _example("TicketCommand", 3)
+    decoded = codec("TicketCommand").decode(codec("TicketCommand").encode(example))
+    assert decoded["author"] == {"email": "dave@example.com", "name": "Dave", "member": True, "verified": True}
+    assert decoded["participants"][0]["verified"] is False
 
 
 def test_unknown_fingerprint_and_garbage_are_codec_errors():

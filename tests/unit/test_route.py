@@ -47,9 +47,9 @@ def test_new_mail_gets_the_address_defaults():
     c = routed.command
     assert (c["action"], c["classification"], c["queue"], c["ticket_type"], c["components"]) == (
         "create", "new", "SUPPORT", "question", ["billing", "web"])
-    assert c["author"] == {"email": "carol@customer.test", "name": "Carol", "member": False}
+    assert c["author"] == {"email": "carol@customer.test", "name": "Carol", "member": False, "verified": False}
     # deskmail's own address and the author are not participants
-    assert c["participants"] == [{"email": "dan@customer.test", "name": "Dan", "member": False}]
+    assert c["participants"] == [{"email": "dan@customer.test", "name": "Dan", "member": False, "verified": False}]
     assert (c["message_id"], c["thread_key"], routed.key) == ("m1@customer.test", "m1@customer.test", b"m1@customer.test")
     assert (c["source_uidvalidity"], c["source_uid"], c["reason"]) == (1, 7, None)
 
@@ -168,7 +168,8 @@ def test_unproven_member_on_members_only_address_is_rejected(trace):
     raw = _member_mail(trace)
     routed = route(_inbound(raw, "ops@example.com"), raw, TRUSTING)
     c = routed.command
-    assert (c["action"], c["author"]["member"], routed.attachments) == ("reject", False, [])
+    assert (c["action"], c["author"]["member"], c["author"]["verified"], routed.attachments) == (
+        "reject", False, False, [])
     assert c["reason"].startswith("sender_not_authenticated: mail from member address alice@example.com")
 
 
@@ -181,6 +182,7 @@ def test_proven_member_gets_member_rights(results, above_the_hop):
     raw = _member_mail(field + BORDER if above_the_hop else BORDER + field)
     c = route(_inbound(raw, "ops@example.com"), raw, TRUSTING).command
     assert (c["action"], c["queue"], c["author"]["member"], c["reason"]) == ("create", "OPS", True, None)
+    assert c["author"]["verified"] is True
 
 
 def test_unproven_member_on_external_address_is_an_outsider():
@@ -188,13 +190,29 @@ def test_unproven_member_on_external_address_is_an_outsider():
                        to="support@example.com")
     c = route(_inbound(raw), raw, TRUSTING).command
     assert (c["action"], c["author"], c["reason"]) == (
-        "create", {"email": "alice@example.com", "name": "Alice", "member": False}, None)
+        "create", {"email": "alice@example.com", "name": "Alice", "member": False, "verified": False}, None)
 
 
 def test_without_trust_configured_a_member_is_trusted_by_from():
     raw = _member_mail("")
     c = route(_inbound(raw, "ops@example.com"), raw, CONFIG).command
     assert (c["action"], c["author"]["member"]) == ("create", True)
+    # ...but nothing proved it: the ticket page marks the author "not verified".
+    assert c["author"]["verified"] is False
+
+
+def test_without_trust_configured_even_a_passing_result_does_not_verify():
+    """With no trusted server named, an Authentication-Results field is the sender's own word."""
+    raw = _member_mail(f"Authentication-Results: mx.example.com; dmarc=pass header.from=example.com\r\n{BORDER}")
+    c = route(_inbound(raw, "ops@example.com"), raw, CONFIG).command
+    assert (c["author"]["member"], c["author"]["verified"]) == (True, False)
+
+
+def test_a_proven_outsider_is_verified_but_stays_an_outsider():
+    trace = f"Authentication-Results: mx.example.com; dmarc=pass header.from=customer.test\r\n{BORDER}"
+    raw = (trace + _mail().decode()).encode()
+    c = route(_inbound(raw), raw, TRUSTING).command
+    assert (c["author"]["member"], c["author"]["verified"]) == (False, True)
 
 
 def test_the_runner_counts_an_unproven_member_as_a_rejection(tmp_path):
