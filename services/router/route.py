@@ -69,6 +69,8 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
 
     action, reason, detail = ("comment" if threaded else "create"), None, None
     trusted = config.organization.sender_authentication.trusted_authserv_ids
+    if trusted and inbound.get("source") == "smtp":  # the ingress wrote its own verdict (services/fetcher/mailauth.py)
+        trusted = (*trusted, config.ingress.authserv_id)
     authenticated = not trusted or senderauth.verify(mail.trace, sender, mail.from_header, trusted).authenticated
     access = decide(config, mailbox, sender, authenticated=authenticated)
     if sender in own:
