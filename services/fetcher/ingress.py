@@ -153,7 +153,8 @@ class IngressHandler:
             recipients.setdefault(address.lower(), []).append(address)
         mail = Accepted(raw=message.raw if message.writer is None else b"",
                         envelope_from=envelope_sender(envelope.mail_from), recipients=recipients,
-                        blob=message.writer, client_ip=peer_ip(session), helo=session.host_name or "")
+                        blob=message.writer, client_ip=peer_ip(session), helo=session.host_name or "",
+                        protocol=self.protocol)
         raw_size = mail.size
         # LMTP: one reply per accepted RCPT, in order (RFC 2033 4.2); SMTP: one reply.
         replies = len(envelope.rcpt_tos) if self.protocol == "lmtp" else 1

@@ -82,6 +82,7 @@ class Accepted:
     blob: BlobWriter | None = None
     client_ip: str = ""
     helo: str = ""
+    protocol: Literal["smtp", "lmtp"] = "smtp"
 
     @property
     def size(self) -> int:
@@ -100,7 +101,13 @@ class Authenticator:
     dns_timeout: float
 
     def __call__(self, raw: bytes, mail: Accepted) -> bytes:
-        """The mail as stored: deskmail's trace fields on top, forged claims of its id renamed."""
+        """The mail as stored: deskmail's trace fields on top, forged claims of its id renamed.
+
+        LMTP is final delivery from an MTA that received the mail (and checked it, if it
+        is in ``trusted_authserv_ids``): deskmail checks nothing, it only renames claims of its id.
+        """
+        if mail.protocol == "lmtp":
+            return mailauth.remove_claims(raw, self.authserv_id)
         mail_from = mail.envelope_from or ""
         verdict = mailauth.verify(raw, mail.client_ip, mail.helo, mail_from, self.lookup, self.dns_timeout)
         fields = mailauth.trace_fields(verdict, self.authserv_id, mail.client_ip, mail.helo, mail_from)

@@ -7,6 +7,7 @@ then goes through the router's real ``route``.
 from __future__ import annotations
 
 import base64
+import smtplib
 import re
 import textwrap
 import threading
@@ -101,6 +102,7 @@ def server(broker: LocalBroker, unique: Unique, tmp_path: Path, dns_server: tupl
               - {{address: {ops}, ingress: true}}
         ingress:
           listen: 127.0.0.1:{free_port()}
+          lmtp_listen: 127.0.0.1:{free_port()}
           authserv_id: {AUTHSERV_ID}
           dns_servers: ["127.0.0.1:{dns_server[0]}"]
           dns_timeout_seconds: 2
@@ -164,6 +166,24 @@ def test_a_forged_result_under_deskmails_id_is_renamed_and_proves_nothing(server
     assert f"X-Deskmail-Removed-Authentication-Results: {AUTHSERV_ID}; dkim=pass".encode() in stored
     assert stored.count(f"Authentication-Results: {AUTHSERV_ID};".encode()) == 2  # deskmail's and the renamed
     assert route(record, stored, server.config).command["action"] == "reject"
+
+
+def test_over_lmtp_the_mta_checked_the_mail_and_only_forged_claims_are_renamed(server, keys, dns_server):
+    upstream = ("Authentication-Results: mx.upstream.test; dmarc=pass header.from=example.org\r\n"
+                "Received: from mail.example.org by mx.upstream.test with ESMTPS; Thu, 3 Dec 2026 10:00:00 +0000\r\n")
+    forged = f"Authentication-Results: {AUTHSERV_ID}; dmarc=pass header.from=example.org\r\n"
+    raw = signed_mail(keys[0], "ops", extra=upstream + forged)
+    assert server.config.ingress.lmtp_listen is not None
+    with smtplib.LMTP(server.config.ingress.lmtp_listen.host, server.config.ingress.lmtp_listen.port) as client:
+        client.ehlo()
+        assert client.sendmail("alice@example.org", [server.config.queues[0].mailboxes[0].address], raw) == {}
+    [(_, record)] = server.records(1)
+    stored = record["raw"]
+    assert stored == raw.replace(b"Authentication-Results: " + AUTHSERV_ID.encode(),
+                                 b"X-Deskmail-Removed-Authentication-Results: " + AUTHSERV_ID.encode())
+    assert dns_server[1].asked == []  # nothing looked up: deskmail is not the receiving server here
+    c = route(record, stored, server.config).command  # the upstream's result counts, as before
+    assert (c["action"], c["author"]["member"]) == ("create", True)
 
 
 def test_a_dns_server_that_does_not_answer_gives_temperror_and_the_mail_is_kept(broker, unique, tmp_path, keys):
