@@ -43,13 +43,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import dns.resolver
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from services.common import metrics
 from services.common.blobs import BlobStore
 from services.common.config import Config
+from services.common.config.schema import IngressSettings
 from services.common.errors import Transient
 from services.common.kafka import Producer
+from services.fetcher import mailauth
 from services.fetcher.ingress_data import (
     ACCEPTED,
     BUSY,
@@ -67,6 +70,7 @@ from services.fetcher.ingress_delivery import (
     SOURCE,
     STAGE,
     Accepted,
+    Authenticator,
     Delivery,
     envelope_sender,
 )
@@ -149,7 +153,8 @@ class IngressHandler:
             recipients.setdefault(address.lower(), []).append(address)
         mail = Accepted(raw=message.raw if message.writer is None else b"",
                         envelope_from=envelope_sender(envelope.mail_from), recipients=recipients,
-                        blob=message.writer)
+                        blob=message.writer, client_ip=peer_ip(session), helo=session.host_name or "",
+                        protocol=self.protocol)
         raw_size = mail.size
         # LMTP: one reply per accepted RCPT, in order (RFC 2033 4.2); SMTP: one reply.
         replies = len(envelope.rcpt_tos) if self.protocol == "lmtp" else 1
@@ -326,6 +331,23 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+def peer_ip(session: Session) -> str:
+    """The client's IP address as SPF wants it (aiosmtpd's ``peer`` is a socket address tuple)."""
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+def authenticator(settings: IngressSettings) -> Authenticator:
+    """deskmail's DKIM/SPF/DMARC checks with ``ingress.dns_servers`` or the system's resolvers.
+
+    pyspf can only use dnspython's process-wide default resolver, so it is replaced here
+    (one ingress per process; in tests, the latest one started wins).
+    """
+    res = mailauth.resolver(settings.dns_servers, settings.dns_timeout_seconds)
+    dns.resolver.default_resolver = res
+    return Authenticator(settings.authserv_id, mailauth.txt_lookup(res), settings.dns_timeout_seconds)
+
+
 def build_ingress(
     config: Config,
     producer: Producer,
@@ -348,6 +370,7 @@ def build_ingress(
         host, port = settings.lmtp_listen.host, settings.lmtp_listen.port
         listeners.append(Listener("lmtp", host, port))
     context = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
-    delivery = Delivery(producer, config.topics["inbound"], blobs, inline_max_bytes, ack_timeout)
+    delivery = Delivery(producer, config.topics["inbound"], blobs, inline_max_bytes, ack_timeout,
+                        authenticator(settings))
     return IngressServer(addresses, delivery, listeners, settings.max_message_bytes, context, ack_timeout,
                          max_sessions=settings.max_sessions, max_inflight_bytes=settings.max_inflight_bytes)

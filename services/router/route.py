@@ -71,6 +71,8 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
 
     action, reason, detail = ("comment" if threaded else "create"), None, None
     trusted = config.organization.sender_authentication.trusted_authserv_ids
+    if trusted and inbound.get("source") == "smtp":  # the ingress wrote its own verdict (services/fetcher/mailauth.py)
+        trusted = (*trusted, config.ingress.authserv_id)
     # verified: the From was proven. Without trust configured nothing is proven, yet
     # members keep their rights by the From line alone (config check warns).
     verified = bool(trusted) and senderauth.verify(mail.trace, sender, mail.from_header, trusted).authenticated

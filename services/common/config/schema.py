@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -75,6 +76,12 @@ class IngressSettings(_Model):
     max_inflight_bytes: int = Field(DEFAULT_INFLIGHT_BYTES, ge=1024)
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, the ingress offers STARTTLS
     tls_key: str | None = None
+    # deskmail is the receiving server for ingress mail: it checks DKIM, SPF and DMARC and
+    # writes `Authentication-Results: <authserv_id>; ...` on top (services/fetcher/mailauth.py).
+    # Default: the machine's fully qualified host name.
+    authserv_id: str = Field(default_factory=socket.getfqdn, min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    dns_timeout_seconds: float = Field(5.0, gt=0, le=60)  # per lookup; beyond it the result is temperror
+    dns_servers: list[str] = []  # host or host:port; empty: the system's resolvers
 
     @model_validator(mode="before")
     @classmethod
