@@ -11,13 +11,13 @@ objects and their lookups), ``secrets`` (references and ``Secret``), ``hostport`
 ``ConfigError``), ``keys`` (the Message-ID key, ``message_id_key``). Import from here.
 """
 
+from services.common.config.api_schema import ApiSettings, OidcSettings
 from services.common.config.hostport import HostPort
 from services.common.config.keys import message_id_key
 from services.common.config.loader import ConfigError, Problem, load, parse_text
 from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
 from services.common.config.schema import (
     TOPIC_NAMES,
-    ApiSettings,
     BlobSettings,
     ConfigModel,
     ConsumerSettings,
@@ -30,7 +30,6 @@ from services.common.config.schema import (
     MarkSettings,
     Member,
     MetricsSettings,
-    OidcSettings,
     Organization,
     QueueModel,
     ConsumeSettings,

@@ -12,8 +12,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from services.common.config.api_schema import ApiSettings
 from services.common.config.schema import (
-    ApiSettings,
     BlobSettings,
     FetcherSettings,
     IngressSettings,
