@@ -4,7 +4,7 @@ A real provider (oidc-provider-mock, in a thread on localhost) signs agents in o
 its own authorization page; the api listens on 127.0.0.1 and the provider sends
 the browser back there. Alice (support group) sees only SUPPORT and replies;
 she signs out; Bob, whose access is SALES only, signs in in another browser
-context and gets 403 on Alice's ticket.
+context and gets 403 on Alice's ticket, on the page and in the API.
 """
 
 from __future__ import annotations
@@ -131,4 +131,17 @@ def test_sign_in_see_only_your_queues_reply_sign_out(stack: Stack, provider: oid
     refused = bob.goto(f"{base}/tickets/SUPPORT-1")
     assert refused is not None and refused.status == 403
     expect(bob.locator("main")).to_contain_text("bob@example.com has no access to queue SUPPORT")
+    seen = {"bob's 403 page": bob.content()}
+    # the JSON API applies the same rule to the same session
+    api = bob.request.get(f"{base}/api/v1/tickets/SUPPORT-1")
+    assert api.status == 403 and "has no access to queue SUPPORT" in api.text(), api.text()
+    assert bob.request.get(f"{base}/api/v1/tickets/SALES-1").json()["key"] == "SALES-1"
     assert "Traceback" not in stack.log("api")
+
+    # neither the client secret nor the session secret reaches a log, /metrics, a page or the API
+    for path in ("/", "/queues/SALES", "/tickets/SALES-1", "/api/v1/tickets", "/openapi.json", "/metrics"):
+        seen[path] = bob.request.get(f"{base}{path}").text()
+    seen["api log"] = stack.log("api")
+    for what, secret in {"client secret": oidc.CLIENT_SECRET, "session secret": SESSION_SECRET}.items():
+        leaks = [where for where, text in seen.items() if secret in text]
+        assert not leaks, f"the {what} appears in {leaks}"
