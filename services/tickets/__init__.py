@@ -18,6 +18,7 @@ the migrated schema with the tables.
 
 from services.tickets.errors import (
     BadDatabaseUrl,
+    InvalidChange,
     InvalidCommand,
     InvalidDeliveryEvent,
     InvalidReply,
@@ -25,14 +26,18 @@ from services.tickets.errors import (
     SchemaNotCurrent,
     StoreUnavailable,
     UnknownTicket,
+    VersionConflict,
 )
 from services.tickets.store import TicketStore
 from services.tickets.tokens import ApiToken
 from services.tickets.views import (
     PENDING_STATUSES,
     Action,
+    DONE_STATUSES,
+    TICKET_STATUSES,
     Applied,
     AttachmentInfo,
+    Changed,
     CommentKind,
     DeliveryStatus,
     OutboundBuilder,
@@ -46,7 +51,10 @@ from services.tickets.views import (
     SchemaState,
     Threading,
     ThreadEntry,
+    TicketChange,
     TicketDetail,
+    TicketEvent,
+    TicketStatus,
     TicketSummary,
 )
 
@@ -56,4 +64,6 @@ __all__ = [
     "OutboxRecord", "Outcome", "Participant", "Recipient", "Rejection", "Reply", "Role",
     "SchemaNotCurrent", "SchemaState", "StoreUnavailable", "Threading", "ThreadEntry",
     "TicketDetail", "TicketStore", "TicketSummary", "UnknownTicket",
+    "DONE_STATUSES", "TICKET_STATUSES", "Changed", "InvalidChange", "TicketChange", "TicketEvent",
+    "TicketStatus", "VersionConflict",
 ]

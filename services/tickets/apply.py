@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.engine import Connection
 
 from services.common.mailrules import format_ticket_key
 from services.tickets import statements as st
+from services.tickets import workflow
 from services.tickets.commands import AttachmentFile, Command
 from services.tickets.rows import inserted_id
 from services.tickets.views import Applied, Role
@@ -36,10 +37,16 @@ class _Ticket:
     id: int
     key: str
     updated_at: datetime
+    status: str
 
 
-def apply_command(conn: Connection, c: Command) -> Applied:
-    """Apply ``c`` on ``conn``'s transaction (the caller commits)."""
+ClosedReply = Literal["follow_up", "reopen"]
+
+
+def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "follow_up") -> Applied:
+    """Apply ``c`` on ``conn``'s transaction (the caller commits). Mail that threads
+    onto a closed ticket opens a follow-up ticket linked to it, or with
+    ``closed_reply="reopen"`` reopens it (the queue's ``closed_reply`` setting)."""
     duplicate = _find_duplicate(conn, c)
     if duplicate is not None:
         return duplicate
@@ -52,9 +59,13 @@ def apply_command(conn: Connection, c: Command) -> Applied:
             return Applied("duplicate", None, None)
         _insert_rejection(conn, c)
         return Applied("rejected", None, None)
-    if ticket is None:
+    if ticket is not None and ticket.status == "closed" and closed_reply == "follow_up":
+        ticket_id, applied = _create_ticket(conn, c, follow_up_of=ticket)
+    elif ticket is None:
         ticket_id, applied = _create_ticket(conn, c)
     else:
+        if ticket.status == "closed":
+            workflow.reopen(conn, ticket.id, c.received_at)
         ticket_id, applied = ticket.id, _add_comment(conn, c, ticket)
     _record(conn, c, ticket_id, applied)
     return applied
@@ -153,7 +164,7 @@ def _resolve_thread(conn: Connection, c: Command) -> _Ticket | None:
             row = found
     if row is None:
         return None
-    return _Ticket(id=row.id, key=row.key, updated_at=row.updated_at)
+    return _Ticket(id=row.id, key=row.key, updated_at=row.updated_at, status=row.status)
 
 
 def _may_name(conn: Connection, c: Command, ticket_id: int) -> bool:
@@ -169,7 +180,7 @@ def _may_name(conn: Connection, c: Command, ticket_id: int) -> bool:
     return bool(email) and conn.execute(st.IS_PARTICIPANT, {"ticket_id": ticket_id, "email": email}).first() is not None
 
 
-def _create_ticket(conn: Connection, c: Command) -> tuple[int, Applied]:
+def _create_ticket(conn: Connection, c: Command, follow_up_of: _Ticket | None = None) -> tuple[int, Applied]:
     assert c.queue is not None
     number = _next_number(conn, c.queue)
     key = format_ticket_key(c.queue, number)
@@ -193,9 +204,14 @@ def _create_ticket(conn: Connection, c: Command) -> tuple[int, Applied]:
             "updated_at": c.received_at,
             "command_id": c.id,
             "mailbox": c.mailbox,
+            "awaiting_reply": not c.author.member,
+            "follow_up_of": follow_up_of.id if follow_up_of is not None else None,
         },
     )
     ticket_id = inserted_id(result)
+    workflow.count_new_ticket(conn, c.queue, ticket_id, c.components)
+    if follow_up_of is not None:
+        workflow.record_follow_up(conn, follow_up_of.id, key, c.received_at)
     _register_message(conn, c, ticket_id, None)
     _add_participants(conn, ticket_id, c, author_role="author", known=set())
     _add_attachments(conn, c.attachments, ticket_id, None)
@@ -237,6 +253,8 @@ def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
     _add_attachments(conn, c.attachments, ticket.id, comment_id)
     if c.received_at > ticket.updated_at:
         conn.execute(st.TOUCH_TICKET, {"ticket_id": ticket.id, "new_updated_at": c.received_at})
+    if not c.author.member:
+        workflow.after_customer_mail(conn, ticket.id, c.received_at)
     return Applied("commented", ticket.key, comment_id)
 
 

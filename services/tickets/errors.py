@@ -33,6 +33,23 @@ class UnknownTicket(LookupError):
     """No ticket has this key."""
 
 
+class InvalidChange(ValueError):
+    """A change the store cannot make: an unknown status, an empty type, a value
+    longer than its column."""
+
+
+class VersionConflict(Exception):
+    """The ticket changed since the caller read it (its version is newer than the
+    one given): nothing was changed. ``current`` is the version now."""
+
+    def __init__(self, key: str, expected: int, current: int) -> None:
+        super().__init__(f"{key} was changed by someone else (version {current}, you had {expected}): "
+                         "reload it and try again")
+        self.key = key
+        self.expected = expected
+        self.current = current
+
+
 class BadDatabaseUrl(ValueError):
     """``database_url`` cannot be parsed, names a driver that is not installed,
     or a backend the store does not support (only SQLite and PostgreSQL)."""

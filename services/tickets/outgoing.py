@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from services.common.ids import SYNTHETIC_MESSAGE_ID_DOMAIN
-from services.tickets import checks
+from services.tickets import checks, workflow
 from services.tickets import statements as st
 from services.tickets.errors import InvalidCommand, InvalidDeliveryEvent, InvalidReply, UnknownTicket
 from services.tickets.rows import build, inserted_id, recipient_json, thread_entry
@@ -32,6 +32,9 @@ from services.tickets.views import (
     Recipient,
     Reply,
     Threading,
+    TICKET_STATUSES,
+    TicketChange,
+    TicketStatus,
 )
 
 # An outgoing mail's References: the thread's first Message-ID and the newest
@@ -55,6 +58,8 @@ class ReplyDraft:
     outbound_id: str | None
     message_id: str | None
     build_outbound: OutboundBuilder | None
+    set_status: TicketStatus | None = None  # "send and set waiting": the status set in the same transaction
+    expected_version: int | None = None  # with set_status: the version the agent saw
 
     @classmethod
     def parse(cls, **kw: Any) -> ReplyDraft:
@@ -79,6 +84,8 @@ class ReplyDraft:
                 outbound_id=checks.optional_bounded(kw["outbound_id"], "outbound_id", OUTBOUND_ID),
                 message_id=checks.optional_bounded(kw["message_id"], "message_id", MESSAGE_ID),
                 build_outbound=kw["build_outbound"],
+                set_status=kw.get("set_status"),
+                expected_version=kw.get("expected_version"),
             )
         except InvalidReply:
             raise
@@ -93,6 +100,8 @@ class ReplyDraft:
                 raise InvalidReply("an emailed comment needs outbound_id, message_id and build_outbound")
         elif to or cc:
             raise InvalidReply("recipients given for a comment that is not emailed")
+        if draft.set_status is not None and draft.set_status not in TICKET_STATUSES:
+            raise InvalidReply(f"status must be one of {', '.join(TICKET_STATUSES)}, not {draft.set_status!r}")
         return draft
 
 
@@ -157,9 +166,18 @@ def add_reply(conn: Connection, key: str, d: ReplyDraft, created_at: datetime) -
              "created_at": created_at, "relayed_at": None},
         )
         _add_recipients(conn, t.id, (*d.to, *d.cc))
+    first_response_after = None
+    if d.send_email:
+        conn.execute(st.ANSWERED, {"ticket_id": t.id, "answered_at": created_at})
+        if t.first_response_at is None:
+            first_response_after = max(0.0, (created_at - t.created_at).total_seconds())
     if created_at > t.updated_at:
         conn.execute(st.TOUCH_TICKET, {"ticket_id": t.id, "new_updated_at": created_at})
-    return Reply(t.key, thread_entry({**values, "id": comment_id}))
+    changed = None
+    if d.set_status is not None:
+        changed = workflow.change(conn, t.key, TicketChange(status=d.set_status), actor=d.author_email,
+                                  expected_version=d.expected_version, now=created_at)
+    return Reply(t.key, thread_entry({**values, "id": comment_id}), changed, first_response_after)
 
 
 def _references(known: Sequence[str]) -> tuple[str, ...]:

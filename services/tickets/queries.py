@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from services.tickets import workflow
 from services.tickets.rows import build, thread_entry
 from services.tickets.tables import attachments, comments, messages, participants, rejections, tickets
 from services.tickets.views import AttachmentInfo, Participant, Rejection, TicketDetail, TicketSummary
@@ -70,6 +71,13 @@ def get_ticket(conn: Connection, key: str) -> TicketDetail | None:
         .where(messages.c.ticket_id == t.id)
         .order_by(messages.c.id)
     ).scalars().all()
+    linked = tickets.alias("linked")
+    follow_up_of = None
+    if t.follow_up_of is not None:
+        follow_up_of = conn.execute(select(linked.c.key).where(linked.c.id == t.follow_up_of)).scalar()
+    follow_ups = conn.execute(
+        select(linked.c.key).where(linked.c.follow_up_of == t.id).order_by(linked.c.id)
+    ).scalars().all()
     return build(
         TicketDetail,
         t,
@@ -78,6 +86,9 @@ def get_ticket(conn: Connection, key: str) -> TicketDetail | None:
         thread=tuple(thread_entry(e) for e in entries),
         attachments=tuple(build(AttachmentInfo, f) for f in files),
         message_ids=tuple(message_ids),
+        follow_up_of=follow_up_of,
+        follow_ups=tuple(follow_ups),
+        events=workflow.events_of(conn, t.id),
     )
 
 

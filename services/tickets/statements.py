@@ -8,7 +8,7 @@ pages and the CLI (``queries``) build theirs inline: they run far less often.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, literal, select, union_all, update
+from sqlalchemy import bindparam, func, insert, literal, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from services.tickets.tables import (
@@ -56,7 +56,8 @@ REJECTED = select(rejections.c.id).where(rejections.c.command_id == bindparam("c
 # Tickets of the command's queue only: threading never crosses queues. The
 # comment's kind tells deskmail's own mail (mail_out) from mail it received.
 THREAD_MATCHES = (
-    select(messages.c.message_id, comments.c.kind, tickets.c.id, tickets.c.key, tickets.c.updated_at)
+    select(messages.c.message_id, comments.c.kind, tickets.c.id, tickets.c.key, tickets.c.updated_at,
+           tickets.c.status)
     .select_from(
         messages.join(tickets, tickets.c.id == messages.c.ticket_id).outerjoin(
             comments, comments.c.id == messages.c.comment_id
@@ -67,7 +68,7 @@ THREAD_MATCHES = (
         tickets.c.queue == bindparam("queue"),
     )
 )
-TICKET_BY_KEY = select(tickets.c.id, tickets.c.key, tickets.c.updated_at).where(
+TICKET_BY_KEY = select(tickets.c.id, tickets.c.key, tickets.c.updated_at, tickets.c.status).where(
     tickets.c.key == bindparam("key"), tickets.c.queue == bindparam("queue")
 )
 IS_PARTICIPANT = select(participants.c.id).where(
@@ -105,8 +106,16 @@ INSERT_RECEIPT = insert(receipts)
 INSERT_REJECTION = insert(rejections)
 INSERT_OUTBOX = insert(outbox)
 TICKET_FOR_REPLY = select(
-    tickets.c.id, tickets.c.key, tickets.c.queue, tickets.c.summary, tickets.c.updated_at
+    tickets.c.id, tickets.c.key, tickets.c.queue, tickets.c.summary, tickets.c.updated_at, tickets.c.created_at,
+    tickets.c.first_response_at,
 ).where(tickets.c.key == bindparam("key"))
+# An agent mailed the customer: nobody waits for an answer, and the first such mail is the first response.
+ANSWERED = (
+    update(tickets)
+    .where(tickets.c.id == bindparam("ticket_id"))
+    .values(awaiting_reply=False, first_response_at=func.coalesce(tickets.c.first_response_at,
+                                                                  bindparam("answered_at")))
+)
 TICKET_MESSAGE_IDS = (
     select(messages.c.message_id)
     .where(messages.c.ticket_id == bindparam("ticket_id"))

@@ -27,21 +27,24 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from services.tickets import engine as db
-from services.tickets import outgoing, queries, tokens
-from services.tickets.apply import apply_command
+from services.tickets import outgoing, queries, tokens, workflow
+from services.tickets.apply import ClosedReply, apply_command
 from services.tickets.checks import check_page
 from services.tickets.commands import Command
 from services.tickets.errors import InvalidReply
 from services.tickets.outgoing import Delivery, ReplyDraft
 from services.tickets.views import (
     Applied,
+    Changed,
     OutboundBuilder,
     OutboxRecord,
     Recipient,
     Rejection,
     Reply,
     SchemaState,
+    TicketChange,
     TicketDetail,
+    TicketStatus,
     TicketSummary,
 )
 
@@ -103,21 +106,45 @@ class TicketStore:
 
     # -- applying commands ---------------------------------------------------
 
-    def apply(self, cmd: Mapping[str, Any]) -> Applied:
+    def apply(self, cmd: Mapping[str, Any], *, closed_reply: ClosedReply = "follow_up") -> Applied:
         """Apply one TicketCommand (the dict fastavro decodes) in one transaction:
         tickets, comments, participants and attachments, or nothing for a
-        duplicate. Raises InvalidCommand."""
+        duplicate. ``closed_reply`` is the queue's rule for mail on a closed
+        ticket (``follow_up``: a new linked ticket; ``reopen``). Raises InvalidCommand."""
         command = Command.parse(cmd)
         try:
-            return self._apply_once(command)
+            return self._apply_once(command, closed_reply)
         except IntegrityError:
             # A concurrent ticketer committed the same command, mail or participant
             # first. Our transaction was rolled back; the re-run sees its effect.
-            return self._apply_once(command)
+            return self._apply_once(command, closed_reply)
 
-    def _apply_once(self, c: Command) -> Applied:
+    def _apply_once(self, c: Command, closed_reply: ClosedReply) -> Applied:
         with db.write(self._engine) as conn:
-            return apply_command(conn, c)
+            return apply_command(conn, c, closed_reply)
+
+    # -- the workflow: status, assignee, type, components --------------------
+
+    def change_ticket(self, key: str, change: TicketChange, *, actor: str, expected_version: int | None,
+                      now: datetime | None = None) -> Changed:
+        """Change a ticket's fields in one transaction, each change an event by
+        ``actor``. ``expected_version`` is the version the agent saw (None: no
+        check). Raises UnknownTicket, VersionConflict, InvalidChange."""
+        with db.write(self._engine) as conn:
+            return workflow.change(conn, key, change, actor=actor, expected_version=expected_version,
+                                   now=now or datetime.now(timezone.utc))
+
+    def auto_close(self, queue: str, days: int, now: datetime | None = None, limit: int = 500) -> list[str]:
+        """Close the queue's tickets resolved more than ``days`` ago (up to ``limit``
+        per call, one transaction); returns their keys."""
+        with db.write(self._engine) as conn:
+            return workflow.auto_close(conn, queue, days, now or datetime.now(timezone.utc), limit)
+
+    def ticket_counts(self, queues: Sequence[str] | None = None) -> dict[tuple[str, str, str], int]:
+        """Tickets per (queue, status, assignee or '' for unassigned), read from the
+        counts kept with every change: cheap at any number of tickets."""
+        with self._engine.connect() as conn:
+            return workflow.counts(conn, queues)
 
     # -- queries for the CLI and the API -------------------------------------
 
@@ -175,6 +202,8 @@ class TicketStore:
         message_id: str | None = None,
         build_outbound: OutboundBuilder | None = None,
         now: datetime | None = None,
+        set_status: TicketStatus | None = None,
+        expected_version: int | None = None,
     ) -> Reply:
         """Store an agent's comment on ``ticket_key`` in one transaction.
 
@@ -189,15 +218,20 @@ class TicketStore:
         transaction. Recipients not yet on the ticket become participants.
         Without ``send_email`` the comment is a note and nothing is mailed.
 
+        An emailed comment answers the customer (``awaiting_reply`` ends) and the
+        first one is the ticket's first response. ``set_status`` changes the
+        status in the same transaction ("send and set waiting"), checked
+        against ``expected_version`` like ``change_ticket``.
+
         Authorization (who may mail whom) is the caller's job. Raises
-        UnknownTicket, InvalidReply; whatever ``build_outbound`` raises rolls
-        the comment back and propagates.
+        UnknownTicket, InvalidReply, VersionConflict; whatever ``build_outbound``
+        raises rolls the comment back and propagates.
         """
         draft = ReplyDraft.parse(
             author_email=author_email, author_name=author_name, text=text, html=html,
             send_email=send_email, internal=internal, to=to, cc=cc,
             signature_alias=signature_alias, outbound_id=outbound_id, message_id=message_id,
-            build_outbound=build_outbound,
+            build_outbound=build_outbound, set_status=set_status, expected_version=expected_version,
         )
         created_at = now or datetime.now(timezone.utc)
         if created_at.tzinfo is None:

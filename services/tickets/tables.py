@@ -55,6 +55,9 @@ HASH = 64
 OUTBOUND_ID = 128
 # Where an outgoing comment's mail stands; NULL for incoming mail and notes.
 DELIVERY_STATUSES = ("queued", "retrying", "sent", "failed")
+# A ticket's workflow (services/tickets/workflow.py): waiting is for the customer.
+TICKET_STATUSES = ("open", "in_progress", "waiting", "resolved", "closed")
+EVENT_KINDS = ("status", "assignee", "type", "components", "follow_up")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -114,9 +117,67 @@ tickets = Table(
     # The configured mailbox the opening mail arrived at (NULL before 0002):
     # replies go out through its SMTP settings.
     Column("mailbox", String(EMAIL), nullable=True),
+    # The agent working the ticket (a member's address); NULL: unassigned.
+    Column("assignee", String(EMAIL), nullable=True),
+    # Bumped by every change of status, assignee, type or components, by an agent
+    # or by mail: the optimistic check that turns a lost update into a conflict.
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    # The customer wrote last and no agent has mailed an answer since.
+    Column("awaiting_reply", Boolean, nullable=False, server_default=text("false")),
+    Column("first_response_at", UtcDateTime, nullable=True),  # the first mail an agent sent
+    Column("resolved_at", UtcDateTime, nullable=True),  # when it last became resolved or closed
+    # A follow-up opened by customer mail on a closed ticket names that ticket.
+    Column("follow_up_of", Integer, ForeignKey("tickets.id"), nullable=True),
+    CheckConstraint("status IN ('open', 'in_progress', 'waiting', 'resolved', 'closed')", name="status"),
     UniqueConstraint("key"),
     UniqueConstraint("queue", "number"),
     Index(None, "created_at"),
+    # Queue views: keyset pagination, newest first, per filter (services/tickets/listing.py).
+    Index(None, "queue", "updated_at", "id"),
+    Index(None, "queue", "created_at", "id"),
+    Index(None, "queue", "status", "updated_at", "id"),
+    Index(None, "queue", "assignee", "updated_at", "id"),
+    Index(None, "queue", "status", "assignee", "updated_at", "id"),
+    Index(None, "queue", "type", "updated_at", "id"),
+    Index(None, "queue", "awaiting_reply", "updated_at", "id"),
+    Index(None, "status", "resolved_at"),  # auto-close
+)
+
+# A ticket's components, one row each, for the component filter of the queue view.
+ticket_components = Table(
+    "ticket_components",
+    metadata,
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), primary_key=True),
+    Column("component", String(255), primary_key=True),
+    Index(None, "component", "ticket_id"),
+)
+
+# Tickets per (queue, status, assignee), kept in the transaction of every change:
+# the queue views' counts and the tickets gauge without counting a million rows.
+# ``assignee`` is '' for unassigned (a primary key column cannot be NULL).
+ticket_counts = Table(
+    "ticket_counts",
+    metadata,
+    Column("queue", String(QUEUE), primary_key=True),
+    Column("status", String(32), primary_key=True),
+    Column("assignee", String(EMAIL), primary_key=True),
+    Column("n", Integer, nullable=False),
+)
+
+# Every change of a ticket's fields, by an agent or by mail: who, when, from -> to.
+ticket_events = Table(
+    "ticket_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("actor", String(EMAIL), nullable=True),  # NULL: deskmail itself (mail, auto-close)
+    Column("old_value", Text, nullable=True),
+    Column("new_value", Text, nullable=True),
+    Column("reason", Text, nullable=True),  # "reopened by customer reply", "auto-closed after 7 days"
+    Column("created_at", UtcDateTime, nullable=False),
+    CheckConstraint("kind IN ('status', 'assignee', 'type', 'components', 'follow_up')", name="kind"),
+    Index(None, "ticket_id", "created_at"),
 )
 
 comments = Table(

@@ -26,6 +26,12 @@ PENDING_STATUSES: tuple[DeliveryStatus, ...] = ("queued", "retrying")
 # revision), missing (never migrated: no tables), behind (an older revision:
 # migrate), ahead (a revision this code does not know: a newer deskmail migrated it).
 SchemaState = Literal["current", "missing", "behind", "ahead"]
+# A ticket's workflow; waiting: for the customer. See services/tickets/workflow.py.
+TicketStatus = Literal["open", "in_progress", "waiting", "resolved", "closed"]
+TICKET_STATUSES: tuple[TicketStatus, ...] = ("open", "in_progress", "waiting", "resolved", "closed")
+# Statuses in which a ticket counts as done (time to resolution ends there).
+DONE_STATUSES: tuple[TicketStatus, ...] = ("resolved", "closed")
+EventKind = Literal["status", "assignee", "type", "components", "follow_up"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class TicketSummary:
     created_at: datetime
     updated_at: datetime
     comment_count: int
+    assignee: str | None = None
+    version: int = 1
+    awaiting_reply: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,58 @@ class TicketDetail:
     # Sender authentication proved the opening mail's From; false when trust is not
     # configured (a member is then believed by the From line) or it was never checked.
     author_verified: bool = False
+    assignee: str | None = None  # a member's address; None: unassigned
+    version: int = 1  # pass it back with a change: a newer one means somebody else changed the ticket
+    awaiting_reply: bool = False  # the customer wrote last and no agent has mailed since
+    first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+    follow_up_of: str | None = None  # the closed ticket this one follows up (its key)
+    follow_ups: tuple[str, ...] = ()  # keys of tickets opened as follow-ups of this one
+    events: tuple[TicketEvent, ...] = ()  # field changes, oldest first
+
+
+@dataclass(frozen=True)
+class TicketEvent:
+    """One change of a ticket's fields: who (None: deskmail itself), when, from -> to.
+
+    Values are text: a status, an assignee's address ('' for unassigned), a type,
+    components joined by ", ", or for ``follow_up`` the other ticket's key."""
+
+    id: int
+    kind: EventKind
+    actor: str | None
+    old_value: str | None
+    new_value: str | None
+    reason: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TicketChange:
+    """What an agent asks to change; None leaves a field as it is. ``assignee=""``
+    unassigns. Who may be assigned is the caller's check (it knows the queues)."""
+
+    status: TicketStatus | None = None
+    assignee: str | None = None
+    type: str | None = None
+    components: tuple[str, ...] | None = None
+
+    def empty(self) -> bool:
+        return self.status is None and self.assignee is None and self.type is None and self.components is None
+
+
+@dataclass(frozen=True)
+class Changed:
+    """What ``change_ticket`` (or a reply with a status) did: the new version and
+    the events it recorded (empty when nothing differed). ``resolved_after`` is
+    set when the ticket became done (resolved or closed) from an active status:
+    the time since it was opened, for the resolution-time histogram."""
+
+    ticket_key: str
+    queue: str
+    version: int
+    events: tuple[TicketEvent, ...]
+    resolved_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +234,9 @@ class Reply:
 
     ticket_key: str
     entry: ThreadEntry
+    changed: Changed | None = None  # the status set in the same action ("send and set waiting")
+    # Seconds from the ticket's opening to this reply, when it is the first mail an agent sent.
+    first_response_after: float | None = None
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def test_migrated_schema_matches_tables(store: TicketStore) -> None:
         context = MigrationContext.configure(
             conn, opts={"compare_type": True, "compare_server_default": True}
         )
-        assert context.get_current_revision() == "0004"
+        assert context.get_current_revision() == "0005"
         assert compare_metadata(context, metadata) == []
         # The comparison does see differences: one extra column is reported.
         changed = MetaData(naming_convention=metadata.naming_convention)
@@ -136,7 +136,7 @@ def test_migrate_from_several_processes_at_once(db_url: str) -> None:
         stores[0].migrate()  # a later start finds the schema current
         with stores[0].engine.connect() as conn:
             context = MigrationContext.configure(conn)
-            assert context.get_current_revision() == "0004"
+            assert context.get_current_revision() == "0005"
             assert compare_metadata(context, metadata) == []
     finally:
         for s in stores:
@@ -189,6 +189,7 @@ def test_create_writes_ticket_participants_attachments(store: TicketStore) -> No
             AttachmentInfo("invoice.pdf", "application/pdf", 12345, "ab" * 32, "blobs/ab/abab", None),
         ),
         message_ids=("msg-1@customer.org",),
+        awaiting_reply=True,  # a customer opened it: waiting for the first answer
     )
     assert row_counts(store) == {
         "queue_counters": 1,
@@ -202,6 +203,9 @@ def test_create_writes_ticket_participants_attachments(store: TicketStore) -> No
         "rejections": 0,
         "outbox": 0,
         "api_tokens": 0,
+        "ticket_components": 2,
+        "ticket_counts": 1,
+        "ticket_events": 0,
     }
 
 
@@ -516,6 +520,7 @@ def test_list_get_count(store: TicketStore) -> None:
         created_at=T0 + timedelta(minutes=6),
         updated_at=T0 + timedelta(minutes=6),
         comment_count=0,
+        awaiting_reply=True,
     )
     assert summaries[2].type == "task" and summaries[2].components == ()
     assert summaries[3].updated_at == T0 + timedelta(minutes=5)

@@ -90,7 +90,7 @@ def test_schema_at_head_matches_tables(store: TicketStore) -> None:
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     with store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
-        assert context.get_current_revision() == head == "0004"
+        assert context.get_current_revision() == head == "0005"
         assert compare_metadata(context, metadata) == []
 
 

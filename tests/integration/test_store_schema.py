@@ -22,7 +22,7 @@ from tests.harness.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture
@@ -71,15 +71,15 @@ def test_a_migrated_database_is_current(store: TicketStore) -> None:
 def test_a_database_one_revision_behind_is_behind(store: TicketStore) -> None:
     store.migrate()
     alembic_on_store(store, "downgrade", "-1")
-    assert revision(store) == "0003"
+    assert revision(store) == "0004"
     assert store.schema_state() == "behind"
     error = not_current(store)
     assert str(error) == (
-        "the tickets database is at revision 0003, older than this deskmail's 0004: "
+        "the tickets database is at revision 0004, older than this deskmail's 0005: "
         "run `deskmail db migrate`"
     )
-    assert (error.state, error.revision, error.head) == ("behind", "0003", HEAD)
-    assert revision(store) == "0003"
+    assert (error.state, error.revision, error.head) == ("behind", "0004", HEAD)
+    assert revision(store) == "0004"
     store.migrate()
     assert store.schema_state() == "current"
 

@@ -189,7 +189,8 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
                 ingress=m.ingress, smtp=smtp, signatures=m.signatures,
             ))
         queues.append(Queue(key=q.key, name=q.name or q.key, access=q.access,
-                            allow_outbound_mail=q.allow_outbound_mail, mailboxes=tuple(mailboxes)))
+                            allow_outbound_mail=q.allow_outbound_mail, mailboxes=tuple(mailboxes),
+                            closed_reply=q.closed_reply, auto_close_days=q.auto_close_days))
 
     kafka_password = None
     if model.kafka.sasl_password is not None:

@@ -72,6 +72,8 @@ class Queue:
     access: tuple[str, ...]
     allow_outbound_mail: bool
     mailboxes: tuple[Mailbox, ...]
+    closed_reply: str = "follow_up"  # follow_up | reopen
+    auto_close_days: int = 7  # 0: never
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,10 @@ class QueueModel(_Model):
     name: str | None = None
     access: tuple[str, ...] = ()
     allow_outbound_mail: bool = False
+    # Customer mail on a closed ticket: a new ticket linked to it, or the old one reopened.
+    closed_reply: Literal["follow_up", "reopen"] = "follow_up"
+    # A resolved ticket without customer mail closes by itself after this many days; 0: never.
+    auto_close_days: int = Field(default=7, ge=0, le=3650)
     mailboxes: tuple[MailboxModel, ...] = ()
 
     @field_validator("key")
