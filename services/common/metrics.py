@@ -127,6 +127,27 @@ TICKETER_APPLY_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
 )
 
+TICKETER_AUTO_CLOSED = Counter(
+    "deskmail_ticketer_auto_closed_total",
+    "Resolved tickets closed automatically after their queue's auto_close_days.",
+    ["queue"],
+)
+
+# ---- the ticket workflow, observed where the change is made (api, ticketer)
+_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 345600, 604800, 1209600, 2592000)
+TICKET_FIRST_RESPONSE_SECONDS = Histogram(
+    "deskmail_ticket_first_response_seconds",
+    "From a ticket's opening mail to the first mail an agent sent on it.",
+    ["queue"],
+    buckets=_DURATION_BUCKETS,
+)
+TICKET_RESOLUTION_SECONDS = Histogram(
+    "deskmail_ticket_resolution_seconds",
+    "From a ticket's opening mail to when it became resolved or closed (again after each reopening).",
+    ["queue"],
+    buckets=_DURATION_BUCKETS,
+)
+
 # ---- sender
 SENDER_MAILS = Counter(
     "deskmail_sender_mails_total",

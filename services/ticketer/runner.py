@@ -5,6 +5,10 @@ record, offsets committed after the transaction.
 - events (DeliveryEvent from the sender): ``TicketStore.record_delivery``, which
   sets the delivery status of the outgoing comment (idempotent; a final status
   is never overwritten; events for unknown outbound ids change nothing).
+
+Mail on a closed ticket follows its queue's ``closed_reply`` (a linked follow-up
+ticket, or the ticket reopened). Beside the loop, ``AutoClose`` closes resolved
+tickets after their queue's ``auto_close_days``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -24,18 +29,23 @@ from services.common.config import Config
 from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
 from services.common.stage import StageContext, StageSpec, run_stage
-from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore
+from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore, VersionConflict
+from services.tickets.apply import ClosedReply
 
 log = logging.getLogger("deskmail.ticketer")
 STAGE = "ticketer"
 SPEC = StageSpec(STAGE, inputs=["commands", "events"])
+AUTO_CLOSE_INTERVAL = 300.0  # seconds between rounds; a day's deadline is met within five minutes
+AUTO_CLOSE_BATCH = 500  # tickets per transaction (TicketStore.auto_close's limit)
 
 
 class TicketerStep:
     """Dispatches each record by its topic; see the module docstring."""
 
-    def __init__(self, store: TicketStore, commands_topic: str, events_topic: str):
+    def __init__(self, store: TicketStore, commands_topic: str, events_topic: str,
+                 closed_reply: Mapping[str, ClosedReply] | None = None):
         self.store = store
+        self.closed_reply = dict(closed_reply or {})
         self.commands_topic = commands_topic
         self.events_topic = events_topic
         self.commands = codec("TicketCommand")
@@ -58,7 +68,8 @@ class TicketerStep:
         started = time.perf_counter()
         try:
             with _transient_db_errors():
-                applied = self.store.apply(command)
+                applied = self.store.apply(
+                    command, closed_reply=self.closed_reply.get(command.get("queue") or "", "follow_up"))
         except InvalidCommand as exc:
             raise BadRecord(f"{command.get('id')}: {exc}") from exc
         metrics.TICKETER_APPLY_SECONDS.observe(time.perf_counter() - started)
@@ -98,12 +109,56 @@ def _transient_db_errors() -> Iterator[None]:
         raise
 
 
+class AutoClose:
+    """Closes resolved tickets after their queue's ``auto_close_days``, every
+    ``interval`` seconds, in a thread of the ticketer. Several ticketers may run it
+    at once: a ticket is closed once (the version check makes a second closer's
+    transaction fail, and it tries again next round); a database outage is logged
+    and waits for the next round."""
+
+    def __init__(self, store: TicketStore, config: Config, stop: threading.Event, interval: float = AUTO_CLOSE_INTERVAL):
+        self.store = store
+        self.queues = [(q.key, q.auto_close_days) for q in config.queues if q.auto_close_days > 0]
+        self.stop = stop
+        self.interval = interval
+        self.thread = threading.Thread(target=self._run, name="auto-close", daemon=True)
+
+    def start(self) -> None:
+        if self.queues:
+            self.thread.start()
+
+    def run_once(self, now: datetime | None = None) -> int:
+        closed = 0
+        for queue, days in self.queues:
+            while not self.stop.is_set():
+                try:
+                    keys = self.store.auto_close(queue, days, now=now)
+                except (VersionConflict, DBAPIError) as exc:
+                    log.warning("auto-close postponed", extra={"stage": STAGE, "queue": queue,
+                                                              "error": type(exc).__name__})
+                    break
+                metrics.TICKETER_AUTO_CLOSED.labels(queue).inc(len(keys))
+                closed += len(keys)
+                for key in keys:
+                    log.info("ticket closed automatically", extra={"stage": STAGE, "ticket": key, "queue": queue})
+                if len(keys) < AUTO_CLOSE_BATCH:
+                    break
+        return closed
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.run_once()
+
+
 def run_ticketer(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:
     store = TicketStore(config.database_url)
     store.migrate()
+    closed_reply: dict[str, ClosedReply] = {
+        q.key: "reopen" if q.closed_reply == "reopen" else "follow_up" for q in config.queues}
+    AutoClose(store, config, stop).start()
 
     def build(ctx: StageContext) -> TicketerStep:
         ctx.on_close(store.close)
-        return TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"])
+        return TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"], closed_reply)
 
     run_stage(config, SPEC, build, stop, health, bootstrap)

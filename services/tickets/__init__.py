@@ -28,6 +28,7 @@ from services.tickets.errors import (
     UnknownTicket,
     VersionConflict,
 )
+from services.tickets.listing import BadCursor, Count, Page, View
 from services.tickets.store import TicketStore
 from services.tickets.tokens import ApiToken
 from services.tickets.views import (
@@ -65,5 +66,5 @@ __all__ = [
     "SchemaNotCurrent", "SchemaState", "StoreUnavailable", "Threading", "ThreadEntry",
     "TicketDetail", "TicketStore", "TicketSummary", "UnknownTicket",
     "DONE_STATUSES", "TICKET_STATUSES", "Changed", "InvalidChange", "TicketChange", "TicketEvent",
-    "TicketStatus", "VersionConflict",
+    "TicketStatus", "VersionConflict", "BadCursor", "Count", "Page", "View",
 ]

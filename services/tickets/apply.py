@@ -65,10 +65,16 @@ def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "fol
         ticket_id, applied = _create_ticket(conn, c)
     else:
         if ticket.status == "closed":
-            workflow.reopen(conn, ticket.id, c.received_at)
+            workflow.reopen(conn, ticket.id, _event_time(c))
         ticket_id, applied = ticket.id, _add_comment(conn, c, ticket)
     _record(conn, c, ticket_id, applied)
     return applied
+
+
+def _event_time(c: Command) -> datetime:
+    """When a mail's effect on a ticket's fields is recorded: when deskmail applies
+    it (a replayed old mail changes the ticket now, not in the past)."""
+    return max(datetime.now(timezone.utc), c.received_at)
 
 
 def _find_duplicate(conn: Connection, c: Command) -> Applied | None:
@@ -211,7 +217,7 @@ def _create_ticket(conn: Connection, c: Command, follow_up_of: _Ticket | None = 
     ticket_id = inserted_id(result)
     workflow.count_new_ticket(conn, c.queue, ticket_id, c.components)
     if follow_up_of is not None:
-        workflow.record_follow_up(conn, follow_up_of.id, key, c.received_at)
+        workflow.record_follow_up(conn, follow_up_of.id, key, _event_time(c))
     _register_message(conn, c, ticket_id, None)
     _add_participants(conn, ticket_id, c, author_role="author", known=set())
     _add_attachments(conn, c.attachments, ticket_id, None)
@@ -254,7 +260,7 @@ def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
     if c.received_at > ticket.updated_at:
         conn.execute(st.TOUCH_TICKET, {"ticket_id": ticket.id, "new_updated_at": c.received_at})
     if not c.author.member:
-        workflow.after_customer_mail(conn, ticket.id, c.received_at)
+        workflow.after_customer_mail(conn, ticket.id, _event_time(c))
     return Applied("commented", ticket.key, comment_id)
 
 

@@ -27,11 +27,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from services.tickets import engine as db
-from services.tickets import outgoing, queries, tokens, workflow
+from services.tickets import listing, outgoing, queries, tokens, workflow
 from services.tickets.apply import ClosedReply, apply_command
 from services.tickets.checks import check_page
 from services.tickets.commands import Command
 from services.tickets.errors import InvalidReply
+from services.tickets.listing import Count, Page, View
 from services.tickets.outgoing import Delivery, ReplyDraft
 from services.tickets.views import (
     Applied,
@@ -139,6 +140,16 @@ class TicketStore:
         per call, one transaction); returns their keys."""
         with db.write(self._engine) as conn:
             return workflow.auto_close(conn, queue, days, now or datetime.now(timezone.utc), limit)
+
+    def list_view(self, view: View, limit: int = 50, cursor: str | None = None) -> Page:
+        """One page of a queue view (filters, sort, keyset cursor); raises BadCursor."""
+        with self._engine.connect() as conn:
+            return listing.page(conn, view, limit, cursor)
+
+    def count_view(self, view: View) -> Count:
+        """How many tickets a view holds (exact, or a lower bound past listing.COUNT_CAP)."""
+        with self._engine.connect() as conn:
+            return listing.count(conn, view)
 
     def ticket_counts(self, queues: Sequence[str] | None = None) -> dict[tuple[str, str, str], int]:
         """Tickets per (queue, status, assignee or '' for unassigned), read from the
