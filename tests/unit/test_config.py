@@ -235,3 +235,16 @@ def test_config_check_warns_when_member_mail_is_trusted_by_from(tmp_path, trust:
 def test_names_that_go_into_a_from_header_are_one_line(field: str, text: str) -> None:
     [problem] = _problems(text)
     assert field in problem and "header text must be one line" in problem
+
+
+def test_workflow_settings_of_a_queue_default_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SUPPORT_PW", "s3cret")
+    cfg = parse_text(GOOD)
+    assert (cfg.queues[0].closed_reply, cfg.queues[0].auto_close_days) == ("follow_up", 7)
+    reopening = GOOD.replace("  - key: SUPPORT\n", "  - key: SUPPORT\n    closed_reply: reopen\n    auto_close_days: 0\n")
+    assert (parse_text(reopening).queues[0].closed_reply, parse_text(reopening).queues[0].auto_close_days) == (
+        "reopen", 0)
+    bad = GOOD.replace("  - key: SUPPORT\n", "  - key: SUPPORT\n    closed_reply: ignore\n    auto_close_days: -1\n")
+    problems = _problems(bad)
+    assert len(problems) == 2 and all(p.startswith("line ") for p in problems), problems
+    assert "closed_reply" in problems[0] and "auto_close_days" in problems[1]
