@@ -131,7 +131,7 @@ def home(
     kept = ctx.store.ticket_counts(queues)
     per_status: dict[str, dict[str, int]] = {k: {s: 0 for s in TICKET_STATUSES} for k in queues}
     for (queue, status, _), n in kept.items():
-        per_status.setdefault(queue, {s: 0 for s in TICKET_STATUSES})[status] = n
+        per_status.setdefault(queue, {s: 0 for s in TICKET_STATUSES})[status] += n
     configured = [q for q in ctx.config.queues if q.key in per_status]
     values = _list_values(ctx, agent, request, queues, "/")
     return render(request, "index.html", queues=[(q, per_status[q.key], sum(per_status[q.key].values()))
