@@ -40,7 +40,7 @@ def _collect(store: TicketStore, view: View, limit: int, cursor: str | None) -> 
     return out, cursor
 
 
-@router.get("/tickets", response_model=TicketPage, response_model_exclude_none=False,
+@router.get("/tickets", response_model=TicketPage,
             responses={400: {"model": Error, "description": "A cursor this list did not hand out."},
                        403: _ERRORS[403],
                        422: {"model": Error, "description": "A filter value deskmail does not know."},

@@ -182,5 +182,9 @@ def test_take_reply_and_set_waiting_then_the_customer_reopens_it_live(
         hit = page.locator('ol.hits li[data-key="SUPPORT-1"]')
         expect(hit).to_be_visible()
         expect(hit.locator("mark")).to_have_text(WORD)
+    # the api's /metrics: the gauge from the kept counts, the first response observed once
+    assert processes.metric("api", "deskmail_tickets", queue="SUPPORT", status="open") == 1
+    assert processes.metric("api", "deskmail_tickets", queue="SUPPORT", status="waiting") == 0
+    assert processes.metric("api", "deskmail_ticket_first_response_seconds_count", queue="SUPPORT") == 1
     codes = processes.stop()
     assert set(codes.values()) == {0}, codes
