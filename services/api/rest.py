@@ -84,7 +84,7 @@ class TicketSummaryOut(BaseModel):
 
 class TicketPage(BaseModel):
     tickets: list[TicketSummaryOut]
-    total: int = Field(description="Tickets in the list (count.n).")
+    total: int = Field(description="Tickets in the list (count.n); for search results, the hits on this page.")
     limit: int
     offset: int = Field(description="The offset asked for (offset paging of the unfiltered list, and of search).")
     next_cursor: str | None = Field(None, description="Pass as cursor for the next page; null: the last page.")
