@@ -5,6 +5,8 @@
 browser hardening of ``services.api.security`` (headers, Host and Origin checks).
 The OpenAPI document is at /openapi.json; no documentation page is served, as
 Swagger UI would load its code from a CDN into deskmail's origin.
+/metrics also carries ``deskmail_tickets{queue,status}``, read from the kept
+counts at each scrape (``services.api.ticket_metrics``).
 ``run_api`` is `deskmail run api`: it serves the app with uvicorn on
 ``api.listen`` (with its port replaced when a port is given), serves /metrics,
 /healthz and /readyz on the same port, and runs the relay in a background
@@ -28,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api import rest, signin, web
+from services.api import rest, rest_workflow, signin, ticket_metrics, views_web, web, workflow
 from services.api.context import ApiContext, Waker
 from services.api.csrf import CsrfTokens
 from services.api.relay import OutboxRelay
@@ -61,13 +63,19 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
     if config.api.auth.mode == "oidc":
         app.state.signin = signin.SignIn(config)
         app.include_router(signin.router)
+    app.include_router(rest_workflow.router)
     app.include_router(rest.router)
+    app.include_router(views_web.router)
+    app.include_router(workflow.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    own_metrics = ticket_metrics.registry(config, store)
+
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        # The process-wide metrics, then this app's ticket gauge (read at scrape time).
+        return Response(generate_latest() + generate_latest(own_metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> Response:

@@ -21,7 +21,10 @@ The record carries only In-Reply-To and References ids that are msg-ids
 ``post_reply`` then builds the OutboundMail record (subject via
 ``subject_for``, pre-assigned Message-ID via ``new_message_id``) and hands it to
 ``TicketStore.add_reply``, which writes the comment and its outbox row in one
-transaction; the outbox relay of the api process sends it to the broker.
+transaction; the outbox relay of the api process sends it to the broker. A
+reply may set the ticket's status in the same transaction ("send and set
+waiting"), checked against the version the agent saw: a concurrent change
+refuses the whole reply (``ReplyConflict``, with the changes the agent missed).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any
 
+from services.api.changes import unseen_events
 from services.common.codec import CodecError, codec
 from services.common.config import Config, Mailbox, Member, Queue, Signature
 from services.common.config import message_id_key
@@ -54,8 +58,11 @@ from services.tickets import (
     Reply,
     Threading,
     TicketDetail,
+    TicketEvent,
+    TicketStatus,
     TicketStore,
     UnknownTicket,
+    VersionConflict,
 )
 
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
@@ -88,6 +95,18 @@ class ReplyInvalid(ReplyError):
     status = 422
 
 
+class ReplyConflict(ReplyError):
+    """The reply would set a status, but the ticket changed since the agent read it
+    (now at version ``current``; ``events`` are the changes they missed)."""
+
+    status = 409
+
+    def __init__(self, message: str, current: int, events: tuple[TicketEvent, ...]):
+        super().__init__(message)
+        self.current = current
+        self.events = events
+
+
 @dataclass(frozen=True)
 class ReplyRequest:
     ticket_key: str
@@ -97,6 +116,8 @@ class ReplyRequest:
     cc: tuple[str, ...] = ()
     signature: str | None = None  # alias; None: the sending mailbox's first
     internal: bool = False  # an internal comment is never emailed
+    set_status: TicketStatus | None = None  # "send and set waiting": the status set with the reply
+    expected_version: int | None = None  # with set_status: the version the agent saw (None: no check)
 
 
 @dataclass(frozen=True)
@@ -379,8 +400,14 @@ def post_reply(
             outbound_id=outbound_id,
             message_id=message_id,
             build_outbound=build,
+            set_status=request.set_status,
+            expected_version=request.expected_version,
         )
     except UnknownTicket:
         raise TicketNotFound(f"no ticket {request.ticket_key}") from None
+    except VersionConflict as exc:
+        now = store.get_ticket(ticket.key)
+        missed = unseen_events(now, exc.expected) if now is not None else ()
+        raise ReplyConflict(str(exc), exc.current, missed) from None
     except (InvalidReply, CodecError) as exc:
         raise ReplyInvalid(str(exc)) from exc

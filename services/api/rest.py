@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.api import access, serialize
+from services.api import access, serialize, ticket_metrics
+from services.api.api_models import MARKS, ConflictOut, CountOut, EventOut, Status
 from services.api.context import ApiContext, context, signed_in_agent
-from services.api.replies import ReplyError, ReplyRequest, post_reply
+from services.api.replies import ReplyConflict, ReplyError, ReplyRequest, post_reply
 from services.common.config import Member
-from services.tickets import TicketDetail
+from services.tickets import TicketDetail, TicketEvent
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"], dependencies=[Depends(signed_in_agent)])
 
@@ -71,13 +74,21 @@ class TicketSummaryOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     comments: int
+    assignee: str | None = Field(None, description="The assigned member's address; null: unassigned.")
+    version: int = Field(1, description="Send it back with a change (PATCH, a reply's set_status).")
+    awaiting_reply: bool = Field(False, description="The customer wrote last and no agent has mailed since.")
+    snippet: str | None = Field(None, description="Search results only: where the query matched. " + MARKS)
+    where: Literal["summary", "description", "comment"] | None = Field(
+        None, description="Search results only: the part of the ticket the snippet is from.")
 
 
 class TicketPage(BaseModel):
     tickets: list[TicketSummaryOut]
-    total: int
+    total: int = Field(description="Tickets in the list (count.n); for search results, the hits on this page.")
     limit: int
-    offset: int
+    offset: int = Field(description="The offset asked for (offset paging of the unfiltered list, and of search).")
+    next_cursor: str | None = Field(None, description="Pass as cursor for the next page; null: the last page.")
+    count: CountOut | None = Field(None, description="Tickets in the list; null for search results.")
 
 
 class TicketOut(BaseModel):
@@ -97,6 +108,14 @@ class TicketOut(BaseModel):
     attachments: list[str]
     participants: list[ParticipantOut]
     thread: list[CommentOut]
+    assignee: str | None = Field(description="The assigned member's address; null: unassigned.")
+    version: int = Field(description="Send it back with a change (PATCH, a reply's set_status).")
+    awaiting_reply: bool = Field(description="The customer wrote last and no agent has mailed since.")
+    first_response_at: datetime | None = Field(description="When an agent first mailed the customer.")
+    resolved_at: datetime | None = Field(description="When the ticket last became resolved or closed.")
+    follow_up_of: str | None = Field(description="The closed ticket this one follows up (its key).")
+    follow_ups: list[str] = Field(description="Tickets opened as follow-ups of this one (their keys).")
+    events: list[EventOut] = Field(description="Changes of status, assignee, type, components; oldest first.")
 
 
 class ReplyIn(BaseModel):
@@ -112,6 +131,16 @@ class ReplyIn(BaseModel):
     author: str | None = Field(
         None, description="The replying member's email; required unless api.user_header identifies the agent."
     )
+    set_status: Status | None = Field(None, description="Set this status with the reply (\"send and set "
+                                                         "waiting\"), in the same transaction.")
+    version: int | None = Field(None, description="With set_status: the ticket version the agent saw; another "
+                                                  "version answers 409 and stores nothing. Omitted: no check.")
+
+
+class ReplyOut(CommentOut):
+    ticket_version: int | None = Field(None, description="The ticket's version after set_status changed it; "
+                                                          "null when the status stayed.")
+    events: list[EventOut] = Field([], description="The events set_status recorded.")
 
 
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -120,32 +149,6 @@ _ERRORS: dict[int | str, dict[str, object]] = {
                                          "or the queue may not mail outside the organization."},
     404: {"model": Error, "description": "No such ticket."},
 }
-
-
-@router.get("/tickets", response_model=TicketPage)
-def list_tickets(
-    queue: str | None = None,
-    limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
-    ctx: ApiContext = Depends(context),
-    agent: Member | None = Depends(signed_in_agent),
-) -> dict[str, object]:
-    """Tickets of the queues the agent sees, newest first; naming a queue the
-    agent does not see is 403."""
-    if queue is not None:
-        access.require_queue(ctx.config, agent, queue)
-        tickets = ctx.store.list_tickets(queue=queue, limit=limit, offset=offset)
-        total = ctx.store.count_tickets(queue)
-    else:
-        seen = access.seen_queues(ctx.config, agent)
-        tickets = access.list_tickets(ctx.store, seen, limit, offset)
-        total = access.count_tickets(ctx.store, seen)
-    return {
-        "tickets": [serialize.summary(t) for t in tickets],
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-    }
 
 
 def _visible_ticket(ctx: ApiContext, agent: Member | None, key: str) -> TicketDetail:
@@ -176,30 +179,44 @@ def get_deliveries(
 
 
 @router.post(
-    "/tickets/{key}/replies", response_model=CommentOut, status_code=201,
-    responses={**_ERRORS, 422: {"model": Error, "description": "No text, no recipients, or a bad address."}},
+    "/tickets/{key}/replies", response_model=ReplyOut, status_code=201,
+    responses={**_ERRORS, 409: {"model": ConflictOut, "description": "set_status with a version the ticket "
+                                                                     "no longer has: nothing was stored."},
+               422: {"model": Error, "description": "No text, no recipients, or a bad address."}},
 )
 def post_ticket_reply(
     key: str,
     body: ReplyIn,
     ctx: ApiContext = Depends(context),
     signed_in: Member | None = Depends(signed_in_agent),
-) -> dict[str, object]:
+) -> dict[str, object] | JSONResponse:
     """Reply on a ticket: an email to the recipients (delivery status ``queued``,
-    then ``sent``/``failed`` as the sender reports), or an internal comment."""
-    _visible_ticket(ctx, signed_in, key)
+    then ``sent``/``failed`` as the sender reports), or an internal comment;
+    with ``set_status``, the ticket's status changes in the same transaction."""
+    detail = _visible_ticket(ctx, signed_in, key)
     author = _author(signed_in, body.author)
     request = ReplyRequest(
         ticket_key=key, author_email=author, text=body.text,
         to=tuple(body.to) if body.to is not None else None, cc=tuple(body.cc),
-        signature=body.signature, internal=body.internal,
+        signature=body.signature, internal=body.internal, set_status=body.set_status,
+        expected_version=body.version if body.set_status is not None else None,
     )
     try:
         reply = post_reply(ctx.config, ctx.store, request)
+    except ReplyConflict as exc:
+        return JSONResponse(conflict_body(exc.message, exc.current, exc.events), status_code=409)
     except ReplyError as exc:
         raise HTTPException(exc.status, exc.message) from None
     ctx.stored()
-    return serialize.entry(reply.entry)
+    ticket_metrics.observe_reply(reply, detail.queue)
+    changed = reply.changed
+    return {**serialize.entry(reply.entry), "ticket_version": changed.version if changed else None,
+            "events": [serialize.event(e) for e in changed.events] if changed else []}
+
+
+def conflict_body(message: str, current: int, events: Sequence[TicketEvent]) -> dict[str, object]:
+    """The 409 answer: what happened, the version now, the changes the caller missed."""
+    return {"detail": message, "version": current, "events": [serialize.event(e) for e in events]}
 
 
 def _author(signed_in: Member | None, named: str | None) -> str:

@@ -11,6 +11,7 @@ from services.tickets import (
     Recipient,
     ThreadEntry,
     TicketDetail,
+    TicketEvent,
     TicketSummary,
 )
 
@@ -26,7 +27,19 @@ def summary(t: TicketSummary) -> dict[str, Any]:
         "key": t.key, "queue": t.queue, "type": t.type, "components": list(t.components),
         "summary": t.summary, "status": t.status, "author": t.author_email, "author_name": t.author_name,
         "created_at": iso(t.created_at), "updated_at": iso(t.updated_at), "comments": t.comment_count,
+        "assignee": t.assignee, "version": t.version, "awaiting_reply": t.awaiting_reply,
     }
+
+
+def event(e: TicketEvent) -> dict[str, Any]:
+    """A field change: ``actor`` None is deskmail itself (a reopening, auto-close)."""
+    return {"id": e.id, "kind": e.kind, "actor": e.actor, "old_value": e.old_value, "new_value": e.new_value,
+            "reason": e.reason, "created_at": iso(e.created_at)}
+
+
+def hit(t: TicketSummary, snippet: str, where: str) -> dict[str, Any]:
+    """A search result: the summary, with the snippet (U+E000/U+E001 mark matches) and where it matched."""
+    return {**summary(t), "snippet": snippet, "where": where}
 
 
 def recipient(r: Recipient) -> dict[str, Any]:
@@ -70,9 +83,14 @@ def ticket(t: TicketDetail) -> dict[str, Any]:
     return {
         "key": t.key, "queue": t.queue, "type": t.type, "components": list(t.components),
         "summary": t.summary, "status": t.status, "author": t.author_email, "author_name": t.author_name,
-        "author_member": t.author_member, "author_verified": t.author_verified, "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
+        "author_member": t.author_member, "author_verified": t.author_verified,
+        "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
         "description": t.description,
         "attachments": [a.filename for a in t.attachments if a.comment_id is None],
         "participants": [participant(p) for p in t.participants],
         "thread": [entry(e, t.attachments) for e in t.thread],
+        "assignee": t.assignee, "version": t.version, "awaiting_reply": t.awaiting_reply,
+        "first_response_at": iso(t.first_response_at), "resolved_at": iso(t.resolved_at),
+        "follow_up_of": t.follow_up_of, "follow_ups": list(t.follow_ups),
+        "events": [event(e) for e in t.events],
     }

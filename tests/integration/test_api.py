@@ -352,6 +352,8 @@ def test_openapi_documents_the_reply_endpoint(make: Make) -> None:
     post = doc["paths"]["/api/v1/tickets/{key}/replies"]["post"]
     assert "201" in post["responses"] and "403" in post["responses"]
     assert "/api/v1/tickets/{key}" in doc["paths"] and "/api/v1/tickets" in doc["paths"]
+    assert "patch" in doc["paths"]["/api/v1/tickets/{key}"]  # the workflow: test_api_workflow.py
+    assert {"set_status", "version"} <= set(doc["components"]["schemas"]["ReplyIn"]["properties"])
     assert not any(p.startswith("/tickets") for p in doc["paths"])  # pages are not API
     assert client.get("/docs").status_code == 404  # no page loading Swagger UI from a CDN
 
