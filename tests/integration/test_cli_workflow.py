@@ -143,9 +143,9 @@ def test_list_filters_and_a_cursor_that_shows_every_ticket_once(cli: Cli, store:
     # the default: every configured queue, most recently changed first; pages of 3 cover it once
     for json_mode in (True, False):
         pages = all_pages(cli, "--limit", "3", json_mode=json_mode)
-        keys = [k for p in pages for k in p]
-        assert [len(p) for p in pages] == [3, 3, 3, 1] and sorted(keys) == sorted(everything)
-        assert keys[:3] == ["SUPPORT-6", "SUPPORT-5", "SUPPORT-2"]  # just changed
+        seen = [k for p in pages for k in p]
+        assert [len(p) for p in pages] == [3, 3, 3, 1] and sorted(seen) == sorted(everything)
+        assert seen[:3] == ["SUPPORT-6", "SUPPORT-5", "SUPPORT-2"]  # just changed
     oldest_first = [k for p in all_pages(cli, "--sort", "created", "--order", "asc", "--limit", "4",
                                           json_mode=True) for k in p]
     assert oldest_first == [f"SUPPORT-{n}" for n in range(1, 8)] + ["SALES-1", "SALES-2", "SUPPORT-8"]
