@@ -98,7 +98,7 @@ def conflict(store: Any, exc: VersionConflict) -> str:
             f"nothing was changed: look at `deskmail tickets show {exc.key}` and try again")
 
 
-@click.command("set")
+@click.command("set", short_help="Change a ticket's status, assignee, type or components.")
 @click.argument("key")
 @click.option("--status", metavar="S", help="The new status: open, in_progress, waiting, resolved or closed.")
 @click.option("--assignee", metavar="A",

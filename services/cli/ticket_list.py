@@ -176,7 +176,7 @@ def search(store: Any, query: str, queues: tuple[str, ...], limit: int, cursor: 
     return _search_cursor(query, offset)
 
 
-@click.command("list")
+@click.command("list", short_help="List or search tickets, a page at a time.")
 @click.option("--queue", "queues", multiple=True, metavar="Q",
               help="Only this queue (repeatable). Default: every configured queue.")
 @click.option("--status", "statuses", multiple=True, metavar="S",
@@ -196,7 +196,8 @@ def search(store: Any, query: str, queues: tuple[str, ...], limit: int, cursor: 
               help="Tickets matching Q, best first, each with a snippet (matches in \u00ab\u00bb, bold on a "
               "terminal; in JSON between U+E000 and U+E001). Takes only --queue, --limit and --cursor.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True, help="At most this many tickets.")
-@click.option("--cursor", metavar="C", help="Continue after the tickets a previous call printed (its next cursor).")
+@click.option("--cursor", metavar="C", help="Continue after the tickets a previous call printed (its next cursor), "
+              "with the same options.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @config_option
 def list_tickets(
