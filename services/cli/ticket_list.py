@@ -21,30 +21,15 @@ import hashlib
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import click
 
 from services.cli.common import BadValue, config_option, load_config, open_store
 from services.cli.ticket_text import snippet_text, summary_row
 from services.common.config import Config
-from services.tickets import TICKET_STATUSES, BadCursor, TicketStatus, TicketSummary, View
+from services.tickets import TICKET_STATUSES, BadCursor, SearchHit, TicketStatus, TicketSummary, View
 from services.tickets.listing import MAX_LIMIT
-
-
-class SearchHit(Protocol):
-    """What ``TicketStore.search`` hands back for one ticket (services/tickets/search.py)."""
-
-    @property
-    def ticket(self) -> TicketSummary: ...
-    @property
-    def snippet(self) -> str: ...  # matches between U+E000 and U+E001
-    @property
-    def where(self) -> str: ...  # summary | description | comment
-    @property
-    def comment_id(self) -> int | None: ...
-    @property
-    def rank(self) -> float: ...
 
 
 def parse_statuses(values: Sequence[str]) -> tuple[TicketStatus, ...]:

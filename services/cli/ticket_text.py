@@ -16,11 +16,9 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from services.tickets import Recipient, ThreadEntry, TicketDetail, TicketEvent, TicketSummary
+from services.tickets import MARK_END, MARK_START, Recipient, ThreadEntry, TicketDetail, TicketEvent, TicketSummary
 
 _REPLACEMENT = "\ufffd"
-# A search snippet's match marks (services/tickets/search.py).
-MARK_START, MARK_END = "\ue000", "\ue001"
 
 
 def _unsafe(ch: str, keep: str) -> bool:

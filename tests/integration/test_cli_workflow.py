@@ -1,5 +1,5 @@
 """The ticket workflow on the command line: `deskmail tickets list` (filters, the
-cursor, `--assignee me`), `tickets set` (each field, the version check, refusals
+cursor, `--assignee me`, `--search`), `tickets set` (each field, the version check, refusals
 with one line and their exit code) and `tickets show` (status, assignee, version,
 follow-ups, events among the comments). Each runs the real command in a
 subprocess against a real store, tickets put in as the ticketer does."""
@@ -297,3 +297,39 @@ def test_text_output_keeps_a_mails_control_characters_off_the_terminal(cli: Cli,
         assert not any(ch in out for ch in "\x1b\x07\r"), repr(out)
     assert "Invoice \ufffd]0;owned\ufffd \ufffd[2J" in listed
     assert "\nline one\nline two\ufffdover\ufffd[1A\n" in shown
+
+
+def test_search_ranks_hits_with_a_snippet_and_pages_them_by_cursor(cli: Cli, store: TicketStore) -> None:
+    for n in range(1, 6):
+        store.apply(command(n, subject=f"Printer {n} jams", text="It jams on every page."))
+    store.apply(command(6, subject="Question", text="Where is invoice 7? It is \x1b[2Jmissing."))
+    store.apply(command(7, action="comment", classification="reply", in_reply_to="msg-2@customer.org",
+                        text="Also the invoice for March."))
+    store.apply(sales(8, subject="Invoice for the new contract"))
+
+    rows, cursor = json_lines(cli.ok("tickets", "list", "--json", "--search", "invoice"))
+    assert cursor is None and {r["key"] for r in rows} == {"SUPPORT-6", "SUPPORT-2", "SALES-1"}
+    found = {r["key"]: r for r in rows}
+    assert found["SUPPORT-2"]["where"] == "comment" and found["SUPPORT-2"]["comment_id"] is not None
+    assert "\ue000invoice\ue001" in found["SUPPORT-2"]["snippet"].lower()
+    assert found["SALES-1"]["where"] == "summary" and found["SUPPORT-6"]["where"] == "description"
+    assert all(isinstance(r["rank"], float) and r["status"] == "open" for r in rows)
+
+    text = cli.ok("tickets", "list", "--search", "invoice", "--queue", "SUPPORT")
+    lines = text.splitlines()
+    assert [line.split()[0] for line in lines[::2]] == [r["key"] for r in rows if r["queue"] == "SUPPORT"]
+    snippet = next(line for line in lines if line.startswith("    description: "))
+    assert "\u00abinvoice\u00bb" in snippet.lower() and "\x1b" not in text and "\ufffd[2Jmissing" in snippet
+
+    pages = all_pages(cli, "--search", "printer jams", "--limit", "2", json_mode=True)
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert sorted(k for p in pages for k in p) == [f"SUPPORT-{n}" for n in range(1, 6)]
+    lines = cli.ok("tickets", "list", "--search", "printer", "--limit", "5").splitlines()
+    assert sorted(line.split()[0] for line in lines[::2]) == [f"SUPPORT-{n}" for n in range(1, 6)]
+    assert all(line.startswith("    summary: ") for line in lines[1::2]), lines
+    _, cursor = json_lines(cli.ok("tickets", "list", "--json", "--search", "printer", "--limit", "2"))
+    assert cursor is not None
+    assert "another" in cli.refused(USAGE, "tickets", "list", "--search", "invoice", "--cursor", cursor)
+    assert "not one this list handed out" in cli.refused(USAGE, "tickets", "list", "--cursor", cursor)
+    nothing = cli("tickets", "list", "--search", "zebra")
+    assert nothing.returncode == OK and nothing.stdout == "" and nothing.stderr == "no tickets\n"

@@ -4,14 +4,14 @@ a search with the cursor it prints (a store that answers from a list stands in).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from services.cli.common import BadValue
 from services.cli.ticket_list import Output, list_view, parse_statuses, search
-from services.tickets import Page, TicketSummary, View
+from services.tickets import Page, SearchHit, TicketSummary, View
 from services.tickets.listing import MAX_LIMIT
 from tests.harness.records import T0
 
@@ -20,15 +20,6 @@ def summary(n: int) -> TicketSummary:
     return TicketSummary(key=f"SUPPORT-{n}", queue="SUPPORT", number=n, type=None, components=(),
                          summary=f"Subject {n}", status="open", author_email="ann@customer.org", author_name=None,
                          created_at=T0, updated_at=T0, comment_count=0)
-
-
-@dataclass(frozen=True)
-class Hit:
-    ticket: TicketSummary
-    snippet: str
-    where: str
-    comment_id: int | None
-    rank: float
 
 
 class ListStore:
@@ -45,10 +36,10 @@ class ListStore:
         end = start + limit
         return Page(tuple(self.tickets[start:end]), str(end) if end < len(self.tickets) else None)
 
-    def search(self, query: str, queues: tuple[str, ...], limit: int, offset: int) -> list[Hit]:
+    def search(self, query: str, queues: tuple[str, ...], limit: int, offset: int) -> list[SearchHit]:
         assert 1 <= limit <= MAX_LIMIT
         self.calls.append((limit, offset))
-        return [Hit(t, f"\ue000{query}\ue001 in {t.key}", "summary", None, 1.0)
+        return [SearchHit(t, f"\ue000{query}\ue001 in {t.key}", "summary", None, 1.0)
                 for t in self.tickets[offset:offset + limit]]
 
 
@@ -108,7 +99,7 @@ def test_a_search_cursor_belongs_to_its_query(capsys: pytest.CaptureFixture[str]
 
 def test_a_search_hit_in_text_shows_where_it_matched(capsys: pytest.CaptureFixture[str]) -> None:
     out = Output(as_json=False)
-    out.hit(Hit(replace(summary(3), summary="Invoice\x1b[2J"), "the \ue000invoice\ue001 is wrong", "comment", 42, 0.5))
+    out.hit(SearchHit(replace(summary(3), summary="Invoice\x1b[2J"), "the \ue000invoice\ue001 is wrong", "comment", 42, 0.5))
     out.end(None)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("SUPPORT-3 ") and lines[0].endswith("Invoice\ufffd[2J")
