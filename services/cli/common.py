@@ -45,6 +45,14 @@ class Unavailable(click.ClickException):
     exit_code = UNAVAILABLE
 
 
+class BadValue(click.ClickException):
+    """A value the command cannot use (an unknown status, an assignee who may not
+    have the ticket, a cursor it did not print): one line, exit code 2, without
+    the usage text click prints for a malformed command line."""
+
+    exit_code = USAGE
+
+
 def load_config(path: str | None, *, what: str = "pass --config FILE or set DESKMAIL_CONFIG") -> Config:
     """Load and validate deskmail.yaml, or exit 2 with every problem on its own line."""
     if not path:

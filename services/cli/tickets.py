@@ -1,4 +1,7 @@
-"""`deskmail tickets list|show|reply`: the ticket page's operations on the command line.
+"""`deskmail tickets list|show|set|reply`: the ticket page's operations on the command line.
+
+``list`` lives in ``ticket_list`` (views, search, cursors), ``set`` in
+``ticket_change`` (the workflow's fields, checked against a version).
 
 ``reply`` goes through ``services.api.replies`` exactly like the page: it writes
 the comment and its outbox row; the relay of a running api process (or `deskmail
@@ -25,39 +28,19 @@ from services.cli.common import (
     load_config,
     open_store,
 )
-from services.cli.ticket_text import as_text, people
+from services.cli.ticket_change import set_fields
+from services.cli.ticket_list import list_tickets
+from services.cli.ticket_text import as_text, clean, people
 from services.common.config import Config
 
 
 @click.group("tickets")
 def group() -> None:
-    """Look at and answer tickets."""
+    """Look at, change and answer tickets."""
 
 
-def _iso(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
-
-
-@group.command("list")
-@config_option
-@click.option("--queue", default=None, help="Only this queue.")
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def list_tickets(config_path: str | None, queue: str | None, limit: int, as_json: bool) -> None:
-    """List tickets, newest first."""
-    with open_store(load_config(config_path)) as store:
-        tickets = store.list_tickets(queue=queue, limit=limit)
-    for t in tickets:
-        if as_json:
-            click.echo(json.dumps({
-                "key": t.key, "queue": t.queue, "type": t.type, "components": list(t.components),
-                "summary": t.summary, "author": t.author_email, "author_name": t.author_name,
-                "created": _iso(t.created_at), "comments": t.comment_count,
-            }, ensure_ascii=False))
-        else:
-            click.echo(f"{t.key:<14} {_iso(t.created_at)[:19]}  {t.author_email:<30} {t.comment_count:>3}  {t.summary}")
-    if not as_json and not tickets:
-        click.echo("no tickets", err=True)
+group.add_command(list_tickets)
+group.add_command(set_fields)
 
 
 @group.command("show")
@@ -65,13 +48,14 @@ def list_tickets(config_path: str | None, queue: str | None, limit: int, as_json
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="The ticket and its thread as one JSON object.")
 def show(key: str, config_path: str | None, as_json: bool) -> None:
-    """Show a ticket and its whole thread, oldest first."""
+    """Show a ticket (status, assignee, version, follow-ups) and its whole
+    thread with its changes, oldest first."""
     from services.api import serialize
 
     with open_store(load_config(config_path)) as store:
         detail = store.get_ticket(key)
     if detail is None:
-        fail(f"no ticket {key}")
+        fail(f"no ticket {clean(key)}")
     if as_json:
         click.echo(json.dumps(serialize.ticket(detail), ensure_ascii=False, indent=2))
     else:

@@ -35,6 +35,8 @@ from services.tickets.views import (
     PENDING_STATUSES,
     Action,
     DONE_STATUSES,
+    MARK_END,
+    MARK_START,
     TICKET_STATUSES,
     Applied,
     AttachmentInfo,
@@ -50,6 +52,8 @@ from services.tickets.views import (
     Reply,
     Role,
     SchemaState,
+    SearchHit,
+    SearchWhere,
     Threading,
     ThreadEntry,
     TicketChange,
@@ -67,4 +71,5 @@ __all__ = [
     "TicketDetail", "TicketStore", "TicketSummary", "UnknownTicket",
     "DONE_STATUSES", "TICKET_STATUSES", "Changed", "InvalidChange", "TicketChange", "TicketEvent",
     "TicketStatus", "VersionConflict", "BadCursor", "Count", "Page", "View",
+    "MARK_END", "MARK_START", "SearchHit", "SearchWhere",
 ]

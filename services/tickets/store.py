@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from services.tickets import engine as db
-from services.tickets import listing, outgoing, queries, tokens, workflow
+from services.tickets import listing, outgoing, queries, search, tokens, workflow
 from services.tickets.apply import ClosedReply, apply_command
 from services.tickets.checks import check_page
 from services.tickets.commands import Command
@@ -43,6 +43,7 @@ from services.tickets.views import (
     Rejection,
     Reply,
     SchemaState,
+    SearchHit,
     TicketChange,
     TicketDetail,
     TicketStatus,
@@ -170,6 +171,15 @@ class TicketStore:
         check_page(limit, offset)
         with self._engine.connect() as conn:
             return queries.list_tickets(conn, queue, limit, offset)
+
+    def search(self, query: str, queues: Sequence[str], limit: int = 50, offset: int = 0) -> list[SearchHit]:
+        """Tickets in ``queues`` whose summary, description or comments match
+        ``query`` (any text: no input is a syntax error), best first,
+        one hit per ticket with a snippet of its best match. Only the newest
+        matches of a very common word are ranked: see ``services.tickets.search``."""
+        check_page(limit, offset)
+        with self._engine.connect() as conn:
+            return search.search(conn, query, queues, limit, offset)
 
     def get_ticket(self, key: str) -> TicketDetail | None:
         with self._engine.connect() as conn:

@@ -32,6 +32,12 @@ TICKET_STATUSES: tuple[TicketStatus, ...] = ("open", "in_progress", "waiting", "
 # Statuses in which a ticket counts as done (time to resolution ends there).
 DONE_STATUSES: tuple[TicketStatus, ...] = ("resolved", "closed")
 EventKind = Literal["status", "assignee", "type", "components", "follow_up"]
+# Where a search found its ticket: the ticket's own text or one of its comments.
+SearchWhere = Literal["summary", "description", "comment"]
+# A search snippet's matched terms lie between these private-use characters, never
+# in HTML: the page escapes the snippet, then turns each pair into <mark>...</mark>.
+MARK_START = "\ue000"
+MARK_END = "\ue001"
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,24 @@ class TicketSummary:
     assignee: str | None = None
     version: int = 1
     awaiting_reply: bool = False
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One ticket a search found, with its best match.
+
+    ``snippet`` is plain text around the match (from the summary, the
+    description or comment ``comment_id``, as ``where`` says) with each matched
+    term between MARK_START and MARK_END; text that held those characters
+    itself has lost them, so every pair is a real match. ``rank``: higher is
+    better; comparable only within one search.
+    """
+
+    ticket: TicketSummary
+    snippet: str
+    where: SearchWhere
+    comment_id: int | None
+    rank: float
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from services.tickets import (
     UnknownTicket,
 )
 from services.tickets.migrations import alembic_config
+from services.tickets.search import include_object
 from services.tickets.tables import metadata
 from tests.harness.records import command
 
@@ -89,8 +90,9 @@ def test_schema_at_head_matches_tables(store: TicketStore) -> None:
     url = store.engine.url.render_as_string(hide_password=False)
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     with store.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
-        assert context.get_current_revision() == head == "0005"
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True,
+                                                         "include_object": include_object})
+        assert context.get_current_revision() == head == "0006"
         assert compare_metadata(context, metadata) == []
 
 

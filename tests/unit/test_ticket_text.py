@@ -1,10 +1,13 @@
-"""`deskmail tickets show`'s text marks a member author whose From was not proven."""
+"""The terminal text of tickets: an unproven member author marked, control characters
+replaced, events as one line each and in their place among the comments."""
 
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timedelta, timezone
 
-from services.cli.ticket_text import as_text
+from services.cli.ticket_text import as_text, change_text, clean, clean_text, event_line, snippet_text
+from services.tickets import ThreadEntry, TicketEvent
 from tests.unit.test_replies import ticket
 
 
@@ -14,3 +17,33 @@ def test_a_member_author_without_proof_is_marked_not_verified() -> None:
     proven = dataclasses.replace(member_ticket, author_verified=True)
     assert "not verified" not in as_text(proven)
     assert "not verified" not in as_text(ticket())  # an outsider is shown as external, never "verified"
+
+
+def test_control_characters_are_replaced_and_line_breaks_kept_only_in_bodies() -> None:
+    assert clean("a\x1b[2Jb\x07c\rd\ne\u2028f\x9bg\th") == "a\ufffd[2Jb\ufffdc\ufffdd\ufffde\ufffdf\ufffdg\ufffdh"
+    assert clean_text("one\r\ntwo\rthree\x1b]0;x\x07\n\tfour") == "one\ntwo\ufffdthree\ufffd]0;x\ufffd\n\tfour"
+    assert clean(None) == clean("") == ""
+    # a search snippet's marks are put in after cleaning, so they may be escape sequences
+    assert snippet_text("pay \ue000invoice\ue001 \x1b[31mnow") == "pay \u00abinvoice\u00bb \ufffd[31mnow"
+    assert snippet_text("\ue000x\ue001", "\x1b[1m", "\x1b[22m") == "\x1b[1mx\x1b[22m"
+
+
+def test_events_read_as_changes_with_who_and_why() -> None:
+    at = datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc)
+    assert event_line(TicketEvent(1, "status", "alice@example.com", "open", "waiting", None, at)) == (
+        "2026-12-03 10:00 alice@example.com: status open -> waiting")
+    assert event_line(TicketEvent(2, "status", None, "waiting", "open", "reopened by customer reply", at)) == (
+        "2026-12-03 10:00 deskmail: status waiting -> open (reopened by customer reply)")
+    assert change_text(TicketEvent(3, "assignee", "a@x.org", "", "bob@x.org", None, at)) == "assignee - -> bob@x.org"
+    assert change_text(TicketEvent(4, "follow_up", None, None, "SUPPORT-7", None, at)) == "follow-up SUPPORT-7 opened"
+
+
+def test_an_event_at_a_comments_time_follows_the_comment() -> None:
+    base = ticket()
+    at = base.created_at + timedelta(hours=1)
+    answer = ThreadEntry(7, "mail_in", base.author_email, None, "Still broken.", None, None, at)
+    earlier = TicketEvent(1, "status", "alice@example.com", "open", "waiting", None, at - timedelta(minutes=1))
+    reopened = TicketEvent(2, "status", None, "waiting", "open", "reopened by customer reply", at)
+    text = as_text(dataclasses.replace(base, thread=(answer,), events=(earlier, reopened)))
+    assert text.index("Please fix it.") < text.index("alice@example.com: status open -> waiting") < text.index(
+        "Still broken.") < text.index("deskmail: status waiting -> open")

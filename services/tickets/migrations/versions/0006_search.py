@@ -1,0 +1,118 @@
+"""Full-text search over tickets' summaries, descriptions and comments.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-04 10:00:00
+
+The search objects are the database's own and differ per dialect, so they are
+not in ``tables.metadata``; ``services.tickets.search.include_object`` keeps
+them out of the schema comparison.
+
+- SQLite: external-content FTS5 tables, which store no text of their own,
+  kept in step by triggers: ``tickets_fts`` (queue, summary, description) and
+  ``comments_fts`` (queue, body; its content is the view ``comments_search``,
+  which gives each comment its ticket's queue). The queue is indexed so a
+  search restricted to some queues never visits another queue's rows. The
+  update triggers fire only for the indexed columns: tickets and comments are
+  updated often (status, version, delivery state) and the text never changes
+  with them.
+- PostgreSQL: STORED generated ``search_vector`` columns (the summary weighted
+  A, the description B; a comment's body) with GIN indexes. A tsvector holds
+  at most 1 MB and a mail's text may be up to 1,000,000 characters, so only the
+  first 10,000 characters of a summary and 100,000 of a description or body
+  are indexed (at most about 4.5 bytes of tsvector per character: far below
+  the limit, so no insert can fail on it).
+
+Existing rows are indexed by the upgrade: FTS5 ``rebuild``; PostgreSQL
+computes a generated column for every row when it is added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | Sequence[str] | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# Frozen copies of services/tickets/search.py at this revision.
+_TOKENIZE = "porter unicode61 remove_diacritics 2"
+# A comment's queue is its ticket's: the view is the comments index's content.
+_QUEUE_OF = "(SELECT queue FROM tickets WHERE id = {}.ticket_id)"
+_SQLITE_UP = [
+    "CREATE VIEW comments_search AS SELECT c.id, t.queue, c.body FROM comments c "
+    "JOIN tickets t ON t.id = c.ticket_id",
+    "CREATE VIRTUAL TABLE tickets_fts USING fts5(queue, summary, description, content='tickets', "
+    f"content_rowid='id', tokenize='{_TOKENIZE}')",
+    "CREATE VIRTUAL TABLE comments_fts USING fts5(queue, body, content='comments_search', "
+    f"content_rowid='id', tokenize='{_TOKENIZE}')",
+    # The external-content trigger pattern of the FTS5 documentation: a
+    # 'delete' must pass the values that were indexed.
+    "CREATE TRIGGER tickets_fts_insert AFTER INSERT ON tickets BEGIN "
+    "INSERT INTO tickets_fts(rowid, queue, summary, description) "
+    "VALUES (new.id, new.queue, new.summary, new.description); END",
+    "CREATE TRIGGER tickets_fts_delete AFTER DELETE ON tickets BEGIN "
+    "INSERT INTO tickets_fts(tickets_fts, rowid, queue, summary, description) "
+    "VALUES ('delete', old.id, old.queue, old.summary, old.description); END",
+    "CREATE TRIGGER tickets_fts_update AFTER UPDATE OF queue, summary, description ON tickets BEGIN "
+    "INSERT INTO tickets_fts(tickets_fts, rowid, queue, summary, description) "
+    "VALUES ('delete', old.id, old.queue, old.summary, old.description); "
+    "INSERT INTO tickets_fts(rowid, queue, summary, description) "
+    "VALUES (new.id, new.queue, new.summary, new.description); END",
+    # A ticket moved to another queue takes its comments along.
+    "CREATE TRIGGER tickets_fts_queue AFTER UPDATE OF queue ON tickets BEGIN "
+    "INSERT INTO comments_fts(comments_fts, rowid, queue, body) "
+    "SELECT 'delete', id, old.queue, body FROM comments WHERE ticket_id = old.id; "
+    "INSERT INTO comments_fts(rowid, queue, body) "
+    "SELECT id, new.queue, body FROM comments WHERE ticket_id = new.id; END",
+    "CREATE TRIGGER comments_fts_insert AFTER INSERT ON comments BEGIN "
+    f"INSERT INTO comments_fts(rowid, queue, body) VALUES (new.id, {_QUEUE_OF.format('new')}, new.body); END",
+    "CREATE TRIGGER comments_fts_delete AFTER DELETE ON comments BEGIN "
+    "INSERT INTO comments_fts(comments_fts, rowid, queue, body) "
+    f"VALUES ('delete', old.id, {_QUEUE_OF.format('old')}, old.body); END",
+    "CREATE TRIGGER comments_fts_update AFTER UPDATE OF ticket_id, body ON comments BEGIN "
+    "INSERT INTO comments_fts(comments_fts, rowid, queue, body) "
+    f"VALUES ('delete', old.id, {_QUEUE_OF.format('old')}, old.body); "
+    f"INSERT INTO comments_fts(rowid, queue, body) VALUES (new.id, {_QUEUE_OF.format('new')}, new.body); END",
+    "INSERT INTO tickets_fts(tickets_fts) VALUES ('rebuild')",
+    "INSERT INTO comments_fts(comments_fts) VALUES ('rebuild')",
+]
+_SQLITE_DOWN = [
+    *(f"DROP TRIGGER {name}" for name in (
+        "tickets_fts_insert", "tickets_fts_delete", "tickets_fts_update", "tickets_fts_queue",
+        "comments_fts_insert", "comments_fts_delete", "comments_fts_update",
+    )),
+    "DROP TABLE comments_fts",
+    "DROP TABLE tickets_fts",
+    "DROP VIEW comments_search",
+]
+_POSTGRES_UP = [
+    "ALTER TABLE tickets ADD COLUMN search_vector tsvector GENERATED ALWAYS AS ("
+    "setweight(to_tsvector('russian'::regconfig, left(summary, 10000)), 'A') || "
+    "setweight(to_tsvector('russian'::regconfig, left(description, 100000)), 'B')) STORED",
+    "ALTER TABLE comments ADD COLUMN search_vector tsvector GENERATED ALWAYS AS ("
+    "to_tsvector('russian'::regconfig, left(body, 100000))) STORED",
+    "CREATE INDEX ix_tickets_search_vector ON tickets USING gin (search_vector)",
+    "CREATE INDEX ix_comments_search_vector ON comments USING gin (search_vector)",
+]
+_POSTGRES_DOWN = [
+    "DROP INDEX ix_comments_search_vector",
+    "DROP INDEX ix_tickets_search_vector",
+    "ALTER TABLE comments DROP COLUMN search_vector",
+    "ALTER TABLE tickets DROP COLUMN search_vector",
+]
+
+
+def upgrade() -> None:
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    for statement in _SQLITE_UP if sqlite else _POSTGRES_UP:
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    for statement in _SQLITE_DOWN if sqlite else _POSTGRES_DOWN:
+        op.execute(statement)

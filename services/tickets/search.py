@@ -1,0 +1,325 @@
+"""Full-text search over tickets' summaries, descriptions and comments, with the
+database's own engine (the objects of migration 0006, outside ``tables.metadata``).
+
+- SQLite: external-content FTS5 tables ``tickets_fts`` (queue, summary,
+  description) and ``comments_fts`` (queue, body), tokenizer ``porter
+  unicode61 remove_diacritics 2``: English words are stemmed ("payments"
+  finds "payment"), other scripts are tokenised and folded but not stemmed (a
+  Cyrillic word finds only itself). Ranked by bm25, the summary weighted
+  above the description and both above a comment.
+- PostgreSQL: the ``russian`` text search configuration. On PostgreSQL 15 it
+  sends ``asciiword`` (and the ASCII parts of hyphenated words) to
+  ``english_stem`` and ``word`` (non-ASCII letters) to ``russian_stem``:
+  ``to_tsvector('russian', 'payments оплаты')`` is ``'payment':1 'оплат':2``.
+  So one configuration stems both languages, and English and Russian stop
+  words are dropped. Words with accented Latin letters are ``word`` tokens:
+  not stemmed, not folded. Ranked by ``ts_rank_cd`` with the summary (A)
+  above the description (B) above a comment.
+
+Rules for the query text, which comes from anybody's browser:
+
+- at most MAX_QUERY_CHARS characters and MAX_TERMS words are used; a query
+  without a letter or digit gives [] without touching the database, so does
+  an empty list of queues;
+- SQLite: every word is one quoted FTS5 string (inner quotes doubled), the
+  words implicitly AND-ed, so FTS5 syntax (``"``, ``*``, ``NEAR``, ``-``,
+  ``:``, ``(``, column filters) is inert; PostgreSQL: ``websearch_to_tsquery``,
+  which never fails on any input (quotes make phrases, ``or`` and ``-`` work
+  as on a web search engine).
+
+Bounded work: ranking every row that holds a common word costs time in
+proportion to the number of such rows, so each index yields only its newest
+CANDIDATES matches in the agent's queues (by id, i.e. in the order rows were
+stored) and only those are ranked. For a word in fewer rows than that (most
+searches) the ranking is complete; for a more common word, older matches
+beyond the newest CANDIDATES tickets and CANDIDATES comments are not found
+(add words to narrow the search), and paging ends there.
+
+Each ticket appears once, with its best match. Snippets are computed for the
+returned page only.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.engine import Connection
+
+from services.tickets.rows import build
+from services.tickets.tables import comments, tickets
+from services.tickets.views import MARK_END, MARK_START, SearchHit, SearchWhere, TicketSummary
+
+MAX_QUERY_CHARS = 200
+MAX_TERMS = 12
+# Matches ranked per index and search: the cap that bounds a search's work.
+CANDIDATES = 500
+SNIPPET_TOKENS = 16
+
+# -- the search objects, for the schema comparison ----------------------------
+
+_FTS_TABLES = ("tickets_fts", "comments_fts")
+_FTS_SHADOW_SUFFIXES = ("_data", "_idx", "_docsize", "_config", "_content")
+_SEARCH_TABLES = frozenset(
+    [*_FTS_TABLES, *(t + s for t in _FTS_TABLES for s in _FTS_SHADOW_SUFFIXES), "comments_search"]
+)
+_SEARCH_COLUMNS = frozenset([("tickets", "search_vector"), ("comments", "search_vector")])
+_SEARCH_INDEXES = frozenset(["ix_tickets_search_vector", "ix_comments_search_vector"])
+
+
+def is_search_object(name: str | None, type_: str, table: str | None = None) -> bool:
+    """True for exactly the objects migration 0006 creates: the FTS5 tables,
+    their shadow tables and the view (``type_`` "table"), PostgreSQL's
+    ``search_vector`` columns (``type_`` "column", with their ``table``) and
+    their GIN indexes (``type_`` "index")."""
+    if type_ == "table":
+        return name in _SEARCH_TABLES
+    if type_ == "column":
+        return (table, name) in _SEARCH_COLUMNS
+    if type_ == "index":
+        return name in _SEARCH_INDEXES
+    return False
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic's ``include_object`` hook: compare everything but the search objects."""
+    table = getattr(getattr(obj, "table", None), "name", None)
+    return not is_search_object(name, type_, table)
+
+
+# -- the query text -------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def terms(query: str) -> list[str]:
+    """The query's words (split on white space) that hold a letter or digit,
+    from its first MAX_QUERY_CHARS characters, at most MAX_TERMS of them."""
+    words = _CONTROL.sub(" ", query[:MAX_QUERY_CHARS]).split()
+    return [w for w in words if any(ch.isalnum() for ch in w)][:MAX_TERMS]
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+def fts5_match(words: Sequence[str], columns: Sequence[str], queues: Sequence[str] = ()) -> str:
+    """An FTS5 expression: every word a quoted string in ``columns``, AND-ed;
+    with ``queues``, only rows whose queue column holds one of them."""
+    expression = "{" + " ".join(columns) + "} : (" + " ".join(_quoted(w) for w in words) + ")"
+    if queues:
+        expression = "queue : (" + " OR ".join(_quoted(q) for q in queues) + ") AND " + expression
+    return expression
+
+
+# -- search -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Match:
+    ticket_id: int
+    comment_id: int | None
+    score: float  # higher is better
+
+
+def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
+    """The tickets in ``queues`` whose text or comments match ``query``, best
+    first (ties: newest first), one hit per ticket; ``limit`` and ``offset``
+    page them. Call on a fresh connection: on PostgreSQL it sets transaction
+    options."""
+    words = terms(query)
+    wanted = list(dict.fromkeys(queues))
+    if not words or not wanted or limit == 0:
+        return []
+    if conn.dialect.name == "sqlite":
+        matches = _sqlite_matches(conn, words, wanted)
+    else:
+        matches = _postgres_matches(conn, " ".join(words), wanted)
+    best: dict[int, _Match] = {}
+    for m in matches:  # ticket matches first: they win a tie with a comment
+        if m.ticket_id not in best or m.score > best[m.ticket_id].score:
+            best[m.ticket_id] = m
+    page = sorted(best.values(), key=lambda m: (-m.score, -m.ticket_id))[offset:offset + limit]
+    if not page:
+        return []
+    summaries = _summaries(conn, [m.ticket_id for m in page])
+    snippets = (_sqlite_snippets(conn, words, page) if conn.dialect.name == "sqlite"
+                else _postgres_snippets(conn, " ".join(words), page))
+    return [
+        SearchHit(ticket=summaries[m.ticket_id], snippet=snippets[m][1], where=snippets[m][0],
+                  comment_id=m.comment_id, rank=m.score)
+        for m in page
+    ]
+
+
+def _summaries(conn: Connection, ids: list[int]) -> dict[int, TicketSummary]:
+    comment_count = (
+        select(func.count()).where(comments.c.ticket_id == tickets.c.id).scalar_subquery().label("comment_count")
+    )
+    rows = conn.execute(select(tickets, comment_count).where(tickets.c.id.in_(ids))).all()
+    return {
+        r.id: build(TicketSummary, r, components=tuple(r.components), comment_count=int(r.comment_count))
+        for r in rows
+    }
+
+
+# -- snippets: matched terms between markers only the query knows -----------------
+
+
+class _Marks:
+    """Per-search start and end strings for the engine's snippet function.
+
+    The database text may hold MARK_START and MARK_END itself; the engine
+    marks with random strings instead, and ``plain`` drops the characters
+    from the text before turning the random strings into them."""
+
+    def __init__(self) -> None:
+        nonce = secrets.token_hex(8)
+        self.start = f"{MARK_START}{nonce}<"
+        self.end = f">{nonce}{MARK_END}"
+        self._split = re.compile(f"({re.escape(self.start)}|{re.escape(self.end)})")
+
+    def plain(self, snippet: str | None) -> str:
+        parts = []
+        for part in self._split.split(snippet or ""):
+            if part == self.start:
+                parts.append(MARK_START)
+            elif part == self.end:
+                parts.append(MARK_END)
+            else:
+                parts.append(part.replace(MARK_START, "").replace(MARK_END, ""))
+        return "".join(parts)
+
+
+def _ticket_snippet(summary: str, description: str) -> tuple[SearchWhere, str]:
+    # The column with more marked terms; the summary on a tie.
+    if description.count(MARK_START) > summary.count(MARK_START):
+        return "description", description
+    return "summary", summary
+
+
+# -- SQLite: FTS5 -----------------------------------------------------------------
+
+# ORDER BY rowid DESC LIMIT is walked by FTS5 from the newest match and stops
+# at the cap: bm25 is computed for the rows returned only. The join re-checks
+# the queue exactly (a queue's tokens may also occur in another queue's name).
+_SQLITE_TICKETS = text(
+    "SELECT f.rowid AS ticket_id, -bm25(tickets_fts, 0.0, 10.0, 4.0) AS score "
+    "FROM tickets_fts f JOIN tickets t ON t.id = f.rowid "
+    "WHERE tickets_fts MATCH :match AND t.queue IN :queues ORDER BY f.rowid DESC LIMIT :cap"
+).bindparams(bindparam("queues", expanding=True))
+_SQLITE_COMMENTS = text(
+    "SELECT c.ticket_id, f.rowid AS comment_id, -bm25(comments_fts, 0.0, 3.0) AS score "
+    "FROM comments_fts f JOIN comments c ON c.id = f.rowid JOIN tickets t ON t.id = c.ticket_id "
+    "WHERE comments_fts MATCH :match AND t.queue IN :queues ORDER BY f.rowid DESC LIMIT :cap"
+).bindparams(bindparam("queues", expanding=True))
+_SQLITE_TICKET_SNIPPETS = text(
+    "SELECT snippet(tickets_fts, 1, :start, :end, '…', :tokens) AS summary, "
+    "snippet(tickets_fts, 2, :start, :end, '…', :tokens) AS description "
+    "FROM tickets_fts WHERE tickets_fts MATCH :match AND rowid = :id"
+)
+_SQLITE_COMMENT_SNIPPET = text(
+    "SELECT snippet(comments_fts, 1, :start, :end, '…', :tokens) "
+    "FROM comments_fts WHERE comments_fts MATCH :match AND rowid = :id"
+)
+
+
+def _sqlite_matches(conn: Connection, words: list[str], queues: list[str]) -> list[_Match]:
+    found = [
+        _Match(r.ticket_id, None, float(r.score))
+        for r in conn.execute(_SQLITE_TICKETS, {
+            "match": fts5_match(words, ("summary", "description"), queues), "queues": queues, "cap": CANDIDATES,
+        })
+    ]
+    found += [
+        _Match(r.ticket_id, r.comment_id, float(r.score))
+        for r in conn.execute(_SQLITE_COMMENTS, {
+            "match": fts5_match(words, ("body",), queues), "queues": queues, "cap": CANDIDATES,
+        })
+    ]
+    return found
+
+
+def _sqlite_snippets(conn: Connection, words: list[str], page: list[_Match]) -> dict[_Match, tuple[SearchWhere, str]]:
+    marks = _Marks()
+    params = {"start": marks.start, "end": marks.end, "tokens": SNIPPET_TOKENS}
+    ticket_match = fts5_match(words, ("summary", "description"))
+    comment_match = fts5_match(words, ("body",))
+    out: dict[_Match, tuple[SearchWhere, str]] = {}
+    for m in page:
+        # One row each: FTS5 looks a rowid up directly, but would run the
+        # whole query again for every value of an IN list.
+        if m.comment_id is None:
+            row = conn.execute(_SQLITE_TICKET_SNIPPETS, {**params, "match": ticket_match, "id": m.ticket_id}).one()
+            out[m] = _ticket_snippet(marks.plain(row.summary), marks.plain(row.description))
+        else:
+            body = conn.execute(_SQLITE_COMMENT_SNIPPET, {**params, "match": comment_match, "id": m.comment_id})
+            out[m] = ("comment", marks.plain(body.scalar_one()))
+    return out
+
+
+# -- PostgreSQL: tsvector and GIN -------------------------------------------------
+
+# The candidates in a subquery, ranked outside it: ts_rank_cd runs for the
+# capped rows only. The same indexed expressions as migration 0006.
+_TSQUERY = "websearch_to_tsquery('russian'::regconfig, :query)"
+# {D, C, B, A}: a comment's lexemes carry D, the summary A, the description B.
+_WEIGHTS = "'{0.3, 0.2, 0.4, 1.0}'::real[]"
+_POSTGRES_TICKETS = text(
+    f"SELECT t.id AS ticket_id, ts_rank_cd({_WEIGHTS}, t.search_vector, {_TSQUERY}, 1) AS score "
+    "FROM (SELECT id FROM tickets "
+    f"      WHERE search_vector @@ {_TSQUERY} AND queue IN :queues ORDER BY id DESC LIMIT :cap) h "
+    "JOIN tickets t ON t.id = h.id"
+).bindparams(bindparam("queues", expanding=True))
+_POSTGRES_COMMENTS = text(
+    f"SELECT h.ticket_id, c.id AS comment_id, ts_rank_cd({_WEIGHTS}, c.search_vector, {_TSQUERY}, 1) AS score "
+    "FROM (SELECT c.id, c.ticket_id FROM comments c JOIN tickets t ON t.id = c.ticket_id "
+    f"      WHERE c.search_vector @@ {_TSQUERY} AND t.queue IN :queues ORDER BY c.id DESC LIMIT :cap) h "
+    "JOIN comments c ON c.id = h.id"
+).bindparams(bindparam("queues", expanding=True))
+_HEADLINE = "ts_headline('russian'::regconfig, {}, " + _TSQUERY + ", :options)"
+_POSTGRES_TICKET_SNIPPETS = text(
+    f"SELECT id, {_HEADLINE.format('left(summary, 10000)')} AS summary, "
+    f"{_HEADLINE.format('left(description, 100000)')} AS description "
+    "FROM tickets WHERE id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+_POSTGRES_COMMENT_SNIPPETS = text(
+    f"SELECT id, {_HEADLINE.format('left(body, 100000)')} AS body FROM comments WHERE id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+
+
+def _postgres_matches(conn: Connection, query: str, queues: list[str]) -> list[_Match]:
+    # The best plan depends on how common the words are (walk the newest rows
+    # for a common word, the GIN index for a rare one): a generic plan of a
+    # prepared statement takes seconds for one of them. JIT compiling costs
+    # more than these queries.
+    conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    conn.execute(text("SET LOCAL jit = off"))
+    params = {"query": query, "queues": queues, "cap": CANDIDATES}
+    found = [_Match(r.ticket_id, None, float(r.score)) for r in conn.execute(_POSTGRES_TICKETS, params)]
+    found += [_Match(r.ticket_id, r.comment_id, float(r.score)) for r in conn.execute(_POSTGRES_COMMENTS, params)]
+    return found
+
+
+def _postgres_snippets(conn: Connection, query: str, page: list[_Match]) -> dict[_Match, tuple[SearchWhere, str]]:
+    marks = _Marks()
+    options = (f'StartSel="{marks.start}", StopSel="{marks.end}", MaxWords=24, MinWords=8, '
+               'MaxFragments=1, FragmentDelimiter=" … "')
+    ticket_ids = [m.ticket_id for m in page if m.comment_id is None]
+    comment_ids = [m.comment_id for m in page if m.comment_id is not None]
+    by_ticket: dict[int, tuple[SearchWhere, str]] = {}
+    if ticket_ids:
+        for r in conn.execute(_POSTGRES_TICKET_SNIPPETS, {"query": query, "options": options, "ids": ticket_ids}):
+            by_ticket[r.id] = _ticket_snippet(marks.plain(r.summary), marks.plain(r.description))
+    by_comment: dict[int, str] = {}
+    if comment_ids:
+        for r in conn.execute(_POSTGRES_COMMENT_SNIPPETS, {"query": query, "options": options, "ids": comment_ids}):
+            by_comment[r.id] = marks.plain(r.body)
+    return {
+        m: by_ticket[m.ticket_id] if m.comment_id is None else ("comment", by_comment[m.comment_id])
+        for m in page
+    }
