@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Literal
 
 from markupsafe import Markup, escape
 
 from services.common.config import Config, Member
-from services.tickets import TICKET_STATUSES, Count, TicketStatus, TicketStore, TicketSummary, View
+from services.tickets import TICKET_STATUSES, Count, SearchHit, TicketStatus, TicketStore, View
 
 MARK_START = "\ue000"
 MARK_END = "\ue001"
@@ -38,21 +38,6 @@ Order = Literal["desc", "asc"]
 
 class FilterError(ValueError):
     """A filter value deskmail does not accept; the message says which and why."""
-
-
-class SearchUnavailable(LookupError):
-    """This deskmail's store has no search."""
-
-
-class SearchHit(Protocol):
-    """What ``TicketStore.search`` hands out (services/tickets/search.py)."""
-
-    @property
-    def ticket(self) -> TicketSummary: ...
-    @property
-    def snippet(self) -> str: ...
-    @property
-    def where(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -171,14 +156,10 @@ def shown_count(count: Count) -> str:
 
 
 def search(store: TicketStore, q: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
-    """Ranked hits over ``queues``; raises SearchUnavailable when the store has no search."""
-    run = getattr(store, "search", None)
-    if run is None:
-        raise SearchUnavailable("search is not available in this deskmail version")
+    """Ranked hits over ``queues``."""
     if not queues:
         return []
-    hits: list[SearchHit] = list(run(q, list(queues), limit=limit, offset=offset))
-    return hits
+    return store.search(q, list(queues), limit=limit, offset=offset)
 
 
 def snippet_html(snippet: str) -> Markup:

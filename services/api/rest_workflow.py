@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from services.api import access, changes, queue_views, serialize
 from services.api.api_models import ConflictOut, TicketChangedOut, TicketPatch
 from services.api.context import ApiContext, context, signed_in_agent
-from services.api.queue_views import FilterError, Filters, SearchUnavailable
+from services.api.queue_views import FilterError, Filters
 from services.api.rest import _ERRORS, Error, TicketPage, _visible_ticket, conflict_body
 from services.common.config import Member
 from services.tickets import BadCursor, TicketStore, TicketSummary, View
@@ -43,8 +43,7 @@ def _collect(store: TicketStore, view: View, limit: int, cursor: str | None) -> 
 @router.get("/tickets", response_model=TicketPage,
             responses={400: {"model": Error, "description": "A cursor this list did not hand out."},
                        403: _ERRORS[403],
-                       422: {"model": Error, "description": "A filter value deskmail does not know."},
-                       501: {"model": Error, "description": "q given, but this deskmail has no search."}})
+                       422: {"model": Error, "description": "A filter value deskmail does not know."}})
 def list_tickets(
     queue: str | None = Query(None, description="One queue; omitted: every queue the agent sees."),
     status: str | None = Query(None, description="A status, or several comma-separated "
@@ -115,10 +114,7 @@ def _search(ctx: ApiContext, q: str, queues: tuple[str, ...], filters: Filters, 
     if filters != Filters(sort=filters.sort, order=filters.order):
         raise HTTPException(422, "q searches the queues as a whole: only queue applies with it, not status, "
                                  "assignee, type, component or awaiting_reply")
-    try:
-        hits = queue_views.search(ctx.store, q, queues, limit, offset)
-    except SearchUnavailable as exc:
-        raise HTTPException(501, str(exc)) from None
+    hits = queue_views.search(ctx.store, q, queues, limit, offset)
     return {"tickets": [serialize.hit(h.ticket, h.snippet, h.where) for h in hits], "total": len(hits),
             "limit": limit, "offset": offset, "next_cursor": None, "count": None}
 

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from services.api import access, live, queue_views
 from services.api.context import ApiContext, context, signed_in_agent
-from services.api.queue_views import FilterError, SearchUnavailable
+from services.api.queue_views import FilterError
 from services.api.render import fragment, render
 from services.common.config import Member
 from services.tickets import TICKET_STATUSES, BadCursor
@@ -48,13 +48,11 @@ def _list_values(ctx: ApiContext, agent: Member | None, request: Request, queues
         raise HTTPException(400, str(exc)) from None
     view = filters.view(queues)
     values: dict[str, Any] = {"base": base, "params": kept, "filters": filters, "q": q, "hits": None,
-                              "rows": [], "next_link": None, "first_link": None}
+                              "rows": [], "next_link": None, "first_link": None,
+                              "current_status": ",".join(filters.status) or "any"}
     if q:
         offset = _offset(request.query_params.get("offset", "0"))
-        try:
-            hits = queue_views.search(ctx.store, q[:500], queues, PAGE_SIZE, offset)
-        except SearchUnavailable as exc:
-            raise HTTPException(501, str(exc)) from None
+        hits = queue_views.search(ctx.store, q[:500], queues, PAGE_SIZE, offset)
         values["hits"] = [(h, queue_views.snippet_html(h.snippet)) for h in hits]
         if len(hits) == PAGE_SIZE:
             values["next_link"] = base + _query({**kept, "offset": str(offset + PAGE_SIZE)})
@@ -75,7 +73,6 @@ def _list_values(ctx: ApiContext, agent: Member | None, request: Request, queues
         shown=queue_views.shown_count(count),
         tabs=[(s, queue_views.shown_count(tabs[s]), base + _query(kept, status=None if s == "any" else s))
               for s in ("any", *TICKET_STATUSES)],
-        current_status=",".join(filters.status) or "any",
         next_link=base + _query({**kept, "cursor": page.next_cursor}) if page.next_cursor else None,
         first_link=base + _query(kept) if cursor else None,
     )

@@ -203,14 +203,13 @@ def run(store: TicketStore, n_tickets: int, samples: int) -> list[tuple[str, flo
     for _ in range(20):
         cursor = store.list_view(deep, cursor=cursor).next_cursor
     results.append(("view: page 21 by cursor", *measure(lambda: store.list_view(deep, cursor=cursor), samples)))
-    if hasattr(store, "search"):
-        words = [w for w in (*EN, *RU) if len(w) > 4]
-        results.append(("search: one word", *measure(
-            lambda: store.search(rng.choice(words), tuple(QUEUES)), samples)))
-        results.append(("search: two words", *measure(
-            lambda: store.search(f"{rng.choice(words)} {rng.choice(words)}", tuple(QUEUES)), samples)))
-        results.append(("search: word in another form (оплаты)", *measure(
-            lambda: store.search("оплаты", ("SUPPORT",)), samples)))
+    words = [w for w in (*EN, *RU) if len(w) > 4]
+    results.append(("search: one word", *measure(
+        lambda: store.search(rng.choice(words), tuple(QUEUES)), samples)))
+    results.append(("search: two words", *measure(
+        lambda: store.search(f"{rng.choice(words)} {rng.choice(words)}", tuple(QUEUES)), samples)))
+    results.append(("search: word in another form (оплаты)", *measure(
+        lambda: store.search("оплаты", ("SUPPORT",)), samples)))
     keys = [f"SUPPORT-{rng.randint(1, int(n_tickets * 0.55))}" for _ in range(samples + 1)]
     results.append(("ticket page", *measure(lambda: store.get_ticket(keys[rng.randrange(len(keys))]), samples)))
 

@@ -601,3 +601,37 @@ def test_openapi_documents_the_workflow(make: Make) -> None:
     assert "409" in reply["responses"] and reply["responses"]["201"]["content"]["application/json"]["schema"][
         "$ref"].endswith("/ReplyOut")
     assert not any(p.startswith(("/tickets", "/queues", "/home")) for p in doc["paths"])  # pages are not API
+
+
+# -- search -------------------------------------------------------------------
+
+
+def test_search_in_the_api_finds_only_the_agents_queues_with_a_marked_snippet(make: Make) -> None:
+    client, store = make()
+    store.apply(command(3, domain="customer.test", subject="Refund", text="The payment for order 77 failed."))
+    store.apply(command(4, domain="customer.test", subject="Also payment", text="payment",
+                        queue="SALES", mailbox="sales@example.com"))
+    found = client.get("/api/v1/tickets", params={"q": "payment"}, headers=ALICE)
+    assert found.status_code == 200, found.text
+    tickets = found.json()["tickets"]
+    assert [t["key"] for t in tickets] == ["SUPPORT-2"]  # SALES-2 is Bob's queue, not Alice's
+    assert tickets[0]["where"] == "description"
+    assert "\ue000payment\ue001" in tickets[0]["snippet"]
+    assert [t["key"] for t in client.get("/api/v1/tickets", params={"q": "payment"}, headers=CAROL)
+            .json()["tickets"]] != []  # the admin sees every queue
+    refused = client.get("/api/v1/tickets", params={"q": "payment", "status": "open"}, headers=ALICE)
+    assert refused.status_code == 422 and "only queue applies" in refused.json()["detail"]
+    for hostile in ('"', "*", "NEAR(a b)", "summary:x", "a OR", "(", "-", "x" * 200):
+        assert client.get("/api/v1/tickets", params={"q": hostile}, headers=ALICE).status_code == 200, hostile
+    assert client.get("/api/v1/tickets", params={"q": "x" * 5000}, headers=ALICE).status_code == 422  # too long
+
+
+def test_search_on_the_page_marks_the_word_and_escapes_the_mail(make: Make) -> None:
+    client, store = make()
+    store.apply(command(3, domain="customer.test", subject="Broken",
+                        text="The <script>alert(1)</script> flibbertigibbet broke."))
+    page = client.get("/queues/SUPPORT", params={"q": "flibbertigibbet"}, headers=ALICE)
+    assert page.status_code == 200
+    assert "<mark>flibbertigibbet</mark>" in page.text
+    assert "<script>alert(1)" not in page.text and "&lt;script&gt;" in page.text
+    assert 'data-key="SUPPORT-2"' in page.text

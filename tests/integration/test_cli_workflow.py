@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -81,6 +82,19 @@ class Cli:
         return lines[0]
 
 
+@pytest.fixture(params=["sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite here: each CLI call is a process that pays its imports, so only the
+    tests marked ``BOTH`` (the paging, the version check, search) run on PostgreSQL too;
+    the store's own tests cover every engine."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/tickets.db"
+    return str(request.getfixturevalue("postgres_cluster").create_database(f"t_{uuid.uuid4().hex}"))
+
+
+BOTH = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
 def store(db_url: str) -> Iterator[TicketStore]:
     with TicketStore(db_url) as s:
@@ -129,6 +143,7 @@ def all_pages(cli: Cli, *args: str, json_mode: bool) -> list[list[str]]:
         cursor = ["--cursor", nxt]
 
 
+@BOTH
 def test_list_filters_and_a_cursor_that_shows_every_ticket_once(cli: Cli, store: TicketStore) -> None:
     for n in range(1, 8):
         store.apply(command(n, ticket_type="bug" if n % 2 else "question", components=["web"] if n < 4 else []))
@@ -221,6 +236,7 @@ def test_set_changes_each_field_and_prints_what_changed(cli: Cli, store: TicketS
         "SALES-1: assignee - -> root@example.com; version 2\n")
 
 
+@BOTH
 def test_a_stale_version_changes_nothing_and_names_the_newest_change(cli: Cli, store: TicketStore) -> None:
     store.apply(command(1))
     store.change_ticket("SUPPORT-1", TicketChange(status="waiting"), actor=BOB, expected_version=1,
@@ -299,6 +315,7 @@ def test_text_output_keeps_a_mails_control_characters_off_the_terminal(cli: Cli,
     assert "\nline one\nline two\ufffdover\ufffd[1A\n" in shown
 
 
+@BOTH
 def test_search_ranks_hits_with_a_snippet_and_pages_them_by_cursor(cli: Cli, store: TicketStore) -> None:
     for n in range(1, 6):
         store.apply(command(n, subject=f"Printer {n} jams", text="It jams on every page."))
