@@ -5,18 +5,16 @@ database's own engine (the objects of migration 0006, outside ``tables.metadata`
   description) and ``comments_fts`` (queue, body), tokenizer ``porter
   unicode61 remove_diacritics 2``: English words are stemmed ("payments"
   finds "payment"), other scripts are tokenised and folded but not stemmed (a
-  Cyrillic word finds only itself). Ranked by bm25, the summary weighted
-  above the description and both above a comment.
+  Cyrillic word finds only itself).
 - PostgreSQL: the ``russian`` text search configuration. On PostgreSQL 15 it
   sends ``asciiword`` (and the ASCII parts of hyphenated words) to
   ``english_stem`` and ``word`` (non-ASCII letters) to ``russian_stem``:
   ``to_tsvector('russian', 'payments оплаты')`` is ``'payment':1 'оплат':2``.
   So one configuration stems both languages, and English and Russian stop
   words are dropped. Words with accented Latin letters are ``word`` tokens:
-  not stemmed, not folded. Ranked by ``ts_rank_cd`` with the summary (A)
-  above the description (B) above a comment.
+  not stemmed, not folded.
 
-Rules for the query text, which comes from anybody's browser:
+The query text comes from anybody's browser:
 
 - at most MAX_QUERY_CHARS characters and MAX_TERMS words are used; a query
   without a letter or digit gives [] without touching the database, so does
@@ -25,18 +23,29 @@ Rules for the query text, which comes from anybody's browser:
   words implicitly AND-ed, so FTS5 syntax (``"``, ``*``, ``NEAR``, ``-``,
   ``:``, ``(``, column filters) is inert; PostgreSQL: ``websearch_to_tsquery``,
   which never fails on any input (quotes make phrases, ``or`` and ``-`` work
-  as on a web search engine).
+  as on a web search engine; a query of stop words only finds nothing).
 
-Bounded work: ranking every row that holds a common word costs time in
-proportion to the number of such rows, so each index yields only its newest
-CANDIDATES matches in the agent's queues (by id, i.e. in the order rows were
-stored) and only those are ranked. For a word in fewer rows than that (most
-searches) the ranking is complete; for a more common word, older matches
-beyond the newest CANDIDATES tickets and CANDIDATES comments are not found
-(add words to narrow the search), and paging ends there.
+Bounded work. Each index yields only its newest CANDIDATES matches in the
+agent's queues (by id: the order rows were stored), and only those are
+ranked; the queue is part of each index, so restricting to a few queues
+costs nothing extra. For a word in fewer rows than that the ranking is
+complete; for a more common word older matches are not found (add words to
+narrow the search) and paging ends after CANDIDATES tickets or so.
 
-Each ticket appears once, with its best match. Snippets are computed for the
-returned page only.
+Ranking, best first, ties newest first, one hit per ticket (its best match):
+
+- PostgreSQL: ``ts_rank_cd`` (cover density: matched words close together
+  count more) with the summary weighted 1.0, the description 0.4, a comment
+  0.3, divided by 1 + log(length).
+- SQLite: not bm25, whose inverse document frequency reads every row that
+  holds each word (45 ms for a word in most of 600,000 comments): the very
+  cost the cap avoids. Instead a match scores by where all the words are,
+  doubled where they stand together in the query's order: the summary 1.0,
+  the description 0.4, a comment 0.3; words only spread over summary and
+  description 0.2. Each is one more FTS5 query over the candidates' range of
+  rows, and costs no more for a common word.
+
+Snippets are computed for the returned page only.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ from services.tickets.views import MARK_END, MARK_START, SearchHit, SearchWhere,
 MAX_QUERY_CHARS = 200
 MAX_TERMS = 12
 # Matches ranked per index and search: the cap that bounds a search's work.
-CANDIDATES = 500
+CANDIDATES = 200
 SNIPPET_TOKENS = 16
 
 # -- the search objects, for the schema comparison ----------------------------
@@ -69,6 +78,8 @@ _SEARCH_TABLES = frozenset(
 )
 _SEARCH_COLUMNS = frozenset([("tickets", "search_vector"), ("comments", "search_vector")])
 _SEARCH_INDEXES = frozenset(["ix_tickets_search_vector", "ix_comments_search_vector"])
+# PostgreSQL: the queue's lexeme in every vector (migration 0006).
+QUEUE_LEXEME_PREFIX = "§queue:"
 
 
 def is_search_object(name: str | None, type_: str, table: str | None = None) -> bool:
@@ -116,6 +127,18 @@ def fts5_match(words: Sequence[str], columns: Sequence[str], queues: Sequence[st
     return expression
 
 
+def fts5_phrase(words: Sequence[str], columns: Sequence[str]) -> str:
+    """An FTS5 expression: the words next to each other, in order, in ``columns``."""
+    return "{" + " ".join(columns) + "} : " + " + ".join(_quoted(w) for w in words)
+
+
+def queue_tsquery(queues: Sequence[str]) -> str:
+    """tsquery text matching the vectors of rows in any of ``queues``."""
+    return " | ".join(
+        "'" + (QUEUE_LEXEME_PREFIX + q).replace("\\", "\\\\").replace("'", "''") + "'" for q in queues
+    )
+
+
 # -- search -------------------------------------------------------------------------
 
 
@@ -124,6 +147,7 @@ class _Match:
     ticket_id: int
     comment_id: int | None
     score: float  # higher is better
+    in_summary: bool | None = None  # a ticket match: all the words are in the summary (None: not known yet)
 
 
 def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
@@ -195,9 +219,9 @@ class _Marks:
         return "".join(parts)
 
 
-def _ticket_snippet(summary: str, description: str) -> tuple[SearchWhere, str]:
-    # The column with more marked terms; the summary on a tie.
-    if description.count(MARK_START) > summary.count(MARK_START):
+def _ticket_snippet(in_summary: bool, summary: str, description: str) -> tuple[SearchWhere, str]:
+    # The summary when it holds all the words, or when the description shows none.
+    if not in_summary and MARK_START in description:
         return "description", description
     return "summary", summary
 
@@ -205,18 +229,24 @@ def _ticket_snippet(summary: str, description: str) -> tuple[SearchWhere, str]:
 # -- SQLite: FTS5 -----------------------------------------------------------------
 
 # ORDER BY rowid DESC LIMIT is walked by FTS5 from the newest match and stops
-# at the cap: bm25 is computed for the rows returned only. The join re-checks
-# the queue exactly (a queue's tokens may also occur in another queue's name).
+# at the cap. The join re-checks the queue exactly: the index matches a
+# queue's tokens, which another queue's name may hold too (SUPPORT, SUPPORT_EU).
 _SQLITE_TICKETS = text(
-    "SELECT f.rowid AS ticket_id, -bm25(tickets_fts, 0.0, 10.0, 4.0) AS score "
-    "FROM tickets_fts f JOIN tickets t ON t.id = f.rowid "
+    "SELECT f.rowid AS ticket_id FROM tickets_fts f JOIN tickets t ON t.id = f.rowid "
     "WHERE tickets_fts MATCH :match AND t.queue IN :queues ORDER BY f.rowid DESC LIMIT :cap"
 ).bindparams(bindparam("queues", expanding=True))
 _SQLITE_COMMENTS = text(
-    "SELECT c.ticket_id, f.rowid AS comment_id, -bm25(comments_fts, 0.0, 3.0) AS score "
+    "SELECT c.ticket_id, f.rowid AS comment_id "
     "FROM comments_fts f JOIN comments c ON c.id = f.rowid JOIN tickets t ON t.id = c.ticket_id "
     "WHERE comments_fts MATCH :match AND t.queue IN :queues ORDER BY f.rowid DESC LIMIT :cap"
 ).bindparams(bindparam("queues", expanding=True))
+# Which candidates match a narrower expression (words in one column, or as a phrase).
+_SQLITE_IN_RANGE = {
+    table: text(f"SELECT rowid FROM {table} WHERE {table} MATCH :match AND rowid BETWEEN :low AND :high")
+    for table in _FTS_TABLES
+}
+# Scores (higher is better) by where all the words are; doubled for a phrase.
+_SUMMARY, _DESCRIPTION, _COMMENT, _SPREAD = 1.0, 0.4, 0.3, 0.2
 _SQLITE_TICKET_SNIPPETS = text(
     "SELECT snippet(tickets_fts, 1, :start, :end, '…', :tokens) AS summary, "
     "snippet(tickets_fts, 2, :start, :end, '…', :tokens) AS description "
@@ -229,17 +259,43 @@ _SQLITE_COMMENT_SNIPPET = text(
 
 
 def _sqlite_matches(conn: Connection, words: list[str], queues: list[str]) -> list[_Match]:
-    found = [
-        _Match(r.ticket_id, None, float(r.score))
-        for r in conn.execute(_SQLITE_TICKETS, {
-            "match": fts5_match(words, ("summary", "description"), queues), "queues": queues, "cap": CANDIDATES,
-        })
-    ]
+    tickets_found = conn.execute(_SQLITE_TICKETS, {
+        "match": fts5_match(words, ("summary", "description"), queues), "queues": queues, "cap": CANDIDATES,
+    }).scalars().all()
+    comments_found = conn.execute(_SQLITE_COMMENTS, {
+        "match": fts5_match(words, ("body",), queues), "queues": queues, "cap": CANDIDATES,
+    }).all()
+
+    def matching(table: str, expression: str, ids: Sequence[int]) -> set[int]:
+        if not ids:
+            return set()
+        found = conn.execute(_SQLITE_IN_RANGE[table], {"match": expression, "low": min(ids), "high": max(ids)})
+        return set(found.scalars()) & set(ids)
+
+    def phrase(table: str, columns: tuple[str, ...], ids: Sequence[int]) -> set[int]:
+        # One word is its own phrase.
+        if len(words) == 1:
+            return set(ids)
+        return matching(table, fts5_phrase(words, columns), ids)
+
+    summary = matching("tickets_fts", fts5_match(words, ("summary",)), tickets_found)
+    description = matching("tickets_fts", fts5_match(words, ("description",)), tickets_found)
+    summary_phrase = phrase("tickets_fts", ("summary",), list(summary))
+    description_phrase = phrase("tickets_fts", ("description",), list(description))
+    comment_ids = [r.comment_id for r in comments_found]
+    comment_phrase = phrase("comments_fts", ("body",), comment_ids)
+
+    def ticket_score(ticket_id: int) -> float:
+        if ticket_id in summary:
+            return _SUMMARY * (2 if ticket_id in summary_phrase else 1)
+        if ticket_id in description:
+            return _DESCRIPTION * (2 if ticket_id in description_phrase else 1)
+        return _SPREAD
+
+    found = [_Match(t, None, ticket_score(t), t in summary) for t in tickets_found]
     found += [
-        _Match(r.ticket_id, r.comment_id, float(r.score))
-        for r in conn.execute(_SQLITE_COMMENTS, {
-            "match": fts5_match(words, ("body",), queues), "queues": queues, "cap": CANDIDATES,
-        })
+        _Match(r.ticket_id, r.comment_id, _COMMENT * (2 if r.comment_id in comment_phrase else 1))
+        for r in comments_found
     ]
     return found
 
@@ -255,7 +311,7 @@ def _sqlite_snippets(conn: Connection, words: list[str], page: list[_Match]) -> 
         # whole query again for every value of an IN list.
         if m.comment_id is None:
             row = conn.execute(_SQLITE_TICKET_SNIPPETS, {**params, "match": ticket_match, "id": m.ticket_id}).one()
-            out[m] = _ticket_snippet(marks.plain(row.summary), marks.plain(row.description))
+            out[m] = _ticket_snippet(bool(m.in_summary), marks.plain(row.summary), marks.plain(row.description))
         else:
             body = conn.execute(_SQLITE_COMMENT_SNIPPET, {**params, "match": comment_match, "id": m.comment_id})
             out[m] = ("comment", marks.plain(body.scalar_one()))
@@ -264,26 +320,30 @@ def _sqlite_snippets(conn: Connection, words: list[str], page: list[_Match]) -> 
 
 # -- PostgreSQL: tsvector and GIN -------------------------------------------------
 
-# The candidates in a subquery, ranked outside it: ts_rank_cd runs for the
-# capped rows only. The same indexed expressions as migration 0006.
 _TSQUERY = "websearch_to_tsquery('russian'::regconfig, :query)"
-# {D, C, B, A}: a comment's lexemes carry D, the summary A, the description B.
-_WEIGHTS = "'{0.3, 0.2, 0.4, 1.0}'::real[]"
+# The queue's lexeme ANDed in: GIN finds only the agent's queues' rows. A
+# query of stop words is empty, and empty && queues would be every row of
+# those queues: numnode keeps it finding nothing.
+_MATCH = f"search_vector @@ ({_TSQUERY} && CAST(:queue_query AS tsquery)) AND numnode({_TSQUERY}) > 0"
+# {D, C, B, A}: a comment's lexemes carry D, the summary A, the description B;
+# normalization 1 divides by 1 + log(length).
+_RANK = "ts_rank_cd('{{0.3, 0.2, 0.4, 1.0}}'::real[], {}.search_vector, " + _TSQUERY + ", 1)"
+# The newest candidates in a subquery, ranked outside it: ts_rank_cd runs for
+# the capped rows only. The join re-checks the queue.
 _POSTGRES_TICKETS = text(
-    f"SELECT t.id AS ticket_id, ts_rank_cd({_WEIGHTS}, t.search_vector, {_TSQUERY}, 1) AS score "
-    "FROM (SELECT id FROM tickets "
-    f"      WHERE search_vector @@ {_TSQUERY} AND queue IN :queues ORDER BY id DESC LIMIT :cap) h "
-    "JOIN tickets t ON t.id = h.id"
+    f"SELECT t.id AS ticket_id, {_RANK.format('t')} AS score "
+    f"FROM (SELECT id FROM tickets WHERE {_MATCH} ORDER BY id DESC LIMIT :cap) h "
+    "JOIN tickets t ON t.id = h.id WHERE t.queue IN :queues"
 ).bindparams(bindparam("queues", expanding=True))
 _POSTGRES_COMMENTS = text(
-    f"SELECT h.ticket_id, c.id AS comment_id, ts_rank_cd({_WEIGHTS}, c.search_vector, {_TSQUERY}, 1) AS score "
-    "FROM (SELECT c.id, c.ticket_id FROM comments c JOIN tickets t ON t.id = c.ticket_id "
-    f"      WHERE c.search_vector @@ {_TSQUERY} AND t.queue IN :queues ORDER BY c.id DESC LIMIT :cap) h "
-    "JOIN comments c ON c.id = h.id"
+    f"SELECT c.ticket_id, c.id AS comment_id, {_RANK.format('c')} AS score "
+    f"FROM (SELECT id FROM comments WHERE {_MATCH} ORDER BY id DESC LIMIT :cap) h "
+    "JOIN comments c ON c.id = h.id JOIN tickets t ON t.id = c.ticket_id WHERE t.queue IN :queues"
 ).bindparams(bindparam("queues", expanding=True))
 _HEADLINE = "ts_headline('russian'::regconfig, {}, " + _TSQUERY + ", :options)"
 _POSTGRES_TICKET_SNIPPETS = text(
-    f"SELECT id, {_HEADLINE.format('left(summary, 10000)')} AS summary, "
+    f"SELECT id, to_tsvector('russian'::regconfig, left(summary, 10000)) @@ {_TSQUERY} AS in_summary, "
+    f"{_HEADLINE.format('left(summary, 10000)')} AS summary, "
     f"{_HEADLINE.format('left(description, 100000)')} AS description "
     "FROM tickets WHERE id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
@@ -294,12 +354,13 @@ _POSTGRES_COMMENT_SNIPPETS = text(
 
 def _postgres_matches(conn: Connection, query: str, queues: list[str]) -> list[_Match]:
     # The best plan depends on how common the words are (walk the newest rows
-    # for a common word, the GIN index for a rare one): a generic plan of a
-    # prepared statement takes seconds for one of them. JIT compiling costs
-    # more than these queries.
+    # for a common word, the GIN index for a rare one): the generic plan of a
+    # prepared statement (psycopg prepares a statement run five times) took
+    # seconds for one or the other. Compiling with JIT costs more than these
+    # queries take.
     conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     conn.execute(text("SET LOCAL jit = off"))
-    params = {"query": query, "queues": queues, "cap": CANDIDATES}
+    params = {"query": query, "queue_query": queue_tsquery(queues), "queues": queues, "cap": CANDIDATES}
     found = [_Match(r.ticket_id, None, float(r.score)) for r in conn.execute(_POSTGRES_TICKETS, params)]
     found += [_Match(r.ticket_id, r.comment_id, float(r.score)) for r in conn.execute(_POSTGRES_COMMENTS, params)]
     return found
@@ -314,7 +375,7 @@ def _postgres_snippets(conn: Connection, query: str, page: list[_Match]) -> dict
     by_ticket: dict[int, tuple[SearchWhere, str]] = {}
     if ticket_ids:
         for r in conn.execute(_POSTGRES_TICKET_SNIPPETS, {"query": query, "options": options, "ids": ticket_ids}):
-            by_ticket[r.id] = _ticket_snippet(marks.plain(r.summary), marks.plain(r.description))
+            by_ticket[r.id] = _ticket_snippet(r.in_summary, marks.plain(r.summary), marks.plain(r.description))
     by_comment: dict[int, str] = {}
     if comment_ids:
         for r in conn.execute(_POSTGRES_COMMENT_SNIPPETS, {"query": query, "options": options, "ids": comment_ids}):
