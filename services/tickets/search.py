@@ -50,6 +50,7 @@ Snippets are computed for the returned page only.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections.abc import Sequence
@@ -58,7 +59,9 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import TextClause
 
+from services.tickets import workflow
 from services.tickets.rows import build
 from services.tickets.tables import comments, tickets
 from services.tickets.views import MARK_END, MARK_START, SearchHit, SearchWhere, TicketSummary
@@ -67,6 +70,9 @@ MAX_QUERY_CHARS = 200
 MAX_TERMS = 12
 # Matches ranked per index and search: the cap that bounds a search's work.
 CANDIDATES = 200
+# Agents whose queues hold at least this share of all tickets search the
+# indexes unrestricted (see _scope).
+UNRESTRICTED_SHARE = 0.5
 SNIPPET_TOKENS = 16
 
 # -- the search objects, for the schema comparison ----------------------------
@@ -78,7 +84,7 @@ _SEARCH_TABLES = frozenset(
 )
 _SEARCH_COLUMNS = frozenset([("tickets", "search_vector"), ("comments", "search_vector")])
 _SEARCH_INDEXES = frozenset(["ix_tickets_search_vector", "ix_comments_search_vector"])
-# PostgreSQL: the queue's lexeme in every vector (migration 0006).
+# PostgreSQL: the queue's lexeme in every comment's vector (migration 0006).
 QUEUE_LEXEME_PREFIX = "§queue:"
 
 
@@ -150,6 +156,31 @@ class _Match:
     in_summary: bool | None = None  # a ticket match: all the words are in the summary (None: not known yet)
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """Which rows a search takes from the indexes: the newest ``cap`` matches,
+    of ``restrict`` (the agent's queues) or of all queues when None; the
+    queries check the queues exactly either way."""
+
+    queues: list[str]
+    restrict: list[str] | None
+    cap: int
+
+
+def _scope(conn: Connection, queues: list[str]) -> _Scope:
+    # Restricting the index to queues that hold most tickets costs more (an OR
+    # over their row lists) than it saves: take more of all queues' newest
+    # matches instead, as many as make about CANDIDATES of the agent's.
+    per_queue: dict[str, int] = {}
+    for (queue, _status, _assignee), n in workflow.counts(conn).items():
+        per_queue[queue] = per_queue.get(queue, 0) + n
+    total = sum(per_queue.values())
+    share = sum(per_queue.get(q, 0) for q in queues) / total if total else 1.0
+    if share >= UNRESTRICTED_SHARE:
+        return _Scope(queues, None, math.ceil(CANDIDATES / share))
+    return _Scope(queues, queues, CANDIDATES)
+
+
 def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
     """The tickets in ``queues`` whose text or comments match ``query``, best
     first (ties: newest first), one hit per ticket; ``limit`` and ``offset``
@@ -160,9 +191,10 @@ def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offs
     if not words or not wanted or limit == 0:
         return []
     if conn.dialect.name == "sqlite":
-        matches = _sqlite_matches(conn, words, wanted)
+        matches = _sqlite_matches(conn, words, _scope(conn, wanted))
     else:
-        matches = _postgres_matches(conn, " ".join(words), wanted)
+        _postgres_settings(conn)
+        matches = _postgres_matches(conn, " ".join(words), _scope(conn, wanted))
     best: dict[int, _Match] = {}
     for m in matches:  # ticket matches first: they win a tie with a comment
         if m.ticket_id not in best or m.score > best[m.ticket_id].score:
@@ -240,37 +272,43 @@ _SQLITE_COMMENTS = text(
     "FROM comments_fts f JOIN comments c ON c.id = f.rowid JOIN tickets t ON t.id = c.ticket_id "
     "WHERE comments_fts MATCH :match AND t.queue IN :queues ORDER BY f.rowid DESC LIMIT :cap"
 ).bindparams(bindparam("queues", expanding=True))
-# Which candidates match a narrower expression (words in one column, or as a phrase).
-_SQLITE_IN_RANGE = {
-    table: text(f"SELECT rowid FROM {table} WHERE {table} MATCH :match AND rowid BETWEEN :low AND :high")
+# Which candidates match a narrower expression (words in one column, or as a
+# phrase): one pass over their range of rowids. "+rowid" keeps the IN list a
+# filter: as a constraint FTS5 would run the whole query again for each value.
+_SQLITE_AMONG = {
+    table: text(
+        f"SELECT rowid FROM {table} WHERE {table} MATCH :match AND rowid BETWEEN :low AND :high AND +rowid IN :ids"
+    ).bindparams(bindparam("ids", expanding=True))
     for table in _FTS_TABLES
 }
 # Scores (higher is better) by where all the words are; doubled for a phrase.
 _SUMMARY, _DESCRIPTION, _COMMENT, _SPREAD = 1.0, 0.4, 0.3, 0.2
+# The page's rows, as _SQLITE_AMONG finds them; snippet() runs for them only.
 _SQLITE_TICKET_SNIPPETS = text(
-    "SELECT snippet(tickets_fts, 1, :start, :end, '…', :tokens) AS summary, "
-    "snippet(tickets_fts, 2, :start, :end, '…', :tokens) AS description "
-    "FROM tickets_fts WHERE tickets_fts MATCH :match AND rowid = :id"
-)
-_SQLITE_COMMENT_SNIPPET = text(
-    "SELECT snippet(comments_fts, 1, :start, :end, '…', :tokens) "
-    "FROM comments_fts WHERE comments_fts MATCH :match AND rowid = :id"
-)
+    "SELECT rowid AS id, snippet(tickets_fts, 1, :start, :end, '…', :tokens) AS summary, "
+    "snippet(tickets_fts, 2, :start, :end, '…', :tokens) AS description FROM tickets_fts "
+    "WHERE tickets_fts MATCH :match AND rowid BETWEEN :low AND :high AND +rowid IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+_SQLITE_COMMENT_SNIPPETS = text(
+    "SELECT rowid AS id, snippet(comments_fts, 1, :start, :end, '…', :tokens) AS body FROM comments_fts "
+    "WHERE comments_fts MATCH :match AND rowid BETWEEN :low AND :high AND +rowid IN :ids"
+).bindparams(bindparam("ids", expanding=True))
 
 
-def _sqlite_matches(conn: Connection, words: list[str], queues: list[str]) -> list[_Match]:
+def _sqlite_matches(conn: Connection, words: list[str], scope: _Scope) -> list[_Match]:
+    restrict = scope.restrict or ()
     tickets_found = conn.execute(_SQLITE_TICKETS, {
-        "match": fts5_match(words, ("summary", "description"), queues), "queues": queues, "cap": CANDIDATES,
+        "match": fts5_match(words, ("summary", "description"), restrict), "queues": scope.queues, "cap": scope.cap,
     }).scalars().all()
     comments_found = conn.execute(_SQLITE_COMMENTS, {
-        "match": fts5_match(words, ("body",), queues), "queues": queues, "cap": CANDIDATES,
+        "match": fts5_match(words, ("body",), restrict), "queues": scope.queues, "cap": scope.cap,
     }).all()
 
     def matching(table: str, expression: str, ids: Sequence[int]) -> set[int]:
         if not ids:
             return set()
-        found = conn.execute(_SQLITE_IN_RANGE[table], {"match": expression, "low": min(ids), "high": max(ids)})
-        return set(found.scalars()) & set(ids)
+        found = conn.execute(_SQLITE_AMONG[table], {"match": expression, "ids": ids, "low": min(ids), "high": max(ids)})
+        return set(found.scalars())
 
     def phrase(table: str, columns: tuple[str, ...], ids: Sequence[int]) -> set[int]:
         # One word is its own phrase.
@@ -303,66 +341,115 @@ def _sqlite_matches(conn: Connection, words: list[str], queues: list[str]) -> li
 def _sqlite_snippets(conn: Connection, words: list[str], page: list[_Match]) -> dict[_Match, tuple[SearchWhere, str]]:
     marks = _Marks()
     params = {"start": marks.start, "end": marks.end, "tokens": SNIPPET_TOKENS}
-    ticket_match = fts5_match(words, ("summary", "description"))
-    comment_match = fts5_match(words, ("body",))
+
+    def snippets(statement: Any, columns: tuple[str, ...], ids: list[int]) -> dict[int, Any]:
+        if not ids:
+            return {}
+        rows = conn.execute(statement, {**params, "match": fts5_match(words, columns), "ids": ids,
+                                        "low": min(ids), "high": max(ids)})
+        return {r.id: r for r in rows}
+
+    by_ticket = snippets(_SQLITE_TICKET_SNIPPETS, ("summary", "description"),
+                         [m.ticket_id for m in page if m.comment_id is None])
+    by_comment = snippets(_SQLITE_COMMENT_SNIPPETS, ("body",),
+                          [m.comment_id for m in page if m.comment_id is not None])
     out: dict[_Match, tuple[SearchWhere, str]] = {}
     for m in page:
-        # One row each: FTS5 looks a rowid up directly, but would run the
-        # whole query again for every value of an IN list.
         if m.comment_id is None:
-            row = conn.execute(_SQLITE_TICKET_SNIPPETS, {**params, "match": ticket_match, "id": m.ticket_id}).one()
+            row = by_ticket[m.ticket_id]
             out[m] = _ticket_snippet(bool(m.in_summary), marks.plain(row.summary), marks.plain(row.description))
         else:
-            body = conn.execute(_SQLITE_COMMENT_SNIPPET, {**params, "match": comment_match, "id": m.comment_id})
-            out[m] = ("comment", marks.plain(body.scalar_one()))
+            out[m] = ("comment", marks.plain(by_comment[m.comment_id].body))
     return out
 
 
 # -- PostgreSQL: tsvector and GIN -------------------------------------------------
 
 _TSQUERY = "websearch_to_tsquery('russian'::regconfig, :query)"
-# The queue's lexeme ANDed in: GIN finds only the agent's queues' rows. A
-# query of stop words is empty, and empty && queues would be every row of
-# those queues: numnode keeps it finding nothing.
-_MATCH = f"search_vector @@ ({_TSQUERY} && CAST(:queue_query AS tsquery)) AND numnode({_TSQUERY}) > 0"
 # {D, C, B, A}: a comment's lexemes carry D, the summary A, the description B;
 # normalization 1 divides by 1 + log(length).
 _RANK = "ts_rank_cd('{{0.3, 0.2, 0.4, 1.0}}'::real[], {}.search_vector, " + _TSQUERY + ", 1)"
-# The newest candidates in a subquery, ranked outside it: ts_rank_cd runs for
-# the capped rows only. The join re-checks the queue.
-_POSTGRES_TICKETS = text(
-    f"SELECT t.id AS ticket_id, {_RANK.format('t')} AS score "
-    f"FROM (SELECT id FROM tickets WHERE {_MATCH} ORDER BY id DESC LIMIT :cap) h "
-    "JOIN tickets t ON t.id = h.id WHERE t.queue IN :queues"
-).bindparams(bindparam("queues", expanding=True))
-_POSTGRES_COMMENTS = text(
-    f"SELECT c.ticket_id, c.id AS comment_id, {_RANK.format('c')} AS score "
-    f"FROM (SELECT id FROM comments WHERE {_MATCH} ORDER BY id DESC LIMIT :cap) h "
-    "JOIN comments c ON c.id = h.id JOIN tickets t ON t.id = c.ticket_id WHERE t.queue IN :queues"
-).bindparams(bindparam("queues", expanding=True))
+_NOT_EMPTY = f"numnode({_TSQUERY}) > 0"
+
+
+def _postgres_tickets(queues: int | None) -> TextClause:
+    """The newest matching tickets, ranked outside the subquery that finds
+    them (ts_rank_cd runs for the capped rows only); the outer query checks
+    the queue.
+
+    For ``queues`` (their number; None: unrestricted) one branch per queue:
+    PostgreSQL walks that queue's tickets newest first (``number`` grows with
+    the id within a queue) for a common word, or combines the GIN and queue
+    indexes for a rarer one. ``numnode``: a query of stop words is empty and
+    finds nothing.
+    """
+    if queues is None:
+        newest = f"SELECT id FROM tickets WHERE search_vector @@ {_TSQUERY} AND {_NOT_EMPTY} ORDER BY id DESC LIMIT :cap"
+    else:
+        newest = " UNION ALL ".join(
+            f"(SELECT id FROM tickets WHERE queue = :queue_{i} AND search_vector @@ {_TSQUERY} AND {_NOT_EMPTY} "
+            "ORDER BY number DESC LIMIT :cap)"
+            for i in range(queues)
+        )
+        newest = f"SELECT id FROM ({newest}) n ORDER BY id DESC LIMIT :cap"
+    return text(
+        f"SELECT t.id AS ticket_id, {_RANK.format('t')} AS score FROM ({newest}) h "
+        "JOIN tickets t ON t.id = h.id WHERE t.queue IN :queues"
+    ).bindparams(bindparam("queues", expanding=True))
+
+
+def _postgres_comments(restricted: bool) -> TextClause:
+    """The newest matching comments, as ``_postgres_tickets``. Restricted, the
+    queues' lexemes are ANDed into the tsquery (comments have no queue
+    column): GIN finds only their comments, and a walk down the newest
+    comments skips the others. The empty tsquery of stop words && the lexemes
+    would be every comment of the queues: ``numnode`` keeps it finding nothing."""
+    tsquery = f"({_TSQUERY} && CAST(:lexemes AS tsquery))" if restricted else _TSQUERY
+    newest = f"SELECT id FROM comments WHERE search_vector @@ {tsquery} AND {_NOT_EMPTY} ORDER BY id DESC LIMIT :cap"
+    return text(
+        f"SELECT c.ticket_id, c.id AS comment_id, {_RANK.format('c')} AS score FROM ({newest}) h "
+        "JOIN comments c ON c.id = h.id JOIN tickets t ON t.id = c.ticket_id WHERE t.queue IN :queues"
+    ).bindparams(bindparam("queues", expanding=True))
+
+
+_POSTGRES_COMMENTS = {restricted: _postgres_comments(restricted) for restricted in (False, True)}
 _HEADLINE = "ts_headline('russian'::regconfig, {}, " + _TSQUERY + ", :options)"
+# The description's headline (the costly one: up to 100,000 characters) only
+# where the summary does not hold all the words.
 _POSTGRES_TICKET_SNIPPETS = text(
-    f"SELECT id, to_tsvector('russian'::regconfig, left(summary, 10000)) @@ {_TSQUERY} AS in_summary, "
-    f"{_HEADLINE.format('left(summary, 10000)')} AS summary, "
-    f"{_HEADLINE.format('left(description, 100000)')} AS description "
-    "FROM tickets WHERE id IN :ids"
+    f"SELECT id, in_summary, {_HEADLINE.format('left(summary, 10000)')} AS summary, "
+    f"CASE WHEN in_summary THEN '' ELSE {_HEADLINE.format('left(description, 100000)')} END AS description "
+    f"FROM (SELECT id, summary, description, to_tsvector('russian'::regconfig, left(summary, 10000)) @@ {_TSQUERY} "
+    "AS in_summary FROM tickets WHERE id IN :ids) t"
 ).bindparams(bindparam("ids", expanding=True))
 _POSTGRES_COMMENT_SNIPPETS = text(
     f"SELECT id, {_HEADLINE.format('left(body, 100000)')} AS body FROM comments WHERE id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
 
 
-def _postgres_matches(conn: Connection, query: str, queues: list[str]) -> list[_Match]:
+def _postgres_settings(conn: Connection) -> None:
     # The best plan depends on how common the words are (walk the newest rows
     # for a common word, the GIN index for a rare one): the generic plan of a
     # prepared statement (psycopg prepares a statement run five times) took
     # seconds for one or the other. Compiling with JIT costs more than these
-    # queries take.
-    conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-    conn.execute(text("SET LOCAL jit = off"))
-    params = {"query": query, "queue_query": queue_tsquery(queues), "queues": queues, "cap": CANDIDATES}
-    found = [_Match(r.ticket_id, None, float(r.score)) for r in conn.execute(_POSTGRES_TICKETS, params)]
-    found += [_Match(r.ticket_id, r.comment_id, float(r.score)) for r in conn.execute(_POSTGRES_COMMENTS, params)]
+    # queries take. The GIN path fetches its matches from all over the table:
+    # priced as reads from disk (the default 4), it loses to walking tens of
+    # thousands of the newest rows, which on memory or SSD costs ten times more.
+    conn.execute(text(
+        "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true), "
+        "set_config('random_page_cost', '1.1', true)"))
+
+
+def _postgres_matches(conn: Connection, query: str, scope: _Scope) -> list[_Match]:
+    params: dict[str, Any] = {"query": query, "queues": scope.queues, "cap": scope.cap}
+    restrict = scope.restrict
+    if restrict is not None:
+        params["lexemes"] = queue_tsquery(restrict)
+        params.update((f"queue_{i}", queue) for i, queue in enumerate(restrict))
+    tickets_query = _postgres_tickets(None if restrict is None else len(restrict))
+    found = [_Match(r.ticket_id, None, float(r.score)) for r in conn.execute(tickets_query, params)]
+    found += [_Match(r.ticket_id, r.comment_id, float(r.score))
+              for r in conn.execute(_POSTGRES_COMMENTS[restrict is not None], params)]
     return found
 
 

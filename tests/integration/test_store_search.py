@@ -151,8 +151,10 @@ def test_only_the_given_queues_are_searched(store: TicketStore) -> None:
     store.apply(reply(5, queue="SUPPORT_EU", mailbox="eu@example.com", in_reply_to="msg-3@customer.org",
                       text="harbour again"))
 
+    # A third of the tickets: the indexes are searched for the queue's rows only.
     assert keys(store.search("harbour", ["SUPPORT"])) == ["SUPPORT-1"]
     assert keys(store.search("harbour", ["SALES"])) == ["SALES-1"]
+    # Two thirds: all queues' newest matches, then only the queues' own.
     assert sorted(keys(store.search("harbour", ["SALES", "SUPPORT_EU", "SALES"]))) == ["SALES-1", "SUPPORT_EU-1"]
     assert keys(store.search("again", ["SUPPORT"])) == []
     assert store.search("harbour", []) == []
