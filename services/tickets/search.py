@@ -25,12 +25,19 @@ The query text comes from anybody's browser:
   which never fails on any input (quotes make phrases, ``or`` and ``-`` work
   as on a web search engine; a query of stop words only finds nothing).
 
-Bounded work. Each index yields only its newest CANDIDATES matches in the
-agent's queues (by id: the order rows were stored), and only those are
-ranked; the queue is part of each index, so restricting to a few queues
-costs nothing extra. For a word in fewer rows than that the ranking is
-complete; for a more common word older matches are not found (add words to
-narrow the search) and paging ends after CANDIDATES tickets or so.
+Bounded work: ranking every row that holds a common word costs in proportion
+to their number, so each index (tickets, comments) yields only its newest
+CANDIDATES matches in the agent's queues (by id: the order rows were
+stored), and only those are ranked. For a word in fewer rows than that the
+ranking is complete; for a more common word older matches are not found (add
+words to narrow the search), and paging ends after about CANDIDATES tickets.
+How the queues narrow the search depends on their share of all tickets
+(from the counts the store keeps): at UNRESTRICTED_SHARE or more, the indexes
+are read for all queues and other queues' rows skipped; below, the indexes
+give only the agent's queues' rows (FTS5 indexes the queue; PostgreSQL walks
+or looks up each queue's tickets, and finds comments by their queue's
+lexeme). The queue is checked exactly either way; the counts steer the cost
+only.
 
 Ranking, best first, ties newest first, one hit per ticket (its best match):
 
@@ -158,27 +165,25 @@ class _Match:
 
 @dataclass(frozen=True)
 class _Scope:
-    """Which rows a search takes from the indexes: the newest ``cap`` matches,
-    of ``restrict`` (the agent's queues) or of all queues when None; the
-    queries check the queues exactly either way."""
+    """How a search narrows the indexes to the agent's ``queues``: to
+    ``restrict`` (the same queues), or not at all (None) when they hold
+    ``share`` of all tickets or more than UNRESTRICTED_SHARE. The queries
+    check the queues exactly either way."""
 
     queues: list[str]
     restrict: list[str] | None
-    cap: int
+    share: float
 
 
 def _scope(conn: Connection, queues: list[str]) -> _Scope:
     # Restricting the index to queues that hold most tickets costs more (an OR
-    # over their row lists) than it saves: take more of all queues' newest
-    # matches instead, as many as make about CANDIDATES of the agent's.
+    # over their row lists) than it saves.
     per_queue: dict[str, int] = {}
     for (queue, _status, _assignee), n in workflow.counts(conn).items():
         per_queue[queue] = per_queue.get(queue, 0) + n
     total = sum(per_queue.values())
     share = sum(per_queue.get(q, 0) for q in queues) / total if total else 1.0
-    if share >= UNRESTRICTED_SHARE:
-        return _Scope(queues, None, math.ceil(CANDIDATES / share))
-    return _Scope(queues, queues, CANDIDATES)
+    return _Scope(queues, None if share >= UNRESTRICTED_SHARE else queues, share)
 
 
 def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
@@ -261,8 +266,9 @@ def _ticket_snippet(in_summary: bool, summary: str, description: str) -> tuple[S
 # -- SQLite: FTS5 -----------------------------------------------------------------
 
 # ORDER BY rowid DESC LIMIT is walked by FTS5 from the newest match and stops
-# at the cap. The join re-checks the queue exactly: the index matches a
-# queue's tokens, which another queue's name may hold too (SUPPORT, SUPPORT_EU).
+# at the cap, which counts the agent's rows only: the join checks the queue
+# exactly (the index matches a queue's tokens, which another queue's name may
+# hold too: SUPPORT, SUPPORT_EU).
 _SQLITE_TICKETS = text(
     "SELECT f.rowid AS ticket_id FROM tickets_fts f JOIN tickets t ON t.id = f.rowid "
     "WHERE tickets_fts MATCH :match AND t.queue IN :queues ORDER BY f.rowid DESC LIMIT :cap"
@@ -298,10 +304,10 @@ _SQLITE_COMMENT_SNIPPETS = text(
 def _sqlite_matches(conn: Connection, words: list[str], scope: _Scope) -> list[_Match]:
     restrict = scope.restrict or ()
     tickets_found = conn.execute(_SQLITE_TICKETS, {
-        "match": fts5_match(words, ("summary", "description"), restrict), "queues": scope.queues, "cap": scope.cap,
+        "match": fts5_match(words, ("summary", "description"), restrict), "queues": scope.queues, "cap": CANDIDATES,
     }).scalars().all()
     comments_found = conn.execute(_SQLITE_COMMENTS, {
-        "match": fts5_match(words, ("body",), restrict), "queues": scope.queues, "cap": scope.cap,
+        "match": fts5_match(words, ("body",), restrict), "queues": scope.queues, "cap": CANDIDATES,
     }).all()
 
     def matching(table: str, expression: str, ids: Sequence[int]) -> set[int]:
@@ -441,8 +447,11 @@ def _postgres_settings(conn: Connection) -> None:
 
 
 def _postgres_matches(conn: Connection, query: str, scope: _Scope) -> list[_Match]:
-    params: dict[str, Any] = {"query": query, "queues": scope.queues, "cap": scope.cap}
     restrict = scope.restrict
+    # Unrestricted, the queue is checked after the cap: take enough of all
+    # queues' newest matches to hold about CANDIDATES of the agent's.
+    cap = CANDIDATES if restrict is not None else math.ceil(CANDIDATES / max(scope.share, UNRESTRICTED_SHARE))
+    params: dict[str, Any] = {"query": query, "queues": scope.queues, "cap": cap}
     if restrict is not None:
         params["lexemes"] = queue_tsquery(restrict)
         params.update((f"queue_{i}", queue) for i, queue in enumerate(restrict))
