@@ -81,6 +81,12 @@ CANDIDATES = 200
 # indexes unrestricted (see _scope).
 UNRESTRICTED_SHARE = 0.5
 SNIPPET_TOKENS = 16
+# Snippets read a text up to this long (PostgreSQL: its first characters);
+# the engines spend about 20 (SQLite) to 300 (PostgreSQL) ms per million
+# characters, and a page may show 50 hostile mails. Beyond it SQLite shows the
+# text's first SNIPPET_PLAIN_CHARS characters, unmarked.
+SNIPPET_TEXT_CHARS = 10_000
+SNIPPET_PLAIN_CHARS = 200
 
 # -- the search objects, for the schema comparison ----------------------------
 
@@ -160,7 +166,7 @@ class _Match:
     ticket_id: int
     comment_id: int | None
     score: float  # higher is better
-    in_summary: bool | None = None  # a ticket match: all the words are in the summary (None: not known yet)
+    column: SearchWhere | None = None  # a ticket match: the column that holds all the words, when known
 
 
 @dataclass(frozen=True)
@@ -256,9 +262,10 @@ class _Marks:
         return "".join(parts)
 
 
-def _ticket_snippet(in_summary: bool, summary: str, description: str) -> tuple[SearchWhere, str]:
-    # The summary when it holds all the words, or when the description shows none.
-    if not in_summary and MARK_START in description:
+def _ticket_snippet(column: SearchWhere | None, summary: str, description: str) -> tuple[SearchWhere, str]:
+    # The column that holds all the words; else the description if it shows a
+    # match, else the summary.
+    if column == "description" or (column is None and MARK_START in description):
         return "description", description
     return "summary", summary
 
@@ -289,14 +296,17 @@ _SQLITE_AMONG = {
 }
 # Scores (higher is better) by where all the words are; doubled for a phrase.
 _SUMMARY, _DESCRIPTION, _COMMENT, _SPREAD = 1.0, 0.4, 0.3, 0.2
-# The page's rows, as _SQLITE_AMONG finds them; snippet() runs for them only.
+# The page's rows, as _SQLITE_AMONG finds them; snippet() runs for them only,
+# and not on a text longer than SNIPPET_TEXT_CHARS (it reads all of it).
+_SNIPPET = ("CASE WHEN length({column}) <= :longest THEN snippet({table}, {n}, :start, :end, '…', :tokens) "
+            "ELSE substr({column}, 1, :plain) END")
 _SQLITE_TICKET_SNIPPETS = text(
-    "SELECT rowid AS id, snippet(tickets_fts, 1, :start, :end, '…', :tokens) AS summary, "
-    "snippet(tickets_fts, 2, :start, :end, '…', :tokens) AS description FROM tickets_fts "
+    f"SELECT rowid AS id, {_SNIPPET.format(table='tickets_fts', column='summary', n=1)} AS summary, "
+    f"{_SNIPPET.format(table='tickets_fts', column='description', n=2)} AS description FROM tickets_fts "
     "WHERE tickets_fts MATCH :match AND rowid BETWEEN :low AND :high AND +rowid IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
 _SQLITE_COMMENT_SNIPPETS = text(
-    "SELECT rowid AS id, snippet(comments_fts, 1, :start, :end, '…', :tokens) AS body FROM comments_fts "
+    f"SELECT rowid AS id, {_SNIPPET.format(table='comments_fts', column='body', n=1)} AS body FROM comments_fts "
     "WHERE comments_fts MATCH :match AND rowid BETWEEN :low AND :high AND +rowid IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
 
@@ -336,7 +346,10 @@ def _sqlite_matches(conn: Connection, words: list[str], scope: _Scope) -> list[_
             return _DESCRIPTION * (2 if ticket_id in description_phrase else 1)
         return _SPREAD
 
-    found = [_Match(t, None, ticket_score(t), t in summary) for t in tickets_found]
+    def column(ticket_id: int) -> SearchWhere | None:
+        return "summary" if ticket_id in summary else "description" if ticket_id in description else None
+
+    found = [_Match(t, None, ticket_score(t), column(t)) for t in tickets_found]
     found += [
         _Match(r.ticket_id, r.comment_id, _COMMENT * (2 if r.comment_id in comment_phrase else 1))
         for r in comments_found
@@ -346,7 +359,8 @@ def _sqlite_matches(conn: Connection, words: list[str], scope: _Scope) -> list[_
 
 def _sqlite_snippets(conn: Connection, words: list[str], page: list[_Match]) -> dict[_Match, tuple[SearchWhere, str]]:
     marks = _Marks()
-    params = {"start": marks.start, "end": marks.end, "tokens": SNIPPET_TOKENS}
+    params = {"start": marks.start, "end": marks.end, "tokens": SNIPPET_TOKENS, "longest": SNIPPET_TEXT_CHARS,
+              "plain": SNIPPET_PLAIN_CHARS}
 
     def snippets(statement: Any, columns: tuple[str, ...], ids: list[int]) -> dict[int, Any]:
         if not ids:
@@ -363,7 +377,7 @@ def _sqlite_snippets(conn: Connection, words: list[str], page: list[_Match]) -> 
     for m in page:
         if m.comment_id is None:
             row = by_ticket[m.ticket_id]
-            out[m] = _ticket_snippet(bool(m.in_summary), marks.plain(row.summary), marks.plain(row.description))
+            out[m] = _ticket_snippet(m.column, marks.plain(row.summary), marks.plain(row.description))
         else:
             out[m] = ("comment", marks.plain(by_comment[m.comment_id].body))
     return out
@@ -420,16 +434,16 @@ def _postgres_comments(restricted: bool) -> TextClause:
 
 _POSTGRES_COMMENTS = {restricted: _postgres_comments(restricted) for restricted in (False, True)}
 _HEADLINE = "ts_headline('russian'::regconfig, {}, " + _TSQUERY + ", :options)"
-# The description's headline (the costly one: up to 100,000 characters) only
-# where the summary does not hold all the words.
+# The description's headline only where the summary does not hold all the words.
 _POSTGRES_TICKET_SNIPPETS = text(
-    f"SELECT id, in_summary, {_HEADLINE.format('left(summary, 10000)')} AS summary, "
-    f"CASE WHEN in_summary THEN '' ELSE {_HEADLINE.format('left(description, 100000)')} END AS description "
+    f"SELECT id, in_summary, {_HEADLINE.format(f'left(summary, {SNIPPET_TEXT_CHARS})')} AS summary, "
+    f"CASE WHEN in_summary THEN '' ELSE {_HEADLINE.format(f'left(description, {SNIPPET_TEXT_CHARS})')} END "
+    "AS description "
     f"FROM (SELECT id, summary, description, to_tsvector('russian'::regconfig, left(summary, 10000)) @@ {_TSQUERY} "
     "AS in_summary FROM tickets WHERE id IN :ids) t"
 ).bindparams(bindparam("ids", expanding=True))
 _POSTGRES_COMMENT_SNIPPETS = text(
-    f"SELECT id, {_HEADLINE.format('left(body, 100000)')} AS body FROM comments WHERE id IN :ids"
+    f"SELECT id, {_HEADLINE.format(f'left(body, {SNIPPET_TEXT_CHARS})')} AS body FROM comments WHERE id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
 
 
@@ -471,7 +485,8 @@ def _postgres_snippets(conn: Connection, query: str, page: list[_Match]) -> dict
     by_ticket: dict[int, tuple[SearchWhere, str]] = {}
     if ticket_ids:
         for r in conn.execute(_POSTGRES_TICKET_SNIPPETS, {"query": query, "options": options, "ids": ticket_ids}):
-            by_ticket[r.id] = _ticket_snippet(r.in_summary, marks.plain(r.summary), marks.plain(r.description))
+            by_ticket[r.id] = _ticket_snippet("summary" if r.in_summary else None, marks.plain(r.summary),
+                                              marks.plain(r.description))
     by_comment: dict[int, str] = {}
     if comment_ids:
         for r in conn.execute(_POSTGRES_COMMENT_SNIPPETS, {"query": query, "options": options, "ids": comment_ids}):
