@@ -171,10 +171,10 @@ class _Match:
 
 @dataclass(frozen=True)
 class _Scope:
-    """How a search narrows the indexes to the agent's ``queues``: to
-    ``restrict`` (the same queues), or not at all (None) when they hold
-    ``share`` of all tickets or more than UNRESTRICTED_SHARE. The queries
-    check the queues exactly either way."""
+    """How a search narrows the indexes to the agent's ``queues``, which hold
+    ``share`` of all tickets: to ``restrict`` (the same queues), or not at all
+    (None) from UNRESTRICTED_SHARE up. The queries check the queues exactly
+    either way."""
 
     queues: list[str]
     restrict: list[str] | None
@@ -195,8 +195,8 @@ def _scope(conn: Connection, queues: list[str]) -> _Scope:
 def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
     """The tickets in ``queues`` whose text or comments match ``query``, best
     first (ties: newest first), one hit per ticket; ``limit`` and ``offset``
-    page them. Call on a fresh connection: on PostgreSQL it sets transaction
-    options."""
+    page them. Call on a fresh connection: on PostgreSQL it sets the
+    transaction's isolation and planner options."""
     words = terms(query)
     wanted = list(dict.fromkeys(queues))
     if not words or not wanted or limit == 0:
@@ -204,6 +204,7 @@ def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offs
     if conn.dialect.name == "sqlite":
         matches = _sqlite_matches(conn, words, _scope(conn, wanted))
     else:
+        conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for all the reads
         _postgres_settings(conn)
         matches = _postgres_matches(conn, " ".join(words), _scope(conn, wanted))
     best: dict[int, _Match] = {}
