@@ -5,18 +5,16 @@ database's own engine (the objects of migration 0006, outside ``tables.metadata`
   description) and ``comments_fts`` (queue, body), tokenizer ``porter
   unicode61 remove_diacritics 2``: English words are stemmed ("payments"
   finds "payment"), other scripts are tokenised and folded but not stemmed (a
-  Cyrillic word finds only itself). Ranked by bm25, the summary weighted
-  above the description and both above a comment.
+  Cyrillic word finds only itself).
 - PostgreSQL: the ``russian`` text search configuration. On PostgreSQL 15 it
   sends ``asciiword`` (and the ASCII parts of hyphenated words) to
   ``english_stem`` and ``word`` (non-ASCII letters) to ``russian_stem``:
   ``to_tsvector('russian', 'payments оплаты')`` is ``'payment':1 'оплат':2``.
   So one configuration stems both languages, and English and Russian stop
   words are dropped. Words with accented Latin letters are ``word`` tokens:
-  not stemmed, not folded. Ranked by ``ts_rank_cd`` with the summary (A)
-  above the description (B) above a comment.
+  not stemmed, not folded.
 
-Rules for the query text, which comes from anybody's browser:
+The query text comes from anybody's browser:
 
 - at most MAX_QUERY_CHARS characters and MAX_TERMS words are used; a query
   without a letter or digit gives [] without touching the database, so does
@@ -25,22 +23,41 @@ Rules for the query text, which comes from anybody's browser:
   words implicitly AND-ed, so FTS5 syntax (``"``, ``*``, ``NEAR``, ``-``,
   ``:``, ``(``, column filters) is inert; PostgreSQL: ``websearch_to_tsquery``,
   which never fails on any input (quotes make phrases, ``or`` and ``-`` work
-  as on a web search engine).
+  as on a web search engine; a query of stop words only finds nothing).
 
-Bounded work: ranking every row that holds a common word costs time in
-proportion to the number of such rows, so each index yields only its newest
-CANDIDATES matches in the agent's queues (by id, i.e. in the order rows were
-stored) and only those are ranked. For a word in fewer rows than that (most
-searches) the ranking is complete; for a more common word, older matches
-beyond the newest CANDIDATES tickets and CANDIDATES comments are not found
-(add words to narrow the search), and paging ends there.
+Bounded work: ranking every row that holds a common word costs in proportion
+to their number, so each index (tickets, comments) yields only its newest
+CANDIDATES matches in the agent's queues (by id: the order rows were
+stored), and only those are ranked. For a word in fewer rows than that the
+ranking is complete; for a more common word older matches are not found (add
+words to narrow the search), and paging ends after about CANDIDATES tickets.
+How the queues narrow the search depends on their share of all tickets
+(from the counts the store keeps): at UNRESTRICTED_SHARE or more, the indexes
+are read for all queues and other queues' rows skipped; below, the indexes
+give only the agent's queues' rows (FTS5 indexes the queue; PostgreSQL walks
+or looks up each queue's tickets, and finds comments by their queue's
+lexeme). The queue is checked exactly either way; the counts steer the cost
+only.
 
-Each ticket appears once, with its best match. Snippets are computed for the
-returned page only.
+Ranking, best first, ties newest first, one hit per ticket (its best match):
+
+- PostgreSQL: ``ts_rank_cd`` (cover density: matched words close together
+  count more) with the summary weighted 1.0, the description 0.4, a comment
+  0.3, divided by 1 + log(length).
+- SQLite: not bm25, whose inverse document frequency reads every row that
+  holds each word (45 ms for a word in most of 600,000 comments): the very
+  cost the cap avoids. Instead a match scores by where all the words are,
+  doubled where they stand together in the query's order: the summary 1.0,
+  the description 0.4, a comment 0.3; words only spread over summary and
+  description 0.2. Each is one more FTS5 query over the candidates' range of
+  rows, and costs no more for a common word.
+
+Snippets are computed for the returned page only.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections.abc import Sequence
@@ -49,7 +66,9 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import TextClause
 
+from services.tickets import workflow
 from services.tickets.rows import build
 from services.tickets.tables import comments, tickets
 from services.tickets.views import MARK_END, MARK_START, SearchHit, SearchWhere, TicketSummary
@@ -57,8 +76,17 @@ from services.tickets.views import MARK_END, MARK_START, SearchHit, SearchWhere,
 MAX_QUERY_CHARS = 200
 MAX_TERMS = 12
 # Matches ranked per index and search: the cap that bounds a search's work.
-CANDIDATES = 500
+CANDIDATES = 200
+# Agents whose queues hold at least this share of all tickets search the
+# indexes unrestricted (see _scope).
+UNRESTRICTED_SHARE = 0.5
 SNIPPET_TOKENS = 16
+# Snippets read a text up to this long (PostgreSQL: its first characters);
+# the engines spend about 20 (SQLite) to 300 (PostgreSQL) ms per million
+# characters, and a page may show 50 hostile mails. Beyond it SQLite shows the
+# text's first SNIPPET_PLAIN_CHARS characters, unmarked.
+SNIPPET_TEXT_CHARS = 10_000
+SNIPPET_PLAIN_CHARS = 200
 
 # -- the search objects, for the schema comparison ----------------------------
 
@@ -69,6 +97,8 @@ _SEARCH_TABLES = frozenset(
 )
 _SEARCH_COLUMNS = frozenset([("tickets", "search_vector"), ("comments", "search_vector")])
 _SEARCH_INDEXES = frozenset(["ix_tickets_search_vector", "ix_comments_search_vector"])
+# PostgreSQL: the queue's lexeme in every comment's vector (migration 0006).
+QUEUE_LEXEME_PREFIX = "§queue:"
 
 
 def is_search_object(name: str | None, type_: str, table: str | None = None) -> bool:
@@ -116,6 +146,18 @@ def fts5_match(words: Sequence[str], columns: Sequence[str], queues: Sequence[st
     return expression
 
 
+def fts5_phrase(words: Sequence[str], columns: Sequence[str]) -> str:
+    """An FTS5 expression: the words next to each other, in order, in ``columns``."""
+    return "{" + " ".join(columns) + "} : " + " + ".join(_quoted(w) for w in words)
+
+
+def queue_tsquery(queues: Sequence[str]) -> str:
+    """tsquery text matching the vectors of rows in any of ``queues``."""
+    return " | ".join(
+        "'" + (QUEUE_LEXEME_PREFIX + q).replace("\\", "\\\\").replace("'", "''") + "'" for q in queues
+    )
+
+
 # -- search -------------------------------------------------------------------------
 
 
@@ -124,21 +166,47 @@ class _Match:
     ticket_id: int
     comment_id: int | None
     score: float  # higher is better
+    column: SearchWhere | None = None  # a ticket match: the column that holds all the words, when known
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """How a search narrows the indexes to the agent's ``queues``, which hold
+    ``share`` of all tickets: to ``restrict`` (the same queues), or not at all
+    (None) from UNRESTRICTED_SHARE up. The queries check the queues exactly
+    either way."""
+
+    queues: list[str]
+    restrict: list[str] | None
+    share: float
+
+
+def _scope(conn: Connection, queues: list[str]) -> _Scope:
+    # Restricting the index to queues that hold most tickets costs more (an OR
+    # over their row lists) than it saves.
+    per_queue: dict[str, int] = {}
+    for (queue, _status, _assignee), n in workflow.counts(conn).items():
+        per_queue[queue] = per_queue.get(queue, 0) + n
+    total = sum(per_queue.values())
+    share = sum(per_queue.get(q, 0) for q in queues) / total if total else 1.0
+    return _Scope(queues, None if share >= UNRESTRICTED_SHARE else queues, share)
 
 
 def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
     """The tickets in ``queues`` whose text or comments match ``query``, best
     first (ties: newest first), one hit per ticket; ``limit`` and ``offset``
-    page them. Call on a fresh connection: on PostgreSQL it sets transaction
-    options."""
+    page them. Call on a fresh connection: on PostgreSQL it sets the
+    transaction's isolation and planner options."""
     words = terms(query)
     wanted = list(dict.fromkeys(queues))
     if not words or not wanted or limit == 0:
         return []
     if conn.dialect.name == "sqlite":
-        matches = _sqlite_matches(conn, words, wanted)
+        matches = _sqlite_matches(conn, words, _scope(conn, wanted))
     else:
-        matches = _postgres_matches(conn, " ".join(words), wanted)
+        conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for all the reads
+        _postgres_settings(conn)
+        matches = _postgres_matches(conn, " ".join(words), _scope(conn, wanted))
     best: dict[int, _Match] = {}
     for m in matches:  # ticket matches first: they win a tie with a comment
         if m.ticket_id not in best or m.score > best[m.ticket_id].score:
@@ -195,9 +263,10 @@ class _Marks:
         return "".join(parts)
 
 
-def _ticket_snippet(summary: str, description: str) -> tuple[SearchWhere, str]:
-    # The column with more marked terms; the summary on a tie.
-    if description.count(MARK_START) > summary.count(MARK_START):
+def _ticket_snippet(column: SearchWhere | None, summary: str, description: str) -> tuple[SearchWhere, str]:
+    # The column that holds all the words; else the description if it shows a
+    # match, else the summary.
+    if column == "description" or (column is None and MARK_START in description):
         return "description", description
     return "summary", summary
 
@@ -205,103 +274,206 @@ def _ticket_snippet(summary: str, description: str) -> tuple[SearchWhere, str]:
 # -- SQLite: FTS5 -----------------------------------------------------------------
 
 # ORDER BY rowid DESC LIMIT is walked by FTS5 from the newest match and stops
-# at the cap: bm25 is computed for the rows returned only. The join re-checks
-# the queue exactly (a queue's tokens may also occur in another queue's name).
+# at the cap, which counts the agent's rows only: the join checks the queue
+# exactly (the index matches a queue's tokens, which another queue's name may
+# hold too: SUPPORT, SUPPORT_EU).
 _SQLITE_TICKETS = text(
-    "SELECT f.rowid AS ticket_id, -bm25(tickets_fts, 0.0, 10.0, 4.0) AS score "
-    "FROM tickets_fts f JOIN tickets t ON t.id = f.rowid "
+    "SELECT f.rowid AS ticket_id FROM tickets_fts f JOIN tickets t ON t.id = f.rowid "
     "WHERE tickets_fts MATCH :match AND t.queue IN :queues ORDER BY f.rowid DESC LIMIT :cap"
 ).bindparams(bindparam("queues", expanding=True))
 _SQLITE_COMMENTS = text(
-    "SELECT c.ticket_id, f.rowid AS comment_id, -bm25(comments_fts, 0.0, 3.0) AS score "
+    "SELECT c.ticket_id, f.rowid AS comment_id "
     "FROM comments_fts f JOIN comments c ON c.id = f.rowid JOIN tickets t ON t.id = c.ticket_id "
     "WHERE comments_fts MATCH :match AND t.queue IN :queues ORDER BY f.rowid DESC LIMIT :cap"
 ).bindparams(bindparam("queues", expanding=True))
+# Which candidates match a narrower expression (words in one column, or as a
+# phrase): one pass over their range of rowids. "+rowid" keeps the IN list a
+# filter: as a constraint FTS5 would run the whole query again for each value.
+_SQLITE_AMONG = {
+    table: text(
+        f"SELECT rowid FROM {table} WHERE {table} MATCH :match AND rowid BETWEEN :low AND :high AND +rowid IN :ids"
+    ).bindparams(bindparam("ids", expanding=True))
+    for table in _FTS_TABLES
+}
+# Scores (higher is better) by where all the words are; doubled for a phrase.
+_SUMMARY, _DESCRIPTION, _COMMENT, _SPREAD = 1.0, 0.4, 0.3, 0.2
+# The page's rows, as _SQLITE_AMONG finds them; snippet() runs for them only,
+# and not on a text longer than SNIPPET_TEXT_CHARS (it reads all of it).
+_SNIPPET = ("CASE WHEN length({column}) <= :longest THEN snippet({table}, {n}, :start, :end, '…', :tokens) "
+            "ELSE substr({column}, 1, :plain) END")
 _SQLITE_TICKET_SNIPPETS = text(
-    "SELECT snippet(tickets_fts, 1, :start, :end, '…', :tokens) AS summary, "
-    "snippet(tickets_fts, 2, :start, :end, '…', :tokens) AS description "
-    "FROM tickets_fts WHERE tickets_fts MATCH :match AND rowid = :id"
-)
-_SQLITE_COMMENT_SNIPPET = text(
-    "SELECT snippet(comments_fts, 1, :start, :end, '…', :tokens) "
-    "FROM comments_fts WHERE comments_fts MATCH :match AND rowid = :id"
-)
+    f"SELECT rowid AS id, {_SNIPPET.format(table='tickets_fts', column='summary', n=1)} AS summary, "
+    f"{_SNIPPET.format(table='tickets_fts', column='description', n=2)} AS description FROM tickets_fts "
+    "WHERE tickets_fts MATCH :match AND rowid BETWEEN :low AND :high AND +rowid IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+_SQLITE_COMMENT_SNIPPETS = text(
+    f"SELECT rowid AS id, {_SNIPPET.format(table='comments_fts', column='body', n=1)} AS body FROM comments_fts "
+    "WHERE comments_fts MATCH :match AND rowid BETWEEN :low AND :high AND +rowid IN :ids"
+).bindparams(bindparam("ids", expanding=True))
 
 
-def _sqlite_matches(conn: Connection, words: list[str], queues: list[str]) -> list[_Match]:
-    found = [
-        _Match(r.ticket_id, None, float(r.score))
-        for r in conn.execute(_SQLITE_TICKETS, {
-            "match": fts5_match(words, ("summary", "description"), queues), "queues": queues, "cap": CANDIDATES,
-        })
-    ]
+def _sqlite_matches(conn: Connection, words: list[str], scope: _Scope) -> list[_Match]:
+    restrict = scope.restrict or ()
+    tickets_found = conn.execute(_SQLITE_TICKETS, {
+        "match": fts5_match(words, ("summary", "description"), restrict), "queues": scope.queues, "cap": CANDIDATES,
+    }).scalars().all()
+    comments_found = conn.execute(_SQLITE_COMMENTS, {
+        "match": fts5_match(words, ("body",), restrict), "queues": scope.queues, "cap": CANDIDATES,
+    }).all()
+
+    def matching(table: str, expression: str, ids: Sequence[int]) -> set[int]:
+        if not ids:
+            return set()
+        found = conn.execute(_SQLITE_AMONG[table], {"match": expression, "ids": ids, "low": min(ids), "high": max(ids)})
+        return set(found.scalars())
+
+    def phrase(table: str, columns: tuple[str, ...], ids: Sequence[int]) -> set[int]:
+        # One word is its own phrase.
+        if len(words) == 1:
+            return set(ids)
+        return matching(table, fts5_phrase(words, columns), ids)
+
+    summary = matching("tickets_fts", fts5_match(words, ("summary",)), tickets_found)
+    description = matching("tickets_fts", fts5_match(words, ("description",)), tickets_found)
+    summary_phrase = phrase("tickets_fts", ("summary",), list(summary))
+    description_phrase = phrase("tickets_fts", ("description",), list(description))
+    comment_ids = [r.comment_id for r in comments_found]
+    comment_phrase = phrase("comments_fts", ("body",), comment_ids)
+
+    def ticket_score(ticket_id: int) -> float:
+        if ticket_id in summary:
+            return _SUMMARY * (2 if ticket_id in summary_phrase else 1)
+        if ticket_id in description:
+            return _DESCRIPTION * (2 if ticket_id in description_phrase else 1)
+        return _SPREAD
+
+    def column(ticket_id: int) -> SearchWhere | None:
+        return "summary" if ticket_id in summary else "description" if ticket_id in description else None
+
+    found = [_Match(t, None, ticket_score(t), column(t)) for t in tickets_found]
     found += [
-        _Match(r.ticket_id, r.comment_id, float(r.score))
-        for r in conn.execute(_SQLITE_COMMENTS, {
-            "match": fts5_match(words, ("body",), queues), "queues": queues, "cap": CANDIDATES,
-        })
+        _Match(r.ticket_id, r.comment_id, _COMMENT * (2 if r.comment_id in comment_phrase else 1))
+        for r in comments_found
     ]
     return found
 
 
 def _sqlite_snippets(conn: Connection, words: list[str], page: list[_Match]) -> dict[_Match, tuple[SearchWhere, str]]:
     marks = _Marks()
-    params = {"start": marks.start, "end": marks.end, "tokens": SNIPPET_TOKENS}
-    ticket_match = fts5_match(words, ("summary", "description"))
-    comment_match = fts5_match(words, ("body",))
+    params = {"start": marks.start, "end": marks.end, "tokens": SNIPPET_TOKENS, "longest": SNIPPET_TEXT_CHARS,
+              "plain": SNIPPET_PLAIN_CHARS}
+
+    def snippets(statement: Any, columns: tuple[str, ...], ids: list[int]) -> dict[int, Any]:
+        if not ids:
+            return {}
+        rows = conn.execute(statement, {**params, "match": fts5_match(words, columns), "ids": ids,
+                                        "low": min(ids), "high": max(ids)})
+        return {r.id: r for r in rows}
+
+    by_ticket = snippets(_SQLITE_TICKET_SNIPPETS, ("summary", "description"),
+                         [m.ticket_id for m in page if m.comment_id is None])
+    by_comment = snippets(_SQLITE_COMMENT_SNIPPETS, ("body",),
+                          [m.comment_id for m in page if m.comment_id is not None])
     out: dict[_Match, tuple[SearchWhere, str]] = {}
     for m in page:
-        # One row each: FTS5 looks a rowid up directly, but would run the
-        # whole query again for every value of an IN list.
         if m.comment_id is None:
-            row = conn.execute(_SQLITE_TICKET_SNIPPETS, {**params, "match": ticket_match, "id": m.ticket_id}).one()
-            out[m] = _ticket_snippet(marks.plain(row.summary), marks.plain(row.description))
+            row = by_ticket[m.ticket_id]
+            out[m] = _ticket_snippet(m.column, marks.plain(row.summary), marks.plain(row.description))
         else:
-            body = conn.execute(_SQLITE_COMMENT_SNIPPET, {**params, "match": comment_match, "id": m.comment_id})
-            out[m] = ("comment", marks.plain(body.scalar_one()))
+            out[m] = ("comment", marks.plain(by_comment[m.comment_id].body))
     return out
 
 
 # -- PostgreSQL: tsvector and GIN -------------------------------------------------
 
-# The candidates in a subquery, ranked outside it: ts_rank_cd runs for the
-# capped rows only. The same indexed expressions as migration 0006.
 _TSQUERY = "websearch_to_tsquery('russian'::regconfig, :query)"
-# {D, C, B, A}: a comment's lexemes carry D, the summary A, the description B.
-_WEIGHTS = "'{0.3, 0.2, 0.4, 1.0}'::real[]"
-_POSTGRES_TICKETS = text(
-    f"SELECT t.id AS ticket_id, ts_rank_cd({_WEIGHTS}, t.search_vector, {_TSQUERY}, 1) AS score "
-    "FROM (SELECT id FROM tickets "
-    f"      WHERE search_vector @@ {_TSQUERY} AND queue IN :queues ORDER BY id DESC LIMIT :cap) h "
-    "JOIN tickets t ON t.id = h.id"
-).bindparams(bindparam("queues", expanding=True))
-_POSTGRES_COMMENTS = text(
-    f"SELECT h.ticket_id, c.id AS comment_id, ts_rank_cd({_WEIGHTS}, c.search_vector, {_TSQUERY}, 1) AS score "
-    "FROM (SELECT c.id, c.ticket_id FROM comments c JOIN tickets t ON t.id = c.ticket_id "
-    f"      WHERE c.search_vector @@ {_TSQUERY} AND t.queue IN :queues ORDER BY c.id DESC LIMIT :cap) h "
-    "JOIN comments c ON c.id = h.id"
-).bindparams(bindparam("queues", expanding=True))
+# {D, C, B, A}: a comment's lexemes carry D, the summary A, the description B;
+# normalization 1 divides by 1 + log(length).
+_RANK = "ts_rank_cd('{{0.3, 0.2, 0.4, 1.0}}'::real[], {}.search_vector, " + _TSQUERY + ", 1)"
+_NOT_EMPTY = f"numnode({_TSQUERY}) > 0"
+
+
+def _postgres_tickets(queues: int | None) -> TextClause:
+    """The newest matching tickets, ranked outside the subquery that finds
+    them (ts_rank_cd runs for the capped rows only); the outer query checks
+    the queue.
+
+    For ``queues`` (their number; None: unrestricted) one branch per queue:
+    PostgreSQL walks that queue's tickets newest first (``number`` grows with
+    the id within a queue) for a common word, or combines the GIN and queue
+    indexes for a rarer one. ``numnode``: a query of stop words is empty and
+    finds nothing.
+    """
+    if queues is None:
+        newest = f"SELECT id FROM tickets WHERE search_vector @@ {_TSQUERY} AND {_NOT_EMPTY} ORDER BY id DESC LIMIT :cap"
+    else:
+        newest = " UNION ALL ".join(
+            f"(SELECT id FROM tickets WHERE queue = :queue_{i} AND search_vector @@ {_TSQUERY} AND {_NOT_EMPTY} "
+            "ORDER BY number DESC LIMIT :cap)"
+            for i in range(queues)
+        )
+        newest = f"SELECT id FROM ({newest}) n ORDER BY id DESC LIMIT :cap"
+    return text(
+        f"SELECT t.id AS ticket_id, {_RANK.format('t')} AS score FROM ({newest}) h "
+        "JOIN tickets t ON t.id = h.id WHERE t.queue IN :queues"
+    ).bindparams(bindparam("queues", expanding=True))
+
+
+def _postgres_comments(restricted: bool) -> TextClause:
+    """The newest matching comments, as ``_postgres_tickets``. Restricted, the
+    queues' lexemes are ANDed into the tsquery (comments have no queue
+    column): GIN finds only their comments, and a walk down the newest
+    comments skips the others. The empty tsquery of stop words && the lexemes
+    would be every comment of the queues: ``numnode`` keeps it finding nothing."""
+    tsquery = f"({_TSQUERY} && CAST(:lexemes AS tsquery))" if restricted else _TSQUERY
+    newest = f"SELECT id FROM comments WHERE search_vector @@ {tsquery} AND {_NOT_EMPTY} ORDER BY id DESC LIMIT :cap"
+    return text(
+        f"SELECT c.ticket_id, c.id AS comment_id, {_RANK.format('c')} AS score FROM ({newest}) h "
+        "JOIN comments c ON c.id = h.id JOIN tickets t ON t.id = c.ticket_id WHERE t.queue IN :queues"
+    ).bindparams(bindparam("queues", expanding=True))
+
+
+_POSTGRES_COMMENTS = {restricted: _postgres_comments(restricted) for restricted in (False, True)}
 _HEADLINE = "ts_headline('russian'::regconfig, {}, " + _TSQUERY + ", :options)"
+# The description's headline only where the summary does not hold all the words.
 _POSTGRES_TICKET_SNIPPETS = text(
-    f"SELECT id, {_HEADLINE.format('left(summary, 10000)')} AS summary, "
-    f"{_HEADLINE.format('left(description, 100000)')} AS description "
-    "FROM tickets WHERE id IN :ids"
+    f"SELECT id, in_summary, {_HEADLINE.format(f'left(summary, {SNIPPET_TEXT_CHARS})')} AS summary, "
+    f"CASE WHEN in_summary THEN '' ELSE {_HEADLINE.format(f'left(description, {SNIPPET_TEXT_CHARS})')} END "
+    "AS description "
+    f"FROM (SELECT id, summary, description, to_tsvector('russian'::regconfig, left(summary, 10000)) @@ {_TSQUERY} "
+    "AS in_summary FROM tickets WHERE id IN :ids) t"
 ).bindparams(bindparam("ids", expanding=True))
 _POSTGRES_COMMENT_SNIPPETS = text(
-    f"SELECT id, {_HEADLINE.format('left(body, 100000)')} AS body FROM comments WHERE id IN :ids"
+    f"SELECT id, {_HEADLINE.format(f'left(body, {SNIPPET_TEXT_CHARS})')} AS body FROM comments WHERE id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
 
 
-def _postgres_matches(conn: Connection, query: str, queues: list[str]) -> list[_Match]:
+def _postgres_settings(conn: Connection) -> None:
     # The best plan depends on how common the words are (walk the newest rows
-    # for a common word, the GIN index for a rare one): a generic plan of a
-    # prepared statement takes seconds for one of them. JIT compiling costs
-    # more than these queries.
-    conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-    conn.execute(text("SET LOCAL jit = off"))
-    params = {"query": query, "queues": queues, "cap": CANDIDATES}
-    found = [_Match(r.ticket_id, None, float(r.score)) for r in conn.execute(_POSTGRES_TICKETS, params)]
-    found += [_Match(r.ticket_id, r.comment_id, float(r.score)) for r in conn.execute(_POSTGRES_COMMENTS, params)]
+    # for a common word, the GIN index for a rare one): the generic plan of a
+    # prepared statement (psycopg prepares a statement run five times) took
+    # seconds for one or the other. Compiling with JIT costs more than these
+    # queries take. The GIN path fetches its matches from all over the table:
+    # priced as reads from disk (the default 4), it loses to walking tens of
+    # thousands of the newest rows, which on memory or SSD costs ten times more.
+    conn.execute(text(
+        "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true), "
+        "set_config('random_page_cost', '1.1', true)"))
+
+
+def _postgres_matches(conn: Connection, query: str, scope: _Scope) -> list[_Match]:
+    restrict = scope.restrict
+    # Unrestricted, the queue is checked after the cap: take enough of all
+    # queues' newest matches to hold about CANDIDATES of the agent's.
+    cap = CANDIDATES if restrict is not None else math.ceil(CANDIDATES / max(scope.share, UNRESTRICTED_SHARE))
+    params: dict[str, Any] = {"query": query, "queues": scope.queues, "cap": cap}
+    if restrict is not None:
+        params["lexemes"] = queue_tsquery(restrict)
+        params.update((f"queue_{i}", queue) for i, queue in enumerate(restrict))
+    tickets_query = _postgres_tickets(None if restrict is None else len(restrict))
+    found = [_Match(r.ticket_id, None, float(r.score)) for r in conn.execute(tickets_query, params)]
+    found += [_Match(r.ticket_id, r.comment_id, float(r.score))
+              for r in conn.execute(_POSTGRES_COMMENTS[restrict is not None], params)]
     return found
 
 
@@ -314,7 +486,8 @@ def _postgres_snippets(conn: Connection, query: str, page: list[_Match]) -> dict
     by_ticket: dict[int, tuple[SearchWhere, str]] = {}
     if ticket_ids:
         for r in conn.execute(_POSTGRES_TICKET_SNIPPETS, {"query": query, "options": options, "ids": ticket_ids}):
-            by_ticket[r.id] = _ticket_snippet(marks.plain(r.summary), marks.plain(r.description))
+            by_ticket[r.id] = _ticket_snippet("summary" if r.in_summary else None, marks.plain(r.summary),
+                                              marks.plain(r.description))
     by_comment: dict[int, str] = {}
     if comment_ids:
         for r in conn.execute(_POSTGRES_COMMENT_SNIPPETS, {"query": query, "options": options, "ids": comment_ids}):

@@ -107,6 +107,18 @@ def test_the_summary_ranks_above_a_comment(store: TicketStore) -> None:
     assert hits[0].rank > hits[1].rank
 
 
+def test_words_standing_together_rank_above_words_apart(store: TicketStore) -> None:
+    store.apply(command(1, subject="Question", text="Why has my card failed? The payment went through."))
+    store.apply(command(2, subject="Question", text="Why has my card payment failed? It went through."))
+    assert keys(store.search("payment failed", ["SUPPORT"])) == ["SUPPORT-2", "SUPPORT-1"]
+
+
+def test_a_query_of_stop_words_finds_nothing_on_postgresql(store: TicketStore) -> None:
+    # PostgreSQL drops English and Russian stop words; FTS5 has none.
+    store.apply(command(1, subject="The printer and the scanner", text="x"))
+    assert keys(store.search("the and", ["SUPPORT"])) == (["SUPPORT-1"] if sqlite(store) else [])
+
+
 def test_one_hit_per_ticket_with_its_best_match(store: TicketStore) -> None:
     store.apply(command(1, subject="Printer jammed", text="The printer shows error 5."))
     store.apply(reply(2, in_reply_to="msg-1@customer.org", text="The printer is still jammed."))
@@ -139,8 +151,10 @@ def test_only_the_given_queues_are_searched(store: TicketStore) -> None:
     store.apply(reply(5, queue="SUPPORT_EU", mailbox="eu@example.com", in_reply_to="msg-3@customer.org",
                       text="harbour again"))
 
+    # A third of the tickets: the indexes are searched for the queue's rows only.
     assert keys(store.search("harbour", ["SUPPORT"])) == ["SUPPORT-1"]
     assert keys(store.search("harbour", ["SALES"])) == ["SALES-1"]
+    # Two thirds: all queues' newest matches, then only the queues' own.
     assert sorted(keys(store.search("harbour", ["SALES", "SUPPORT_EU", "SALES"]))) == ["SALES-1", "SUPPORT_EU-1"]
     assert keys(store.search("again", ["SUPPORT"])) == []
     assert store.search("harbour", []) == []
@@ -224,6 +238,8 @@ def test_a_huge_mail_is_stored_and_searchable(store: TicketStore) -> None:
     assert store.apply(command(1, text=body)).outcome == "created"
     (hit,) = store.search("needle", ["SUPPORT"])
     assert hit.where == "description" and len(hit.snippet) < 1_000
+    # Snippets read at most the first 10,000 characters: FTS5 reads all, so it shows the start unmarked.
+    assert hit.snippet.startswith("needle w0 w1" if sqlite(store) else marked("needle"))
 
 
 # -- the migration ---------------------------------------------------------------

@@ -16,15 +16,21 @@ them out of the schema comparison.
   update triggers fire only for the indexed columns: tickets and comments are
   updated often (status, version, delivery state) and the text never changes
   with them.
-- PostgreSQL: STORED generated ``search_vector`` columns (the summary weighted
-  A, the description B; a comment's body) with GIN indexes. A tsvector holds
-  at most 1 MB and a mail's text may be up to 1,000,000 characters, so only the
-  first 10,000 characters of a summary and 100,000 of a description or body
-  are indexed (at most about 4.5 bytes of tsvector per character: far below
-  the limit, so no insert can fail on it).
+- PostgreSQL: ``search_vector`` tsvector columns with GIN indexes: on
+  tickets a STORED generated column (the summary weighted A, the description
+  B), on comments one a trigger keeps: the body, and the ticket's queue as a
+  lexeme no text can produce, so a search restricted to some queues finds
+  their comments in one GIN lookup (comments have no queue column, and a
+  generated column cannot read the ticket's). A tsvector holds at most 1 MB and a mail's
+  text may be up to 1,000,000 characters, so only the first 10,000 characters
+  of a summary and 100,000 of a description or body are indexed (at most
+  about 4.5 bytes of tsvector per character: no insert can fail on it).
 
 Existing rows are indexed by the upgrade: FTS5 ``rebuild``; PostgreSQL
-computes a generated column for every row when it is added.
+computes the tickets' generated column when it is added (rewriting the table)
+and the comments' vectors in one UPDATE. A later migration that rebuilds
+``tickets`` or ``comments`` on SQLite (a batch ALTER) must drop these objects
+first and create them again after.
 """
 
 from __future__ import annotations
@@ -89,16 +95,38 @@ _SQLITE_DOWN = [
     "DROP TABLE tickets_fts",
     "DROP VIEW comments_search",
 ]
+# A comment's queue is one more lexeme of its vector, "§queue:" and the key:
+# no text yields it (the parser never keeps "§" in a word), and a search ANDs
+# the agent's queues into its tsquery, so GIN finds only their comments.
+_QUEUE_LEXEME = "array_to_tsvector(ARRAY['§queue:' || {}])"
+_COMMENT_VECTOR = (
+    "to_tsvector('russian'::regconfig, left({row}.body, 100000)) || "
+    + _QUEUE_LEXEME.format("COALESCE((SELECT queue FROM tickets WHERE id = {row}.ticket_id), '')")
+)
 _POSTGRES_UP = [
     "ALTER TABLE tickets ADD COLUMN search_vector tsvector GENERATED ALWAYS AS ("
     "setweight(to_tsvector('russian'::regconfig, left(summary, 10000)), 'A') || "
     "setweight(to_tsvector('russian'::regconfig, left(description, 100000)), 'B')) STORED",
-    "ALTER TABLE comments ADD COLUMN search_vector tsvector GENERATED ALWAYS AS ("
-    "to_tsvector('russian'::regconfig, left(body, 100000))) STORED",
+    # A generated column cannot read the ticket's queue: a trigger keeps it.
+    "ALTER TABLE comments ADD COLUMN search_vector tsvector",
+    "CREATE FUNCTION comments_search_vector() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    f"NEW.search_vector := {_COMMENT_VECTOR.format(row='NEW')}; RETURN NEW; END $$",
+    "CREATE TRIGGER comments_search_vector BEFORE INSERT OR UPDATE OF body, ticket_id ON comments "
+    "FOR EACH ROW EXECUTE FUNCTION comments_search_vector()",
+    # A ticket moved to another queue takes its comments along.
+    "CREATE FUNCTION tickets_search_queue() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "UPDATE comments SET body = body WHERE ticket_id = NEW.id; RETURN NULL; END $$",
+    "CREATE TRIGGER tickets_search_queue AFTER UPDATE OF queue ON tickets FOR EACH ROW "
+    "WHEN (OLD.queue IS DISTINCT FROM NEW.queue) EXECUTE FUNCTION tickets_search_queue()",
+    f"UPDATE comments SET search_vector = {_COMMENT_VECTOR.format(row='comments')}",
     "CREATE INDEX ix_tickets_search_vector ON tickets USING gin (search_vector)",
     "CREATE INDEX ix_comments_search_vector ON comments USING gin (search_vector)",
 ]
 _POSTGRES_DOWN = [
+    "DROP TRIGGER tickets_search_queue ON tickets",
+    "DROP FUNCTION tickets_search_queue()",
+    "DROP TRIGGER comments_search_vector ON comments",
+    "DROP FUNCTION comments_search_vector()",
     "DROP INDEX ix_comments_search_vector",
     "DROP INDEX ix_tickets_search_vector",
     "ALTER TABLE comments DROP COLUMN search_vector",
