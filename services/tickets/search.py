@@ -259,7 +259,7 @@ class _Marks:
             elif part == self.end:
                 parts.append(MARK_END)
             else:
-                parts.append(part.replace(MARK_START, "").replace(MARK_END, ""))
+                parts.append(part.replace(MARK_START, "").replace(MARK_END, "").translate(_UNSHIELD))
         return "".join(parts)
 
 
@@ -434,7 +434,14 @@ def _postgres_comments(restricted: bool) -> TextClause:
 
 
 _POSTGRES_COMMENTS = {restricted: _postgres_comments(restricted) for restricted in (False, True)}
-_HEADLINE = "ts_headline('russian'::regconfig, {}, " + _TSQUERY + ", :options)"
+# ts_headline parses its text like a document: anything between < and > is an
+# HTML tag to it and is dropped from the snippet, and so are entities. Mail text
+# is plain text ("<john@example.com>", "a < b"), so those three characters are
+# swapped for private-use ones on the way in and back on the way out.
+_SHIELDED = "<>&"
+_SHIELD = "\ue002\ue003\ue004"
+_UNSHIELD = str.maketrans(_SHIELD, _SHIELDED)
+_HEADLINE = "ts_headline('russian'::regconfig, translate({}, '<>&', :shield), " + _TSQUERY + ", :options)"
 # The description's headline only where the summary does not hold all the words.
 _POSTGRES_TICKET_SNIPPETS = text(
     f"SELECT id, in_summary, {_HEADLINE.format(f'left(summary, {SNIPPET_TEXT_CHARS})')} AS summary, "
@@ -485,12 +492,14 @@ def _postgres_snippets(conn: Connection, query: str, page: list[_Match]) -> dict
     comment_ids = [m.comment_id for m in page if m.comment_id is not None]
     by_ticket: dict[int, tuple[SearchWhere, str]] = {}
     if ticket_ids:
-        for r in conn.execute(_POSTGRES_TICKET_SNIPPETS, {"query": query, "options": options, "ids": ticket_ids}):
+        params = {"query": query, "options": options, "ids": ticket_ids, "shield": _SHIELD}
+        for r in conn.execute(_POSTGRES_TICKET_SNIPPETS, params):
             by_ticket[r.id] = _ticket_snippet("summary" if r.in_summary else None, marks.plain(r.summary),
                                               marks.plain(r.description))
     by_comment: dict[int, str] = {}
     if comment_ids:
-        for r in conn.execute(_POSTGRES_COMMENT_SNIPPETS, {"query": query, "options": options, "ids": comment_ids}):
+        params = {"query": query, "options": options, "ids": comment_ids, "shield": _SHIELD}
+        for r in conn.execute(_POSTGRES_COMMENT_SNIPPETS, params):
             by_comment[r.id] = marks.plain(r.body)
     return {
         m: by_ticket[m.ticket_id] if m.comment_id is None else ("comment", by_comment[m.comment_id])

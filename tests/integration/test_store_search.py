@@ -231,6 +231,13 @@ def test_marker_characters_in_the_text_are_not_taken_for_matches(store: TicketSt
     assert marked("Receipt") in hit.snippet and "forged" in hit.snippet
 
 
+def test_a_snippet_keeps_angle_brackets_and_ampersands_as_the_mail_wrote_them(store: TicketStore) -> None:
+    # PostgreSQL's ts_headline would take "<...>" for an HTML tag and drop it.
+    store.apply(command(1, text="Write to <john@example.com> & say a < b, not <b>flibbertigibbet</b>."))
+    [hit] = store.search("flibbertigibbet", ["SUPPORT"])
+    assert "<john@example.com> & say a < b, not <b>" + marked("flibbertigibbet") in hit.snippet, hit.snippet
+
+
 def test_a_huge_mail_is_stored_and_searchable(store: TicketStore) -> None:
     # A tsvector holds at most 1 MB: PostgreSQL indexes the first 100,000 characters.
     body = "needle " + " ".join(f"w{i:x}" for i in range(150_000))  # about a million characters
