@@ -80,6 +80,10 @@ CANDIDATES = 200
 # Agents whose queues hold at least this share of all tickets search the
 # indexes unrestricted (see _scope).
 UNRESTRICTED_SHARE = 0.5
+# PostgreSQL: a queue with at most this share of all tickets is searched by
+# walking its own tickets newest first where a word is common (see
+# _postgres_candidates).
+SMALL_QUEUE_SHARE = 0.02
 SNIPPET_TOKENS = 16
 # Snippets read a text up to this long (PostgreSQL: its first characters);
 # the engines spend about 20 (SQLite) to 300 (PostgreSQL) ms per million
@@ -97,7 +101,7 @@ _SEARCH_TABLES = frozenset(
 )
 _SEARCH_COLUMNS = frozenset([("tickets", "search_vector"), ("comments", "search_vector")])
 _SEARCH_INDEXES = frozenset(["ix_tickets_search_vector", "ix_comments_search_vector"])
-# PostgreSQL: the queue's lexeme in every comment's vector (migration 0006).
+# PostgreSQL: the queue's lexeme in every vector (migration 0006).
 QUEUE_LEXEME_PREFIX = "§queue:"
 
 
@@ -173,12 +177,14 @@ class _Match:
 class _Scope:
     """How a search narrows the indexes to the agent's ``queues``, which hold
     ``share`` of all tickets: to ``restrict`` (the same queues), or not at all
-    (None) from UNRESTRICTED_SHARE up. The queries check the queues exactly
-    either way."""
+    (None) from UNRESTRICTED_SHARE up. PostgreSQL walks each of the ``small``
+    ones (SMALL_QUEUE_SHARE or less) on its own. The queries check the queues
+    exactly either way."""
 
     queues: list[str]
     restrict: list[str] | None
     share: float
+    small: list[str]
 
 
 def _scope(conn: Connection, queues: list[str]) -> _Scope:
@@ -187,9 +193,11 @@ def _scope(conn: Connection, queues: list[str]) -> _Scope:
     per_queue: dict[str, int] = {}
     for (queue, _status, _assignee), n in workflow.counts(conn).items():
         per_queue[queue] = per_queue.get(queue, 0) + n
-    total = sum(per_queue.values())
-    share = sum(per_queue.get(q, 0) for q in queues) / total if total else 1.0
-    return _Scope(queues, None if share >= UNRESTRICTED_SHARE else queues, share)
+    total = sum(per_queue.values()) or 1
+    share = sum(per_queue.get(q, 0) for q in queues) / total if per_queue else 1.0
+    if share >= UNRESTRICTED_SHARE:
+        return _Scope(queues, None, share, [])
+    return _Scope(queues, queues, share, [q for q in queues if per_queue.get(q, 0) / total <= SMALL_QUEUE_SHARE])
 
 
 def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
@@ -393,47 +401,48 @@ _RANK = "ts_rank_cd('{{0.3, 0.2, 0.4, 1.0}}'::real[], {}.search_vector, " + _TSQ
 _NOT_EMPTY = f"numnode({_TSQUERY}) > 0"
 
 
-def _postgres_tickets(queues: int | None) -> TextClause:
-    """The newest matching tickets, ranked outside the subquery that finds
-    them (ts_rank_cd runs for the capped rows only); the outer query checks
-    the queue.
+def _postgres_candidates(table: str, restricted: bool, small: int, large: bool) -> TextClause:
+    """The newest matches of ``table``, ranked outside the subquery that
+    finds them (ts_rank_cd runs for the capped rows only); the outer query
+    checks the queue exactly.
 
-    For ``queues`` (their number; None: unrestricted) one branch per queue:
-    PostgreSQL walks that queue's tickets newest first (``number`` grows with
-    the id within a queue) for a common word, or combines the GIN and queue
-    indexes for a rarer one. ``numnode``: a query of stop words is empty and
-    finds nothing.
+    Unrestricted: the newest matches of all queues. Restricted, one branch for
+    each of ``small`` queues (``queue_0``, ...): PostgreSQL walks the queue's
+    tickets newest first (``number`` grows with the id within a queue) while
+    a word is common, or combines the GIN and queue indexes for a rarer one;
+    and with ``large``, one branch for the other queues, whose lexemes (a
+    row's queue, migration 0006) are ANDed into the tsquery, so GIN finds only
+    their rows. The two kinds are kept apart: the planner multiplies the
+    selectivities of a queue and its lexeme as if they were independent, and
+    the plan for the resulting underestimate read a whole large queue.
+    ``numnode``: a query of stop words is empty (and empty && lexemes would
+    be every row of the queues): it finds nothing.
     """
-    if queues is None:
-        newest = f"SELECT id FROM tickets WHERE search_vector @@ {_TSQUERY} AND {_NOT_EMPTY} ORDER BY id DESC LIMIT :cap"
+    rows = "tickets t" if table == "tickets" else "tickets t JOIN comments c ON c.ticket_id = t.id"
+    row = "t" if table == "tickets" else "c"
+    branches = []
+    if not restricted or large:
+        tsquery = f"({_TSQUERY} && CAST(:lexemes AS tsquery))" if restricted else _TSQUERY
+        branches.append(f"SELECT id FROM {table} WHERE search_vector @@ {tsquery} AND {_NOT_EMPTY} "
+                        "ORDER BY id DESC LIMIT :cap")
+    branches += [
+        f"SELECT {row}.id FROM {rows} WHERE t.queue = :queue_{i} AND {row}.search_vector @@ {_TSQUERY} "
+        f"AND {_NOT_EMPTY} ORDER BY t.number DESC LIMIT :cap"
+        for i in range(small)
+    ]
+    if len(branches) == 1:
+        newest = branches[0]
     else:
-        newest = " UNION ALL ".join(
-            f"(SELECT id FROM tickets WHERE queue = :queue_{i} AND search_vector @@ {_TSQUERY} AND {_NOT_EMPTY} "
-            "ORDER BY number DESC LIMIT :cap)"
-            for i in range(queues)
-        )
-        newest = f"SELECT id FROM ({newest}) n ORDER BY id DESC LIMIT :cap"
-    return text(
-        f"SELECT t.id AS ticket_id, {_RANK.format('t')} AS score FROM ({newest}) h "
-        "JOIN tickets t ON t.id = h.id WHERE t.queue IN :queues"
-    ).bindparams(bindparam("queues", expanding=True))
+        newest = "SELECT id FROM (" + " UNION ALL ".join(f"({b})" for b in branches) + ") n ORDER BY id DESC LIMIT :cap"
+    if table == "tickets":
+        sql = (f"SELECT t.id AS ticket_id, {_RANK.format('t')} AS score FROM ({newest}) h "
+               "JOIN tickets t ON t.id = h.id WHERE t.queue IN :queues")
+    else:
+        sql = (f"SELECT c.ticket_id, c.id AS comment_id, {_RANK.format('c')} AS score FROM ({newest}) h "
+               "JOIN comments c ON c.id = h.id JOIN tickets t ON t.id = c.ticket_id WHERE t.queue IN :queues")
+    return text(sql).bindparams(bindparam("queues", expanding=True))
 
 
-def _postgres_comments(restricted: bool) -> TextClause:
-    """The newest matching comments, as ``_postgres_tickets``. Restricted, the
-    queues' lexemes are ANDed into the tsquery (comments have no queue
-    column): GIN finds only their comments, and a walk down the newest
-    comments skips the others. The empty tsquery of stop words && the lexemes
-    would be every comment of the queues: ``numnode`` keeps it finding nothing."""
-    tsquery = f"({_TSQUERY} && CAST(:lexemes AS tsquery))" if restricted else _TSQUERY
-    newest = f"SELECT id FROM comments WHERE search_vector @@ {tsquery} AND {_NOT_EMPTY} ORDER BY id DESC LIMIT :cap"
-    return text(
-        f"SELECT c.ticket_id, c.id AS comment_id, {_RANK.format('c')} AS score FROM ({newest}) h "
-        "JOIN comments c ON c.id = h.id JOIN tickets t ON t.id = c.ticket_id WHERE t.queue IN :queues"
-    ).bindparams(bindparam("queues", expanding=True))
-
-
-_POSTGRES_COMMENTS = {restricted: _postgres_comments(restricted) for restricted in (False, True)}
 # ts_headline parses its text like a document: anything between < and > is an
 # HTML tag to it and is dropped from the snippet, and so are entities. Mail text
 # is plain text ("<john@example.com>", "a < b"), so those three characters are
@@ -474,13 +483,14 @@ def _postgres_matches(conn: Connection, query: str, scope: _Scope) -> list[_Matc
     # queues' newest matches to hold about CANDIDATES of the agent's.
     cap = CANDIDATES if restrict is not None else math.ceil(CANDIDATES / max(scope.share, UNRESTRICTED_SHARE))
     params: dict[str, Any] = {"query": query, "queues": scope.queues, "cap": cap}
-    if restrict is not None:
-        params["lexemes"] = queue_tsquery(restrict)
-        params.update((f"queue_{i}", queue) for i, queue in enumerate(restrict))
-    tickets_query = _postgres_tickets(None if restrict is None else len(restrict))
-    found = [_Match(r.ticket_id, None, float(r.score)) for r in conn.execute(tickets_query, params)]
-    found += [_Match(r.ticket_id, r.comment_id, float(r.score))
-              for r in conn.execute(_POSTGRES_COMMENTS[restrict is not None], params)]
+    params.update((f"queue_{i}", queue) for i, queue in enumerate(scope.small))
+    large = [q for q in restrict or () if q not in scope.small]
+    params["lexemes"] = queue_tsquery(large)
+    found: list[_Match] = []
+    for table in ("tickets", "comments"):
+        statement = _postgres_candidates(table, restrict is not None, len(scope.small), bool(large))
+        found += [_Match(r.ticket_id, getattr(r, "comment_id", None), float(r.score))
+                  for r in conn.execute(statement, params)]
     return found
 
 

@@ -161,6 +161,27 @@ def test_only_the_given_queues_are_searched(store: TicketStore) -> None:
     assert store.search("harbour", ["NOPE"]) == []
 
 
+def test_small_medium_and_large_queues_are_searched_alike(store: TicketStore) -> None:
+    # TINY holds 1 ticket of 66 (PostgreSQL walks it on its own), MID 5 (found by
+    # its lexeme), BIG 60 (most tickets: the indexes are read for all queues).
+    for n in range(1, 61):
+        store.apply(command(n, queue="BIG", mailbox="big@example.com", subject=f"Walrus {n}", text="x"))
+    for n in range(61, 66):
+        store.apply(command(n, queue="MID", mailbox="mid@example.com", subject="Walrus", text="x"))
+    store.apply(command(66, queue="TINY", mailbox="tiny@example.com", subject="Walrus", text="x"))
+    store.apply(reply(67, queue="TINY", mailbox="tiny@example.com", in_reply_to="msg-66@customer.org", text="narwhal"))
+    store.apply(reply(68, queue="MID", mailbox="mid@example.com", in_reply_to="msg-61@customer.org", text="narwhal"))
+    store.apply(reply(69, queue="BIG", mailbox="big@example.com", in_reply_to="msg-1@customer.org", text="narwhal"))
+
+    assert keys(store.search("walrus", ["TINY"])) == ["TINY-1"]
+    assert keys(store.search("narwhal", ["TINY"])) == ["TINY-1"]
+    assert sorted(keys(store.search("walrus", ["TINY", "MID"]))) == [f"MID-{n}" for n in range(1, 6)] + ["TINY-1"]
+    assert sorted(keys(store.search("narwhal", ["MID", "TINY"]))) == ["MID-1", "TINY-1"]
+    assert sorted(keys(store.search("narwhal", ["BIG"]))) == ["BIG-1"]
+    assert len(store.search("walrus", ["BIG"], limit=100)) == 60
+    assert len(store.search("walrus", ["BIG", "MID", "TINY"], limit=100)) == 66
+
+
 def test_a_ticket_moved_to_another_queue_is_searched_there(store: TicketStore) -> None:
     # deskmail does not move tickets today; the index must follow if anything does.
     store.apply(command(1, subject="Lighthouse", text="x"))

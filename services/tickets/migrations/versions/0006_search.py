@@ -18,10 +18,10 @@ them out of the schema comparison.
   with them.
 - PostgreSQL: ``search_vector`` tsvector columns with GIN indexes: on
   tickets a STORED generated column (the summary weighted A, the description
-  B), on comments one a trigger keeps: the body, and the ticket's queue as a
+  B), on comments one a trigger keeps (the body), as a generated column
+  cannot read the ticket's queue: each vector also holds the row's queue as a
   lexeme no text can produce, so a search restricted to some queues finds
-  their comments in one GIN lookup (comments have no queue column, and a
-  generated column cannot read the ticket's). A tsvector holds at most 1 MB and a mail's
+  their rows in one GIN lookup. A tsvector holds at most 1 MB and a mail's
   text may be up to 1,000,000 characters, so only the first 10,000 characters
   of a summary and 100,000 of a description or body are indexed (at most
   about 4.5 bytes of tsvector per character: no insert can fail on it).
@@ -95,9 +95,9 @@ _SQLITE_DOWN = [
     "DROP TABLE tickets_fts",
     "DROP VIEW comments_search",
 ]
-# A comment's queue is one more lexeme of its vector, "§queue:" and the key:
-# no text yields it (the parser never keeps "§" in a word), and a search ANDs
-# the agent's queues into its tsquery, so GIN finds only their comments.
+# A row's queue is one more lexeme of its vector, "§queue:" and the key: no
+# text yields it (the parser never keeps "§" in a word), and a search ANDs the
+# agent's queues into its tsquery, so GIN finds only their rows.
 _QUEUE_LEXEME = "array_to_tsvector(ARRAY['§queue:' || {}])"
 _COMMENT_VECTOR = (
     "to_tsvector('russian'::regconfig, left({row}.body, 100000)) || "
@@ -106,7 +106,8 @@ _COMMENT_VECTOR = (
 _POSTGRES_UP = [
     "ALTER TABLE tickets ADD COLUMN search_vector tsvector GENERATED ALWAYS AS ("
     "setweight(to_tsvector('russian'::regconfig, left(summary, 10000)), 'A') || "
-    "setweight(to_tsvector('russian'::regconfig, left(description, 100000)), 'B')) STORED",
+    "setweight(to_tsvector('russian'::regconfig, left(description, 100000)), 'B') || "
+    f"{_QUEUE_LEXEME.format('queue')}) STORED",
     # A generated column cannot read the ticket's queue: a trigger keeps it.
     "ALTER TABLE comments ADD COLUMN search_vector tsvector",
     "CREATE FUNCTION comments_search_vector() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
