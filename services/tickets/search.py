@@ -88,6 +88,9 @@ UNRESTRICTED_SHARE = 0.5
 # are searched on their own, walked newest first where a word is common (see
 # _postgres_candidates).
 SMALL_QUEUE_SHARE = 0.02
+# More small queues than this share the large queues' branch: every branch is
+# one more plan (a few ms each) and one more index lookup for a rare word.
+SMALL_QUEUE_BRANCHES = 8
 SNIPPET_TOKENS = 16
 # Snippets read a text up to this long (PostgreSQL: its first characters);
 # the engines spend about 20 (SQLite) to 300 (PostgreSQL) ms per million
@@ -201,7 +204,8 @@ def _scope(conn: Connection, queues: list[str]) -> _Scope:
     share = sum(per_queue.get(q, 0) for q in queues) / total if per_queue else 1.0
     if share >= UNRESTRICTED_SHARE:
         return _Scope(queues, None, share, [])
-    return _Scope(queues, queues, share, [q for q in queues if per_queue.get(q, 0) / total <= SMALL_QUEUE_SHARE])
+    small = [q for q in queues if per_queue.get(q, 0) / total <= SMALL_QUEUE_SHARE]
+    return _Scope(queues, queues, share, small if len(small) <= SMALL_QUEUE_BRANCHES else [])
 
 
 def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
