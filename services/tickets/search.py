@@ -37,7 +37,9 @@ are read for all queues and other queues' rows skipped; below, the indexes
 give only the agent's queues' rows (FTS5 indexes the queue; PostgreSQL walks
 or looks up each queue's tickets, and finds comments by their queue's
 lexeme). The queue is checked exactly either way; the counts steer the cost
-only.
+only. Not bounded by the cap: several words that are each fairly common but
+rarely together, where the engine walks the rarest one's rows to find their
+few shared ones.
 
 Ranking, best first, ties newest first, one hit per ticket (its best match):
 
@@ -76,14 +78,19 @@ from services.tickets.views import MARK_END, MARK_START, SearchHit, SearchWhere,
 MAX_QUERY_CHARS = 200
 MAX_TERMS = 12
 # Matches ranked per index and search: the cap that bounds a search's work.
-CANDIDATES = 200
+# Two pages of 50; at 200, the slowest searches on 1,000,000 tickets took a
+# quarter longer (tests/bench/search.py).
+CANDIDATES = 100
 # Agents whose queues hold at least this share of all tickets search the
 # indexes unrestricted (see _scope).
 UNRESTRICTED_SHARE = 0.5
-# PostgreSQL: a queue with at most this share of all tickets is searched by
-# walking its own tickets newest first where a word is common (see
+# PostgreSQL: the tickets of a queue with at most this share of all tickets
+# are searched on their own, walked newest first where a word is common (see
 # _postgres_candidates).
 SMALL_QUEUE_SHARE = 0.02
+# More small queues than this share the large queues' branch: every branch is
+# one more plan (a few ms each) and one more index lookup for a rare word.
+SMALL_QUEUE_BRANCHES = 8
 SNIPPET_TOKENS = 16
 # Snippets read a text up to this long (PostgreSQL: its first characters);
 # the engines spend about 20 (SQLite) to 300 (PostgreSQL) ms per million
@@ -178,8 +185,8 @@ class _Scope:
     """How a search narrows the indexes to the agent's ``queues``, which hold
     ``share`` of all tickets: to ``restrict`` (the same queues), or not at all
     (None) from UNRESTRICTED_SHARE up. PostgreSQL walks each of the ``small``
-    ones (SMALL_QUEUE_SHARE or less) on its own. The queries check the queues
-    exactly either way."""
+    ones (SMALL_QUEUE_SHARE or less) on its own, for tickets. The queries
+    check the queues exactly either way."""
 
     queues: list[str]
     restrict: list[str] | None
@@ -197,7 +204,8 @@ def _scope(conn: Connection, queues: list[str]) -> _Scope:
     share = sum(per_queue.get(q, 0) for q in queues) / total if per_queue else 1.0
     if share >= UNRESTRICTED_SHARE:
         return _Scope(queues, None, share, [])
-    return _Scope(queues, queues, share, [q for q in queues if per_queue.get(q, 0) / total <= SMALL_QUEUE_SHARE])
+    small = [q for q in queues if per_queue.get(q, 0) / total <= SMALL_QUEUE_SHARE]
+    return _Scope(queues, queues, share, small if len(small) <= SMALL_QUEUE_BRANCHES else [])
 
 
 def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
@@ -406,28 +414,31 @@ def _postgres_candidates(table: str, restricted: bool, small: int, large: bool) 
     finds them (ts_rank_cd runs for the capped rows only); the outer query
     checks the queue exactly.
 
-    Unrestricted: the newest matches of all queues. Restricted, one branch for
-    each of ``small`` queues (``queue_0``, ...): PostgreSQL walks the queue's
-    tickets newest first (``number`` grows with the id within a queue) while
-    a word is common, or combines the GIN and queue indexes for a rarer one;
-    and with ``large``, one branch for the other queues, whose lexemes (a
-    row's queue, migration 0006) are ANDed into the tsquery, so GIN finds only
-    their rows. The two kinds are kept apart: the planner multiplies the
-    selectivities of a queue and its lexeme as if they were independent, and
-    the plan for the resulting underestimate read a whole large queue.
-    ``numnode``: a query of stop words is empty (and empty && lexemes would
-    be every row of the queues): it finds nothing.
+    Unrestricted: the newest matches of all queues. Restricted, the queues'
+    lexemes (a row's queue, migration 0006) are ANDed into the tsquery, so GIN
+    finds only their rows; except that for tickets each of ``small`` queues
+    (``queue_0``, ...) has a branch of its own, where PostgreSQL walks the
+    queue's tickets newest first (``number`` grows with the id within a queue)
+    while a word is common, or ANDs the GIN and queue indexes for a rarer
+    one; ``large`` says whether any other queues remain for the lexemes. A
+    queue's condition and its lexeme never meet in one branch: the planner
+    would multiply their selectivities as if independent, and the plan for
+    the resulting underestimate read a whole large queue. (Comments have no
+    queue column: a walk through a small queue's tickets paid for a rarer
+    word with a GIN scan of all its comments, once per queue.) ``numnode``: a
+    query of stop words is empty (and empty && lexemes would be every row of
+    the queues): it finds nothing.
     """
-    rows = "tickets t" if table == "tickets" else "tickets t JOIN comments c ON c.ticket_id = t.id"
-    row = "t" if table == "tickets" else "c"
+    if table == "comments":
+        small, large = 0, True
     branches = []
     if not restricted or large:
         tsquery = f"({_TSQUERY} && CAST(:lexemes AS tsquery))" if restricted else _TSQUERY
         branches.append(f"SELECT id FROM {table} WHERE search_vector @@ {tsquery} AND {_NOT_EMPTY} "
                         "ORDER BY id DESC LIMIT :cap")
     branches += [
-        f"SELECT {row}.id FROM {rows} WHERE t.queue = :queue_{i} AND {row}.search_vector @@ {_TSQUERY} "
-        f"AND {_NOT_EMPTY} ORDER BY t.number DESC LIMIT :cap"
+        f"SELECT id FROM tickets WHERE queue = :queue_{i} AND search_vector @@ {_TSQUERY} AND {_NOT_EMPTY} "
+        "ORDER BY number DESC LIMIT :cap"
         for i in range(small)
     ]
     if len(branches) == 1:
@@ -485,12 +496,12 @@ def _postgres_matches(conn: Connection, query: str, scope: _Scope) -> list[_Matc
     params: dict[str, Any] = {"query": query, "queues": scope.queues, "cap": cap}
     params.update((f"queue_{i}", queue) for i, queue in enumerate(scope.small))
     large = [q for q in restrict or () if q not in scope.small]
-    params["lexemes"] = queue_tsquery(large)
-    found: list[_Match] = []
-    for table in ("tickets", "comments"):
-        statement = _postgres_candidates(table, restrict is not None, len(scope.small), bool(large))
-        found += [_Match(r.ticket_id, getattr(r, "comment_id", None), float(r.score))
-                  for r in conn.execute(statement, params)]
+    tickets_query = _postgres_candidates("tickets", restrict is not None, len(scope.small), bool(large))
+    found = [_Match(r.ticket_id, None, float(r.score))
+             for r in conn.execute(tickets_query, {**params, "lexemes": queue_tsquery(large)})]
+    comments_query = _postgres_candidates("comments", restrict is not None, 0, True)
+    found += [_Match(r.ticket_id, r.comment_id, float(r.score))
+              for r in conn.execute(comments_query, {**params, "lexemes": queue_tsquery(restrict or ())})]
     return found
 
 

@@ -81,7 +81,8 @@ def comments(texts: Texts, n: int) -> Iterator[tuple[int, int, str]]:
 
 
 # The counts the store keeps with every ticket it writes (search reads them).
-_COUNTS = "INSERT INTO ticket_counts (queue, status, assignee, n) SELECT queue, 'open', '', count(*) FROM tickets GROUP BY queue"
+_COUNTS = ("INSERT INTO ticket_counts (queue, status, assignee, n) "
+           "SELECT queue, 'open', '', count(*) FROM tickets GROUP BY queue")
 
 
 def load(store: TicketStore, n: int) -> None:
