@@ -10,6 +10,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
+from services.tickets.search import include_object
 from services.tickets.tables import metadata
 
 config = context.config
@@ -20,6 +21,9 @@ def _configure(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         compare_type=True,
+        # The search objects (migration 0006) are engine-specific and not in the
+        # metadata: an autogenerate run must not propose dropping them.
+        include_object=include_object,
         # SQLite supports transactional DDL too; one transaction per upgrade
         # means a failed migration leaves no half-built schema behind.
         transactional_ddl=True,
