@@ -19,9 +19,10 @@ from collections.abc import Sequence
 
 from fastapi import HTTPException
 
+from services.api.context import ApiContext
 from services.common import permissions
 from services.common.config import Config, Member
-from services.tickets import TicketStore, TicketSummary
+from services.tickets import TicketDetail, TicketStore, TicketSummary
 
 
 def seen_queues(config: Config, agent: Member | None) -> frozenset[str] | None:
@@ -74,3 +75,12 @@ def list_tickets(store: TicketStore, seen: frozenset[str] | None, limit: int, of
     ]
     merged = heapq.merge(*per_queue, key=lambda t: t.created_at, reverse=True)
     return list(merged)[offset:offset + limit]
+
+
+def visible_ticket(ctx: ApiContext, agent: Member | None, key: str) -> TicketDetail:
+    """The ticket; 404 when there is none, 403 when its queue is not the agent's."""
+    detail = ctx.store.get_ticket(key)
+    if detail is None:
+        raise HTTPException(404, f"no ticket {key}")
+    require_queue(ctx.config, agent, detail.queue)
+    return detail

@@ -151,21 +151,12 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def _visible_ticket(ctx: ApiContext, agent: Member | None, key: str) -> TicketDetail:
-    """The ticket; 404 when there is none, 403 when its queue is not the agent's."""
-    detail = ctx.store.get_ticket(key)
-    if detail is None:
-        raise HTTPException(404, f"no ticket {key}")
-    access.require_queue(ctx.config, agent, detail.queue)
-    return detail
-
-
 @router.get("/tickets/{key}", response_model=TicketOut, responses={403: _ERRORS[403], 404: _ERRORS[404]})
 def get_ticket(
     key: str, ctx: ApiContext = Depends(context), agent: Member | None = Depends(signed_in_agent)
 ) -> dict[str, object]:
     """The ticket and its whole thread, oldest first."""
-    return serialize.ticket(_visible_ticket(ctx, agent, key))
+    return serialize.ticket(access.visible_ticket(ctx, agent, key))
 
 
 @router.get("/tickets/{key}/deliveries", response_model=list[DeliveryOut],
@@ -174,7 +165,7 @@ def get_deliveries(
     key: str, ctx: ApiContext = Depends(context), agent: Member | None = Depends(signed_in_agent)
 ) -> list[dict[str, object]]:
     """Delivery status of every outgoing mail of the ticket (the ticket page polls this)."""
-    detail = _visible_ticket(ctx, agent, key)
+    detail = access.visible_ticket(ctx, agent, key)
     return [serialize.delivery(e) for e in detail.thread if e.kind == "mail_out"]
 
 
@@ -193,7 +184,7 @@ def post_ticket_reply(
     """Reply on a ticket: an email to the recipients (delivery status ``queued``,
     then ``sent``/``failed`` as the sender reports), or an internal comment;
     with ``set_status``, the ticket's status changes in the same transaction."""
-    detail = _visible_ticket(ctx, signed_in, key)
+    detail = access.visible_ticket(ctx, signed_in, key)
     author = _author(signed_in, body.author)
     request = ReplyRequest(
         ticket_key=key, author_email=author, text=body.text,

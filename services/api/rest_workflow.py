@@ -19,7 +19,7 @@ from services.api import access, changes, queue_views, serialize
 from services.api.api_models import ConflictOut, TicketChangedOut, TicketPatch
 from services.api.context import ApiContext, context, signed_in_agent
 from services.api.queue_views import FilterError, Filters
-from services.api.rest import _ERRORS, Error, TicketPage, _visible_ticket, conflict_body
+from services.api.rest import _ERRORS, Error, TicketPage, conflict_body
 from services.common.config import Member
 from services.tickets import BadCursor, TicketStore, TicketSummary, View
 from services.tickets.listing import MAX_LIMIT
@@ -130,7 +130,7 @@ def patch_ticket(
     signed_in: Member | None = Depends(signed_in_agent),
 ) -> dict[str, object] | JSONResponse:
     """Change status, assignee, type and components in one step, checked against ``version``."""
-    detail = _visible_ticket(ctx, signed_in, key)
+    detail = access.visible_ticket(ctx, signed_in, key)
     try:
         if signed_in is not None and body.actor and body.actor.strip().lower() != signed_in.email:
             raise changes.ChangeForbidden(f"signed in as {signed_in.email}: cannot change as {body.actor}")

@@ -75,15 +75,6 @@ def mail_html(detail: TicketDetail, remote_images: bool) -> dict[str | int, Safe
     return out
 
 
-def visible_ticket(ctx: ApiContext, agent: Member | None, key: str) -> TicketDetail:
-    """The ticket; 404 when there is none, 403 when its queue is not the agent's."""
-    detail = ctx.store.get_ticket(key)
-    if detail is None:
-        raise HTTPException(404, f"no ticket {key}")
-    access.require_queue(ctx.config, agent, detail.queue)
-    return detail
-
-
 def items(ctx: ApiContext, detail: TicketDetail) -> list[Item]:
     """Comments and events, oldest first; at one instant the comment comes first
     (a reply that set a status)."""

@@ -19,7 +19,6 @@ from fastapi.responses import HTMLResponse, Response
 from services.api import access, files
 from services.api.context import ApiContext, context, signed_in_agent
 from services.api.render import csrf_protect, render, templates
-from services.api.ticket_view import visible_ticket
 from services.common.blobs import BlobMissing, BlobStore
 from services.common.config import Config, Mailbox, Member, Secret
 
@@ -34,7 +33,7 @@ def attachment(
     agent: Member | None = Depends(signed_in_agent),
 ) -> Response:
     """An attachment's bytes, as a download of a safe type (``services.api.files``)."""
-    detail = visible_ticket(ctx, agent, key)
+    detail = access.visible_ticket(ctx, agent, key)
     if not 0 <= number < len(detail.attachments):
         raise HTTPException(404, f"ticket {key} has no attachment {number}")
     info = detail.attachments[number]

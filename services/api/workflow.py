@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from services.api import changes, live, ticket_metrics, ticket_view
+from services.api import access, changes, live, ticket_metrics, ticket_view
 from services.api.context import ApiContext, context, signed_in_agent
 from services.api.render import csrf_protect
 from services.api.replies import ReplyConflict, ReplyError, ReplyRequest, post_reply
@@ -57,7 +57,7 @@ def _refused(request: Request, ctx: ApiContext, key: str, signed_in: Member | No
              error: changes.ChangeError | ReplyError) -> HTMLResponse:
     """The page again, with the reason, the agent's input and, after a conflict,
     the changes they missed; the form then carries the current version."""
-    detail = ticket_view.visible_ticket(ctx, signed_in, key)
+    detail = access.visible_ticket(ctx, signed_in, key)
     if not form.get("components_shown"):  # posted without the change controls: show the ticket's own
         form = {**form, **ticket_view.change_values(detail), "version": _version(form) or detail.version}
     lines: tuple[changes.EventLine, ...] = ()
@@ -77,7 +77,7 @@ def ticket_page(
     signed_in: Member | None = Depends(signed_in_agent),
 ) -> HTMLResponse:
     """The ticket; ``html``: show each mail's sanitised HTML, ``images``: with its https images."""
-    detail = ticket_view.visible_ticket(ctx, signed_in, key)
+    detail = access.visible_ticket(ctx, signed_in, key)
     return ticket_view.page(request, ctx, detail, signed_in, show_html=html or images, remote_images=images)
 
 
@@ -87,7 +87,7 @@ def ticket_live(
     signed_in: Member | None = Depends(signed_in_agent),
 ) -> Response:
     """304 while the ticket is as the page shows it, else the page's changed fragments."""
-    detail = ticket_view.visible_ticket(ctx, signed_in, key)
+    detail = access.visible_ticket(ctx, signed_in, key)
     etag = live.ticket_stamp(detail, ticket_view.view_query(html or images, images))
     if live.unchanged(request, etag):
         return live.not_modified(etag)
@@ -102,7 +102,7 @@ def ticket_reply(
 ) -> Response:
     """Store the reply (and the status chosen with it) and redirect to the ticket
     (POST-redirect-GET); on a refusal show the page again with what was typed."""
-    detail = ticket_view.visible_ticket(ctx, signed_in, key)
+    detail = access.visible_ticket(ctx, signed_in, key)
     emailed = form["send_email"]
     try:
         set_status = changes.status_of(form["set_status"])
@@ -138,7 +138,7 @@ def _changed(request: Request, ctx: ApiContext, key: str, signed_in: Member | No
     page itself with the draft."""
     if not form["text"].strip():
         return RedirectResponse(f"/tickets/{key}", status_code=303)
-    detail = ticket_view.visible_ticket(ctx, signed_in, key)
+    detail = access.visible_ticket(ctx, signed_in, key)
     return ticket_view.page(request, ctx, detail, signed_in,
                             form={**form, **ticket_view.change_values(detail), "set_status": form["set_status"]})
 
@@ -150,7 +150,7 @@ def ticket_change(
 ) -> Response:
     """Change status, assignee, type and components at once, checked against the
     version the page showed."""
-    detail = ticket_view.visible_ticket(ctx, signed_in, key)
+    detail = access.visible_ticket(ctx, signed_in, key)
     try:
         by = changes.actor(ctx.config, signed_in, form["author"])
         change = changes.plan_change(
@@ -181,7 +181,7 @@ def ticket_take(
     signed_in: Member | None = Depends(signed_in_agent),
 ) -> Response:
     """Assign the ticket to the agent (and start it when it is open; see ``changes.take``)."""
-    detail = ticket_view.visible_ticket(ctx, signed_in, key)
+    detail = access.visible_ticket(ctx, signed_in, key)
     try:
         by = changes.actor(ctx.config, signed_in, form["author"])
         changes.check_assignee(ctx.config, detail.queue, by.email)
