@@ -54,6 +54,15 @@ Ranking, best first, ties newest first, one hit per ticket (its best match):
   description 0.2. Each is one more FTS5 query over the candidates' range of
   rows, and costs no more for a common word.
 
+Two indexes, two connections: with a ``Beside`` (the store gives one for a
+database file or server), the comments' candidates are found on a second
+pooled connection at the same time as the tickets', so a search takes about
+the slower of the two instead of their sum. On PostgreSQL the second
+connection imports the first one's snapshot (``SET TRANSACTION SNAPSHOT``):
+both read the same committed state. SQLite has no such import; a ticket or
+comment committed between the two reads may be found by one and not seen by
+the other, and is left out of that search.
+
 Snippets are computed for the returned page only.
 """
 
@@ -62,7 +71,9 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,23 +219,42 @@ def _scope(conn: Connection, queues: list[str]) -> _Scope:
     return _Scope(queues, queues, share, small if len(small) <= SMALL_QUEUE_BRANCHES else [])
 
 
-def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int) -> list[SearchHit]:
+@dataclass(frozen=True)
+class Beside:
+    """Where a search runs its second index's query: ``executor`` runs it on
+    a connection from ``connect``, while the first runs on the caller's."""
+
+    executor: Executor
+    connect: Callable[[], AbstractContextManager[Connection]]
+
+
+def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offset: int,
+           beside: Beside | None = None) -> list[SearchHit]:
     """The tickets in ``queues`` whose text or comments match ``query``, best
     first (ties: newest first), one hit per ticket; ``limit`` and ``offset``
     page them. Call on a fresh connection: on PostgreSQL it sets the
-    transaction's isolation and planner options."""
+    transaction's isolation and planner options. With ``beside``, the
+    comments index is read on a second connection at the same time."""
     words = terms(query)
     wanted = list(dict.fromkeys(queues))
     if not words or not wanted or limit == 0:
         return []
     if conn.dialect.name == "sqlite":
-        matches = _sqlite_matches(conn, words, _scope(conn, wanted))
+        scope = _scope(conn, wanted)
+        ticket_matches, comment_matches = _side_by_side(
+            conn, lambda c: _sqlite_ticket_matches(c, words, scope),
+            lambda c: _sqlite_comment_matches(c, words, scope), beside, lambda c: None)
     else:
         conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for all the reads
         _postgres_settings(conn)
-        matches = _postgres_matches(conn, " ".join(words), _scope(conn, wanted))
+        scope = _scope(conn, wanted)
+        snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one() if beside else ""
+        ticket_matches, comment_matches = _side_by_side(
+            conn, lambda c: _postgres_ticket_matches(c, " ".join(words), scope),
+            lambda c: _postgres_comment_matches(c, " ".join(words), scope), beside,
+            lambda c: _postgres_import(c, snapshot))
     best: dict[int, _Match] = {}
-    for m in matches:  # ticket matches first: they win a tie with a comment
+    for m in [*ticket_matches, *comment_matches]:  # ticket matches first: they win a tie with a comment
         if m.ticket_id not in best or m.score > best[m.ticket_id].score:
             best[m.ticket_id] = m
     page = sorted(best.values(), key=lambda m: (-m.score, -m.ticket_id))[offset:offset + limit]
@@ -237,7 +267,33 @@ def search(conn: Connection, query: str, queues: Sequence[str], limit: int, offs
         SearchHit(ticket=summaries[m.ticket_id], snippet=snippets[m][1], where=snippets[m][0],
                   comment_id=m.comment_id, rank=m.score)
         for m in page
+        if m.ticket_id in summaries and m in snippets  # SQLite, two connections: see the module's docstring
     ]
+
+
+def _side_by_side(
+    conn: Connection,
+    first: Callable[[Connection], list[_Match]],
+    second: Callable[[Connection], list[_Match]],
+    beside: Beside | None,
+    prepare: Callable[[Connection], None],
+) -> tuple[list[_Match], list[_Match]]:
+    """``first(conn)``, and ``second`` on a connection of ``beside`` readied by
+    ``prepare``, at the same time; both on ``conn`` without ``beside``."""
+    if beside is None:
+        return first(conn), second(conn)
+
+    def run() -> list[_Match]:
+        with beside.connect() as other:
+            prepare(other)
+            return second(other)
+
+    future = beside.executor.submit(run)
+    try:
+        found = first(conn)
+    finally:
+        others = future.result()  # waited for even when ``first`` failed: its connection goes back to the pool
+    return found, others
 
 
 def _summaries(conn: Connection, ids: list[int]) -> dict[int, TicketSummary]:
@@ -328,35 +384,31 @@ _SQLITE_COMMENT_SNIPPETS = text(
 ).bindparams(bindparam("ids", expanding=True))
 
 
-def _sqlite_matches(conn: Connection, words: list[str], scope: _Scope) -> list[_Match]:
-    restrict = scope.restrict or ()
-    tickets_found = conn.execute(_SQLITE_TICKETS, {
-        "match": fts5_match(words, ("summary", "description"), restrict), "queues": scope.queues, "cap": CANDIDATES,
+def _sqlite_among(conn: Connection, table: str, expression: str, ids: Sequence[int]) -> set[int]:
+    if not ids:
+        return set()
+    found = conn.execute(_SQLITE_AMONG[table], {"match": expression, "ids": ids, "low": min(ids), "high": max(ids)})
+    return set(found.scalars())
+
+
+def _sqlite_phrase(conn: Connection, words: list[str], table: str, columns: tuple[str, ...],
+                   ids: Sequence[int]) -> set[int]:
+    if len(words) == 1:  # one word is its own phrase
+        return set(ids)
+    return _sqlite_among(conn, table, fts5_phrase(words, columns), ids)
+
+
+def _sqlite_ticket_matches(conn: Connection, words: list[str], scope: _Scope) -> list[_Match]:
+    found = conn.execute(_SQLITE_TICKETS, {
+        "match": fts5_match(words, ("summary", "description"), scope.restrict or ()), "queues": scope.queues,
+        "cap": CANDIDATES,
     }).scalars().all()
-    comments_found = conn.execute(_SQLITE_COMMENTS, {
-        "match": fts5_match(words, ("body",), restrict), "queues": scope.queues, "cap": CANDIDATES,
-    }).all()
+    summary = _sqlite_among(conn, "tickets_fts", fts5_match(words, ("summary",)), found)
+    description = _sqlite_among(conn, "tickets_fts", fts5_match(words, ("description",)), found)
+    summary_phrase = _sqlite_phrase(conn, words, "tickets_fts", ("summary",), list(summary))
+    description_phrase = _sqlite_phrase(conn, words, "tickets_fts", ("description",), list(description))
 
-    def matching(table: str, expression: str, ids: Sequence[int]) -> set[int]:
-        if not ids:
-            return set()
-        found = conn.execute(_SQLITE_AMONG[table], {"match": expression, "ids": ids, "low": min(ids), "high": max(ids)})
-        return set(found.scalars())
-
-    def phrase(table: str, columns: tuple[str, ...], ids: Sequence[int]) -> set[int]:
-        # One word is its own phrase.
-        if len(words) == 1:
-            return set(ids)
-        return matching(table, fts5_phrase(words, columns), ids)
-
-    summary = matching("tickets_fts", fts5_match(words, ("summary",)), tickets_found)
-    description = matching("tickets_fts", fts5_match(words, ("description",)), tickets_found)
-    summary_phrase = phrase("tickets_fts", ("summary",), list(summary))
-    description_phrase = phrase("tickets_fts", ("description",), list(description))
-    comment_ids = [r.comment_id for r in comments_found]
-    comment_phrase = phrase("comments_fts", ("body",), comment_ids)
-
-    def ticket_score(ticket_id: int) -> float:
+    def score(ticket_id: int) -> float:
         if ticket_id in summary:
             return _SUMMARY * (2 if ticket_id in summary_phrase else 1)
         if ticket_id in description:
@@ -366,12 +418,15 @@ def _sqlite_matches(conn: Connection, words: list[str], scope: _Scope) -> list[_
     def column(ticket_id: int) -> SearchWhere | None:
         return "summary" if ticket_id in summary else "description" if ticket_id in description else None
 
-    found = [_Match(t, None, ticket_score(t), column(t)) for t in tickets_found]
-    found += [
-        _Match(r.ticket_id, r.comment_id, _COMMENT * (2 if r.comment_id in comment_phrase else 1))
-        for r in comments_found
-    ]
-    return found
+    return [_Match(t, None, score(t), column(t)) for t in found]
+
+
+def _sqlite_comment_matches(conn: Connection, words: list[str], scope: _Scope) -> list[_Match]:
+    found = conn.execute(_SQLITE_COMMENTS, {
+        "match": fts5_match(words, ("body",), scope.restrict or ()), "queues": scope.queues, "cap": CANDIDATES,
+    }).all()
+    phrase = _sqlite_phrase(conn, words, "comments_fts", ("body",), [r.comment_id for r in found])
+    return [_Match(r.ticket_id, r.comment_id, _COMMENT * (2 if r.comment_id in phrase else 1)) for r in found]
 
 
 def _sqlite_snippets(conn: Connection, words: list[str], page: list[_Match]) -> dict[_Match, tuple[SearchWhere, str]]:
@@ -488,21 +543,37 @@ def _postgres_settings(conn: Connection) -> None:
         "set_config('random_page_cost', '1.1', true)"))
 
 
-def _postgres_matches(conn: Connection, query: str, scope: _Scope) -> list[_Match]:
-    restrict = scope.restrict
+def _postgres_import(conn: Connection, snapshot: str) -> None:
+    # The first statement of the transaction; SET takes no parameters, and
+    # the id comes from pg_export_snapshot() (hex digits and dashes).
+    if not re.fullmatch(r"[0-9A-Fa-f-]+", snapshot):
+        raise ValueError("not a snapshot id")
+    conn.execution_options(isolation_level="REPEATABLE READ")
+    conn.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+    _postgres_settings(conn)
+
+
+def _postgres_params(query: str, scope: _Scope) -> dict[str, Any]:
     # Unrestricted, the queue is checked after the cap: take enough of all
     # queues' newest matches to hold about CANDIDATES of the agent's.
-    cap = CANDIDATES if restrict is not None else math.ceil(CANDIDATES / max(scope.share, UNRESTRICTED_SHARE))
-    params: dict[str, Any] = {"query": query, "queues": scope.queues, "cap": cap}
+    restricted = scope.restrict is not None
+    cap = CANDIDATES if restricted else math.ceil(CANDIDATES / max(scope.share, UNRESTRICTED_SHARE))
+    return {"query": query, "queues": scope.queues, "cap": cap}
+
+
+def _postgres_ticket_matches(conn: Connection, query: str, scope: _Scope) -> list[_Match]:
+    params = _postgres_params(query, scope)
     params.update((f"queue_{i}", queue) for i, queue in enumerate(scope.small))
-    large = [q for q in restrict or () if q not in scope.small]
-    tickets_query = _postgres_candidates("tickets", restrict is not None, len(scope.small), bool(large))
-    found = [_Match(r.ticket_id, None, float(r.score))
-             for r in conn.execute(tickets_query, {**params, "lexemes": queue_tsquery(large)})]
-    comments_query = _postgres_candidates("comments", restrict is not None, 0, True)
-    found += [_Match(r.ticket_id, r.comment_id, float(r.score))
-              for r in conn.execute(comments_query, {**params, "lexemes": queue_tsquery(restrict or ())})]
-    return found
+    large = [q for q in scope.restrict or () if q not in scope.small]
+    statement = _postgres_candidates("tickets", scope.restrict is not None, len(scope.small), bool(large))
+    rows = conn.execute(statement, {**params, "lexemes": queue_tsquery(large)})
+    return [_Match(r.ticket_id, None, float(r.score)) for r in rows]
+
+
+def _postgres_comment_matches(conn: Connection, query: str, scope: _Scope) -> list[_Match]:
+    statement = _postgres_candidates("comments", scope.restrict is not None, 0, True)
+    rows = conn.execute(statement, {**_postgres_params(query, scope), "lexemes": queue_tsquery(scope.restrict or ())})
+    return [_Match(r.ticket_id, r.comment_id, float(r.score)) for r in rows]
 
 
 def _postgres_snippets(conn: Connection, query: str, page: list[_Match]) -> dict[_Match, tuple[SearchWhere, str]]:

@@ -20,11 +20,13 @@ re-running the command once, which then sees the other side's effect.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
 
 from services.tickets import engine as db
 from services.tickets import listing, outgoing, queries, search, tokens, workflow
@@ -63,12 +65,20 @@ class TicketStore:
     def __init__(self, url: str, *, sqlite_busy_timeout_s: float = 30.0) -> None:
         self._url = db.parse_url(url)
         self._engine = db.build_engine(self._url, sqlite_busy_timeout_s=sqlite_busy_timeout_s)
+        # Searches read their two indexes side by side (search.Beside), except
+        # in an in-memory database: its one shared connection is not for two
+        # threads at once.
+        self._search_threads: ThreadPoolExecutor | None = (
+            None if isinstance(self._engine.pool, StaticPool) else ThreadPoolExecutor(4, thread_name_prefix="deskmail-search")
+        )
 
     @property
     def engine(self) -> Engine:
         return self._engine
 
     def close(self) -> None:
+        if self._search_threads is not None:
+            self._search_threads.shutdown()
         self._engine.dispose()
 
     def __enter__(self) -> TicketStore:
@@ -179,7 +189,8 @@ class TicketStore:
         matches of a very common word are ranked: see ``services.tickets.search``."""
         check_page(limit, offset)
         with self._engine.connect() as conn:
-            return search.search(conn, query, queues, limit, offset)
+            beside = search.Beside(self._search_threads, self._engine.connect) if self._search_threads else None
+            return search.search(conn, query, queues, limit, offset, beside)
 
     def get_ticket(self, key: str) -> TicketDetail | None:
         with self._engine.connect() as conn:

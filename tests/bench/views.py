@@ -18,7 +18,11 @@ applied mail by mail, which would take hours; ``ANALYZE`` runs after the load,
 as autovacuum would.
 
     .venv/bin/python tests/bench/views.py [--tickets 1000000] [--comments-per-ticket 3]
-        [--engine sqlite|postgresql|both] [--samples 200] [--keep DIR]
+        [--engine sqlite|postgresql|both] [--samples 200] [--keep DIR] [--url URL]
+
+``--keep DIR`` builds the SQLite file there, or reuses the one already there;
+``--url`` uses an existing database (PostgreSQL or SQLite), loaded first when
+it holds no tickets, so one load serves several runs and ``tests/bench/search.py``.
 
 Prints one table per engine: p50 and p99 in milliseconds.
 """
@@ -227,7 +231,8 @@ def run(store: TicketStore, n_tickets: int, samples: int) -> list[tuple[str, flo
 
 
 def report(engine: str, load_seconds: float, results: list[tuple[str, float, float]]) -> None:
-    print(f"\n{engine}: loaded in {load_seconds:.0f} s\n")
+    loaded = f"loaded in {load_seconds:.0f} s" if load_seconds else "loaded before"
+    print(f"\n{engine}: {loaded}\n")
     print("| operation | p50 ms | p99 ms |\n|---|---:|---:|")
     for name, p50, p99 in results:
         print(f"| {name} | {p50:.1f} | {p99:.1f} |")
@@ -239,28 +244,39 @@ def main() -> None:
     parser.add_argument("--comments-per-ticket", type=int, default=3)
     parser.add_argument("--engine", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--keep", type=Path, default=None, help="folder for the SQLite file (default: a temporary one)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="folder for the SQLite file, reused when it is there (default: a temporary one)")
+    parser.add_argument("--url", help="an existing database to use instead (loaded first when it has no tickets)")
+    parser.add_argument("--load-only", action="store_true", help="load the database, time nothing")
     args = parser.parse_args()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="deskmail-views-"))
+    if args.url:
+        bench(args.url, args)
+        return
     if args.engine in ("sqlite", "both"):
-        path = folder / "tickets.db"
-        path.unlink(missing_ok=True)
-        with TicketStore(f"sqlite:///{path}") as store:
-            store.migrate()
-            seconds = load(store, args.tickets, args.comments_per_ticket)
-            report("SQLite", seconds, run(store, args.tickets, args.samples))
+        folder = args.keep or Path(tempfile.mkdtemp(prefix="deskmail-views-"))
+        bench(f"sqlite:///{folder / 'tickets.db'}", args)
     if args.engine in ("postgresql", "both"):
         from tests.harness.postgres import PostgresCluster
 
         cluster = PostgresCluster()
         cluster.start()
         try:
-            with TicketStore(cluster.create_database("views")) as store:
-                store.migrate()
-                seconds = load(store, args.tickets, args.comments_per_ticket)
-                report("PostgreSQL", seconds, run(store, args.tickets, args.samples))
+            bench(cluster.create_database("views"), args)
         finally:
             cluster.stop()
+
+
+def bench(url: str, args: argparse.Namespace) -> None:
+    with TicketStore(url) as store:
+        store.migrate()
+        existing = store.count_tickets()
+        seconds = load(store, args.tickets, args.comments_per_ticket) if existing == 0 else 0.0
+        n_tickets = existing or args.tickets
+        if args.load_only:
+            print(f"{n_tickets:,} tickets in {url} ({seconds:.0f} s)")
+            return
+        name = "PostgreSQL" if store.engine.dialect.name == "postgresql" else "SQLite"
+        report(name, seconds, run(store, n_tickets, args.samples))
 
 
 if __name__ == "__main__":
