@@ -53,7 +53,12 @@ class CommentOut(BaseModel):
     author_verified: bool | None = Field(
         None, description="Incoming mail: sender authentication proved its From; null for an agent's comment.")
     created_at: datetime
-    text: str
+    text: str = Field(description="The comment's text; for a reply by mail, its new part only.")
+    quoted: str | None = Field(
+        None, description="A reply by mail: the quoted history and signature block split off text; "
+                          "null when nothing was (the text is then the whole mail).")
+    charset_detected: str | None = Field(
+        None, description="The charset the mail's text was decoded with, where it declared none or a wrong one.")
     message_id: str | None
     attachments: list[str]
     to: list[RecipientOut] | None = None
@@ -104,7 +109,9 @@ class TicketOut(BaseModel):
     author_verified: bool = Field(description="Sender authentication proved the opening mail's From.")
     created_at: datetime
     updated_at: datetime
-    description: str
+    description: str = Field(description="The opening mail's whole text.")
+    charset_detected: str | None = Field(
+        None, description="The charset the opening mail's text was decoded with, where it declared none or a wrong one.")
     attachments: list[str]
     participants: list[ParticipantOut]
     thread: list[CommentOut]

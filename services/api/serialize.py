@@ -59,7 +59,8 @@ def entry(e: ThreadEntry, files: tuple[AttachmentInfo, ...] = ()) -> dict[str, A
     out: dict[str, Any] = {
         "id": e.id, "kind": e.kind, "internal": e.internal, "author": e.author_email,
         "author_name": e.author_name, "author_verified": e.author_verified,
-        "created_at": iso(e.created_at), "text": e.body,
+        "created_at": iso(e.created_at), "text": e.body, "quoted": e.quoted,
+        "charset_detected": e.charset_detected,
         "message_id": e.message_id, "attachments": [a.filename for a in files if a.comment_id == e.id],
     }
     if e.kind == "mail_out":
@@ -85,7 +86,7 @@ def ticket(t: TicketDetail) -> dict[str, Any]:
         "summary": t.summary, "status": t.status, "author": t.author_email, "author_name": t.author_name,
         "author_member": t.author_member, "author_verified": t.author_verified,
         "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
-        "description": t.description,
+        "description": t.description, "charset_detected": t.charset_detected,
         "attachments": [a.filename for a in t.attachments if a.comment_id is None],
         "participants": [participant(p) for p in t.participants],
         "thread": [entry(e, t.attachments) for e in t.thread],

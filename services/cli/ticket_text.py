@@ -90,13 +90,20 @@ def _heading(e: ThreadEntry, members: set[str]) -> str:
     return f"{'internal comment' if e.internal else 'comment'} by {who}"
 
 
-def _comment(t: TicketDetail, e: ThreadEntry, members: set[str]) -> list[str]:
+def _comment(t: TicketDetail, e: ThreadEntry, members: set[str], with_quoted: bool) -> list[str]:
     lines = [f"--- {_heading(e, members)} · {_when(e.created_at)}"]
     if e.kind == "mail_out":
         lines.append(f"to: {people(e.to)}" + (f"; cc: {people(e.cc)}" if e.cc else ""))
         status = e.delivery_status or "-"
         lines.append(f"delivery: {status}" + (f" ({clean(e.delivery_detail)})" if e.delivery_detail else ""))
     lines.append(clean_text(e.body).rstrip("\n"))
+    if e.quoted is not None:
+        quoted = clean_text(e.quoted).rstrip("\n")
+        if with_quoted:
+            lines += ["[quoted text]", quoted]
+        else:
+            n = quoted.count("\n") + 1
+            lines.append(f"[quoted text: {n} line{'s' if n != 1 else ''} not shown; --quoted shows them]")
     files = [clean(a.filename) for a in t.attachments if a.comment_id == e.id]
     if files:
         lines.append(f"attachments: {', '.join(files)}")
@@ -124,7 +131,7 @@ def _header(t: TicketDetail) -> list[str]:
     return lines
 
 
-def as_text(t: TicketDetail) -> str:
+def as_text(t: TicketDetail, *, with_quoted: bool = False) -> str:
     """The ticket, its opening mail, then its comments and events oldest first."""
     members = {p.email for p in t.participants if p.member}
     lines = _header(t) + [
@@ -145,6 +152,6 @@ def as_text(t: TicketDetail) -> str:
             lines += [event_line(item)] if previous_was_event else ["", event_line(item)]
             previous_was_event = True
         else:
-            lines += ["", *_comment(t, item, members)]
+            lines += ["", *_comment(t, item, members, with_quoted)]
             previous_was_event = False
     return "\n".join(lines) + "\n"

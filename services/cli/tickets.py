@@ -47,9 +47,11 @@ group.add_command(set_fields)
 @click.argument("key")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="The ticket and its thread as one JSON object.")
-def show(key: str, config_path: str | None, as_json: bool) -> None:
+@click.option("--quoted", "with_quoted", is_flag=True, help="Also print the quoted text split off each reply.")
+def show(key: str, config_path: str | None, as_json: bool, with_quoted: bool) -> None:
     """Show a ticket (status, assignee, version, follow-ups) and its whole
-    thread with its changes, oldest first."""
+    thread with its changes, oldest first. A reply by mail shows its new
+    text; the quoted history split off it is counted (--quoted prints it)."""
     from services.api import serialize
 
     with open_store(load_config(config_path)) as store:
@@ -59,7 +61,7 @@ def show(key: str, config_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(serialize.ticket(detail), ensure_ascii=False, indent=2))
     else:
-        click.echo(as_text(detail), nl=False)
+        click.echo(as_text(detail, with_quoted=with_quoted), nl=False)
 
 
 @group.command("reply")

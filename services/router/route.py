@@ -14,7 +14,7 @@ from typing import Any
 from services.common import mailrules
 from services.common.blobs import ref_for_sha256
 from services.common.config import Config
-from services.router import classify, senderauth
+from services.router import classify, replysplit, senderauth
 from services.router.access import decide
 from services.router.mailparse import ParsedMail, parse
 
@@ -99,6 +99,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
         participants.append(_person(address, config))
 
     payloads = [a.payload for a in mail.attachments]
+    text = mail.text[:MAX_TEXT_CHARS]
     command = {
         "id": inbound["id"],
         "action": action,
@@ -111,8 +112,12 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
                    "verified": verified},
         "participants": participants,
         "subject": mail.subject,
-        "text": mail.text[:MAX_TEXT_CHARS],
+        "text": text,
         "html": mail.html[:MAX_TEXT_CHARS] if mail.html else None,
+        # Only a reply can become a comment; the ticketer still keeps the whole
+        # text when it opens a ticket for it.
+        "quoted_from": replysplit.split(text) if threaded else None,
+        "charset_detected": None,
         "attachments": [
             {
                 "filename": a.filename,

@@ -197,8 +197,9 @@ def _create_ticket(conn: Connection, c: Command, follow_up_of: _Ticket | None = 
             "queue": c.queue,
             "number": number,
             "summary": c.subject.strip() or "(no subject)",
-            "description": c.text,
+            "description": c.text,  # a new ticket keeps the whole text, quotes and all
             "description_html": c.html,
+            "charset_detected": c.charset_detected,
             "type": c.ticket_type,
             "components": list(c.components),
             "author_email": c.author.email,
@@ -237,6 +238,7 @@ def _next_number(conn: Connection, queue: str) -> int:
 
 
 def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
+    body, quoted = c.reply_parts()
     result = conn.execute(
         st.INSERT_COMMENT,
         {
@@ -245,8 +247,10 @@ def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
             "author_email": c.author.email,
             "author_name": c.author.name,
             "author_verified": c.author.verified,
-            "body": c.text,
+            "body": body,
+            "quoted": quoted,
             "html": c.html,
+            "charset_detected": c.charset_detected,
             "message_id": c.message_id,
             "created_at": c.received_at,
             "command_id": c.id,

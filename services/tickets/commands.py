@@ -16,7 +16,7 @@ from typing import Any
 
 from services.tickets import checks
 from services.tickets.errors import InvalidCommand
-from services.tickets.tables import COMMAND_ID, EMAIL, HASH, MESSAGE_ID, QUEUE
+from services.tickets.tables import CHARSET, COMMAND_ID, EMAIL, HASH, MESSAGE_ID, QUEUE
 from services.tickets.views import Action
 
 _ACTIONS = ("create", "comment", "reject")
@@ -65,6 +65,14 @@ class Command:
     received_at: datetime
     reason: str | None
     reply_only: bool
+    quoted_from: int | None = None  # TicketCommand v4: where the quoted history begins in ``text``
+    charset_detected: str | None = None  # TicketCommand v4
+
+    def reply_parts(self) -> tuple[str, str | None]:
+        """A comment's new text and what was split off it (None: nothing was)."""
+        if self.quoted_from is None:
+            return self.text, None
+        return self.text[:self.quoted_from].rstrip(), self.text[self.quoted_from:]
 
     @classmethod
     def parse(cls, cmd: Mapping[str, Any]) -> Command:
@@ -77,6 +85,9 @@ class Command:
             queue = checks.optional_bounded(cmd.get("queue"), "queue", QUEUE)
             if action != "reject" and queue is None:
                 raise InvalidCommand(f"action {action!r} needs a queue")
+            quoted_from = cmd.get("quoted_from")
+            if quoted_from is not None and not (isinstance(quoted_from, int) and 0 < quoted_from < len(cmd["text"])):
+                raise InvalidCommand(f"quoted_from {quoted_from!r} is not an offset inside text")
             received_at = cmd["received_at"]
             if not isinstance(received_at, datetime) or received_at.tzinfo is None:
                 raise InvalidCommand(f"received_at must be a timezone-aware datetime: {received_at!r}")
@@ -103,6 +114,8 @@ class Command:
                 received_at=received_at,
                 reason=checks.optional_text(cmd.get("reason")),
                 reply_only=bool(cmd.get("reply_only", False)),
+                quoted_from=quoted_from,
+                charset_detected=checks.optional_bounded(cmd.get("charset_detected"), "charset_detected", CHARSET),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InvalidCommand):

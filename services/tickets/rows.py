@@ -26,7 +26,8 @@ def build(cls: type[_T], row: Any, **overrides: Any) -> _T:
 def thread_entry(row: Any) -> ThreadEntry:
     """A ThreadEntry from a comments row (or the same-named values of a new one)."""
     mapping = row if isinstance(row, Mapping) else row._mapping
-    values = {f.name: mapping[f.name] for f in fields(ThreadEntry) if f.name not in ("to", "cc")}
+    # A new agent comment's values hold no incoming-mail fields: those keep their defaults.
+    values = {f.name: mapping[f.name] for f in fields(ThreadEntry) if f.name not in ("to", "cc") and f.name in mapping}
     values["internal"] = bool(values["internal"])
     if values["author_verified"] is not None:
         values["author_verified"] = bool(values["author_verified"])

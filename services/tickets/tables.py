@@ -52,6 +52,7 @@ QUEUE = 64
 TICKET_KEY = 96
 COMMAND_ID = 128
 HASH = 64
+CHARSET = 40  # a Python codec name
 OUTBOUND_ID = 128
 # Where an outgoing comment's mail stands; NULL for incoming mail and notes.
 DELIVERY_STATUSES = ("queued", "retrying", "sent", "failed")
@@ -103,6 +104,9 @@ tickets = Table(
     Column("summary", Text, nullable=False),
     Column("description", Text, nullable=False),
     Column("description_html", Text, nullable=True),
+    # The charset the router detected for the opening mail's text (it declared
+    # none, or one its bytes are not valid in); NULL: decoded as declared.
+    Column("charset_detected", String(CHARSET), nullable=True),
     Column("type", String(64), nullable=True),
     Column("components", JSON, nullable=False),
     Column("author_email", String(EMAIL), nullable=False),
@@ -189,7 +193,11 @@ comments = Table(
     Column("author_email", String(EMAIL), nullable=False),
     Column("author_name", Text, nullable=True),
     Column("body", Text, nullable=False),
+    # Incoming mail: the quoted history and signature split off the new text
+    # in body (services/router/replysplit.py); NULL when nothing was.
+    Column("quoted", Text, nullable=True),
     Column("html", Text, nullable=True),
+    Column("charset_detected", String(CHARSET), nullable=True),
     Column("message_id", String(MESSAGE_ID), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("command_id", String(COMMAND_ID), nullable=True),

@@ -130,6 +130,10 @@ class ThreadEntry:
     delivery_updated_at: datetime | None = None
     # Incoming mail: sender authentication proved its From; None for an agent's comment.
     author_verified: bool | None = None
+    # Incoming mail: the quoted history and signature split off ``body``
+    # (which holds the new text); None when nothing was split off.
+    quoted: str | None = None
+    charset_detected: str | None = None  # detected, where the mail's declared charset was missing or wrong
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class TicketDetail:
     follow_up_of: str | None = None  # the closed ticket this one follows up (its key)
     follow_ups: tuple[str, ...] = ()  # keys of tickets opened as follow-ups of this one
     events: tuple[TicketEvent, ...] = ()  # field changes, oldest first
+    charset_detected: str | None = None  # the opening mail's, where its declared charset was missing or wrong
 
 
 @dataclass(frozen=True)

@@ -673,3 +673,25 @@ def test_a_member_whose_from_was_not_proven_is_marked_not_verified(make: Make) -
     # An outsider is shown as external, never as "not verified".
     page = client.get("/tickets/SUPPORT-1").text
     assert badge not in page and '<span class="tag external">external</span>' in page
+
+
+def test_a_reply_shows_its_new_text_and_keeps_the_quote_collapsed(make: Make) -> None:
+    client, store, _, _ = make()
+    text = "Fixed, thanks.\n\nOn Tue, Dec 1, 2026 at 10:15 AM Maria <support@example.com> wrote:\n> <b>Paid?</b>\n"
+    store.apply(invoice(2, action="comment", classification="reply", in_reply_to="msg-1@customer.test", html=None,
+                        attachments=[], text=text, quoted_from=text.index("On Tue"), charset_detected="cp1251"))
+    ticket = client.get("/api/v1/tickets/SUPPORT-1").json()
+    [entry] = ticket["thread"]
+    assert (entry["text"], entry["quoted"], entry["charset_detected"]) == (
+        "Fixed, thanks.", text[text.index("On Tue"):], "cp1251")
+    assert ticket["description"].startswith("Please fix invoice 1.") and ticket["charset_detected"] is None
+    comment = client.get("/api/v1/tickets/SUPPORT-1").json()["thread"][0]
+    assert comment == entry
+    page = client.get("/tickets/SUPPORT-1").text
+    details = re.search(r'<details class="quoted" id="quoted-\d+"><summary>show quoted text</summary>'
+                        r'<div class="body">(.*?)</div></details>', page, re.S)
+    assert details is not None and "&gt; &lt;b&gt;Paid?&lt;/b&gt;" in details.group(1)
+    assert page.index("Fixed, thanks.") < details.start()
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert {"quoted", "charset_detected"} <= set(schema["CommentOut"]["properties"])
+    assert "charset_detected" in schema["TicketOut"]["properties"]

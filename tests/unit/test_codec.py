@@ -111,8 +111,10 @@ def test_a_v1_ticket_command_is_not_reply_only():
     assert decoded["reply_only"] is False
     assert decoded["received_at"] == datetime.fromtimestamp(1764400000, tz=timezone.utc)
     assert decoded["author"] == {**example["author"], "verified": False}
-    assert {k: v for k, v in decoded.items() if k not in ("reply_only", "received_at", "author")} == {
+    added_since = ("reply_only", "quoted_from", "charset_detected")
+    assert {k: v for k, v in decoded.items() if k not in (*added_since, "received_at", "author")} == {
         k: v for k, v in example.items() if k not in ("received_at", "author")}
+    assert (decoded["quoted_from"], decoded["charset_detected"]) == (None, None)
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -132,6 +134,20 @@ def test_a_v3_ticket_command_keeps_a_proven_author():
     decoded = codec("TicketCommand").decode(codec("TicketCommand").encode(example))
     assert decoded["author"] == {"email": "dave@example.com", "name": "Dave", "member": True, "verified": True}
     assert decoded["participants"][0]["verified"] is False
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_an_old_ticket_command_keeps_its_text_whole(version):
+    """Before v4 nothing was split off a reply: an old command reads as whole."""
+    [old] = [v for v in load_versions()["TicketCommand"] if v.version == version]
+    decoded = codec("TicketCommand").decode(_written_by(old, _example("TicketCommand", version)))
+    assert decoded["quoted_from"] is None and decoded["charset_detected"] is None
+
+
+def test_a_v4_ticket_command_carries_where_the_quote_begins():
+    example = _example("TicketCommand", 4)
+    decoded = codec("TicketCommand").decode(codec("TicketCommand").encode(example))
+    assert decoded["text"][decoded["quoted_from"]:].startswith("On Tue, Dec 1, 2026")
 
 
 def test_unknown_fingerprint_and_garbage_are_codec_errors():

@@ -230,3 +230,17 @@ def test_the_runner_counts_an_unproven_member_as_a_rejection(tmp_path):
     command = codec("TicketCommand").decode(out.value)
     assert (command["action"], command["author"]["member"]) == ("reject", False)
     assert rejected._value.get() == before + 1
+
+
+def test_a_reply_says_where_its_quote_begins():
+    body = "Paid today.\r\n\r\nOn Tue, Dec 1, 2026 at 10:15 AM Maria <support@example.com> wrote:\r\n> Please pay.\r\n"
+    raw = _mail(extra="In-Reply-To: <m0@example.com>\r\n", body=body)
+    c = route(_inbound(raw), raw, CONFIG).command
+    assert c["text"][:c["quoted_from"]].rstrip() == "Paid today."
+    assert c["text"][c["quoted_from"]:].startswith("On Tue, Dec 1, 2026")
+
+
+def test_a_new_mail_is_not_split():
+    body = "Hello.\r\n\r\nOn Tue, Dec 1, 2026 at 10:15 AM Maria <support@example.com> wrote:\r\n> Please pay.\r\n"
+    raw = _mail(body=body)
+    assert route(_inbound(raw), raw, CONFIG).command["quoted_from"] is None

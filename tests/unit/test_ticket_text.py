@@ -47,3 +47,13 @@ def test_an_event_at_a_comments_time_follows_the_comment() -> None:
     text = as_text(dataclasses.replace(base, thread=(answer,), events=(earlier, reopened)))
     assert text.index("Please fix it.") < text.index("alice@example.com: status open -> waiting") < text.index(
         "Still broken.") < text.index("deskmail: status waiting -> open")
+
+
+def test_a_replys_quote_is_counted_and_printed_on_request() -> None:
+    at = datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc)
+    entry = ThreadEntry(id=5, kind="mail_in", author_email="carol@customer.test", author_name=None, body="Fixed.",
+                        html=None, message_id=None, created_at=at, quoted="On Tue, M wrote:\n> Paid?\n> \x1b[2J\n")
+    t = dataclasses.replace(ticket(), thread=(entry,))
+    assert "Fixed.\n[quoted text: 3 lines not shown; --quoted shows them]" in as_text(t)
+    assert "Fixed.\n[quoted text]\nOn Tue, M wrote:\n> Paid?\n> \ufffd[2J\n" in as_text(t, with_quoted=True)
+    assert "[quoted" not in as_text(dataclasses.replace(t, thread=(dataclasses.replace(entry, quoted=None),)))

@@ -1,0 +1,43 @@
+"""Reply parts: a comment's quoted history kept apart, and detected charsets.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-03 19:00:00
+
+``comments.quoted`` holds what the router split off an incoming reply (the
+quoted history and the signature block), and ``body`` the new text. Comments
+stored before this revision stay whole (``quoted`` NULL): their text is not
+split again, because the split would change what agents already read and
+what search already found. ``charset_detected`` on tickets (the opening mail)
+and comments names the charset a body was decoded with when its declared one
+was missing or wrong; NULL for everything stored before.
+
+The columns are added, not rebuilt, so SQLite's search triggers and view on
+``comments`` (revision 0006) stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | Sequence[str] | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+CHARSET = 40  # a frozen copy of tables.CHARSET at this revision
+
+
+def upgrade() -> None:
+    op.add_column("comments", sa.Column("quoted", sa.Text(), nullable=True))
+    op.add_column("comments", sa.Column("charset_detected", sa.String(CHARSET), nullable=True))
+    op.add_column("tickets", sa.Column("charset_detected", sa.String(CHARSET), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("tickets", "charset_detected")
+    op.drop_column("comments", "charset_detected")
+    op.drop_column("comments", "quoted")
