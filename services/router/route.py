@@ -117,7 +117,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
         # Only a reply can become a comment; the ticketer still keeps the whole
         # text when it opens a ticket for it.
         "quoted_from": replysplit.split(text) if threaded else None,
-        "charset_detected": None,
+        "charset_detected": mail.charset_detected,
         "attachments": [
             {
                 "filename": a.filename,

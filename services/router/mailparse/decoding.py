@@ -12,6 +12,7 @@ import re
 from email.message import Message
 from functools import lru_cache
 
+from services.router.mailparse import charsets
 from services.router.mailparse.model import Address
 
 # Charset labels Python does not know, and labels whose senders really use a
@@ -55,48 +56,84 @@ def _codec(charset: str | None) -> str | None:
     return _CODEC_SUPERSETS.get(name, name)
 
 
-def _decode(data: bytes, *charsets: str | None) -> tuple[str, str]:
-    """Decode with the first charset that fits, else cp1252 with replacement characters.
+def _strict(data: bytes, codec: str) -> str | None:
+    """``data`` decoded with ``codec``, or None when its bytes are not valid in it.
 
     A multi-byte character cut off at the very end (a truncated mail, an
     encoded-word split badly) is dropped rather than failing the charset, when
     the rest shows that the text really is multi-byte (a lone high byte after
-    ASCII is more likely a single-byte charset). Returns the text and the codec
-    used. Never raises.
+    ASCII is more likely a single-byte charset).
     """
+    try:
+        return data.decode(codec)
+    except UnicodeError:
+        pass
+    except LookupError:  # a bytes-to-bytes codec such as "hex"
+        return None
+    try:
+        text = codecs.getincrementaldecoder(codec)().decode(data, final=False)
+    except UnicodeError:
+        return None
+    return None if text.isascii() else text
+
+
+def _decode(data: bytes, *charsets: str | None) -> tuple[str, str]:
+    """Decode with the first charset that fits, else cp1252 with replacement
+    characters. Returns the text and the codec used. Never raises."""
     for charset in charsets:
         codec = _codec(charset)
         if codec is None:
             continue
-        try:
-            return data.decode(codec), codec
-        except UnicodeError:
-            pass
-        except LookupError:  # a bytes-to-bytes codec such as "hex"
-            continue
-        try:
-            text = codecs.getincrementaldecoder(codec)().decode(data, final=False)
-        except UnicodeError:
-            continue
-        if not text.isascii():
+        text = _strict(data, codec)
+        if text is not None:
             return text, codec
     return data.decode("cp1252", "replace"), "cp1252"
 
 
-def body_text(data: bytes, charset: str | None, defects: list[str]) -> str:
-    text, codec = _decode(data, charset, "utf-8")
-    if charset and codec != _codec(charset):
-        if _codec(charset) is None:
-            defects.append(f"unknown charset {charset!r}; decoded as {codec}")
+def body_text(data: bytes, charset: str | None, defects: list[str]) -> tuple[str, str | None]:
+    """A text part's text, and the codec it was decoded with when that is not
+    its declared charset (detected: none declared, an unknown one, one its
+    bytes are not valid in, or a Cyrillic code page that reads as another)."""
+    text, detected = decode_detected(data, charset)
+    declared = _codec(charset)
+    if detected is not None:
+        if not charset:
+            if detected != "utf-8":  # 8-bit UTF-8 without a label is today's norm (RFC 6532), not a defect
+                defects.append(f"8-bit text without a charset; decoded as {detected}")
+        elif declared is None:
+            defects.append(f"unknown charset {charset!r}; decoded as {detected}")
+        elif _strict(data, declared) is not None:
+            defects.append(f"text labelled {charset} reads as {detected}; decoded as {detected}")
         else:
-            defects.append(f"text is not valid {charset}; decoded as {codec}")
-    elif not charset and codec != "utf-8":
-        defects.append(f"8-bit text without a charset; decoded as {codec}")
+            defects.append(f"text is not valid {charset}; decoded as {detected}")
+    elif charset is None and not data.isascii() and text and "\ufffd" in text:
+        defects.append("8-bit text in no known charset; decoded with replacement characters")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if "\x00" in text:
         text = text.replace("\x00", "")
-    return text
+    return text, detected
+
+
+def decode_detected(data: bytes, charset: str | None) -> tuple[str, str | None]:
+    """``data`` decoded as ``charset`` when its bytes are valid in it and do
+    not read far better in another Cyrillic code page; else as detected
+    (services.router.mailparse.charsets). Returns the text and the detected
+    codec, None when the declared one was used (or there was nothing to
+    detect: plain ASCII). Never raises."""
+    declared = _codec(charset)
+    text = _strict(data, declared) if declared is not None else None
+    if text is not None and declared is not None:
+        if text.isascii():
+            return text, None
+        fix = charsets.mislabelled(text, data, declared)
+        return (fix.text, fix.codec) if fix is not None else (text, None)
+    if data.isascii():
+        return data.decode("ascii"), None
+    found = charsets.detect(data, exclude=declared)
+    if found is not None:
+        return found.text, found.codec
+    return data.decode("cp1252", "replace"), None
 
 
 def unfold(value: str) -> str:
@@ -104,14 +141,19 @@ def unfold(value: str) -> str:
 
 
 def decode_8bit(value: str, hint: str | None) -> str:
-    """Decode raw 8-bit header bytes (surrogate-escaped by the parser): UTF-8, else ``hint``."""
+    """Decode raw 8-bit header bytes (surrogate-escaped by the parser): UTF-8,
+    else ``hint`` (the body's charset), else as detected."""
     if value.isascii():
         return value
     try:
         raw = value.encode("ascii", "surrogateescape")
     except UnicodeEncodeError:
         return value  # already text, e.g. a decoded RFC 2231 parameter
-    return _decode(raw, "utf-8", hint)[0]
+    for codec in ("utf_8", _codec(hint)):
+        text = _strict(raw, codec) if codec is not None else None
+        if text is not None:
+            return text
+    return decode_detected(raw, None)[0]
 
 
 def decode_words(value: str) -> str:
@@ -148,7 +190,7 @@ def decode_words(value: str) -> str:
 
 def _flush(out: list[str], pending: bytearray, charset: str) -> None:
     if pending:
-        out.append(_decode(bytes(pending), charset, "utf-8")[0])
+        out.append(decode_detected(bytes(pending), charset)[0])
         pending.clear()
 
 

@@ -62,3 +62,7 @@ class ParsedMail:
     # The Authentication-Results and Received fields, top-down as (lower-case name,
     # unfolded value): the trace services/router/senderauth.py reads.
     trace: tuple[tuple[str, str], ...]
+    # The codec the body text was decoded with where its declared charset was
+    # missing, unknown, invalid for its bytes or the wrong Cyrillic code page
+    # (services/router/mailparse/charsets.py); None: decoded as declared.
+    charset_detected: str | None = None

@@ -62,6 +62,7 @@ class Reader:
         self._message = message
         self._defects = defects
         self._charset_hint: str | None = None  # a body charset, to guess raw 8-bit headers
+        self._charset_detected: str | None = None  # the first text part's, where its label was missing or wrong
         self._headers: dict[str, str] = {}
         self._from_header = False
         for name, value in message.items():
@@ -107,6 +108,7 @@ class Reader:
             defects=tuple(unique(self._defects)),
             from_header=self._from_header,
             trace=self._trace(),
+            charset_detected=self._charset_detected,
         )
 
     # -- headers --------------------------------------------------------
@@ -210,7 +212,10 @@ class Reader:
             for defect in part.defects:  # after reading the parameters, which may add one
                 self._defects.append(type(defect).__name__)
             if content_type in _BODY_TYPES and disposition != "attachment" and filename is None:
-                text = body_text(self._payload(part), charset, self._defects)
+                text, detected = body_text(self._payload(part), charset, self._defects)
+                if detected is not None and self._charset_detected is None:
+                    self._charset_detected = detected
+                    self._charset_hint = detected  # raw 8-bit headers are most likely in it too
                 (plain if content_type == "text/plain" else html).append(text)
             else:
                 attachments.append(self._attachment(part, content_type, disposition, filename))
