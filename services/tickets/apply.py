@@ -21,8 +21,9 @@ from typing import Any, Literal
 from sqlalchemy.engine import Connection
 
 from services.common.mailrules import format_ticket_key
+from services.common.suspended import released_by
 from services.tickets import statements as st
-from services.tickets import workflow
+from services.tickets import suspended, workflow
 from services.tickets.commands import AttachmentFile, Command
 from services.tickets.rows import inserted_id
 from services.tickets.views import Applied, Role
@@ -46,7 +47,17 @@ ClosedReply = Literal["follow_up", "reopen"]
 def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "follow_up") -> Applied:
     """Apply ``c`` on ``conn``'s transaction (the caller commits). Mail that threads
     onto a closed ticket opens a follow-up ticket linked to it, or with
-    ``closed_reply="reopen"`` reopens it (the queue's ``closed_reply`` setting)."""
+    ``closed_reply="reopen"`` reopens it (the queue's ``closed_reply`` setting).
+    A release of suspended mail marks its rejection released with the ticket it
+    became or wrote into (also when that mail turns out to be known already)."""
+    applied = _apply(conn, c, closed_reply)
+    if c.release_of is not None and applied.ticket_key is not None:
+        suspended.mark_released(conn, c.release_of, applied.ticket_key, released_by(c.reason),
+                                datetime.now(timezone.utc))
+    return applied
+
+
+def _apply(conn: Connection, c: Command, closed_reply: ClosedReply) -> Applied:
     duplicate = _find_duplicate(conn, c)
     if duplicate is not None:
         return duplicate
@@ -110,6 +121,8 @@ def _insert_rejection(conn: Connection, c: Command) -> None:
             "subject": c.subject,
             "message_id": c.message_id,
             "reason": c.reason,
+            "reason_code": suspended.stored_reason_code(c.reason),
+            "raw_ref": c.raw_ref,
             "received_at": c.received_at,
             "recorded_at": datetime.now(timezone.utc),
         },
