@@ -237,4 +237,5 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         message_id_key=message_id_key,
         api_session_secret=session_secret,
         api_oidc_client_secret=oidc_secret,
+        suspended=model.suspended,
     )

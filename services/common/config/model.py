@@ -24,6 +24,7 @@ from services.common.config.schema import (
     ConsumeSettings,
     SenderSettings,
     Signature,
+    SuspendedSettings,
 )
 from services.common.config.secrets import Secret
 
@@ -98,6 +99,7 @@ class Config:
     message_id_key: Secret | None = None
     api_session_secret: Secret | None = None  # api.session_secret, resolved
     api_oidc_client_secret: Secret | None = None  # api.auth.oidc.client_secret, resolved
+    suspended: SuspendedSettings = SuspendedSettings()
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property
