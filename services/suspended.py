@@ -227,9 +227,10 @@ class Releaser:
         self.dead_letters = dead_letters
         self.stage = stage
 
-    def release(self, item_id: str, by: str) -> Released:
-        """Raises UnknownItem, AlreadyReleased, NoOriginal, Transient (broker or
-        blob store unavailable: nothing was released, try again)."""
+    def release(self, item_id: str, by: str | None) -> Released:
+        """Release as admin ``by`` (None: no identity, `api.auth.mode: none`). Raises
+        UnknownItem, AlreadyReleased, NoOriginal, Transient (broker or blob store
+        unavailable: nothing was released, try again)."""
         parsed = parse_id(item_id, self.config)
         if isinstance(parsed, DeadLetterId):
             return self._replay(parsed)
@@ -247,7 +248,7 @@ class Releaser:
         return Released(str(item.id), f"released suspended mail {item.id} as {record['id']}: "
                                       "it becomes a ticket or comment when the ticketer applies it")
 
-    def _inbound(self, item: SuspendedMail, raw: bytes, by: str) -> dict[str, Any]:
+    def _inbound(self, item: SuspendedMail, raw: bytes, by: str | None) -> dict[str, Any]:
         """The InboundMail of a release: the original mail, as the fetcher would write it."""
         inline = len(raw) <= self.config.blobs.inline_max_bytes
         return {

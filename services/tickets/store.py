@@ -228,10 +228,11 @@ class TicketStore:
         with db.write(self._engine) as conn:
             return suspended.mark_released(conn, command_id, ticket_key, by, now or datetime.now(timezone.utc))
 
-    def suspended_counts(self) -> dict[tuple[str, str], int]:
-        """Rejections not released, per (queue or '' for none, reason code)."""
+    def suspended_counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
+        """Rejections not released, per (queue or '' for none, reason code), of
+        ``queue`` or of all."""
         with self._engine.connect() as conn:
-            return suspended.counts(conn)
+            return suspended.counts(conn, queue)
 
     def expire_suspended(self, before: datetime, limit: int = 500) -> Expired:
         """Delete up to ``limit`` rejections of mail received before ``before`` (one

@@ -115,12 +115,14 @@ def mark_released(conn: Connection, command_id: str, ticket_key: str, by: str | 
     return bool(result.rowcount)
 
 
-def counts(conn: Connection) -> dict[tuple[str, str], int]:
-    """Rejections not released, per (queue or '', reason code): one GROUP BY over the
-    (queue, reason_code, ...) index."""
+def counts(conn: Connection, queue: str | None = None) -> dict[tuple[str, str], int]:
+    """Rejections not released, per (queue or '', reason code), of one queue or all:
+    one GROUP BY over the (queue, reason_code, ...) index."""
     query = (select(rejections.c.queue, rejections.c.reason_code, func.count())
              .where(rejections.c.released_at.is_(None))
              .group_by(rejections.c.queue, rejections.c.reason_code))
+    if queue is not None:
+        query = query.where(rejections.c.queue == queue)
     return {(queue or "", code): int(n) for queue, code, n in conn.execute(query).all()}
 
 
