@@ -37,7 +37,7 @@ from datetime import datetime
 from email import policy
 from email.errors import MessageError
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.utils import parseaddr
 from typing import Any
 
@@ -294,7 +294,8 @@ def _headers(raw: bytes) -> Any:
     end = head.find(b"\r\n\r\n")
     head = head if end < 0 else head[:end + 2]
     try:
-        return BytesHeaderParser(policy=policy.compat32).parsebytes(head)
+        # Read as UTF-8 first: raw 8-bit headers are mostly UTF-8 today.
+        return HeaderParser(policy=policy.compat32).parsestr(head.decode("utf-8", "surrogateescape"))
     except (MessageError, ValueError, LookupError, TypeError):
         return None
 
