@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SIGNATURE_LINES", "split"]
+__all__ = ["SIGNATURE_LINES", "is_attribution", "split"]
 
 # The longest signature block split off; a longer block after "--" is text.
 SIGNATURE_LINES = 12
@@ -152,15 +152,17 @@ def _attribution_end(lines: list[str], i: int) -> int | None:
         joined = f"{joined} {lines[end]}".strip()
         if len(joined) > _LONGEST_ATTRIBUTION:
             return None
-        if _is_attribution(joined):
+        if is_attribution(joined):
             after = _next_text(lines, end + 1)
             if after - end - 1 <= _GAP and after < len(lines) and lines[after].startswith(">"):
                 return end
     return None
 
 
-def _is_attribution(line: str) -> bool:
-    # Plain string tests and searches that cannot backtrack far: the line comes from anybody.
+def is_attribution(line: str) -> bool:
+    """The line introduces a quote: it ends with ":", holds a date's digits,
+    and names the writer ("... wrote:", "... пишет:", "..., Name <addr>:").
+    Plain string tests and searches that cannot backtrack far: the line comes from anybody."""
     if not line.endswith(":") or not any(ch.isdigit() for ch in line):
         return False
     head = line[:-1].rstrip()

@@ -145,6 +145,7 @@ tickets = Table(
     Index(None, "queue", "type", "updated_at", "id"),
     Index(None, "queue", "awaiting_reply", "updated_at", "id"),
     Index(None, "status", "resolved_at"),  # auto-close
+    Index(None, "follow_up_of"),  # a ticket page's follow-ups
 )
 
 # A ticket's components, one row each, for the component filter of the queue view.
@@ -262,6 +263,7 @@ messages = Table(
     Column("comment_id", Integer, ForeignKey("comments.id"), nullable=True),
     UniqueConstraint("queue", "message_id"),
     Index(None, "message_id"),
+    Index(None, "ticket_id"),  # a ticket page's Message-IDs
 )
 
 # IMAP idempotency: one row per fetched (mailbox, UIDVALIDITY, UID), only for uid > 0.

@@ -692,6 +692,16 @@ def test_a_reply_shows_its_new_text_and_keeps_the_quote_collapsed(make: Make) ->
                         r'<div class="body">(.*?)</div></details>', page, re.S)
     assert details is not None and "&gt; &lt;b&gt;Paid?&lt;/b&gt;" in details.group(1)
     assert page.index("Fixed, thanks.") < details.start()
+    # The HTML rendering is split too: the new part shown, the history collapsed.
+    html = ('<div>Fixed, <b>thanks</b>.</div><div class="gmail_quote">On Tue, Dec 1, 2026 Maria wrote:'
+            '<blockquote class="gmail_quote"><i>Paid?</i></blockquote></div>')
+    store.apply(invoice(3, action="comment", classification="reply", in_reply_to="msg-1@customer.test", html=html,
+                        attachments=[], text=text, quoted_from=text.index("On Tue")))
+    with_html = client.get("/tickets/SUPPORT-1?html=1").text
+    body, quote = re.findall(r'<div class="body html">(.*?)</div>', with_html, re.S)[-2:]
+    assert "<b>thanks</b>" in body and "Paid?" not in body
+    assert "<i>Paid?</i>" in quote and re.search(r'<summary>show quoted text</summary><div class="body html">'
+                                                 r"<div>On Tue, Dec 1, 2026 Maria wrote:", with_html)
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     assert {"quoted", "charset_detected"} <= set(schema["CommentOut"]["properties"])
     assert "charset_detected" in schema["TicketOut"]["properties"]
