@@ -14,7 +14,7 @@ raises ``IntegrityError`` here; the store re-runs the command once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -41,6 +41,9 @@ class _Ticket:
 
 
 ClosedReply = Literal["follow_up", "reopen"]
+# Mail a machine wrote (router classification): stored on its ticket, never a trigger.
+MACHINE_MAIL = frozenset({"auto_reply", "bounce"})
+_MACHINE_WORDS = {"auto_reply": "an automatic reply", "bounce": "a delivery status notification"}
 
 
 def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "follow_up") -> Applied:
@@ -54,11 +57,22 @@ def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "fol
         _insert_rejection(conn, c)
         return Applied("rejected", None, None)
     ticket = _resolve_thread(conn, c) if c.action == "comment" else None
-    if ticket is None and c.reply_only:  # may answer a known thread, not open a ticket
+    machine = c.classification in MACHINE_MAIL
+    if ticket is None and (c.reply_only or machine):
+        # An outsider may answer a known thread, not open a ticket; an
+        # auto-reply or a bounce opens none either.
         if conn.execute(st.REJECTED, {"command_id": c.id}).first():
             return Applied("duplicate", None, None)
+        if machine and c.reason is None:
+            c = replace(c, reason=f"{c.classification}: {_MACHINE_WORDS[c.classification]} on no thread deskmail knows")
         _insert_rejection(conn, c)
         return Applied("rejected", None, None)
+    if machine and ticket is not None:
+        # Recorded on the ticket, whatever its status, and it changes nothing:
+        # no reopening, no follow-up, no "customer replied".
+        applied = _add_comment(conn, c, ticket)
+        _record(conn, c, ticket.id, applied)
+        return applied
     if ticket is not None and ticket.status == "closed" and closed_reply == "follow_up":
         ticket_id, applied = _create_ticket(conn, c, follow_up_of=ticket)
     elif ticket is None:
@@ -251,6 +265,7 @@ def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
             "quoted": quoted,
             "html": c.html,
             "charset_detected": c.charset_detected,
+            "automatic": c.classification in MACHINE_MAIL,
             "message_id": c.message_id,
             "created_at": c.received_at,
             "command_id": c.id,
@@ -261,9 +276,9 @@ def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
     known = set(conn.execute(st.KNOWN_PARTICIPANTS, {"ticket_id": ticket.id}).scalars())
     _add_participants(conn, ticket.id, c, author_role="participant", known=known)
     _add_attachments(conn, c.attachments, ticket.id, comment_id)
-    if c.received_at > ticket.updated_at:
+    if c.received_at > ticket.updated_at and c.classification not in MACHINE_MAIL:
         conn.execute(st.TOUCH_TICKET, {"ticket_id": ticket.id, "new_updated_at": c.received_at})
-    if not c.author.member:
+    if not c.author.member and c.classification not in MACHINE_MAIL:
         workflow.after_customer_mail(conn, ticket.id, _event_time(c))
     return Applied("commented", ticket.key, comment_id)
 

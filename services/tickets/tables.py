@@ -199,6 +199,8 @@ comments = Table(
     Column("quoted", Text, nullable=True),
     Column("html", Text, nullable=True),
     Column("charset_detected", String(CHARSET), nullable=True),
+    # An automatic reply or a bounce on the ticket's thread: shown, and it changed nothing.
+    Column("automatic", Boolean, nullable=False, server_default=text("false")),
     Column("message_id", String(MESSAGE_ID), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("command_id", String(COMMAND_ID), nullable=True),

@@ -134,6 +134,7 @@ class ThreadEntry:
     # (which holds the new text); None when nothing was split off.
     quoted: str | None = None
     charset_detected: str | None = None  # detected, where the mail's declared charset was missing or wrong
+    automatic: bool = False  # an automatic reply or bounce: stored, and it changed nothing on the ticket
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ stored before this revision stay whole (``quoted`` NULL): their text is not
 split again, because the split would change what agents already read and
 what search already found. ``charset_detected`` on tickets (the opening mail)
 and comments names the charset a body was decoded with when its declared one
-was missing or wrong; NULL for everything stored before.
+was missing or wrong; NULL for everything stored before. ``comments.automatic``
+marks an automatic reply or bounce stored on its thread (it reopened nothing);
+false for what is stored already.
 
 The columns are added, not rebuilt, so SQLite's search triggers and view on
 ``comments`` (revision 0006) stay as they are.
@@ -38,6 +40,7 @@ CHARSET = 40  # a frozen copy of tables.CHARSET at this revision
 def upgrade() -> None:
     op.add_column("comments", sa.Column("quoted", sa.Text(), nullable=True))
     op.add_column("comments", sa.Column("charset_detected", sa.String(CHARSET), nullable=True))
+    op.add_column("comments", sa.Column("automatic", sa.Boolean(), server_default=sa.text("false"), nullable=False))
     op.add_column("tickets", sa.Column("charset_detected", sa.String(CHARSET), nullable=True))
     op.create_index("ix_tickets_follow_up_of", "tickets", ["follow_up_of"])
     op.create_index("ix_messages_ticket_id", "messages", ["ticket_id"])
@@ -47,5 +50,6 @@ def downgrade() -> None:
     op.drop_index("ix_messages_ticket_id", table_name="messages")
     op.drop_index("ix_tickets_follow_up_of", table_name="tickets")
     op.drop_column("tickets", "charset_detected")
+    op.drop_column("comments", "automatic")
     op.drop_column("comments", "charset_detected")
     op.drop_column("comments", "quoted")
