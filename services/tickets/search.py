@@ -38,8 +38,10 @@ give only the agent's queues' rows (FTS5 indexes the queue; PostgreSQL walks
 or looks up each queue's tickets, and finds comments by their queue's
 lexeme). The queue is checked exactly either way; the counts steer the cost
 only. Not bounded by the cap: several words that are each fairly common but
-rarely together, where the engine walks the rarest one's rows to find their
-few shared ones.
+rarely together, where the engine has to intersect their rows to find the
+few shared ones: FTS5 merges the words' row lists; PostgreSQL reads the
+newest NEWEST_ROWS rows first and the rest by the GIN index alone (see
+_postgres_in_two_steps), so neither walks the whole table.
 
 Ranking, best first, ties newest first, one hit per ticket (its best match):
 
