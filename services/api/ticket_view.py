@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
@@ -70,12 +70,20 @@ def mail_html(detail: TicketDetail, remote_images: bool) -> dict[str | int, Safe
     ids; for a reply whose text was split, its new part only (see quoted_html)."""
     out: dict[str | int, SafeHtml] = {}
     if detail.description_html:
-        out["opening"] = clean_mail_html(detail.description_html, remote_images=remote_images)
+        out["opening"] = clean_mail_html(detail.description_html, remote_images=remote_images,
+                                         inline=inline_parts(detail, None))
     for e in detail.thread:
         if e.html:
             new = split_html(e.html)[0] if e.quoted is not None else e.html
-            out[e.id] = clean_mail_html(new, remote_images=remote_images)
+            out[e.id] = clean_mail_html(new, remote_images=remote_images, inline=inline_parts(detail, e.id))
     return out
+
+
+def inline_parts(detail: TicketDetail, comment_id: int | None) -> dict[str, str]:
+    """A mail's parts with a Content-ID (lower case) and the path that serves
+    each: its HTML shows them as src="cid:..."."""
+    return {a.content_id.lower(): f"/tickets/{quote(detail.key)}/files/{n}"
+            for n, a in enumerate(detail.attachments) if a.content_id and a.comment_id == comment_id}
 
 
 def quoted_html(detail: TicketDetail, remote_images: bool) -> dict[int, SafeHtml]:
@@ -85,7 +93,7 @@ def quoted_html(detail: TicketDetail, remote_images: bool) -> dict[int, SafeHtml
         if e.html and e.quoted is not None:
             quoted = split_html(e.html)[1]
             if quoted is not None:
-                out[e.id] = clean_mail_html(quoted, remote_images=remote_images)
+                out[e.id] = clean_mail_html(quoted, remote_images=remote_images, inline=inline_parts(detail, e.id))
     return out
 
 

@@ -125,6 +125,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
                 "size": a.size,
                 "sha256": a.sha256,
                 "blob_ref": ref_for_sha256(a.sha256),
+                "content_id": a.content_id,
             }
             for a in mail.attachments
         ],

@@ -316,7 +316,7 @@ def _add_attachments(
             [
                 {"ticket_id": ticket_id, "comment_id": comment_id, "filename": f.filename,
                  "content_type": f.content_type, "size": f.size, "sha256": f.sha256,
-                 "blob_ref": f.blob_ref}
+                 "blob_ref": f.blob_ref, "content_id": f.content_id}
                 for f in files
             ],
         )

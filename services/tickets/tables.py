@@ -249,6 +249,8 @@ attachments = Table(
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(HASH), nullable=False),
     Column("blob_ref", Text, nullable=True),
+    # The part's Content-ID: the mail's HTML shows it inline as src="cid:...".
+    Column("content_id", String(MESSAGE_ID), nullable=True),
     Index(None, "ticket_id"),
 )
 

@@ -145,6 +145,7 @@ class AttachmentInfo:
     sha256: str
     blob_ref: str | None
     comment_id: int | None  # None: attached to the mail that opened the ticket
+    content_id: str | None = None  # the mail's HTML shows it inline as src="cid:..."
 
 
 @dataclass(frozen=True)

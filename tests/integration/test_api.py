@@ -581,6 +581,24 @@ def test_attachments_are_downloads_of_a_safe_type(make: Make) -> None:
     assert client.get("/tickets/SUPPORT-1/files/0").status_code == 404  # its pdf was never stored
 
 
+def test_an_inline_image_shows_where_the_mail_places_it(make: Make) -> None:
+    from services.common.blobs import FolderBlobStore
+
+    client, store, config, _ = make()
+    png = b"\x89PNG\r\n\x1a\n"
+    ref = FolderBlobStore(config.blob_path).put(png, durable=False)
+    files = [{"filename": "logo.png", "content_type": "image/png", "size": len(png), "sha256": "00" * 32,
+              "blob_ref": ref, "content_id": "logo@customer.test"},
+             {"filename": "report.pdf", "content_type": "application/pdf", "size": 3, "sha256": "00" * 32,
+              "blob_ref": ref}]
+    store.apply(invoice(2, html='<p>Our logo: <img src="cid:Logo@customer.test"></p>', attachments=files))
+    page = client.get("/tickets/SUPPORT-2?html=1")
+    assert '<p>Our logo: <img src="/tickets/SUPPORT-2/files/0"></p>' in page.text
+    assert "img-src 'self';" in page.headers["content-security-policy"]  # no remote images asked for
+    image = client.get("/tickets/SUPPORT-2/files/0")
+    assert (image.status_code, image.headers["content-type"], image.content) == (200, "image/png", png)
+
+
 # ------------------------------------------------------------------ settings
 
 

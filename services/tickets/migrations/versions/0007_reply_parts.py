@@ -12,7 +12,8 @@ what search already found. ``charset_detected`` on tickets (the opening mail)
 and comments names the charset a body was decoded with when its declared one
 was missing or wrong; NULL for everything stored before. ``comments.automatic``
 marks an automatic reply or bounce stored on its thread (it reopened nothing);
-false for what is stored already.
+false for what is stored already. ``attachments.content_id`` lets the page show a
+mail's inline images where its HTML places them; NULL for attachments stored before.
 
 The columns are added, not rebuilt, so SQLite's search triggers and view on
 ``comments`` (revision 0006) stay as they are.
@@ -34,7 +35,8 @@ down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-CHARSET = 40  # a frozen copy of tables.CHARSET at this revision
+CHARSET = 40  # frozen copies of tables.CHARSET and tables.MESSAGE_ID at this revision
+MESSAGE_ID = 998
 
 
 def upgrade() -> None:
@@ -42,6 +44,7 @@ def upgrade() -> None:
     op.add_column("comments", sa.Column("charset_detected", sa.String(CHARSET), nullable=True))
     op.add_column("comments", sa.Column("automatic", sa.Boolean(), server_default=sa.text("false"), nullable=False))
     op.add_column("tickets", sa.Column("charset_detected", sa.String(CHARSET), nullable=True))
+    op.add_column("attachments", sa.Column("content_id", sa.String(MESSAGE_ID), nullable=True))
     op.create_index("ix_tickets_follow_up_of", "tickets", ["follow_up_of"])
     op.create_index("ix_messages_ticket_id", "messages", ["ticket_id"])
 
@@ -49,6 +52,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_messages_ticket_id", table_name="messages")
     op.drop_index("ix_tickets_follow_up_of", table_name="tickets")
+    op.drop_column("attachments", "content_id")
     op.drop_column("tickets", "charset_detected")
     op.drop_column("comments", "automatic")
     op.drop_column("comments", "charset_detected")
