@@ -15,12 +15,15 @@ from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import cast
 
+import tnefparse
+
 from services.router import classify
 from services.router.htmltext import html_to_text
 from services.router.mailparse.decoding import (
     body_text,
     clean,
     decode_8bit,
+    decode_detected,
     decode_words,
     header_param,
     part_filename,
@@ -52,6 +55,8 @@ _EXTENSIONS = {
 }
 _TRACE_FIELDS = frozenset({"authentication-results", "received"})
 _BODY_TYPES = frozenset({"text/plain", "text/html"})
+_TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
+_FILENAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _DAMAGED_BASE64 = (errors.InvalidBase64CharactersDefect, errors.InvalidBase64LengthDefect)
 
 
@@ -211,7 +216,9 @@ class Reader:
             filename = part_filename(part, self._charset_hint)
             for defect in part.defects:  # after reading the parameters, which may add one
                 self._defects.append(type(defect).__name__)
-            if content_type in _BODY_TYPES and disposition != "attachment" and filename is None:
+            if _is_tnef(content_type, filename):
+                attachments.extend(self._tnef(self._attachment(part, content_type, disposition, filename), plain))
+            elif content_type in _BODY_TYPES and disposition != "attachment" and filename is None:
                 text, detected = body_text(self._payload(part), charset, self._defects)
                 if detected is not None and self._charset_detected is None:
                     self._charset_detected = detected
@@ -250,6 +257,31 @@ class Reader:
         if new:
             self._defects.append("base64 body lacks padding")
         return payload
+
+    def _tnef(self, winmail: Attachment, plain: list[str]) -> list[Attachment]:
+        """Outlook's winmail.dat (TNEF) unpacked into the files it carries; its
+        text becomes the body when the mail has no text of its own. A TNEF
+        part that cannot be read stays as it is, noted."""
+        try:
+            tnef = tnefparse.TNEF(winmail.payload, do_checksum=False)
+            files = [(a.long_filename() or a.name or "attachment.bin", bytes(a.data)) for a in tnef.attachments if a.data]
+            body = tnef.body or tnef.htmlbody
+        except Exception as exc:  # noqa: BLE001 - a third-party parser on hostile bytes: any failure keeps the part
+            self._defects.append(f"{winmail.filename} (TNEF) could not be unpacked ({type(exc).__name__}); kept as is")
+            return [winmail]
+        if isinstance(body, bytes):
+            body = decode_detected(body, None)[0]
+        if body and not any(chunk.strip() for chunk in plain):
+            plain.append(html_to_text(body) if tnef.htmlbody and body == tnef.htmlbody else body)
+        unpacked = []
+        for name, data in files:
+            name = _FILENAME_UNSAFE.sub("", name).replace("\\", "/").rsplit("/", 1)[-1].strip() or "attachment.bin"
+            guessed = _MIME_TYPES.guess_type(name, strict=False)[0] or "application/octet-stream"
+            unpacked.append(Attachment(filename=name, content_type=guessed, payload=data, size=len(data),
+                                       sha256=hashlib.sha256(data).hexdigest(), content_id=None, inline=False))
+        if not unpacked and not body:
+            return [winmail]  # nothing inside that deskmail can show: keep the original
+        return unpacked
 
     def _attachment(
         self, part: Message, content_type: str, disposition: str | None, filename: str | None
@@ -298,6 +330,10 @@ def _leaves(message: Message, defects: list[str]) -> Iterator[tuple[Message, str
         else:
             yield part, content_type
 
+
+
+def _is_tnef(content_type: str, filename: str | None) -> bool:
+    return content_type in _TNEF_TYPES or (filename or "").lower() == "winmail.dat"
 
 
 def _attached_mail_name(part: Message, hint: str | None) -> str:
