@@ -52,6 +52,8 @@ _EXTENSIONS = {
     "message/disposition-notification": ".txt",
     "message/rfc822": ".eml",
     "message/global": ".eml",
+    "text/calendar": ".ics",  # an invitation: kept as a file agents can open in their calendar
+    "application/ics": ".ics",
 }
 _TRACE_FIELDS = frozenset({"authentication-results", "received"})
 _BODY_TYPES = frozenset({"text/plain", "text/html"})
@@ -302,7 +304,7 @@ class Reader:
             extension = _EXTENSIONS.get(content_type) or _MIME_TYPES.guess_extension(
                 content_type, strict=False
             )
-            filename = "attachment" + (extension or ".bin")
+            filename = ("invite" if extension == ".ics" else "attachment") + (extension or ".bin")
         content_id = msgids.content_id(part.get("content-id") or "")
         return Attachment(
             filename=filename,

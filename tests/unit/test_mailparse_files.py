@@ -1,4 +1,4 @@
-"""Outlook's winmail.dat (TNEF) is unpacked into the files it carries."""
+"""Attachments as agents need them: winmail.dat (TNEF) unpacked into its files, invitations as .ics."""
 
 from __future__ import annotations
 
@@ -60,3 +60,13 @@ def test_a_broken_winmail_dat_is_kept_as_it_is() -> None:
 def test_file_names_inside_are_made_safe() -> None:
     parsed = parse(mail(tnef([(b"..\\..\\evil\x07.exe", b"MZ")])))
     assert [a.filename for a in parsed.attachments] == ["evil.exe"]
+
+
+def test_a_calendar_invitation_is_kept_as_an_ics_file() -> None:
+    raw = (b"From: a@customer.test\r\nTo: support@example.com\r\nSubject: Meet\r\n"
+           b"Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+           b"Let us meet.\r\n--b\r\nContent-Type: text/calendar; method=REQUEST; charset=utf-8\r\n\r\n"
+           b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n--b--\r\n")
+    parsed = parse(raw)
+    assert parsed.text == "Let us meet."
+    assert [(a.filename, a.content_type) for a in parsed.attachments] == [("invite.ics", "text/calendar")]
