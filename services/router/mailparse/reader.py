@@ -116,6 +116,7 @@ class Reader:
             from_header=self._from_header,
             trace=self._trace(),
             charset_detected=self._charset_detected,
+            deskmail_ticket=" ".join(self._header("x-deskmail-ticket").split())[:100] or None,
         )
 
     # -- headers --------------------------------------------------------
