@@ -57,6 +57,7 @@ _EXTENSIONS = {
 }
 _TRACE_FIELDS = frozenset({"authentication-results", "received"})
 _BODY_TYPES = frozenset({"text/plain", "text/html"})
+_MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,127}/[a-z0-9!#$&^_.+-]{1,127}")
 _TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 _FILENAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _DAMAGED_BASE64 = (errors.InvalidBase64CharactersDefect, errors.InvalidBase64LengthDefect)
@@ -327,6 +328,11 @@ def _leaves(message: Message, defects: list[str]) -> Iterator[tuple[Message, str
     while stack:
         part = stack.pop()
         content_type = part.get_content_type()
+        if not _MIME_TYPE.fullmatch(content_type):
+            # Raw 8-bit bytes or junk in Content-Type (they would reach the
+            # record as surrogates): the part is a file of unknown type.
+            defects.append("a part's Content-Type is not a MIME type; kept as application/octet-stream")
+            content_type = "application/octet-stream"
         if content_type.startswith("multipart/") and part.is_multipart():
             defects.extend(type(defect).__name__ for defect in part.defects)
             stack.extend(reversed(cast("list[Message]", part.get_payload())))
