@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from services.common.mailrules import format_ticket_key
 from services.tickets import statements as st
-from services.tickets import workflow
+from services.tickets import ratelimit, workflow
 from services.tickets.commands import AttachmentFile, Command
 from services.tickets.rows import inserted_id
 from services.tickets.views import Applied, Role
@@ -46,10 +46,13 @@ MACHINE_MAIL = frozenset({"auto_reply", "bounce"})
 _MACHINE_WORDS = {"auto_reply": "an automatic reply", "bounce": "a delivery status notification"}
 
 
-def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "follow_up") -> Applied:
+def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "follow_up",
+                  limits: ratelimit.Limits = ratelimit.NONE) -> Applied:
     """Apply ``c`` on ``conn``'s transaction (the caller commits). Mail that threads
     onto a closed ticket opens a follow-up ticket linked to it, or with
-    ``closed_reply="reopen"`` reopens it (the queue's ``closed_reply`` setting)."""
+    ``closed_reply="reopen"`` reopens it (the queue's ``closed_reply`` setting).
+    Mail from outside the organization past ``limits`` is a rejection
+    (``rate_limited``)."""
     duplicate = _find_duplicate(conn, c)
     if duplicate is not None:
         return duplicate
@@ -67,6 +70,12 @@ def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "fol
             c = replace(c, reason=f"{c.classification}: {_MACHINE_WORDS[c.classification]} on no thread deskmail knows")
         _insert_rejection(conn, c)
         return Applied("rejected", None, None)
+    limited = _rate_limited(conn, c, ticket, limits)
+    if limited is not None:
+        if conn.execute(st.REJECTED, {"command_id": c.id}).first():
+            return Applied("duplicate", None, None)
+        _insert_rejection(conn, replace(c, reason=limited))
+        return Applied("rejected", None, None, reason=limited)
     if machine and ticket is not None:
         # Recorded on the ticket, whatever its status, and it changes nothing:
         # no reopening, no follow-up, no "customer replied".
@@ -83,6 +92,17 @@ def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "fol
         ticket_id, applied = ticket.id, _add_comment(conn, c, ticket)
     _record(conn, c, ticket_id, applied)
     return applied
+
+
+def _rate_limited(conn: Connection, c: Command, ticket: _Ticket | None, limits: ratelimit.Limits) -> str | None:
+    """The reason to set ``c`` aside as a flood, or None. Members are never
+    limited, nor is mail an admin released."""
+    if c.author.member or c.id.startswith("release:"):
+        return None
+    reason = ratelimit.check_sender(conn, limits, c.author.email, c.received_at)
+    if reason is None and ticket is not None:
+        reason = ratelimit.check_ticket(conn, limits, ticket.id, ticket.key, c.received_at)
+    return reason
 
 
 def _event_time(c: Command) -> datetime:
@@ -131,6 +151,8 @@ def _insert_rejection(conn: Connection, c: Command) -> None:
 
 
 def _record(conn: Connection, c: Command, ticket_id: int, applied: Applied) -> None:
+    if not c.author.member:
+        ratelimit.record(conn, c.author.email, ticket_id, c.received_at)
     conn.execute(
         st.INSERT_PROCESSED,
         {

@@ -312,6 +312,20 @@ rejections = Table(
     Index(None, "received_at"),
 )
 
+# Mail from outside the organization as it was applied, for the rate limits
+# (services/tickets/ratelimit.py); pruned once no window reaches a row.
+mail_arrivals = Table(
+    "mail_arrivals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("author_email", String(EMAIL), nullable=False),
+    Column("ticket_id", Integer, nullable=False),  # no foreign key: pruning needs no order
+    Column("received_at", UtcDateTime, nullable=False),
+    Index(None, "author_email", "received_at"),
+    Index(None, "ticket_id", "received_at"),
+    Index(None, "received_at"),
+)
+
 # Transactional outbox: an outgoing comment and its encoded OutboundMail are
 # written in one transaction; a relay produces unrelayed rows to
 # deskmail.mail.outbound and sets relayed_at only after the broker's ack.

@@ -48,6 +48,7 @@ class Applied:
     outcome: Outcome
     ticket_key: str | None
     comment_id: int | None = None
+    reason: str | None = None  # a rejection decided here (rate_limited), not by the router
 
 
 @dataclass(frozen=True)
