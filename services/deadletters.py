@@ -81,6 +81,33 @@ def read(kafka: Kafka, idle_seconds: float = 2.0, timeout: float = 60.0) -> list
         consumer.close(autocommit=False)
 
 
+def read_one(kafka: Kafka, partition: int, offset: int, timeout: float = 15.0) -> DeadLetter | None:
+    """The dead letter at ``partition``/``offset`` of the dead-letter topic, or None
+    when the topic has no such record (never written, or gone with the topic's
+    retention). Reads without a consumer group; nothing is committed."""
+    topic = kafka.config.topics["deadletter"]
+    consumer: KafkaConsumer = kafka.reader()
+    try:
+        if partition not in (consumer.partitions_for_topic(topic) or set()) or offset < 0:
+            return None
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in consumer.poll(timeout_ms=300).get(tp, []):
+                if record.offset == offset:
+                    return _decode(codec("DeadLetter"), record.partition, record.offset, record.value)
+                if record.offset > offset:  # reset past it: the record is gone
+                    return None
+            high = consumer.highwater(tp)
+            if high is not None and high <= offset:
+                return None
+        return None
+    finally:
+        consumer.close(autocommit=False)
+
+
 def _decode(decoder: Any, partition: int, offset: int, value: bytes) -> DeadLetter:
     try:
         d = decoder.decode(value)

@@ -6,7 +6,8 @@ browser hardening of ``services.api.security`` (headers, Host and Origin checks)
 The OpenAPI document is at /openapi.json; no documentation page is served, as
 Swagger UI would load its code from a CDN into deskmail's origin.
 /metrics also carries ``deskmail_tickets{queue,status}``, read from the kept
-counts at each scrape (``services.api.ticket_metrics``).
+counts at each scrape, and ``deskmail_suspended{queue,reason}``
+(``services.api.ticket_metrics``).
 ``run_api`` is `deskmail run api`: it serves the app with uvicorn on
 ``api.listen`` (with its port replaced when a port is given), serves /metrics,
 /healthz and /readyz on the same port, and runs the relay in a background
@@ -30,8 +31,19 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api import rest, rest_workflow, signin, ticket_metrics, views_web, web, workflow
-from services.api.context import ApiContext, Waker
+from services import deadletters
+from services.api import (
+    rest,
+    rest_suspended,
+    rest_workflow,
+    signin,
+    suspended_web,
+    ticket_metrics,
+    views_web,
+    web,
+    workflow,
+)
+from services.api.context import ApiContext, Releasing, Waker
 from services.api.csrf import CsrfTokens
 from services.api.relay import OutboxRelay
 from services.api.security import BrowserGuard, SitePolicy
@@ -39,16 +51,19 @@ from services.common.blobs import FolderBlobStore
 from services.common.config import Config
 from services.common.kafka import Kafka
 from services.common.runtime import Health
+from services.suspended import Releaser
 from services.tickets import TicketStore
 
 log = logging.getLogger("deskmail.api")
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def create_app(config: Config, store: TicketStore, relay: Waker | None = None, health: Health | None = None) -> FastAPI:
+def create_app(config: Config, store: TicketStore, relay: Waker | None = None, health: Health | None = None,
+               releaser: Releasing | None = None) -> FastAPI:
     """The web application. ``relay`` is woken after each stored reply (None:
     nothing relays from this process); ``health`` answers /healthz and /readyz
-    (None: both always answer ok)."""
+    (None: both always answer ok); ``releaser`` releases suspended mail (None:
+    the Release button answers that this api has no broker)."""
     app = FastAPI(
         title="deskmail",
         version="1",
@@ -56,7 +71,7 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
         docs_url=None,
         redoc_url=None,
     )
-    app.state.deskmail = ApiContext(config, store, relay)
+    app.state.deskmail = ApiContext(config, store, relay, releaser)
     app.state.csrf = CsrfTokens.from_config(config)
     app.state.blobs = FolderBlobStore(config.blob_path)
     app.add_middleware(BrowserGuard, site=SitePolicy.from_config(config), refuse=error_response)
@@ -65,7 +80,9 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
         app.include_router(signin.router)
     app.include_router(rest_workflow.router)
     app.include_router(rest.router)
+    app.include_router(rest_suspended.router)
     app.include_router(views_web.router)
+    app.include_router(suspended_web.router)
     app.include_router(workflow.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -129,11 +146,15 @@ def run_api(
     """Serve until ``stop`` is set; raises if the web server or the relay failed."""
     store = TicketStore(config.database_url)
     store.migrate()
-    producer = Kafka(config, bootstrap).producer()
+    kafka = Kafka(config, bootstrap)
+    producer = kafka.producer()
     relay = OutboxRelay(store, producer, config.topics["outbound"])
+    # The relay's producer also releases suspended mail (thread-safe, acks=all).
+    releaser = Releaser(config, store, FolderBlobStore(config.blob_path), producer,
+                        lambda partition, offset: deadletters.read_one(kafka, partition, offset), stage="api")
     host, listen_port = _listen(config, port)
     server = uvicorn.Server(uvicorn.Config(
-        create_app(config, store, relay, health), host=host, port=listen_port,
+        create_app(config, store, relay, health, releaser), host=host, port=listen_port,
         log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10,
     ))
     failures: list[BaseException] = []

@@ -1,12 +1,12 @@
 """What every request handler of the api shares: the config, the store, the relay,
-and who the agent is."""
+the releaser of suspended mail, and who the agent is."""
 
 from __future__ import annotations
 
 import ipaddress
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import HTTPException, Request
 
@@ -21,11 +21,18 @@ class Waker(Protocol):
     def wake(self) -> None: ...
 
 
+class Releasing(Protocol):
+    """What releases suspended mail through the pipeline (``services.suspended.Releaser``)."""
+
+    def release(self, item_id: str, by: str | None) -> Any: ...
+
+
 @dataclass(frozen=True)
 class ApiContext:
     config: Config
     store: TicketStore
     relay: Waker | None  # None: nothing relays in this process (tests, a read-only api)
+    releaser: Releasing | None = None  # None: no broker here, suspended mail cannot be released
 
     def stored(self) -> None:
         if self.relay is not None:

@@ -1,5 +1,6 @@
 """The api's ticket metrics: the workflow histograms, observed where the api makes
-the change, and the ``deskmail_tickets{queue,status}`` gauge, computed at scrape time.
+the change, and the ``deskmail_tickets{queue,status}`` and
+``deskmail_suspended{queue,reason}`` gauges, computed at scrape time.
 
 The histograms are declared in ``services.common.metrics``; the api observes
 them because it is the long-lived process where agents reply and change
@@ -26,11 +27,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.common.config import Config
+from services.common.suspended import REASON_CODES
 from services.common.metrics import TICKET_FIRST_RESPONSE_SECONDS, TICKET_RESOLUTION_SECONDS
 from services.tickets import TICKET_STATUSES, Changed, Reply, TicketStore
 
 log = logging.getLogger("deskmail.api")
 GAUGE = "deskmail_tickets"
+SUSPENDED_GAUGE = "deskmail_suspended"
 WARN_EVERY_S = 60.0
 
 
@@ -84,8 +87,49 @@ class TicketCounts(Collector):
             log.warning("ticket counts unavailable for /metrics: %s", reason, extra={"stage": "api"})
 
 
+class SuspendedCounts(Collector):
+    """``deskmail_suspended{queue,reason}``: mail waiting in the suspended list (not
+    released), per queue and reason code, from one GROUP BY at each scrape. Every
+    configured queue reports every code the router refuses with (0 included);
+    rows without a queue report queue "". Dead letters are not counted here
+    (``deskmail_bus_deadletters_total`` counts them)."""
+
+    def __init__(self, config: Config, store: TicketStore) -> None:
+        self._config = config
+        self._store = store
+        self._warned_at: float | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            counts = self._store.suspended_counts()
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the database is down
+            self._warned_at = _warn(self._warned_at, "suspended mail counts", exc)
+            return
+        totals = {(q.key, code): 0 for q in self._config.queues for code in REASON_CODES}
+        totals.update(counts)
+        family = GaugeMetricFamily(SUSPENDED_GAUGE, "Suspended mail waiting for an admin, per queue and reason "
+                                   "code (rejections not released).", labels=["queue", "reason"])
+        for (queue, reason), n in sorted(totals.items()):
+            family.add_metric([queue, reason], n)
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+def _warn(warned_at: float | None, what: str, exc: Exception) -> float | None:
+    """Log that ``what`` is missing from /metrics, at most once a minute; the new warned-at time."""
+    now = time.monotonic()
+    if warned_at is not None and now - warned_at < WARN_EVERY_S:
+        return warned_at
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+    log.warning("%s unavailable for /metrics: %s", what, reason, extra={"stage": "api"})
+    return now
+
+
 def registry(config: Config, store: TicketStore) -> CollectorRegistry:
-    """The app's own registry, holding the ticket gauge."""
+    """The app's own registry, holding the ticket and suspended mail gauges."""
     own = CollectorRegistry(auto_describe=False)
     own.register(TicketCounts(config, store))
+    own.register(SuspendedCounts(config, store))
     return own

@@ -152,9 +152,10 @@ def queue_page(
     """One queue's view: filters, status tabs with counts, keyset pages, search."""
     queues = _queue_keys(ctx, agent, key)
     values = _list_values(ctx, agent, request, queues, f"/queues/{key}")
+    waiting = sum(n for (queue, _), n in ctx.store.suspended_counts(key).items() if queue == key)
     return render(request, "queue.html", key=key, queue=ctx.config.queue(key), statuses=TICKET_STATUSES,
                   manage=access.may_manage(ctx.config, agent), live_url=_live_url(f"/queues/{key}/live", request),
-                  **_choices(ctx, queues), **values)
+                  suspended_count=waiting, **_choices(ctx, queues), **values)
 
 
 @router.get("/queues/{key}/live")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from services.cli import config, db, deadletters, mailbox, run, tickets, tokens, topics
+from services.cli import config, db, deadletters, mailbox, run, suspended, tickets, tokens, topics
 
 
 @click.group()
@@ -18,6 +18,6 @@ def main() -> None:
     """
 
 
-for group in (config.group, topics.group, topics.replay, deadletters.group, run.run, run.up, db.group,
-              tickets.group, tokens.group, mailbox.group):
+for group in (config.group, topics.group, topics.replay, deadletters.group, suspended.group, run.run, run.up,
+              db.group, tickets.group, tokens.group, mailbox.group):
     main.add_command(group)

@@ -65,6 +65,8 @@ class BlobStore(Protocol):
 
     def get(self, ref: str) -> bytes: ...
 
+    def delete(self, ref: str) -> bool: ...
+
 
 def ref_for(data: bytes) -> str:
     return ref_for_sha256(hashlib.sha256(data).hexdigest())
@@ -119,6 +121,17 @@ class FolderBlobStore:
         if ref_for(data) != ref:
             raise BlobMissing(f"blob {ref} in {self.root} is damaged (its bytes do not match the reference)")
         return data
+
+    def delete(self, ref: str) -> bool:
+        """Remove a blob (only the ticketer's retention of suspended mail does, for
+        blobs nothing refers to any more); False when there was none. Not synced:
+        a machine crash may bring the name back, which only keeps an unused blob.
+        Raises OSError."""
+        try:
+            self._path(ref).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def _present(self, path: Path, size: int, durable: bool) -> bool:
         """True when ``path`` holds a blob of ``size`` bytes (synced now if ``durable``: it may be derived data)."""

@@ -139,6 +139,13 @@ TICKETER_AUTO_CLOSED = Counter(
     ["queue"],
 )
 
+# ---- suspended mail (rejections kept for release; the gauge is the api's, services.api.ticket_metrics)
+SUSPENDED_EXPIRED = Counter(
+    "deskmail_suspended_expired",
+    "Suspended mail the ticketer deleted after suspended.retention_days (with its raw mail, when nothing else refers to it).",
+)
+# deskmail_suspended{queue,reason}: a collector of the api, read from the database at each scrape.
+
 # ---- the ticket workflow, observed where the change is made (api, ticketer)
 _DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 345600, 604800, 1209600, 2592000)
 TICKET_FIRST_RESPONSE_SECONDS = Histogram(

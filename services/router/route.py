@@ -1,7 +1,7 @@
 """The router's pure core: one inbound mail + the config -> one TicketCommand.
 
-No I/O: the runner fetches the raw bytes, stores attachment payloads and produces
-the command. Raises ``MalformedMail`` for mail that cannot be read and
+No I/O: the runner fetches the raw bytes, stores attachment payloads (and the raw
+mail of a refusal, ``keeps_original``) and produces the command. Raises ``MalformedMail`` for mail that cannot be read and
 ``UnknownMailbox`` for mail addressed to a mailbox the config does not have (both
 are dead-lettered by the runner, so a config fix plus a replay recovers them).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import mailrules
+from services.common import mailrules, suspended
 from services.common.blobs import ref_for_sha256
 from services.common.config import Config
 from services.router import classify, replysplit, senderauth
@@ -34,6 +34,12 @@ class Routed:
     @property
     def action(self) -> str:
         return str(self.command["action"])
+
+    @property
+    def keeps_original(self) -> bool:
+        """The command is, or may become, a rejection (a ``reply_only`` mail the
+        ticketer finds no thread for): its raw mail must be kept for release."""
+        return self.action == "reject" or bool(self.command["reply_only"])
 
 
 def _person(address: Any, config: Config) -> dict[str, Any]:
@@ -89,6 +95,18 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
     elif classification in ("bounce", "auto_reply") and not threaded:
         action, reason = "reject", classification
         detail = f"{classification.replace('_', '-')} that belongs to no thread opens no ticket"
+    reply_only = action == "comment" and not access.allowed
+    command_id = inbound["id"]
+    release_of = inbound.get("release_of")
+    if release_of:
+        # An admin released this mail from the suspended list: the refusal is
+        # overridden, so it is routed as a member's mail would be, never rejected
+        # again, and may open a ticket. Its own id makes a second release a duplicate.
+        if action == "reject":
+            action = "comment" if threaded else "create"
+        reply_only = False
+        reason, detail = suspended.released_reason(inbound.get("released_by")), None
+        command_id = suspended.release_command_id(release_of)
 
     seen = {sender}
     participants = []
@@ -101,7 +119,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
     payloads = [a.payload for a in mail.attachments]
     text = mail.text[:MAX_TEXT_CHARS]
     command = {
-        "id": inbound["id"],
+        "id": command_id,
         "action": action,
         "classification": classification,
         "queue": mailbox.queue,
@@ -139,6 +157,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
         "received_at": inbound["received_at"],
         "matched_rule": f"mailbox:{mailbox.address}",
         "reason": reason if detail is None else f"{reason}: {detail}",
-        "reply_only": action == "comment" and not access.allowed,
+        "reply_only": reply_only,
+        "raw_ref": None,  # the runner stores the raw mail of a refusal and names it here
     }
     return Routed(command=command, key=thread_key.encode(), attachments=payloads if action != "reject" else [])

@@ -6,8 +6,9 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from services.common import metrics
+from services.common import metrics, suspended
 from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
 from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
@@ -52,25 +53,44 @@ class RouterStep:
             routed = route(inbound, raw, self.config)
         except (MalformedMail, UnknownMailbox) as exc:
             raise BadRecord(f"{inbound['id']}: {exc}") from exc
+        command = routed.command
         try:
             for payload in routed.attachments:
                 # Derived from the raw mail, which stays in the inbound topic:
                 # a replay stores it again, so it needs no fsync (see blobs.py).
                 self.blobs.put(payload, durable=False)
+            if routed.keeps_original:
+                command["raw_ref"] = self._keep_original(inbound, raw)
         except OSError as exc:
             raise Transient(f"blob store unavailable: {exc}") from exc
-        command = routed.command
         metrics.ROUTER_COMMANDS.labels(command["action"], command["classification"]).inc()
         if command["action"] == "reject":
-            reason_code = (command["reason"] or "other").split(":", 1)[0]
-            metrics.ROUTER_REJECTIONS.labels(reason_code).inc()
+            metrics.ROUTER_REJECTIONS.labels(suspended.reason_code(command["reason"])).inc()
             log.info(
                 "rejected",
                 extra={"stage": STAGE, "mailbox": command["mailbox"], "queue": command["queue"],
                        "command": command["id"], "reason": command["reason"]},
             )
+        elif inbound.get("release_of"):
+            log.info(
+                "released",
+                extra={"stage": STAGE, "mailbox": command["mailbox"], "queue": command["queue"],
+                       "command": command["id"], "reason": command["reason"]},
+            )
         metrics.ROUTER_PARSE_SECONDS.observe(time.perf_counter() - started)
         return [Out(self.topic, routed.key, self.commands.encode(command))]
+
+    def _keep_original(self, inbound: dict[str, Any], raw: bytes) -> str:
+        """The reference of the raw mail of a refusal, for the suspended list.
+
+        A claim-checked mail is in the store already. Otherwise it is written with
+        fsync: suspended mail is kept for ``suspended.retention_days``, longer than
+        the inbound topic may keep the record, so the blob may become the only copy.
+        Raises OSError.
+        """
+        if inbound["blob_ref"]:
+            return str(inbound["blob_ref"])
+        return self.blobs.put(raw, durable=True)
 
 
 def run_router(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:

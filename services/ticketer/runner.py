@@ -8,7 +8,8 @@ record, offsets committed after the transaction.
 
 Mail on a closed ticket follows its queue's ``closed_reply`` (a linked follow-up
 ticket, or the ticket reopened). Beside the loop, ``AutoClose`` closes resolved
-tickets after their queue's ``auto_close_days``.
+tickets after their queue's ``auto_close_days``, and ``SuspendedRetention``
+deletes suspended mail after ``suspended.retention_days``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from services.common import metrics
+from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
 from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
 from services.common.config import Config
@@ -40,6 +42,8 @@ SPEC = StageSpec(STAGE, inputs=["commands", "events"])
 AUTO_CLOSE_INTERVAL = 300.0  # seconds between rounds; a day's deadline is met within five minutes
 ARRIVALS_KEPT = timedelta(days=1)  # longer than any rate limit's window (at most a day)
 AUTO_CLOSE_BATCH = 500  # tickets per transaction (TicketStore.auto_close's limit)
+RETENTION_INTERVAL = 3600.0  # seconds between rounds of suspended mail retention (counted in days)
+RETENTION_BATCH = 500  # rejections per transaction
 
 
 class TicketerStep:
@@ -162,12 +166,73 @@ class AutoClose:
             self.run_once()
 
 
+class SuspendedRetention:
+    """Deletes suspended mail received more than ``suspended.retention_days`` ago,
+    every ``interval`` seconds, in a thread of the ticketer (0 days: never), and
+    then each raw mail no remaining rejection refers to.
+
+    The rows go first, in batches of one transaction each, and a blob only after
+    its rows are gone: a crash in between leaves an unused blob, never a row
+    without its mail. Several ticketers may run it at once (a row is deleted
+    once; deleting a blob twice is a no-op). A database or blob store outage is
+    logged and waits for the next round.
+
+    A blob is content-addressed, so the same bytes rejected again while the old
+    rows expire (a replay of the inbound topic after ``retention_days``) may lose
+    their blob in that instant; the claim-checked mail of the fetcher is one
+    such blob, and the inbound topic usually keeps its records for a shorter time.
+    """
+
+    def __init__(self, store: TicketStore, blobs: BlobStore, days: int, stop: threading.Event,
+                 interval: float = RETENTION_INTERVAL):
+        self.store = store
+        self.blobs = blobs
+        self.days = days
+        self.stop = stop
+        self.interval = interval
+        self.thread = threading.Thread(target=self._run, name="suspended-retention", daemon=True)
+
+    def start(self) -> None:
+        if self.days > 0:
+            self.thread.start()
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """One round; returns how many rejections were deleted."""
+        before = (now or datetime.now(timezone.utc)) - timedelta(days=self.days)
+        deleted = 0
+        while not self.stop.is_set():
+            try:
+                expired = self.store.expire_suspended(before, limit=RETENTION_BATCH)
+            except DBAPIError as exc:
+                log.warning("suspended mail retention postponed", extra={"stage": STAGE, "error": type(exc).__name__})
+                break
+            metrics.SUSPENDED_EXPIRED.inc(expired.deleted)
+            deleted += expired.deleted
+            for ref in expired.unreferenced:
+                try:
+                    self.blobs.delete(ref)
+                except (OSError, BlobMissing) as exc:  # left behind, unused: nothing refers to it
+                    log.warning("raw mail of expired suspended mail not deleted",
+                                extra={"stage": STAGE, "blob": ref[:80], "error": str(exc)})
+            if expired.deleted < RETENTION_BATCH:
+                break
+        if deleted:
+            log.info("suspended mail expired", extra={"stage": STAGE, "count": deleted})
+        return deleted
+
+    def _run(self) -> None:
+        self.run_once()  # at start too: a ticketer restarted daily would otherwise never get to it
+        while not self.stop.wait(self.interval):
+            self.run_once()
+
+
 def run_ticketer(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:
     store = TicketStore(config.database_url)
     store.migrate()
     closed_reply: dict[str, ClosedReply] = {
         q.key: "reopen" if q.closed_reply == "reopen" else "follow_up" for q in config.queues}
     AutoClose(store, config, stop).start()
+    SuspendedRetention(store, FolderBlobStore(config.blob_path), config.suspended.retention_days, stop).start()
     rates = config.rate_limits
     limits = Limits(Limit(rates.per_sender.mails, rates.per_sender.minutes),
                     Limit(rates.per_ticket.mails, rates.per_ticket.minutes))

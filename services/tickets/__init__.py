@@ -30,6 +30,7 @@ from services.tickets.errors import (
 )
 from services.tickets.listing import BadCursor, Count, Page, View
 from services.tickets.store import TicketStore
+from services.tickets.suspended import Expired, SuspendedMail, SuspendedPage
 from services.tickets.tokens import ApiToken
 from services.tickets.views import (
     PENDING_STATUSES,
@@ -71,5 +72,5 @@ __all__ = [
     "TicketDetail", "TicketStore", "TicketSummary", "UnknownTicket",
     "DONE_STATUSES", "TICKET_STATUSES", "Changed", "InvalidChange", "TicketChange", "TicketEvent",
     "TicketStatus", "VersionConflict", "BadCursor", "Count", "Page", "View",
-    "MARK_END", "MARK_START", "SearchHit", "SearchWhere",
+    "MARK_END", "MARK_START", "SearchHit", "SearchWhere", "Expired", "SuspendedMail", "SuspendedPage",
 ]

@@ -21,8 +21,9 @@ from typing import Any, Literal
 from sqlalchemy.engine import Connection
 
 from services.common.mailrules import format_ticket_key
+from services.common.suspended import released_by
 from services.tickets import statements as st
-from services.tickets import ratelimit, workflow
+from services.tickets import ratelimit, suspended, workflow
 from services.tickets.commands import AttachmentFile, Command
 from services.tickets.rows import inserted_id
 from services.tickets.views import Applied, Role
@@ -52,7 +53,17 @@ def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "fol
     onto a closed ticket opens a follow-up ticket linked to it, or with
     ``closed_reply="reopen"`` reopens it (the queue's ``closed_reply`` setting).
     Mail from outside the organization past ``limits`` is a rejection
-    (``rate_limited``)."""
+    (``rate_limited``).
+    A release of suspended mail marks its rejection released with the ticket it
+    became or wrote into (also when that mail turns out to be known already)."""
+    applied = _apply(conn, c, closed_reply, limits)
+    if c.release_of is not None and applied.ticket_key is not None:
+        suspended.mark_released(conn, c.release_of, applied.ticket_key, released_by(c.reason),
+                                datetime.now(timezone.utc))
+    return applied
+
+
+def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: ratelimit.Limits) -> Applied:
     duplicate = _find_duplicate(conn, c)
     if duplicate is not None:
         return duplicate
@@ -97,7 +108,7 @@ def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "fol
 def _rate_limited(conn: Connection, c: Command, ticket: _Ticket | None, limits: ratelimit.Limits) -> str | None:
     """The reason to set ``c`` aside as a flood, or None. Members are never
     limited, nor is mail an admin released."""
-    if c.author.member or c.id.startswith("release:"):
+    if c.author.member or c.release_of is not None:
         return None
     reason = ratelimit.check_sender(conn, limits, c.author.email, c.received_at)
     if reason is None and ticket is not None:
@@ -144,6 +155,8 @@ def _insert_rejection(conn: Connection, c: Command) -> None:
             "subject": c.subject,
             "message_id": c.message_id,
             "reason": c.reason,
+            "reason_code": suspended.stored_reason_code(c.reason),
+            "raw_ref": c.raw_ref,
             "received_at": c.received_at,
             "recorded_at": datetime.now(timezone.utc),
         },

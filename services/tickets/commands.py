@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from services.common import suspended
 from services.tickets import checks
 from services.tickets.errors import InvalidCommand
 from services.tickets.tables import CHARSET, COMMAND_ID, EMAIL, HASH, MESSAGE_ID, QUEUE
 from services.tickets.views import Action
 
 _ACTIONS = ("create", "comment", "reject")
+BLOB_REF = 1024  # a blob reference is short (sha256:<hex>); a longer one is not from deskmail
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class Command:
     reply_only: bool
     quoted_from: int | None = None  # TicketCommand v4: where the quoted history begins in ``text``
     charset_detected: str | None = None  # TicketCommand v4
+    raw_ref: str | None = None  # TicketCommand v4: the raw mail of a (possible) rejection, in the blob store
+    # A release of suspended mail: the stored command id of the rejection it overrides
+    # (taken from the id before a long id is digested, so the link survives it).
+    release_of: str | None = None
 
     def reply_parts(self) -> tuple[str, str | None]:
         """A comment's new text and what was split off it (None: nothing was)."""
@@ -92,6 +98,7 @@ class Command:
             received_at = cmd["received_at"]
             if not isinstance(received_at, datetime) or received_at.tzinfo is None:
                 raise InvalidCommand(f"received_at must be a timezone-aware datetime: {received_at!r}")
+            original = suspended.released_of(cmd["id"]) if isinstance(cmd["id"], str) else None
             return cls(
                 id=command_key(cmd["id"]),
                 action=action,
@@ -117,6 +124,8 @@ class Command:
                 reply_only=bool(cmd.get("reply_only", False)),
                 quoted_from=quoted_from,
                 charset_detected=checks.optional_bounded(cmd.get("charset_detected"), "charset_detected", CHARSET),
+                raw_ref=checks.optional_bounded(cmd.get("raw_ref"), "raw_ref", BLOB_REF),
+                release_of=None if original is None else command_key(original),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InvalidCommand):

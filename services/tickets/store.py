@@ -6,6 +6,7 @@ connection to the module that holds the SQL of one concept:
 - ``commands`` checks a TicketCommand, ``apply`` applies it (idempotently:
   a command, IMAP message or Message-ID seen before answers ``duplicate``);
 - ``queries`` reads tickets and rejections for the page, the API and the CLI;
+- ``suspended`` lists, releases and expires rejections (suspended mail);
 - ``outgoing`` stores agents' replies with their outbox rows, relays the
   outbox and records delivery events;
 - ``engine`` builds the engine, migrates and checks the schema.
@@ -29,13 +30,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from services.tickets import engine as db
-from services.tickets import listing, outgoing, queries, ratelimit, search, tokens, workflow
+from services.tickets import listing, outgoing, queries, ratelimit, search, suspended, tokens, workflow
 from services.tickets.apply import ClosedReply, apply_command
 from services.tickets.checks import check_page
 from services.tickets.commands import Command
 from services.tickets.errors import InvalidReply
 from services.tickets.listing import Count, Page, View
 from services.tickets.outgoing import Delivery, ReplyDraft
+from services.tickets.suspended import Expired, SuspendedMail, SuspendedPage
 from services.tickets.views import (
     Applied,
     Changed,
@@ -210,6 +212,41 @@ class TicketStore:
         check_page(limit, offset)
         with self._engine.connect() as conn:
             return queries.list_rejections(conn, mailbox, limit, offset)
+
+    # -- suspended mail: rejections, listed, released, expired ----------------
+
+    def list_suspended(self, queues: Sequence[str] | None = None, reason_code: str | None = None,
+                       limit: int = 50, cursor: str | None = None) -> SuspendedPage:
+        """Rejections newest first (by mail time), released ones included, in
+        ``queues`` (None: all, rows without a queue too), of one reason code or
+        any; a keyset page after ``cursor``. Raises BadCursor."""
+        with self._engine.connect() as conn:
+            return suspended.page(conn, queues, reason_code, limit, cursor)
+
+    def get_suspended(self, rejection_id: int) -> SuspendedMail | None:
+        with self._engine.connect() as conn:
+            return suspended.get(conn, rejection_id)
+
+    def mark_released(self, command_id: str, ticket_key: str, by: str | None,
+                      now: datetime | None = None) -> bool:
+        """Mark the rejection of ``command_id`` released as ``ticket_key`` (the
+        ticketer does this itself when it applies the release); False when it
+        was released already or there is no such rejection."""
+        with db.write(self._engine) as conn:
+            return suspended.mark_released(conn, command_id, ticket_key, by, now or datetime.now(timezone.utc))
+
+    def suspended_counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
+        """Rejections not released, per (queue or '' for none, reason code), of
+        ``queue`` or of all."""
+        with self._engine.connect() as conn:
+            return suspended.counts(conn, queue)
+
+    def expire_suspended(self, before: datetime, limit: int = 500) -> Expired:
+        """Delete up to ``limit`` rejections of mail received before ``before`` (one
+        transaction); returns how many, and the blob references of their raw mail
+        that no remaining rejection refers to (the caller deletes those blobs)."""
+        with db.write(self._engine) as conn:
+            return suspended.expire(conn, before, limit)
 
     def count_by_queue(self) -> dict[str, int]:
         """Tickets per queue (queues without tickets are absent)."""

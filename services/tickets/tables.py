@@ -54,6 +54,7 @@ COMMAND_ID = 128
 HASH = 64
 CHARSET = 40  # a Python codec name
 OUTBOUND_ID = 128
+REASON_CODE = 64  # the part of a rejection's reason before the first ":"
 # Where an outgoing comment's mail stands; NULL for incoming mail and notes.
 DELIVERY_STATUSES = ("queued", "retrying", "sent", "failed")
 # A ticket's workflow (services/tickets/workflow.py): waiting is for the customer.
@@ -308,8 +309,20 @@ rejections = Table(
     Column("reason", Text, nullable=True),
     Column("received_at", UtcDateTime, nullable=False),
     Column("recorded_at", UtcDateTime, nullable=False),
+    # Suspended mail (services/tickets/suspended.py): the raw mail in the blob
+    # store (NULL before 0007: nothing to release), the reason's code for the
+    # filter and the gauge, and the release an admin made of it.
+    Column("raw_ref", Text, nullable=True),
+    Column("reason_code", String(REASON_CODE), nullable=False, server_default=text("'other'")),
+    Column("released_at", UtcDateTime, nullable=True),
+    Column("released_by", String(EMAIL), nullable=True),
+    Column("released_ticket", String(TICKET_KEY), nullable=True),  # the ticket the release made or wrote into
     UniqueConstraint("command_id"),
-    Index(None, "received_at"),
+    Index(None, "received_at"),  # retention
+    # The suspended list, newest first: per queue, and per queue and reason.
+    Index(None, "queue", "received_at", "id"),
+    Index(None, "queue", "reason_code", "received_at", "id"),
+    Index(None, "raw_ref"),  # retention: is a blob still referred to?
 )
 
 # Mail from outside the organization as it was applied, for the rate limits

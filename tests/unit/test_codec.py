@@ -111,10 +111,10 @@ def test_a_v1_ticket_command_is_not_reply_only():
     assert decoded["reply_only"] is False
     assert decoded["received_at"] == datetime.fromtimestamp(1764400000, tz=timezone.utc)
     assert decoded["author"] == {**example["author"], "verified": False}
-    added_since = ("reply_only", "quoted_from", "charset_detected")
+    added_since = ("reply_only", "quoted_from", "charset_detected", "raw_ref")
     assert {k: v for k, v in decoded.items() if k not in (*added_since, "received_at", "author")} == {
         k: v for k, v in example.items() if k not in ("received_at", "author")}
-    assert (decoded["quoted_from"], decoded["charset_detected"]) == (None, None)
+    assert (decoded["quoted_from"], decoded["charset_detected"], decoded["raw_ref"]) == (None, None, None)
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -138,16 +138,38 @@ def test_a_v3_ticket_command_keeps_a_proven_author():
 
 @pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_old_ticket_command_keeps_its_text_whole(version):
-    """Before v4 nothing was split off a reply: an old command reads as whole."""
+    """Before v4 nothing was split off a reply, and no rejection kept its original:
+    an old command reads as whole, with nothing to release."""
     [old] = [v for v in load_versions()["TicketCommand"] if v.version == version]
     decoded = codec("TicketCommand").decode(_written_by(old, _example("TicketCommand", version)))
     assert decoded["quoted_from"] is None and decoded["charset_detected"] is None
+    assert decoded["raw_ref"] is None
 
 
 def test_a_v4_ticket_command_carries_where_the_quote_begins():
     example = _example("TicketCommand", 4)
     decoded = codec("TicketCommand").decode(codec("TicketCommand").encode(example))
     assert decoded["text"][decoded["quoted_from"]:].startswith("On Tue, Dec 1, 2026")
+
+
+def test_a_v4_rejection_carries_the_reference_of_its_original():
+    ref = "sha256:" + "ab" * 32
+    example = {**_example("TicketCommand", 4), "action": "reject", "reason": "loop: mail from deskmail", "raw_ref": ref}
+    assert codec("TicketCommand").decode(codec("TicketCommand").encode(example))["raw_ref"] == ref
+
+
+def test_a_v1_inbound_mail_is_no_release():
+    """v1 predates releases of suspended mail: an old record is mail as it arrived."""
+    [v1] = [v for v in load_versions()["InboundMail"] if v.version == 1]
+    decoded = codec("InboundMail").decode(_written_by(v1, _example("InboundMail", 1)))
+    assert (decoded["release_of"], decoded["released_by"]) == (None, None)
+    assert decoded["raw"] == b"Subject: hi\r\n\r\nhello\r\n"
+
+
+def test_a_v2_inbound_mail_names_the_rejection_it_releases():
+    decoded = codec("InboundMail").decode(codec("InboundMail").encode(_example("InboundMail", 2)))
+    assert decoded["release_of"] == "imap:orders@example.com:1700000000:43"
+    assert (decoded["id"], decoded["released_by"]) == ("release:" + decoded["release_of"], "alice@example.com")
 
 
 def test_unknown_fingerprint_and_garbage_are_codec_errors():

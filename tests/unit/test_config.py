@@ -248,3 +248,13 @@ def test_workflow_settings_of_a_queue_default_and_are_checked(monkeypatch: pytes
     problems = _problems(bad)
     assert len(problems) == 2 and all(p.startswith("line ") for p in problems), problems
     assert "closed_reply" in problems[0] and "auto_close_days" in problems[1]
+
+
+def test_suspended_mail_is_kept_30_days_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SUPPORT_PW", "x")
+    assert parse_text(GOOD).suspended.retention_days == 30
+    assert parse_text("suspended: {retention_days: 0}\n" + GOOD).suspended.retention_days == 0  # forever
+    with pytest.raises(ConfigError) as info:
+        parse_text("suspended:\n  retention_days: -1\n" + GOOD)
+    [problem] = info.value.problems
+    assert problem.line == 2 and "retention_days" in str(problem)

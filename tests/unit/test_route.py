@@ -244,3 +244,80 @@ def test_a_new_mail_is_not_split():
     body = "Hello.\r\n\r\nOn Tue, Dec 1, 2026 at 10:15 AM Maria <support@example.com> wrote:\r\n> Please pay.\r\n"
     raw = _mail(body=body)
     assert route(_inbound(raw), raw, CONFIG).command["quoted_from"] is None
+
+
+# -- suspended mail: the original is kept, and a release is not refused again ---
+
+
+def _step(tmp_path):
+    from services.common.blobs import FolderBlobStore
+    from services.router.runner import RouterStep
+
+    blobs = FolderBlobStore(tmp_path / "blobs")
+    return RouterStep(CONFIG, blobs), blobs
+
+
+def _through(step, inbound: dict) -> dict:
+    from services.common.bus import Record
+    from services.common.codec import codec
+
+    [out] = step.process(Record("inbound", 0, 0, None, codec("InboundMail").encode(inbound)))
+    return codec("TicketCommand").decode(out.value)
+
+
+def test_a_rejected_mail_keeps_its_original_in_the_blob_store(tmp_path):
+    step, blobs = _step(tmp_path)
+    raw = _mail(to="ops@example.com")
+    command = _through(step, _inbound(raw, "ops@example.com"))
+    assert command["action"] == "reject"
+    assert command["raw_ref"] == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert blobs.get(command["raw_ref"]) == raw
+
+
+def test_a_claim_checked_rejection_refers_to_the_fetchers_blob(tmp_path):
+    step, blobs = _step(tmp_path)
+    raw = _mail(to="ops@example.com")
+    ref = blobs.put(raw)
+    command = _through(step, {**_inbound(raw, "ops@example.com"), "raw": None, "blob_ref": ref})
+    assert (command["action"], command["raw_ref"]) == ("reject", ref)
+
+
+def test_an_outsiders_reply_keeps_its_original_in_case_no_thread_takes_it(tmp_path):
+    step, blobs = _step(tmp_path)
+    raw = _mail(to="ops@example.com", extra="In-Reply-To: <deskmail.out-1@example.com>\r\n")
+    command = _through(step, _inbound(raw, "ops@example.com"))
+    assert (command["action"], command["reply_only"]) == ("comment", True)
+    assert blobs.get(command["raw_ref"]) == raw
+
+
+def test_accepted_mail_keeps_no_original(tmp_path):
+    step, blobs = _step(tmp_path)
+    command = _through(step, _inbound(_mail()))
+    assert (command["action"], command["raw_ref"]) == ("create", None)
+    assert not (tmp_path / "blobs").exists() or not any(p.is_file() for p in (tmp_path / "blobs").rglob("*"))
+
+
+def _released(raw: bytes, mailbox: str = "ops@example.com", by: str | None = "alice@example.com") -> dict:
+    return {**_inbound(raw, mailbox), "id": "release:imap:x:1:7", "uidvalidity": 0, "uid": 0,
+            "release_of": "imap:x:1:7", "released_by": by}
+
+
+@pytest.mark.parametrize("mail, action", [
+    (_mail(to="ops@example.com"), "create"),                                             # a stranger, members only
+    (_mail(to="ops@example.com", extra="In-Reply-To: <gone@example.com>\r\n"), "comment"),  # no longer reply-only
+    (_mail(extra="Auto-Submitted: auto-replied\r\n"), "create"),                        # an auto-reply
+    (_mail(sender="support@example.com"), "create"),                                     # a loop
+])
+def test_a_released_mail_is_routed_and_not_rejected_again(mail, action):
+    mailbox = "ops@example.com" if b"To: ops@" in mail else "support@example.com"
+    c = route(_released(mail, mailbox), mail, CONFIG).command
+    assert (c["action"], c["reply_only"], c["id"]) == (action, False, "release:imap:x:1:7")
+    assert c["reason"] == "released by alice@example.com"
+    assert c["queue"] == CONFIG.mailbox(mailbox).queue
+
+
+def test_a_released_mail_keeps_no_second_original(tmp_path):
+    step, _ = _step(tmp_path)
+    raw = _mail(to="ops@example.com")
+    command = _through(step, _released(raw, by=None))
+    assert (command["action"], command["raw_ref"], command["reason"]) == ("create", None, "released")

@@ -37,6 +37,7 @@ from services.common.config.schema import (
     SenderSettings,
     Signature,
     SmtpSettings,
+    SuspendedSettings,
     TicketDefaults,
 )
 from services.common.config.secrets import Secret, SecretRef
@@ -74,6 +75,7 @@ __all__ = [
     "Signature",
     "Smtp",
     "SmtpSettings",
+    "SuspendedSettings",
     "TicketDefaults",
     "load",
     "message_id_key",

@@ -238,4 +238,5 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         rate_limits=model.rate_limits,
         api_session_secret=session_secret,
         api_oidc_client_secret=oidc_secret,
+        suspended=model.suspended,
     )

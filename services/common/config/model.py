@@ -25,6 +25,7 @@ from services.common.config.schema import (
     RateLimits,
     SenderSettings,
     Signature,
+    SuspendedSettings,
 )
 from services.common.config.secrets import Secret
 
@@ -100,6 +101,7 @@ class Config:
     rate_limits: RateLimits = RateLimits()
     api_session_secret: Secret | None = None  # api.session_secret, resolved
     api_oidc_client_secret: Secret | None = None  # api.auth.oidc.client_secret, resolved
+    suspended: SuspendedSettings = SuspendedSettings()
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property

@@ -153,6 +153,13 @@ class ConsumeSettings(_Model):
         return v
 
 
+class SuspendedSettings(_Model):
+    """Suspended mail: rejections kept with their raw mail, for an admin to release."""
+
+    # The ticketer deletes suspended mail received longer ago, with its raw mail; 0: keep it forever.
+    retention_days: int = Field(30, ge=0, le=3650)
+
+
 class BlobSettings(_Model):
     path: str | None = None
     inline_max_bytes: int = Field(512 * 1024, ge=0)
@@ -322,4 +329,5 @@ class ConfigModel(_Model):
     metrics: MetricsSettings = MetricsSettings()
     organization: Organization = Organization()
     rate_limits: RateLimits = RateLimits()
+    suspended: SuspendedSettings = SuspendedSettings()
     queues: tuple[QueueModel, ...] = ()
