@@ -94,7 +94,8 @@ def list_suspended(
 def release(
     item_id: str, ctx: ApiContext = Depends(context), agent: Member | None = Depends(signed_in_agent),
 ) -> dict[str, object]:
-    """Turn suspended mail into a ticket or comment through the normal pipeline, once."""
+    """Turn suspended mail into a ticket or comment through the normal pipeline, once.
+    Send a JSON body (``{}``): a POST without one counts as a form and needs deskmail's Origin."""
     suspended_access.require_admin(ctx.config, agent)
     item = suspended_access.visible_item(ctx, agent, suspended_access.rejection_id(item_id))
     done = suspended_access.release(ctx, agent, item)

@@ -147,11 +147,12 @@ def test_agents_see_their_queues_suspended_mail_and_only_admins_open_or_release_
     assert [i["id"] for i in client.get("/api/v1/suspended?reason=loop", headers=CAROL).json()["items"]] == [
         str(sales.id)]
 
-    assert client.post(f"/api/v1/suspended/{support.id}/release", headers=ALICE).status_code == 403
-    no_broker = client.post(f"/api/v1/suspended/{support.id}/release", headers=CAROL)
+    assert client.post(f"/api/v1/suspended/{support.id}/release", json={}, headers=ALICE).status_code == 403
+    no_broker = client.post(f"/api/v1/suspended/{support.id}/release", json={}, headers=CAROL)
     assert no_broker.status_code == 503 and "cannot be released here" in no_broker.json()["detail"]
-    assert client.post("/api/v1/suspended/999999/release", headers=CAROL).status_code == 404
-    assert client.post("/api/v1/suspended/dl:deskmail.deadletter:0:1/release", headers=CAROL).status_code == 404
+    assert client.post("/api/v1/suspended/999999/release", json={}, headers=CAROL).status_code == 404
+    letter = client.post("/api/v1/suspended/dl:deskmail.deadletter:0:1/release", json={}, headers=CAROL)
+    assert letter.status_code == 404 and "deskmail suspended release" in letter.json()["detail"]
     assert "/api/v1/suspended/{item_id}/release" in client.get("/openapi.json").json()["paths"]
 
     metrics = client.get("/metrics").text
@@ -199,7 +200,7 @@ def test_an_admin_releases_suspended_mail_once_through_the_broker(make: Make, br
         assert store.apply(routed).ticket_key == "SUPPORT-1"
         assert store.apply(routed).outcome == "duplicate"
 
-        again = client.post(f"/api/v1/suspended/{item.id}/release", headers=CAROL)
+        again = client.post(f"/api/v1/suspended/{item.id}/release", json={}, headers=CAROL)
         assert again.status_code == 409 and "released already" in again.json()["detail"]
         page = client.get("/queues/SUPPORT/suspended", headers=CAROL).text
         assert re.search(r'released as <a href="/tickets/SUPPORT-1">SUPPORT-1</a> by carol@example.com', page)

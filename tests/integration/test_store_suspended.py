@@ -36,12 +36,14 @@ def store(db_url: str) -> Iterator[TicketStore]:
 
 
 def reject(n: int, reason: str = "external_not_accepted: mallory is not a member", **overrides: Any) -> dict[str, Any]:
-    return command(n, action="reject", author=STRANGER, reason=reason, raw_ref=f"sha256:{n:064x}", **overrides)
+    return command(n, **{"action": "reject", "author": STRANGER, "reason": reason, "raw_ref": f"sha256:{n:064x}",
+                         **overrides})
 
 
 def release(n: int, by: str = "root@example.com", **overrides: Any) -> dict[str, Any]:
     """The command the router makes of a release of ``reject(n)``: same mail, new id."""
-    return command(n, id=release_command_id(f"cmd-{n}"), author=STRANGER, reason=released_reason(by), **overrides)
+    return command(n, **{"id": release_command_id(f"cmd-{n}"), "author": STRANGER, "reason": released_reason(by),
+                         **overrides})
 
 
 def test_a_rejection_keeps_its_original_and_reason_code(store: TicketStore) -> None:
