@@ -59,6 +59,8 @@ class CommentOut(BaseModel):
                           "null when nothing was (the text is then the whole mail).")
     charset_detected: str | None = Field(
         None, description="The charset the mail's text was decoded with, where it declared none or a wrong one.")
+    automatic: bool = Field(False, description="An automatic reply or bounce on the thread: stored, and it "
+                                                "changed nothing (no reopening, no follow-up).")
     message_id: str | None
     attachments: list[str]
     to: list[RecipientOut] | None = None

@@ -14,13 +14,19 @@ anything:
   deskmail itself), and open with ``rel="noopener noreferrer nofollow"``;
 * images load from nowhere by default: ``src`` is removed and counted, so the page can
   offer "load images"; with ``remote_images`` only ``https:`` images keep their source
-  (the page's CSP then allows ``img-src https:`` for that response only). ``data:``
-  and ``cid:`` images never show: deskmail does not serve a mail's inline parts.
+  (the page's CSP then allows ``img-src https:`` for that response only). A ``cid:``
+  image shows the mail's own inline part when the caller names it (``inline``: its
+  Content-ID and deskmail's address for it); other ``cid:`` and all ``data:`` images
+  never show.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import nh3
 from markupsafe import Markup
@@ -61,12 +67,25 @@ class SafeHtml:
     blocked_images: int
 
 
-def clean_mail_html(html: str, *, remote_images: bool = False) -> SafeHtml:
-    """``html`` (a whole mail body or a fragment) with everything active removed."""
+def clean_mail_html(html: str, *, remote_images: bool = False, inline: Mapping[str, str] | None = None) -> SafeHtml:
+    """``html`` (a whole mail body or a fragment) with everything active removed;
+    ``inline`` maps a lower-case Content-ID to the same-origin path that serves
+    that part of the mail."""
     blocked = 0
+    # nh3 refuses relative URLs (a link into deskmail itself); an inline image
+    # passes it as an https URL on a host only this call knows, then becomes
+    # deskmail's own path.
+    nonce = secrets.token_hex(8)
+    paths = list((inline or {}).values())
+    numbers = {cid: i for i, cid in enumerate((inline or {}))}
 
     def attribute(tag: str, name: str, value: str) -> str | None:
         nonlocal blocked
+        if value.strip().lower().startswith("cid:"):  # nh3 lets the scheme through to here
+            if tag != "img" or name != "src":
+                return None
+            cid = unquote(value.strip()[4:]).strip().strip("<>").lower()
+            return f"https://{nonce}.invalid/{numbers[cid]}" if cid in numbers else None
         if tag == "img" and name == "src":
             if not value.strip().lower().startswith("https://"):
                 return None  # http: would be blocked by the CSP anyway; data:, cid: never show
@@ -83,7 +102,10 @@ def clean_mail_html(html: str, *, remote_images: bool = False) -> SafeHtml:
         attribute_filter=attribute,
         strip_comments=True,
         link_rel="noopener noreferrer nofollow",
-        url_schemes=set(URL_SCHEMES),
+        url_schemes={*URL_SCHEMES, "cid"},  # cid: only as far as the attribute filter, which resolves or drops it
         url_relative="deny",
     )
+    if paths:
+        marker = re.compile(f'src="https://{nonce}\\.invalid/(\\d+)"')
+        cleaned = marker.sub(lambda m: f'src="{paths[int(m.group(1))]}"', cleaned)
     return SafeHtml(Markup(cleaned), blocked)  # noqa: S704 - nh3's output is the safe form

@@ -60,7 +60,7 @@ def entry(e: ThreadEntry, files: tuple[AttachmentInfo, ...] = ()) -> dict[str, A
         "id": e.id, "kind": e.kind, "internal": e.internal, "author": e.author_email,
         "author_name": e.author_name, "author_verified": e.author_verified,
         "created_at": iso(e.created_at), "text": e.body, "quoted": e.quoted,
-        "charset_detected": e.charset_detected,
+        "charset_detected": e.charset_detected, "automatic": e.automatic,
         "message_id": e.message_id, "attachments": [a.filename for a in files if a.comment_id == e.id],
     }
     if e.kind == "mail_out":

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
@@ -25,6 +25,7 @@ from services.api import access, changes, live
 from services.api.context import ApiContext
 from services.api.render import fragment, render
 from services.api.replies import reply_form
+from services.api.htmlquote import split_html
 from services.api.sanitize import SafeHtml, clean_mail_html
 from services.api.security import content_security_policy
 from services.common.config import Member
@@ -65,13 +66,34 @@ def address_list(people: Sequence[Recipient]) -> str:
 
 
 def mail_html(detail: TicketDetail, remote_images: bool) -> dict[str | int, SafeHtml]:
-    """The sanitised HTML of each mail that has one: "opening", then comment ids."""
+    """The sanitised HTML of each mail that has one: "opening", then comment
+    ids; for a reply whose text was split, its new part only (see quoted_html)."""
     out: dict[str | int, SafeHtml] = {}
     if detail.description_html:
-        out["opening"] = clean_mail_html(detail.description_html, remote_images=remote_images)
+        out["opening"] = clean_mail_html(detail.description_html, remote_images=remote_images,
+                                         inline=inline_parts(detail, None))
     for e in detail.thread:
         if e.html:
-            out[e.id] = clean_mail_html(e.html, remote_images=remote_images)
+            new = split_html(e.html)[0] if e.quoted is not None else e.html
+            out[e.id] = clean_mail_html(new, remote_images=remote_images, inline=inline_parts(detail, e.id))
+    return out
+
+
+def inline_parts(detail: TicketDetail, comment_id: int | None) -> dict[str, str]:
+    """A mail's parts with a Content-ID (lower case) and the path that serves
+    each: its HTML shows them as src="cid:..."."""
+    return {a.content_id.lower(): f"/tickets/{quote(detail.key)}/files/{n}"
+            for n, a in enumerate(detail.attachments) if a.content_id and a.comment_id == comment_id}
+
+
+def quoted_html(detail: TicketDetail, remote_images: bool) -> dict[int, SafeHtml]:
+    """The sanitised quoted history of each split reply's HTML, by comment id."""
+    out: dict[int, SafeHtml] = {}
+    for e in detail.thread:
+        if e.html and e.quoted is not None:
+            quoted = split_html(e.html)[1]
+            if quoted is not None:
+                out[e.id] = clean_mail_html(quoted, remote_images=remote_images, inline=inline_parts(detail, e.id))
     return out
 
 
@@ -125,6 +147,7 @@ def _values(ctx: ApiContext, detail: TicketDetail, signed_in: Member | None, for
             show_html: bool, remote_images: bool) -> dict[str, Any]:
     numbered = list(enumerate(detail.attachments))  # the number is the download's address
     html = mail_html(detail, remote_images) if show_html else {}
+    quoted = quoted_html(detail, remote_images) if show_html else {}
     return {
         "t": detail,
         "queue": ctx.config.queue(detail.queue),
@@ -133,9 +156,10 @@ def _values(ctx: ApiContext, detail: TicketDetail, signed_in: Member | None, for
         "files": {e.id: [(i, a) for i, a in numbered if a.comment_id == e.id] for e in detail.thread},
         "has_html": bool(detail.description_html or any(e.html for e in detail.thread)),
         "mail_html": html,
+        "quoted_html": quoted,
         "show_html": show_html,
         "remote_images": remote_images,
-        "blocked_images": sum(h.blocked_images for h in html.values()),
+        "blocked_images": sum(h.blocked_images for h in (*html.values(), *quoted.values())),
         "members": {m.email for m in ctx.config.organization.members},
         "names": {m.email: m.name or m.email for m in ctx.config.organization.members},
         "signed_in": signed_in,

@@ -84,7 +84,8 @@ UNVERIFIED = " (not verified: the From line was not proven by sender authenticat
 def _heading(e: ThreadEntry, members: set[str]) -> str:
     who = _person(e.author_email, e.author_name)
     if e.kind == "mail_in":
-        return f"mail from {who}" + (UNVERIFIED if e.author_email in members and not e.author_verified else "")
+        kind = "automatic reply" if e.automatic else "mail"
+        return f"{kind} from {who}" + (UNVERIFIED if e.author_email in members and not e.author_verified else "")
     if e.kind == "mail_out":
         return f"reply by mail from {who}"
     return f"{'internal comment' if e.internal else 'comment'} by {who}"

@@ -82,6 +82,7 @@ __all__ = [
     "subject_for",
     "synthetic_message_id",
     "trim_references",
+    "sent_by_deskmail",
     "verify_message_id",
 ]
 
@@ -246,6 +247,29 @@ def verify_message_id(message_id: str, *, key: Secret, ticket: str | None, outbo
     if len(nonce) != _NONCE_BYTES:
         return False
     return hmac.compare_digest(parts[3], _message_id_mac(key, ticket, outbound_id, nonce))
+
+
+def sent_by_deskmail(message_id: str | None, ticket: str | None, *, key: Secret) -> bool:
+    """True when ``message_id`` is one deskmail wrote under ``key`` for the
+    ticket its ``X-Deskmail-Ticket`` header names (``ticket``): mail deskmail
+    sent that came back in (a loop), whatever its From says. The outbound id
+    is read back from the Message-ID itself."""
+    if not message_id or not ticket:
+        return False
+    parts = message_id.strip().strip("<>").rpartition("@")[0].split(".")
+    if len(parts) != 4 or parts[0] != "deskmail":
+        return False
+    outbound_id = _id_from_local(parts[1])
+    return outbound_id is not None and verify_message_id(message_id, key=key, ticket=ticket, outbound_id=outbound_id)
+
+
+def _id_from_local(local: str) -> str | None:
+    """The outbound id ``_id_local`` wrote as ``local``, or None."""
+    try:
+        return re.sub(r"(?:=[0-9A-F]{2})+", lambda m: bytes.fromhex(m.group(0).replace("=", "")).decode("utf-8"),
+                      local)
+    except UnicodeDecodeError:
+        return None
 
 
 def _id_local(outbound_id: str) -> str:

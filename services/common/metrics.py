@@ -127,6 +127,12 @@ TICKETER_APPLY_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
 )
 
+TICKETER_RATE_LIMITED = Counter(
+    "deskmail_ticketer_rate_limited_total",
+    "Mails from outside set aside as rate_limited (suspended), by the limit they passed: sender or ticket.",
+    ["limit"],
+)
+
 TICKETER_AUTO_CLOSED = Counter(
     "deskmail_ticketer_auto_closed_total",
     "Resolved tickets closed automatically after their queue's auto_close_days.",

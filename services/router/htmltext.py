@@ -82,6 +82,8 @@ class _Converter(HTMLParser):
         self._marker = ""  # list marker owed to the next text
         self._links: list[tuple[str, int]] = []  # (href, index in _out where the text starts)
         self._mso_paragraphs: list[int] = []  # len(_out) when an Outlook paragraph opened
+        self._row_start = 0  # len(_out) when the current table row opened
+        self._cell = False  # a table cell opened after text in its row: " | " before the next text
 
     # -- output ---------------------------------------------------------
 
@@ -91,6 +93,7 @@ class _Converter(HTMLParser):
     def _block(self, breaks: int) -> None:
         self._wanted = max(self._wanted, breaks)
         self._space = False
+        self._cell = False
 
     def _line_start(self) -> str:
         prefix = "> " * self._quote
@@ -110,9 +113,12 @@ class _Converter(HTMLParser):
             if self._newlines:
                 self._out.append(self._line_start())
                 self._marker = ""
+            elif self._cell:
+                self._out.append(" | ")
             elif self._space:
                 self._out.append(" ")
         self._out.append(chunk)
+        self._cell = False
         self._newlines = 0
         self._wanted = 0
         self._space = False
@@ -165,7 +171,9 @@ class _Converter(HTMLParser):
         if tag == "br":
             self._break()
         elif tag in ("td", "th"):
+            # Cells of a row stay apart: "Printer | 2", not "Printer 2".
             self._space = True
+            self._cell = len(self._out) > self._row_start and not self._newlines
         elif tag == "a":
             href = next((value for name, value in attrs if name == "href"), None) or ""
             self._links.append((href, len(self._out)))
@@ -179,6 +187,8 @@ class _Converter(HTMLParser):
             self._block(1 if tag in _LISTS and self._lists else 2)
         elif tag in _LINE:
             self._block(1)
+        if tag == "tr":
+            self._row_start = len(self._out)
         if tag == "blockquote":
             self._quote += 1
         elif tag == "pre":

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SIGNATURE_LINES", "split"]
+__all__ = ["SIGNATURE_LINES", "is_attribution", "split"]
 
 # The longest signature block split off; a longer block after "--" is text.
 SIGNATURE_LINES = 12
@@ -74,12 +74,15 @@ _FORWARD = re.compile(
     re.IGNORECASE,
 )
 _MOBILE = re.compile(
-    r"(?:sent from my \w[\w ]{0,40}|sent from (?:mail|outlook) for \w+|get outlook for \w+"
+    r"(?:(?:sent from my \w[\w ]{0,40}|sent from (?:mail|outlook) for \w+|get outlook for \w+"
     r"|sent from yandex ?mail for mobile|sent from mail\.ru (?:mobile|app)"
     r"|отправлено (?:с|из) (?:моего )?\S[\w .-]{0,40}|отправлено из мобильной (?:почты mail\.ru|яндекс[ .]почты)"
-    r"|с уважением, отправлено с \w+)\.?",
+    r"|с уважением, отправлено с \w+)\.?(?:\s*<[^<>\s]{1,200}>)?)",
     re.IGNORECASE,
 )
+
+
+_WHOLE = -1  # _quote_start: keep the text whole (a forward, answers between quotes)
 
 
 def split(text: str) -> int | None:
@@ -91,6 +94,8 @@ def split(text: str) -> int | None:
     # would try again at every space of a long run of them.
     lines = [line.strip() for line in raw]
     cut = _quote_start(lines)
+    if cut == _WHOLE:
+        return None
     if cut is None:
         cut = len(lines)
     cut = _above_footer(lines, cut)
@@ -108,22 +113,24 @@ def _line_starts(lines: list[str]) -> list[int]:
 
 
 def _quote_start(lines: list[str]) -> int | None:
+    """The line where the quote starts; None when there is none; _WHOLE when
+    the text must stay whole."""
     labels = [bool(_HEADER_LABEL.match(line)) for line in lines]
     for i, line in enumerate(lines):
         if not line:
             continue
         if line.startswith(">"):
-            return i if _only_quotes(lines, i) else None
+            return i if _only_quotes(lines, i) else _WHOLE
         short = len(line) <= _LONGEST_MARKER
         if short and _FORWARD.fullmatch(line):
-            return None  # a forward: keep everything
+            return _WHOLE  # a forward is content: keep everything, its signature too
         if short and _SEPARATOR.fullmatch(line) and _header_block(lines, labels, _next_text(lines, i + 1)):
             return i
         if _header_block(lines, labels, i):
             return i
         end = _attribution_end(lines, i)
         if end is not None:
-            return i if _only_quotes(lines, _next_text(lines, end + 1)) else None
+            return i if _only_quotes(lines, _next_text(lines, end + 1)) else _WHOLE
     return None
 
 
@@ -134,10 +141,12 @@ def _next_text(lines: list[str], i: int) -> int:
 
 
 def _only_quotes(lines: list[str], i: int) -> bool:
-    """Lines from ``i`` on are a quote to the end: at least one, and every
-    line that is not blank starts with ">"."""
+    """Lines from ``i`` on are a quote to the end: at least one, every line
+    that is not blank starts with ">", and none quotes a forward (a forward
+    quoted is still content to keep)."""
     rest = [line for line in lines[i:] if line]
-    return bool(rest) and all(line.startswith(">") for line in rest)
+    return bool(rest) and all(line.startswith(">") for line in rest) and not any(
+        len(line) <= _LONGEST_MARKER and _FORWARD.fullmatch(line.lstrip("> ")) for line in rest[:3])
 
 
 def _attribution_end(lines: list[str], i: int) -> int | None:
@@ -152,15 +161,19 @@ def _attribution_end(lines: list[str], i: int) -> int | None:
         joined = f"{joined} {lines[end]}".strip()
         if len(joined) > _LONGEST_ATTRIBUTION:
             return None
-        if _is_attribution(joined):
+        if is_attribution(joined):
+            if end > i and is_attribution(" ".join(lines[i + 1:end + 1])):
+                return None  # it starts on a later line: the lines above are the reply's own
             after = _next_text(lines, end + 1)
             if after - end - 1 <= _GAP and after < len(lines) and lines[after].startswith(">"):
                 return end
     return None
 
 
-def _is_attribution(line: str) -> bool:
-    # Plain string tests and searches that cannot backtrack far: the line comes from anybody.
+def is_attribution(line: str) -> bool:
+    """The line introduces a quote: it ends with ":", holds a date's digits,
+    and names the writer ("... wrote:", "... пишет:", "..., Name <addr>:").
+    Plain string tests and searches that cannot backtrack far: the line comes from anybody."""
     if not line.endswith(":") or not any(ch.isdigit() for ch in line):
         return False
     head = line[:-1].rstrip()

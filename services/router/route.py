@@ -13,7 +13,7 @@ from typing import Any
 
 from services.common import mailrules, suspended
 from services.common.blobs import ref_for_sha256
-from services.common.config import Config
+from services.common.config import Config, Secret
 from services.router import classify, replysplit, senderauth
 from services.router.access import decide
 from services.router.mailparse import ParsedMail, parse
@@ -48,13 +48,16 @@ def _person(address: Any, config: Config) -> dict[str, Any]:
             "verified": False}
 
 
-def route(inbound: dict[str, Any], raw: bytes, config: Config) -> Routed:
+def route(inbound: dict[str, Any], raw: bytes, config: Config, own_key: Secret | None = None) -> Routed:
     if config.mailbox(inbound["mailbox"]) is None:  # before parsing: the cheaper refusal
         raise UnknownMailbox(f"mailbox {inbound['mailbox']} is not in the configuration")
-    return decide_command(inbound, parse(raw), config)
+    return decide_command(inbound, parse(raw), config, own_key)
 
 
-def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) -> Routed:
+def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, own_key: Secret | None = None) -> Routed:
+    """The command for one parsed mail. ``own_key`` is the key deskmail signs
+    its Message-IDs with: with it, mail deskmail itself sent is recognised
+    whatever its From (a loop through another system or another queue)."""
     mailbox = config.mailbox(inbound["mailbox"])
     if mailbox is None:
         raise UnknownMailbox(f"mailbox {inbound['mailbox']} is not in the configuration")
@@ -86,6 +89,9 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
     access = decide(config, mailbox, sender, authenticated=authenticated)
     if sender in own:
         action, reason, detail = "reject", "loop", f"mail from deskmail's own address {sender}"
+    elif own_key is not None and mailrules.sent_by_deskmail(mail.message_id, mail.deskmail_ticket, key=own_key):
+        action, reason = "reject", "loop"
+        detail = f"mail deskmail itself sent for {mail.deskmail_ticket} came back (its signed Message-ID)"
     elif not access.allowed and access.reason == "external_not_accepted" and (mail.in_reply_to or mail.references):
         # An outsider answering mail an agent sent: welcome on a thread deskmail knows by
         # Message-ID, refused otherwise. Only the ticketer knows the threads (reply_only).
@@ -143,6 +149,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config) ->
                 "size": a.size,
                 "sha256": a.sha256,
                 "blob_ref": ref_for_sha256(a.sha256),
+                "content_id": a.content_id,
             }
             for a in mail.attachments
         ],

@@ -12,7 +12,8 @@ from services.common import metrics, suspended
 from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
 from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
-from services.common.config import Config
+from services.common.config import Config, Secret, existing_message_id_key
+from services.common.config.secrets import SecretUnavailable
 from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
 from services.common.stage import StageContext, StageSpec, run_stage
@@ -31,6 +32,7 @@ class RouterStep:
         self.inbound = codec("InboundMail")
         self.commands = codec("TicketCommand")
         self.topic = config.topics["commands"]
+        self.own_key = _own_key(config)
 
     def process(self, record: Record) -> Sequence[Out]:
         started = time.perf_counter()
@@ -50,7 +52,7 @@ class RouterStep:
             except OSError as exc:
                 raise Transient(f"blob store unavailable: {exc}") from exc
         try:
-            routed = route(inbound, raw, self.config)
+            routed = route(inbound, raw, self.config, self.own_key)
         except (MalformedMail, UnknownMailbox) as exc:
             raise BadRecord(f"{inbound['id']}: {exc}") from exc
         command = routed.command
@@ -78,7 +80,11 @@ class RouterStep:
                        "command": command["id"], "reason": command["reason"]},
             )
         metrics.ROUTER_PARSE_SECONDS.observe(time.perf_counter() - started)
-        return [Out(self.topic, routed.key, self.commands.encode(command))]
+        try:
+            value = self.commands.encode(command)
+        except CodecError as exc:  # a value the parser let through: this mail alone is set aside
+            raise BadRecord(f"{inbound['id']}: {exc}", error_class="UnencodableCommand") from exc
+        return [Out(self.topic, routed.key, value)]
 
     def _keep_original(self, inbound: dict[str, Any], raw: bytes) -> str:
         """The reference of the raw mail of a refusal, for the suspended list.
@@ -91,6 +97,19 @@ class RouterStep:
         if inbound["blob_ref"]:
             return str(inbound["blob_ref"])
         return self.blobs.put(raw, durable=True)
+
+
+def _own_key(config: Config) -> Secret | None:
+    """The Message-ID key, to recognise deskmail's own mail coming back; None
+    (the check is off, said once) when this process cannot read it."""
+    try:
+        key = existing_message_id_key(config)
+    except SecretUnavailable as exc:
+        log.warning("deskmail's own mail is recognised by its From only", extra={"stage": STAGE, "error": str(exc)})
+        return None
+    if key is None:
+        log.info("no Message-ID key yet: deskmail's own mail is recognised by its From only", extra={"stage": STAGE})
+    return key
 
 
 def run_router(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:

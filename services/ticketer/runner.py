@@ -33,11 +33,14 @@ from services.common.runtime import Health
 from services.common.stage import StageContext, StageSpec, run_stage
 from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore, VersionConflict
 from services.tickets.apply import ClosedReply
+from services.tickets.ratelimit import NONE as NO_LIMITS
+from services.tickets.ratelimit import Limit, Limits
 
 log = logging.getLogger("deskmail.ticketer")
 STAGE = "ticketer"
 SPEC = StageSpec(STAGE, inputs=["commands", "events"])
 AUTO_CLOSE_INTERVAL = 300.0  # seconds between rounds; a day's deadline is met within five minutes
+ARRIVALS_KEPT = timedelta(days=1)  # longer than any rate limit's window (at most a day)
 AUTO_CLOSE_BATCH = 500  # tickets per transaction (TicketStore.auto_close's limit)
 RETENTION_INTERVAL = 3600.0  # seconds between rounds of suspended mail retention (counted in days)
 RETENTION_BATCH = 500  # rejections per transaction
@@ -47,9 +50,10 @@ class TicketerStep:
     """Dispatches each record by its topic; see the module docstring."""
 
     def __init__(self, store: TicketStore, commands_topic: str, events_topic: str,
-                 closed_reply: Mapping[str, ClosedReply] | None = None):
+                 closed_reply: Mapping[str, ClosedReply] | None = None, limits: Limits = NO_LIMITS):
         self.store = store
         self.closed_reply = dict(closed_reply or {})
+        self.limits = limits
         self.commands_topic = commands_topic
         self.events_topic = events_topic
         self.commands = codec("TicketCommand")
@@ -73,11 +77,16 @@ class TicketerStep:
         try:
             with _transient_db_errors():
                 applied = self.store.apply(
-                    command, closed_reply=self.closed_reply.get(command.get("queue") or "", "follow_up"))
+                    command, closed_reply=self.closed_reply.get(command.get("queue") or "", "follow_up"),
+                    limits=self.limits)
         except InvalidCommand as exc:
             raise BadRecord(f"{command.get('id')}: {exc}") from exc
         metrics.TICKETER_APPLY_SECONDS.observe(time.perf_counter() - started)
         metrics.TICKETER_APPLIED.labels(applied.outcome).inc()
+        if applied.reason is not None:  # a flood set aside here: counted and said, every one
+            metrics.TICKETER_RATE_LIMITED.labels("ticket" if " mails on " in applied.reason else "sender").inc()
+            log.warning("rate limited", extra={"stage": STAGE, "command": command["id"], "queue": command["queue"],
+                                               "reason": applied.reason})
         log.debug(
             "applied",
             extra={"stage": STAGE, "command": command["id"], "outcome": applied.outcome,
@@ -128,10 +137,13 @@ class AutoClose:
         self.thread = threading.Thread(target=self._run, name="auto-close", daemon=True)
 
     def start(self) -> None:
-        if self.queues:
-            self.thread.start()
+        self.thread.start()
 
     def run_once(self, now: datetime | None = None) -> int:
+        try:  # the rate limits' arrivals that no window reaches any more
+            self.store.prune_arrivals((now or datetime.now(timezone.utc)) - ARRIVALS_KEPT)
+        except DBAPIError as exc:
+            log.warning("pruning arrivals postponed", extra={"stage": STAGE, "error": type(exc).__name__})
         closed = 0
         for queue, days in self.queues:
             while not self.stop.is_set():
@@ -221,9 +233,12 @@ def run_ticketer(config: Config, stop: threading.Event, health: Health, bootstra
         q.key: "reopen" if q.closed_reply == "reopen" else "follow_up" for q in config.queues}
     AutoClose(store, config, stop).start()
     SuspendedRetention(store, FolderBlobStore(config.blob_path), config.suspended.retention_days, stop).start()
+    rates = config.rate_limits
+    limits = Limits(Limit(rates.per_sender.mails, rates.per_sender.minutes),
+                    Limit(rates.per_ticket.mails, rates.per_ticket.minutes))
 
     def build(ctx: StageContext) -> TicketerStep:
         ctx.on_close(store.close)
-        return TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"], closed_reply)
+        return TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"], closed_reply, limits)
 
     run_stage(config, SPEC, build, stop, health, bootstrap)

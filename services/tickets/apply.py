@@ -14,7 +14,7 @@ raises ``IntegrityError`` here; the store re-runs the command once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from services.common.mailrules import format_ticket_key
 from services.common.suspended import released_by
 from services.tickets import statements as st
-from services.tickets import suspended, workflow
+from services.tickets import ratelimit, suspended, workflow
 from services.tickets.commands import AttachmentFile, Command
 from services.tickets.rows import inserted_id
 from services.tickets.views import Applied, Role
@@ -42,22 +42,28 @@ class _Ticket:
 
 
 ClosedReply = Literal["follow_up", "reopen"]
+# Mail a machine wrote (router classification): stored on its ticket, never a trigger.
+MACHINE_MAIL = frozenset({"auto_reply", "bounce"})
+_MACHINE_WORDS = {"auto_reply": "an automatic reply", "bounce": "a delivery status notification"}
 
 
-def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "follow_up") -> Applied:
+def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "follow_up",
+                  limits: ratelimit.Limits = ratelimit.NONE) -> Applied:
     """Apply ``c`` on ``conn``'s transaction (the caller commits). Mail that threads
     onto a closed ticket opens a follow-up ticket linked to it, or with
     ``closed_reply="reopen"`` reopens it (the queue's ``closed_reply`` setting).
+    Mail from outside the organization past ``limits`` is a rejection
+    (``rate_limited``).
     A release of suspended mail marks its rejection released with the ticket it
     became or wrote into (also when that mail turns out to be known already)."""
-    applied = _apply(conn, c, closed_reply)
+    applied = _apply(conn, c, closed_reply, limits)
     if c.release_of is not None and applied.ticket_key is not None:
         suspended.mark_released(conn, c.release_of, applied.ticket_key, released_by(c.reason),
                                 datetime.now(timezone.utc))
     return applied
 
 
-def _apply(conn: Connection, c: Command, closed_reply: ClosedReply) -> Applied:
+def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: ratelimit.Limits) -> Applied:
     duplicate = _find_duplicate(conn, c)
     if duplicate is not None:
         return duplicate
@@ -65,11 +71,28 @@ def _apply(conn: Connection, c: Command, closed_reply: ClosedReply) -> Applied:
         _insert_rejection(conn, c)
         return Applied("rejected", None, None)
     ticket = _resolve_thread(conn, c) if c.action == "comment" else None
-    if ticket is None and c.reply_only:  # may answer a known thread, not open a ticket
+    machine = c.classification in MACHINE_MAIL
+    if ticket is None and (c.reply_only or machine):
+        # An outsider may answer a known thread, not open a ticket; an
+        # auto-reply or a bounce opens none either.
         if conn.execute(st.REJECTED, {"command_id": c.id}).first():
             return Applied("duplicate", None, None)
+        if machine and c.reason is None:
+            c = replace(c, reason=f"{c.classification}: {_MACHINE_WORDS[c.classification]} on no thread deskmail knows")
         _insert_rejection(conn, c)
         return Applied("rejected", None, None)
+    limited = _rate_limited(conn, c, ticket, limits)
+    if limited is not None:
+        if conn.execute(st.REJECTED, {"command_id": c.id}).first():
+            return Applied("duplicate", None, None)
+        _insert_rejection(conn, replace(c, reason=limited))
+        return Applied("rejected", None, None, reason=limited)
+    if machine and ticket is not None:
+        # Recorded on the ticket, whatever its status, and it changes nothing:
+        # no reopening, no follow-up, no "customer replied".
+        applied = _add_comment(conn, c, ticket)
+        _record(conn, c, ticket.id, applied)
+        return applied
     if ticket is not None and ticket.status == "closed" and closed_reply == "follow_up":
         ticket_id, applied = _create_ticket(conn, c, follow_up_of=ticket)
     elif ticket is None:
@@ -80,6 +103,17 @@ def _apply(conn: Connection, c: Command, closed_reply: ClosedReply) -> Applied:
         ticket_id, applied = ticket.id, _add_comment(conn, c, ticket)
     _record(conn, c, ticket_id, applied)
     return applied
+
+
+def _rate_limited(conn: Connection, c: Command, ticket: _Ticket | None, limits: ratelimit.Limits) -> str | None:
+    """The reason to set ``c`` aside as a flood, or None. Members are never
+    limited, nor is mail an admin released."""
+    if c.author.member or c.release_of is not None:
+        return None
+    reason = ratelimit.check_sender(conn, limits, c.author.email, c.received_at)
+    if reason is None and ticket is not None:
+        reason = ratelimit.check_ticket(conn, limits, ticket.id, ticket.key, c.received_at)
+    return reason
 
 
 def _event_time(c: Command) -> datetime:
@@ -130,6 +164,8 @@ def _insert_rejection(conn: Connection, c: Command) -> None:
 
 
 def _record(conn: Connection, c: Command, ticket_id: int, applied: Applied) -> None:
+    if not c.author.member:
+        ratelimit.record(conn, c.author.email, ticket_id, c.received_at)
     conn.execute(
         st.INSERT_PROCESSED,
         {
@@ -264,6 +300,7 @@ def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
             "quoted": quoted,
             "html": c.html,
             "charset_detected": c.charset_detected,
+            "automatic": c.classification in MACHINE_MAIL,
             "message_id": c.message_id,
             "created_at": c.received_at,
             "command_id": c.id,
@@ -274,9 +311,9 @@ def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
     known = set(conn.execute(st.KNOWN_PARTICIPANTS, {"ticket_id": ticket.id}).scalars())
     _add_participants(conn, ticket.id, c, author_role="participant", known=known)
     _add_attachments(conn, c.attachments, ticket.id, comment_id)
-    if c.received_at > ticket.updated_at:
+    if c.received_at > ticket.updated_at and c.classification not in MACHINE_MAIL:
         conn.execute(st.TOUCH_TICKET, {"ticket_id": ticket.id, "new_updated_at": c.received_at})
-    if not c.author.member:
+    if not c.author.member and c.classification not in MACHINE_MAIL:
         workflow.after_customer_mail(conn, ticket.id, _event_time(c))
     return Applied("commented", ticket.key, comment_id)
 
@@ -314,7 +351,7 @@ def _add_attachments(
             [
                 {"ticket_id": ticket_id, "comment_id": comment_id, "filename": f.filename,
                  "content_type": f.content_type, "size": f.size, "sha256": f.sha256,
-                 "blob_ref": f.blob_ref}
+                 "blob_ref": f.blob_ref, "content_id": f.content_id}
                 for f in files
             ],
         )

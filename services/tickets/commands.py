@@ -39,6 +39,7 @@ class AttachmentFile:
     size: int
     sha256: str
     blob_ref: str | None
+    content_id: str | None = None  # how the mail's HTML refers to it (cid:), TicketCommand v4
 
 
 @dataclass(frozen=True)
@@ -159,4 +160,5 @@ def _attachment(value: Mapping[str, Any]) -> AttachmentFile:
         size=int(value["size"]),
         sha256=checks.bounded(value["sha256"], "sha256", HASH),
         blob_ref=checks.optional_text(value.get("blob_ref")),
+        content_id=checks.optional_bounded(value.get("content_id"), "content_id", MESSAGE_ID),
     )

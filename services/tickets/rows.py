@@ -29,6 +29,8 @@ def thread_entry(row: Any) -> ThreadEntry:
     # A new agent comment's values hold no incoming-mail fields: those keep their defaults.
     values = {f.name: mapping[f.name] for f in fields(ThreadEntry) if f.name not in ("to", "cc") and f.name in mapping}
     values["internal"] = bool(values["internal"])
+    if "automatic" in values:
+        values["automatic"] = bool(values["automatic"])
     if values["author_verified"] is not None:
         values["author_verified"] = bool(values["author_verified"])
     return ThreadEntry(**values, to=recipients(mapping["to_addrs"]), cc=recipients(mapping["cc_addrs"]))

@@ -38,8 +38,10 @@ give only the agent's queues' rows (FTS5 indexes the queue; PostgreSQL walks
 or looks up each queue's tickets, and finds comments by their queue's
 lexeme). The queue is checked exactly either way; the counts steer the cost
 only. Not bounded by the cap: several words that are each fairly common but
-rarely together, where the engine walks the rarest one's rows to find their
-few shared ones.
+rarely together, where the engine has to intersect their rows to find the
+few shared ones: FTS5 merges the words' row lists; PostgreSQL reads the
+newest NEWEST_ROWS rows first and the rest by the GIN index alone (see
+_postgres_in_two_steps), so neither walks the whole table.
 
 Ranking, best first, ties newest first, one hit per ticket (its best match):
 
@@ -464,10 +466,11 @@ _RANK = "ts_rank_cd('{{0.3, 0.2, 0.4, 1.0}}'::real[], {}.search_vector, " + _TSQ
 _NOT_EMPTY = f"numnode({_TSQUERY}) > 0"
 
 
-def _postgres_candidates(table: str, restricted: bool, small: int, large: bool) -> TextClause:
+def _postgres_candidates(table: str, restricted: bool, small: int, large: bool, older: bool = False) -> TextClause:
     """The newest matches of ``table``, ranked outside the subquery that
     finds them (ts_rank_cd runs for the capped rows only); the outer query
-    checks the queue exactly.
+    checks the queue exactly. Only rows newer than ``:floor``, or with
+    ``older`` only the rest (see _postgres_in_two_steps).
 
     Unrestricted: the newest matches of all queues. Restricted, the queues'
     lexemes (a row's queue, migration 0006) are ANDed into the tsquery, so GIN
@@ -486,26 +489,29 @@ def _postgres_candidates(table: str, restricted: bool, small: int, large: bool) 
     """
     if table == "comments":
         small, large = 0, True
+    ids = "id <= :floor" if older else "id > :floor"
     branches = []
     if not restricted or large:
         tsquery = f"({_TSQUERY} && CAST(:lexemes AS tsquery))" if restricted else _TSQUERY
-        branches.append(f"SELECT id FROM {table} WHERE search_vector @@ {tsquery} AND {_NOT_EMPTY} "
+        branches.append(f"SELECT id FROM {table} WHERE search_vector @@ {tsquery} AND {_NOT_EMPTY} AND {ids} "
                         "ORDER BY id DESC LIMIT :cap")
     branches += [
         f"SELECT id FROM tickets WHERE queue = :queue_{i} AND search_vector @@ {_TSQUERY} AND {_NOT_EMPTY} "
-        "ORDER BY number DESC LIMIT :cap"
+        f"AND {ids} ORDER BY number DESC LIMIT :cap"
         for i in range(small)
     ]
     if len(branches) == 1:
         newest = branches[0]
     else:
         newest = "SELECT id FROM (" + " UNION ALL ".join(f"({b})" for b in branches) + ") n ORDER BY id DESC LIMIT :cap"
+    # Every capped row comes back, with whether it is in the agent's queues:
+    # how many the subquery found decides the second step.
     if table == "tickets":
-        sql = (f"SELECT t.id AS ticket_id, {_RANK.format('t')} AS score FROM ({newest}) h "
-               "JOIN tickets t ON t.id = h.id WHERE t.queue IN :queues")
+        sql = (f"SELECT t.id AS ticket_id, {_RANK.format('t')} AS score, t.queue IN :queues AS wanted "
+               f"FROM ({newest}) h JOIN tickets t ON t.id = h.id")
     else:
-        sql = (f"SELECT c.ticket_id, c.id AS comment_id, {_RANK.format('c')} AS score FROM ({newest}) h "
-               "JOIN comments c ON c.id = h.id JOIN tickets t ON t.id = c.ticket_id WHERE t.queue IN :queues")
+        sql = (f"SELECT c.ticket_id, c.id AS comment_id, {_RANK.format('c')} AS score, t.queue IN :queues AS wanted "
+               f"FROM ({newest}) h JOIN comments c ON c.id = h.id JOIN tickets t ON t.id = c.ticket_id")
     return text(sql).bindparams(bindparam("queues", expanding=True))
 
 
@@ -561,18 +567,52 @@ def _postgres_params(query: str, scope: _Scope) -> dict[str, Any]:
     return {"query": query, "queues": scope.queues, "cap": cap}
 
 
+# The newest rows walked first (see _postgres_in_two_steps).
+NEWEST_ROWS = 50_000
+_MAX_ID = {table: text(f"SELECT coalesce(max(id), 0) FROM {table}") for table in ("tickets", "comments")}
+_INDEX_SCANS = text("SELECT set_config('enable_indexscan', :on, true)")
+
+
+def _postgres_in_two_steps(conn: Connection, table: str, statements: tuple[TextClause, TextClause],
+                           params: dict[str, Any]) -> list[Any]:
+    """The newest matches in two steps, so that neither way of finding them
+    can run away. Walking rows newest first stops at the cap, which is quick
+    for a common word but reads the whole table for words that are each
+    common and rarely together (the planner takes their shares as
+    independent); the GIN index costs in proportion to the matches, which is
+    quick for those but slow for a common word. So: the newest NEWEST_ROWS
+    rows first, as the planner likes (a walk, or the index for a rare word),
+    and only when they hold fewer than the cap, the older rows by the index
+    alone (index scans off: no walk), where few matches are left to fetch."""
+    floor = int(conn.execute(_MAX_ID[table]).scalar_one()) - NEWEST_ROWS
+    newer, older = statements
+    rows = list(conn.execute(newer, {**params, "floor": floor}))
+    if len(rows) < params["cap"] and floor > 0:
+        conn.execute(_INDEX_SCANS, {"on": "off"})
+        try:
+            rows += conn.execute(older, {**params, "floor": floor, "cap": params["cap"] - len(rows)})
+        finally:
+            conn.execute(_INDEX_SCANS, {"on": "on"})
+    return [r for r in rows if r.wanted]
+
+
 def _postgres_ticket_matches(conn: Connection, query: str, scope: _Scope) -> list[_Match]:
     params = _postgres_params(query, scope)
     params.update((f"queue_{i}", queue) for i, queue in enumerate(scope.small))
     large = [q for q in scope.restrict or () if q not in scope.small]
-    statement = _postgres_candidates("tickets", scope.restrict is not None, len(scope.small), bool(large))
-    rows = conn.execute(statement, {**params, "lexemes": queue_tsquery(large)})
+    restricted, small = scope.restrict is not None, len(scope.small)
+    statements = (_postgres_candidates("tickets", restricted, small, bool(large)),
+                  _postgres_candidates("tickets", restricted, small, bool(large), older=True))
+    rows = _postgres_in_two_steps(conn, "tickets", statements, {**params, "lexemes": queue_tsquery(large)})
     return [_Match(r.ticket_id, None, float(r.score)) for r in rows]
 
 
 def _postgres_comment_matches(conn: Connection, query: str, scope: _Scope) -> list[_Match]:
-    statement = _postgres_candidates("comments", scope.restrict is not None, 0, True)
-    rows = conn.execute(statement, {**_postgres_params(query, scope), "lexemes": queue_tsquery(scope.restrict or ())})
+    restricted = scope.restrict is not None
+    statements = (_postgres_candidates("comments", restricted, 0, True),
+                  _postgres_candidates("comments", restricted, 0, True, older=True))
+    params = {**_postgres_params(query, scope), "lexemes": queue_tsquery(scope.restrict or ())}
+    rows = _postgres_in_two_steps(conn, "comments", statements, params)
     return [_Match(r.ticket_id, r.comment_id, float(r.score)) for r in rows]
 
 

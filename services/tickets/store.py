@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from services.tickets import engine as db
-from services.tickets import listing, outgoing, queries, search, suspended, tokens, workflow
+from services.tickets import listing, outgoing, queries, ratelimit, search, suspended, tokens, workflow
 from services.tickets.apply import ClosedReply, apply_command
 from services.tickets.checks import check_page
 from services.tickets.commands import Command
@@ -120,22 +120,29 @@ class TicketStore:
 
     # -- applying commands ---------------------------------------------------
 
-    def apply(self, cmd: Mapping[str, Any], *, closed_reply: ClosedReply = "follow_up") -> Applied:
+    def apply(self, cmd: Mapping[str, Any], *, closed_reply: ClosedReply = "follow_up",
+              limits: ratelimit.Limits = ratelimit.NONE) -> Applied:
         """Apply one TicketCommand (the dict fastavro decodes) in one transaction:
         tickets, comments, participants and attachments, or nothing for a
         duplicate. ``closed_reply`` is the queue's rule for mail on a closed
-        ticket (``follow_up``: a new linked ticket; ``reopen``). Raises InvalidCommand."""
+        ticket (``follow_up``: a new linked ticket; ``reopen``); ``limits``
+        the rate limits on mail from outside. Raises InvalidCommand."""
         command = Command.parse(cmd)
         try:
-            return self._apply_once(command, closed_reply)
+            return self._apply_once(command, closed_reply, limits)
         except IntegrityError:
             # A concurrent ticketer committed the same command, mail or participant
             # first. Our transaction was rolled back; the re-run sees its effect.
-            return self._apply_once(command, closed_reply)
+            return self._apply_once(command, closed_reply, limits)
 
-    def _apply_once(self, c: Command, closed_reply: ClosedReply) -> Applied:
+    def _apply_once(self, c: Command, closed_reply: ClosedReply, limits: ratelimit.Limits) -> Applied:
         with db.write(self._engine) as conn:
-            return apply_command(conn, c, closed_reply)
+            return apply_command(conn, c, closed_reply, limits)
+
+    def prune_arrivals(self, before: datetime) -> int:
+        """Forget the rate limits' arrivals older than ``before``; returns how many."""
+        with db.write(self._engine) as conn:
+            return ratelimit.prune(conn, before)
 
     # -- the workflow: status, assignee, type, components --------------------
 

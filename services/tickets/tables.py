@@ -146,6 +146,7 @@ tickets = Table(
     Index(None, "queue", "type", "updated_at", "id"),
     Index(None, "queue", "awaiting_reply", "updated_at", "id"),
     Index(None, "status", "resolved_at"),  # auto-close
+    Index(None, "follow_up_of"),  # a ticket page's follow-ups
 )
 
 # A ticket's components, one row each, for the component filter of the queue view.
@@ -199,6 +200,8 @@ comments = Table(
     Column("quoted", Text, nullable=True),
     Column("html", Text, nullable=True),
     Column("charset_detected", String(CHARSET), nullable=True),
+    # An automatic reply or a bounce on the ticket's thread: shown, and it changed nothing.
+    Column("automatic", Boolean, nullable=False, server_default=text("false")),
     Column("message_id", String(MESSAGE_ID), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("command_id", String(COMMAND_ID), nullable=True),
@@ -247,6 +250,8 @@ attachments = Table(
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(HASH), nullable=False),
     Column("blob_ref", Text, nullable=True),
+    # The part's Content-ID: the mail's HTML shows it inline as src="cid:...".
+    Column("content_id", String(MESSAGE_ID), nullable=True),
     Index(None, "ticket_id"),
 )
 
@@ -263,6 +268,7 @@ messages = Table(
     Column("comment_id", Integer, ForeignKey("comments.id"), nullable=True),
     UniqueConstraint("queue", "message_id"),
     Index(None, "message_id"),
+    Index(None, "ticket_id"),  # a ticket page's Message-IDs
 )
 
 # IMAP idempotency: one row per fetched (mailbox, UIDVALIDITY, UID), only for uid > 0.
@@ -317,6 +323,20 @@ rejections = Table(
     Index(None, "queue", "received_at", "id"),
     Index(None, "queue", "reason_code", "received_at", "id"),
     Index(None, "raw_ref"),  # retention: is a blob still referred to?
+)
+
+# Mail from outside the organization as it was applied, for the rate limits
+# (services/tickets/ratelimit.py); pruned once no window reaches a row.
+mail_arrivals = Table(
+    "mail_arrivals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("author_email", String(EMAIL), nullable=False),
+    Column("ticket_id", Integer, nullable=False),  # no foreign key: pruning needs no order
+    Column("received_at", UtcDateTime, nullable=False),
+    Index(None, "author_email", "received_at"),
+    Index(None, "ticket_id", "received_at"),
+    Index(None, "received_at"),
 )
 
 # Transactional outbox: an outgoing comment and its encoded OutboundMail are

@@ -48,6 +48,7 @@ class Applied:
     outcome: Outcome
     ticket_key: str | None
     comment_id: int | None = None
+    reason: str | None = None  # a rejection decided here (rate_limited), not by the router
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class ThreadEntry:
     # (which holds the new text); None when nothing was split off.
     quoted: str | None = None
     charset_detected: str | None = None  # detected, where the mail's declared charset was missing or wrong
+    automatic: bool = False  # an automatic reply or bounce: stored, and it changed nothing on the ticket
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class AttachmentInfo:
     sha256: str
     blob_ref: str | None
     comment_id: int | None  # None: attached to the mail that opened the ticket
+    content_id: str | None = None  # the mail's HTML shows it inline as src="cid:..."
 
 
 @dataclass(frozen=True)

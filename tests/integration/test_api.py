@@ -581,6 +581,24 @@ def test_attachments_are_downloads_of_a_safe_type(make: Make) -> None:
     assert client.get("/tickets/SUPPORT-1/files/0").status_code == 404  # its pdf was never stored
 
 
+def test_an_inline_image_shows_where_the_mail_places_it(make: Make) -> None:
+    from services.common.blobs import FolderBlobStore
+
+    client, store, config, _ = make()
+    png = b"\x89PNG\r\n\x1a\n"
+    ref = FolderBlobStore(config.blob_path).put(png, durable=False)
+    files = [{"filename": "logo.png", "content_type": "image/png", "size": len(png), "sha256": "00" * 32,
+              "blob_ref": ref, "content_id": "logo@customer.test"},
+             {"filename": "report.pdf", "content_type": "application/pdf", "size": 3, "sha256": "00" * 32,
+              "blob_ref": ref}]
+    store.apply(invoice(2, html='<p>Our logo: <img src="cid:Logo@customer.test"></p>', attachments=files))
+    page = client.get("/tickets/SUPPORT-2?html=1")
+    assert '<p>Our logo: <img src="/tickets/SUPPORT-2/files/0"></p>' in page.text
+    assert "img-src 'self';" in page.headers["content-security-policy"]  # no remote images asked for
+    image = client.get("/tickets/SUPPORT-2/files/0")
+    assert (image.status_code, image.headers["content-type"], image.content) == (200, "image/png", png)
+
+
 # ------------------------------------------------------------------ settings
 
 
@@ -692,6 +710,16 @@ def test_a_reply_shows_its_new_text_and_keeps_the_quote_collapsed(make: Make) ->
                         r'<div class="body">(.*?)</div></details>', page, re.S)
     assert details is not None and "&gt; &lt;b&gt;Paid?&lt;/b&gt;" in details.group(1)
     assert page.index("Fixed, thanks.") < details.start()
+    # The HTML rendering is split too: the new part shown, the history collapsed.
+    html = ('<div>Fixed, <b>thanks</b>.</div><div class="gmail_quote">On Tue, Dec 1, 2026 Maria wrote:'
+            '<blockquote class="gmail_quote"><i>Paid?</i></blockquote></div>')
+    store.apply(invoice(3, action="comment", classification="reply", in_reply_to="msg-1@customer.test", html=html,
+                        attachments=[], text=text, quoted_from=text.index("On Tue")))
+    with_html = client.get("/tickets/SUPPORT-1?html=1").text
+    body, quote = re.findall(r'<div class="body html">(.*?)</div>', with_html, re.S)[-2:]
+    assert "<b>thanks</b>" in body and "Paid?" not in body
+    assert "<i>Paid?</i>" in quote and re.search(r'<summary>show quoted text</summary><div class="body html">'
+                                                 r"<div>On Tue, Dec 1, 2026 Maria wrote:", with_html)
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     assert {"quoted", "charset_detected"} <= set(schema["CommentOut"]["properties"])
     assert "charset_detected" in schema["TicketOut"]["properties"]

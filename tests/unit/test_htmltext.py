@@ -74,7 +74,12 @@ def test_pre_keeps_its_layout() -> None:
 
 def test_table_cells_are_separated_and_rows_are_lines() -> None:
     html = "<table><tr><td>Name</td><td>Ivan</td></tr><tr><th>Room</th><td>204</td></tr></table>"
-    assert html_to_text(html) == "Name Ivan\nRoom 204"
+    assert html_to_text(html) == "Name | Ivan\nRoom | 204"
+    # a cell with nothing to read before it adds no separator (layout tables, image cells)
+    assert html_to_text("<table><tr><td><img src=x></td><td>Only</td><td></td></tr></table>") == "Only"
+    # a table in a cell: its rows are lines
+    nested = "<table><tr><td><table><tr><td>a</td><td>b</td></tr></table></td></tr></table>"
+    assert html_to_text(nested) == "a | b"
 
 
 def test_outlook_paragraphs_are_lines_and_empty_ones_blank_lines() -> None:

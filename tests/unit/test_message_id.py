@@ -152,3 +152,15 @@ def test_an_empty_key_file_is_refused(tmp_path: Path) -> None:
     path.chmod(0o600)
     with pytest.raises(SecretUnavailable, match="holds no key"):
         message_id_key(parse_text(config(tmp_path)))
+
+
+def test_deskmails_own_mail_is_recognised_by_its_signed_message_id() -> None:
+    from services.common.mailrules import sent_by_deskmail
+
+    mid = new_message_id("out-7.x/ä", "support@example.com", key=KEY, ticket="SUPPORT-3")
+    assert sent_by_deskmail(mid, "SUPPORT-3", key=KEY)
+    assert sent_by_deskmail(f"<{mid}>", "SUPPORT-3", key=KEY)
+    assert not sent_by_deskmail(mid, "SUPPORT-4", key=KEY)  # another ticket's header
+    assert not sent_by_deskmail(mid, None, key=KEY)  # no X-Deskmail-Ticket
+    assert not sent_by_deskmail("deskmail.out-7.00.00@example.com", "SUPPORT-3", key=KEY)  # a guess
+    assert not sent_by_deskmail("deskmail.=FF.00.00@example.com", "SUPPORT-3", key=KEY)

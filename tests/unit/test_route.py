@@ -321,3 +321,19 @@ def test_a_released_mail_keeps_no_second_original(tmp_path):
     raw = _mail(to="ops@example.com")
     command = _through(step, _released(raw, by=None))
     assert (command["action"], command["raw_ref"], command["reason"]) == ("create", None, "released")
+
+
+def test_mail_deskmail_itself_sent_is_a_loop_whatever_its_from():
+    from services.common.config import Secret
+    from services.common.mailrules import new_message_id
+
+    key = Secret("k" * 40, "test")
+    mid = new_message_id("out-9", "support@example.com", key=key, ticket="SUPPORT-4")
+    raw = (f"From: Maria <maria@elsewhere.test>\r\nTo: support@example.com\r\nSubject: Re: [SUPPORT-4] x\r\n"
+           f"Message-ID: <{mid}>\r\nX-Deskmail-Ticket: SUPPORT-4\r\n\r\nHello\r\n").encode()
+    c = route(_inbound(raw), raw, CONFIG, own_key=key).command
+    assert (c["action"], c["reason"].split(":")[0]) == ("reject", "loop")
+    # without the key, or with another ticket in the header, it is ordinary mail
+    assert route(_inbound(raw), raw, CONFIG).command["action"] != "reject"
+    forged = raw.replace(b"X-Deskmail-Ticket: SUPPORT-4", b"X-Deskmail-Ticket: SUPPORT-5")
+    assert route(_inbound(forged), forged, CONFIG, own_key=key).command["action"] != "reject"

@@ -73,3 +73,22 @@ def test_images_that_never_load_are_not_counted_as_blocked() -> None:
     for remote in (False, True):
         result = clean_mail_html(html, remote_images=remote)
         assert str(result.html) == "<img><img><img>" and result.blocked_images == 0
+
+
+def test_an_inline_image_shows_the_mails_own_part() -> None:
+    html = ('<p><img src="cid:Logo@Customer.test" alt="logo"><img src="cid:%3Cchart@customer.test%3E">'
+            '<img src="cid:unknown@customer.test"><a href="cid:logo@customer.test">link</a></p>')
+    inline = {"logo@customer.test": "/tickets/SUPPORT-1/files/0", "chart@customer.test": "/tickets/SUPPORT-1/files/1"}
+    cleaned = str(clean_mail_html(html, inline=inline).html)
+    assert '<img src="/tickets/SUPPORT-1/files/0" alt="logo">' in cleaned
+    assert '<img src="/tickets/SUPPORT-1/files/1">' in cleaned
+    assert cleaned.count("src=") == 2 and "cid:" not in cleaned  # an unknown part, a cid link: gone
+    # without the map no cid image shows
+    assert "src=" not in str(clean_mail_html(html).html)
+
+
+def test_a_mail_cannot_forge_the_inline_marker() -> None:
+    # The marker's host is random per call: a mail that guesses the form is a remote image.
+    html = '<img src="https://0000000000000000.invalid/0">'
+    result = clean_mail_html(html, inline={"logo@customer.test": "/tickets/SUPPORT-1/files/0"})
+    assert "/tickets/" not in str(result.html) and result.blocked_images == 1

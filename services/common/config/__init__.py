@@ -13,7 +13,7 @@ objects and their lookups), ``secrets`` (references and ``Secret``), ``hostport`
 
 from services.common.config.api_schema import ApiSettings, OidcSettings
 from services.common.config.hostport import HostPort
-from services.common.config.keys import message_id_key
+from services.common.config.keys import existing_message_id_key, message_id_key
 from services.common.config.loader import ConfigError, Problem, load, parse_text
 from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
 from services.common.config.schema import (
@@ -78,6 +78,7 @@ __all__ = [
     "SuspendedSettings",
     "TicketDefaults",
     "load",
+    "existing_message_id_key",
     "message_id_key",
     "parse_text",
 ]

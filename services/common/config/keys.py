@@ -35,6 +35,16 @@ def message_id_key(config: Config) -> Secret:
     return _key_file(config.data_dir / KEY_FILE)
 
 
+def existing_message_id_key(config: Config) -> Secret | None:
+    """The configured key, else the data folder's if it is there; None
+    otherwise. For readers (the router's loop check), which must not make a
+    key of their own that no writer uses."""
+    if config.message_id_key is not None:
+        return config.message_id_key
+    path = config.data_dir / KEY_FILE
+    return _key_file(path) if path.exists() else None
+
+
 def _key_file(path: Path) -> Secret:
     try:
         if not path.exists():

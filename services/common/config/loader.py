@@ -235,6 +235,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         organization=model.organization,
         queues=tuple(queues),
         message_id_key=message_id_key,
+        rate_limits=model.rate_limits,
         api_session_secret=session_secret,
         api_oidc_client_secret=oidc_secret,
         suspended=model.suspended,

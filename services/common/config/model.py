@@ -22,6 +22,7 @@ from services.common.config.schema import (
     MetricsSettings,
     Organization,
     ConsumeSettings,
+    RateLimits,
     SenderSettings,
     Signature,
     SuspendedSettings,
@@ -97,6 +98,7 @@ class Config:
     queues: tuple[Queue, ...]
     # organization.message_id_key resolved; None: use the data folder's (config.keys)
     message_id_key: Secret | None = None
+    rate_limits: RateLimits = RateLimits()
     api_session_secret: Secret | None = None  # api.session_secret, resolved
     api_oidc_client_secret: Secret | None = None  # api.auth.oidc.client_secret, resolved
     suspended: SuspendedSettings = SuspendedSettings()

@@ -301,6 +301,21 @@ class MetricsSettings(_Model):
     ports: dict[str, int] = {}
 
 
+class RateLimit(_Model):
+    """More than ``mails`` in ``minutes`` (by the mails' own arrival times) are
+    set aside as ``rate_limited`` (suspended, releasable); ``mails: 0`` turns it off."""
+
+    mails: int = Field(20, ge=0)
+    minutes: int = Field(10, ge=1, le=24 * 60)
+
+
+class RateLimits(_Model):
+    """Limits on mail from outside the organization (members are never limited)."""
+
+    per_sender: RateLimit = RateLimit()
+    per_ticket: RateLimit = RateLimit(mails=50)
+
+
 class ConfigModel(_Model):
     kafka: KafkaSettings = KafkaSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -313,5 +328,6 @@ class ConfigModel(_Model):
     api: ApiSettings = ApiSettings()
     metrics: MetricsSettings = MetricsSettings()
     organization: Organization = Organization()
+    rate_limits: RateLimits = RateLimits()
     suspended: SuspendedSettings = SuspendedSettings()
     queues: tuple[QueueModel, ...] = ()

@@ -66,3 +66,6 @@ class ParsedMail:
     # missing, unknown, invalid for its bytes or the wrong Cyrillic code page
     # (services/router/mailparse/charsets.py); None: decoded as declared.
     charset_detected: str | None = None
+    # X-Deskmail-Ticket, which deskmail writes on the mail it sends: with a
+    # Message-ID deskmail signed, the mail is deskmail's own (a loop).
+    deskmail_ticket: str | None = None

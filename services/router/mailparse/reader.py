@@ -15,12 +15,15 @@ from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import cast
 
+import tnefparse
+
 from services.router import classify
 from services.router.htmltext import html_to_text
 from services.router.mailparse.decoding import (
     body_text,
     clean,
     decode_8bit,
+    decode_detected,
     decode_words,
     header_param,
     part_filename,
@@ -49,9 +52,14 @@ _EXTENSIONS = {
     "message/disposition-notification": ".txt",
     "message/rfc822": ".eml",
     "message/global": ".eml",
+    "text/calendar": ".ics",  # an invitation: kept as a file agents can open in their calendar
+    "application/ics": ".ics",
 }
 _TRACE_FIELDS = frozenset({"authentication-results", "received"})
 _BODY_TYPES = frozenset({"text/plain", "text/html"})
+_MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,127}/[a-z0-9!#$&^_.+-]{1,127}")
+_TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
+_FILENAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _DAMAGED_BASE64 = (errors.InvalidBase64CharactersDefect, errors.InvalidBase64LengthDefect)
 
 
@@ -109,6 +117,7 @@ class Reader:
             from_header=self._from_header,
             trace=self._trace(),
             charset_detected=self._charset_detected,
+            deskmail_ticket=" ".join(self._header("x-deskmail-ticket").split())[:100] or None,
         )
 
     # -- headers --------------------------------------------------------
@@ -211,7 +220,9 @@ class Reader:
             filename = part_filename(part, self._charset_hint)
             for defect in part.defects:  # after reading the parameters, which may add one
                 self._defects.append(type(defect).__name__)
-            if content_type in _BODY_TYPES and disposition != "attachment" and filename is None:
+            if _is_tnef(content_type, filename):
+                attachments.extend(self._tnef(self._attachment(part, content_type, disposition, filename), plain))
+            elif content_type in _BODY_TYPES and disposition != "attachment" and filename is None:
                 text, detected = body_text(self._payload(part), charset, self._defects)
                 if detected is not None and self._charset_detected is None:
                     self._charset_detected = detected
@@ -251,6 +262,31 @@ class Reader:
             self._defects.append("base64 body lacks padding")
         return payload
 
+    def _tnef(self, winmail: Attachment, plain: list[str]) -> list[Attachment]:
+        """Outlook's winmail.dat (TNEF) unpacked into the files it carries; its
+        text becomes the body when the mail has no text of its own. A TNEF
+        part that cannot be read stays as it is, noted."""
+        try:
+            tnef = tnefparse.TNEF(winmail.payload, do_checksum=False)
+            files = [(a.long_filename() or a.name or "attachment.bin", bytes(a.data)) for a in tnef.attachments if a.data]
+            body = tnef.body or tnef.htmlbody
+        except Exception as exc:  # noqa: BLE001 - a third-party parser on hostile bytes: any failure keeps the part
+            self._defects.append(f"{winmail.filename} (TNEF) could not be unpacked ({type(exc).__name__}); kept as is")
+            return [winmail]
+        if isinstance(body, bytes):
+            body = decode_detected(body, None)[0]
+        if body and not any(chunk.strip() for chunk in plain):
+            plain.append(html_to_text(body) if tnef.htmlbody and body == tnef.htmlbody else body)
+        unpacked = []
+        for name, data in files:
+            name = _FILENAME_UNSAFE.sub("", name).replace("\\", "/").rsplit("/", 1)[-1].strip() or "attachment.bin"
+            guessed = _MIME_TYPES.guess_type(name, strict=False)[0] or "application/octet-stream"
+            unpacked.append(Attachment(filename=name, content_type=guessed, payload=data, size=len(data),
+                                       sha256=hashlib.sha256(data).hexdigest(), content_id=None, inline=False))
+        if not unpacked and not body:
+            return [winmail]  # nothing inside that deskmail can show: keep the original
+        return unpacked
+
     def _attachment(
         self, part: Message, content_type: str, disposition: str | None, filename: str | None
     ) -> Attachment:
@@ -270,7 +306,7 @@ class Reader:
             extension = _EXTENSIONS.get(content_type) or _MIME_TYPES.guess_extension(
                 content_type, strict=False
             )
-            filename = "attachment" + (extension or ".bin")
+            filename = ("invite" if extension == ".ics" else "attachment") + (extension or ".bin")
         content_id = msgids.content_id(part.get("content-id") or "")
         return Attachment(
             filename=filename,
@@ -292,12 +328,21 @@ def _leaves(message: Message, defects: list[str]) -> Iterator[tuple[Message, str
     while stack:
         part = stack.pop()
         content_type = part.get_content_type()
+        if not _MIME_TYPE.fullmatch(content_type):
+            # Raw 8-bit bytes or junk in Content-Type (they would reach the
+            # record as surrogates): the part is a file of unknown type.
+            defects.append("a part's Content-Type is not a MIME type; kept as application/octet-stream")
+            content_type = "application/octet-stream"
         if content_type.startswith("multipart/") and part.is_multipart():
             defects.extend(type(defect).__name__ for defect in part.defects)
             stack.extend(reversed(cast("list[Message]", part.get_payload())))
         else:
             yield part, content_type
 
+
+
+def _is_tnef(content_type: str, filename: str | None) -> bool:
+    return content_type in _TNEF_TYPES or (filename or "").lower() == "winmail.dat"
 
 
 def _attached_mail_name(part: Message, hint: str | None) -> str:

@@ -1,0 +1,80 @@
+"""Rate limits on mail from outside the organization: per sender and per ticket.
+
+A flood (a broken autoresponder that no header gives away, a script, a
+customer's mail client stuck in a loop) must not bury a queue. Every mail
+applied from a non-member is logged in ``mail_arrivals`` with its author, its
+ticket and its own arrival time; before the next one is applied, the
+arrivals in the window before it are counted. Past the limit the mail is a
+rejection with reason ``rate_limited`` (suspended: visible and releasable)
+instead of a ticket or comment. Windows count the mails' arrival times, not
+the clock: a replay of the same mail decides the same way. A mail an admin
+released (command id ``release:...``) is never limited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection
+
+from services.tickets.tables import mail_arrivals
+
+__all__ = ["Limit", "Limits", "check_sender", "check_ticket", "prune", "record"]
+
+
+@dataclass(frozen=True)
+class Limit:
+    mails: int  # 0: no limit
+    minutes: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_sender: Limit = Limit(20, 10)
+    per_ticket: Limit = Limit(50, 10)
+
+
+NONE = Limits(Limit(0, 1), Limit(0, 1))
+
+
+def check_sender(conn: Connection, limits: Limits, email: str, at: datetime) -> str | None:
+    """The rejection reason when ``email`` sent more than the limit allows
+    in the window before ``at``; None otherwise."""
+    limit = limits.per_sender
+    if limit.mails <= 0 or not email:
+        return None
+    n = _count(conn, mail_arrivals.c.author_email == email.lower(), limit, at)
+    if n < limit.mails:
+        return None
+    return f"rate_limited: more than {limit.mails} mails from {email} in {limit.minutes} minutes"
+
+
+def check_ticket(conn: Connection, limits: Limits, ticket_id: int, ticket_key: str, at: datetime) -> str | None:
+    """The rejection reason when the ticket got more mail from outside than
+    the limit allows in the window before ``at``; None otherwise."""
+    limit = limits.per_ticket
+    if limit.mails <= 0:
+        return None
+    n = _count(conn, mail_arrivals.c.ticket_id == ticket_id, limit, at)
+    if n < limit.mails:
+        return None
+    return f"rate_limited: more than {limit.mails} mails on {ticket_key} in {limit.minutes} minutes"
+
+
+def _count(conn: Connection, who: object, limit: Limit, at: datetime) -> int:
+    since = at - timedelta(minutes=limit.minutes)
+    query = select(func.count()).select_from(
+        select(mail_arrivals.c.id).where(who, mail_arrivals.c.received_at > since,  # type: ignore[arg-type]
+                                         mail_arrivals.c.received_at <= at).limit(limit.mails).subquery())
+    return int(conn.execute(query).scalar_one())
+
+
+def record(conn: Connection, email: str, ticket_id: int, at: datetime) -> None:
+    conn.execute(insert(mail_arrivals).values(author_email=email.lower(), ticket_id=ticket_id, received_at=at))
+
+
+def prune(conn: Connection, before: datetime) -> int:
+    """Forget arrivals older than ``before`` (no window reaches them); returns how many."""
+    return int(conn.execute(delete(mail_arrivals).where(mail_arrivals.c.received_at < before)).rowcount or 0)
