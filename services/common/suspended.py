@@ -14,10 +14,11 @@ Pure: strings in, strings out.
 from __future__ import annotations
 
 RELEASE_PREFIX = "release:"
-# The router's refusals (services/router/access.py and route.py): the suspended
-# view's filter and the gauge name these even while none is waiting.
+# The refusals of the router (services/router/access.py, route.py) and the ticketer
+# (services/tickets/ratelimit.py): the suspended view's filter and the gauge name
+# these even while none is waiting.
 REASON_CODES = ("external_not_accepted", "no_queue_access", "sender_not_authenticated", "auto_reply", "bounce",
-                "loop")
+                "loop", "rate_limited")
 RELEASED_BY = "released by "
 # The reason code of a dead letter in the suspended list (rejections have the router's codes).
 DEAD_LETTER = "dead_letter"

@@ -37,9 +37,13 @@ class Routed:
 
     @property
     def keeps_original(self) -> bool:
-        """The command is, or may become, a rejection (a ``reply_only`` mail the
-        ticketer finds no thread for): its raw mail must be kept for release."""
-        return self.action == "reject" or bool(self.command["reply_only"])
+        """The command is, or may become, a rejection (a ``reply_only`` mail, an
+        auto-reply or a bounce the ticketer finds no thread for): its raw mail
+        must be kept for release. A released mail is never refused again."""
+        if self.command["id"].startswith(suspended.RELEASE_PREFIX):
+            return False
+        return (self.action == "reject" or bool(self.command["reply_only"])
+                or self.command["classification"] in ("auto_reply", "bounce"))
 
 
 def _person(address: Any, config: Config) -> dict[str, Any]:

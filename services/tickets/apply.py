@@ -71,7 +71,8 @@ def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: rate
         _insert_rejection(conn, c)
         return Applied("rejected", None, None)
     ticket = _resolve_thread(conn, c) if c.action == "comment" else None
-    machine = c.classification in MACHINE_MAIL
+    # An admin's release overrides the refusal of machine mail too (services/common/suspended.py).
+    machine = c.classification in MACHINE_MAIL and c.release_of is None
     if ticket is None and (c.reply_only or machine):
         # An outsider may answer a known thread, not open a ticket; an
         # auto-reply or a bounce opens none either.

@@ -107,6 +107,15 @@ def test_a_released_reply_becomes_a_comment_on_its_thread(store: TicketStore) ->
     assert store.list_suspended().items[0].released_ticket == "SUPPORT-1"
 
 
+def test_a_released_auto_reply_on_no_known_thread_opens_a_ticket(store: TicketStore) -> None:
+    auto = {"classification": "auto_reply", "action": "comment", "in_reply_to": "gone@example.com"}
+    assert store.apply(command(1, author=STRANGER, raw_ref="sha256:" + "1" * 64, **auto)).outcome == "rejected"
+    [item] = store.list_suspended().items
+    assert item.reason_code == "auto_reply" and item.raw_ref is not None
+    assert store.apply(release(1, **auto)) == Applied("created", "SUPPORT-1", None)
+    assert store.list_suspended().items[0].released_ticket == "SUPPORT-1"
+
+
 def test_migration_fills_the_reason_code_of_rejections_recorded_before(store: TicketStore) -> None:
     url = store.engine.url.render_as_string(hide_password=False)
     with store.engine.begin() as conn:

@@ -337,3 +337,13 @@ def test_mail_deskmail_itself_sent_is_a_loop_whatever_its_from():
     assert route(_inbound(raw), raw, CONFIG).command["action"] != "reject"
     forged = raw.replace(b"X-Deskmail-Ticket: SUPPORT-4", b"X-Deskmail-Ticket: SUPPORT-5")
     assert route(_inbound(forged), forged, CONFIG, own_key=key).command["action"] != "reject"
+
+
+def test_an_auto_reply_in_a_thread_keeps_its_original_in_case_the_thread_is_unknown(tmp_path):
+    step, blobs = _step(tmp_path)
+    raw = _mail(extra="Auto-Submitted: auto-replied\r\nIn-Reply-To: <out@example.com>\r\n")
+    command = _through(step, _inbound(raw))
+    assert (command["action"], command["classification"]) == ("comment", "auto_reply")
+    assert blobs.get(command["raw_ref"]) == raw
+    released = _through(step, _released(raw, mailbox="support@example.com"))
+    assert (released["classification"], released["raw_ref"]) == ("auto_reply", None)
