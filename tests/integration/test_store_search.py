@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import event, inspect, text
 
-from services.tickets import MARK_END, MARK_START, Recipient, SearchHit, TicketChange, TicketStore, search
+from services.tickets import MARK_END, MARK_START, Recipient, SearchHit, TicketChange, TicketStore, search_postgres
 from services.tickets.migrations import alembic_config
 from services.tickets.search import include_object, is_search_object
 from services.tickets.tables import metadata
@@ -161,7 +161,7 @@ def test_only_the_given_queues_are_searched(store: TicketStore) -> None:
     assert store.search("harbour", ["NOPE"]) == []
 
 
-@pytest.mark.parametrize("newest_rows", [search.NEWEST_ROWS, 3], ids=["newest-rows-only", "older-rows-too"])
+@pytest.mark.parametrize("newest_rows", [search_postgres.NEWEST_ROWS, 3], ids=["newest-rows-only", "older-rows-too"])
 def test_small_medium_and_large_queues_are_searched_alike(
         store: TicketStore, newest_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # TINY holds 1 ticket of 74 (PostgreSQL walks it on its own), MID 5 (found by
@@ -170,7 +170,7 @@ def test_small_medium_and_large_queues_are_searched_alike(
     # the newest rows first and the older ones by the index only when the
     # newest hold too few matches: with a window of 3 rows, nearly every
     # match is an older one.
-    monkeypatch.setattr(search, "NEWEST_ROWS", newest_rows)
+    monkeypatch.setattr(search_postgres, "NEWEST_ROWS", newest_rows)
     for n in range(1, 61):
         store.apply(command(n, queue="BIG", mailbox="big@example.com", subject=f"Walrus {n}", text="x"))
     for n in range(61, 66):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from services.tickets import MARK_END, MARK_START
+from services.tickets.search_parts import Marks as _Marks
 from services.tickets.search import (
     MAX_QUERY_CHARS,
     MAX_TERMS,
-    _Marks,
     fts5_match,
     fts5_phrase,
     is_search_object,
