@@ -7,8 +7,10 @@ ticket and its own arrival time; before the next one is applied, the
 arrivals in the window before it are counted. Past the limit the mail is a
 rejection with reason ``rate_limited`` (suspended: visible and releasable)
 instead of a ticket or comment. Windows count the mails' arrival times, not
-the clock: a replay of the same mail decides the same way. A mail an admin
-released (command id ``release:...``) is never limited.
+the clock, on both sides of a mail (mail is applied in partition order, not
+arrival order): no span of the window's length ever holds more accepted mail
+than the limit, in any order, and a burst lets exactly the limit through. A
+mail an admin released is never limited.
 """
 
 from __future__ import annotations
@@ -64,10 +66,15 @@ def check_ticket(conn: Connection, limits: Limits, ticket_id: int, ticket_key: s
 
 
 def _count(conn: Connection, who: object, limit: Limit, at: datetime) -> int:
-    since = at - timedelta(minutes=limit.minutes)
+    # Both sides of ``at``: mails are applied in the order their partitions
+    # deliver them, not by arrival time. Counting only the earlier ones would
+    # let a later mail applied first make room for earlier ones; counting a
+    # window either side keeps any span of ``minutes`` at ``mails`` at most,
+    # whatever the order.
+    window = timedelta(minutes=limit.minutes)
     query = select(func.count()).select_from(
-        select(mail_arrivals.c.id).where(who, mail_arrivals.c.received_at > since,  # type: ignore[arg-type]
-                                         mail_arrivals.c.received_at <= at).limit(limit.mails).subquery())
+        select(mail_arrivals.c.id).where(who, mail_arrivals.c.received_at > at - window,  # type: ignore[arg-type]
+                                         mail_arrivals.c.received_at < at + window).limit(limit.mails).subquery())
     return int(conn.execute(query).scalar_one())
 
 

@@ -43,6 +43,12 @@ def test_a_sender_past_the_limit_is_set_aside(store: TicketStore) -> None:
     assert [store.apply(mail(n, n), limits=LIMITS).outcome for n in range(1, 6)] == ["duplicate"] * 5
 
 
+def test_the_order_mail_is_applied_in_does_not_widen_the_limit(store: TicketStore) -> None:
+    # Partitions deliver mail out of arrival order: newest first here.
+    outcomes = [store.apply(mail(n, 10 - n), limits=LIMITS).outcome for n in range(1, 7)]
+    assert outcomes.count("created") == 3
+
+
 def test_members_and_released_mail_are_never_limited(store: TicketStore) -> None:
     outcomes = [store.apply(mail(n, 0, author=ALICE), limits=LIMITS).outcome for n in range(1, 6)]
     assert outcomes == ["created"] * 5
