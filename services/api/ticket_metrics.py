@@ -64,7 +64,7 @@ class TicketCounts(Collector):
         try:
             counts = self._store.ticket_counts()
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the database is down
-            self._warn(exc)
+            self._warned_at = _warn(self._warned_at, "ticket counts", exc)
             return
         totals: dict[tuple[str, str], int] = {(q.key, s): 0 for q in self._config.queues for s in TICKET_STATUSES}
         for (queue, status, _assignee), n in counts.items():
@@ -78,13 +78,6 @@ class TicketCounts(Collector):
     def describe(self) -> Iterator[GaugeMetricFamily]:
         # Describing must not read the database (registration calls it).
         return iter(())
-
-    def _warn(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if self._warned_at is None or now - self._warned_at >= WARN_EVERY_S:
-            self._warned_at = now
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-            log.warning("ticket counts unavailable for /metrics: %s", reason, extra={"stage": "api"})
 
 
 class SuspendedCounts(Collector):
