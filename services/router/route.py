@@ -8,13 +8,14 @@ are dead-lettered by the runner, so a config fix plus a replay recovers them).
 
 from __future__ import annotations
 
+import html as htmllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.common import mailrules, suspended
 from services.common.blobs import ref_for_sha256
 from services.common.config import Config, Secret
-from services.router import classify, replysplit, senderauth
+from services.router import classify, limits, replysplit, senderauth
 from services.router.access import decide
 from services.router.mailparse import ParsedMail, parse
 
@@ -118,6 +119,14 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         reason, detail = suspended.released_reason(inbound.get("released_by")), None
         command_id = suspended.release_command_id(release_of)
 
+    verdict = limits.Verdict(kept=mail.attachments, left_out=())
+    if action != "reject" and not release_of:  # an admin's release takes the mail whole
+        queue = config.queue(mailbox.queue)
+        if queue is not None:
+            verdict = limits.check(mail.attachments, int(inbound.get("size") or 0), queue.limits)
+        if verdict.over and queue is not None and queue.limits.over_limit == "suspend":
+            action, reason, detail, reply_only = "reject", limits.REASON, verdict.summary, False
+
     seen = {sender}
     participants = []
     for address in (*mail.to, *mail.cc):
@@ -126,8 +135,19 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         seen.add(address.email)
         participants.append(_person(address, config))
 
-    payloads = [a.payload for a in mail.attachments]
     text = mail.text[:MAX_TEXT_CHARS]
+    # Only a reply can become a comment; the ticketer still keeps the whole
+    # text when it opens a ticket for it.
+    quoted_from = replysplit.split(text) if threaded else None
+    html = mail.html[:MAX_TEXT_CHARS] if mail.html else None
+    stored = {id(a) for a in verdict.kept} if action != "reject" else set()
+    if verdict.over and action != "reject":
+        # The agent reads first what is missing, in the text and in the HTML shown instead of it.
+        prefix = verdict.note + "\n\n"
+        text = prefix + text
+        quoted_from = None if quoted_from is None else quoted_from + len(prefix)
+        if html is not None:
+            html = f"<p><strong>{htmllib.escape(verdict.note)}</strong></p>\n" + html
     command = {
         "id": command_id,
         "action": action,
@@ -141,10 +161,8 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         "participants": participants,
         "subject": mail.subject,
         "text": text,
-        "html": mail.html[:MAX_TEXT_CHARS] if mail.html else None,
-        # Only a reply can become a comment; the ticketer still keeps the whole
-        # text when it opens a ticket for it.
-        "quoted_from": replysplit.split(text) if threaded else None,
+        "html": html,
+        "quoted_from": quoted_from,
         "charset_detected": mail.charset_detected,
         "attachments": [
             {
@@ -152,7 +170,8 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
                 "content_type": a.content_type,
                 "size": a.size,
                 "sha256": a.sha256,
-                "blob_ref": ref_for_sha256(a.sha256),
+                # An attachment left out by a size limit is listed without its content.
+                "blob_ref": ref_for_sha256(a.sha256) if id(a) in stored or action == "reject" else None,
                 "content_id": a.content_id,
             }
             for a in mail.attachments
@@ -170,4 +189,5 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         "reply_only": reply_only,
         "raw_ref": None,  # the runner stores the raw mail of a refusal and names it here
     }
-    return Routed(command=command, key=thread_key.encode(), attachments=payloads if action != "reject" else [])
+    payloads = [a.payload for a in mail.attachments if id(a) in stored]
+    return Routed(command=command, key=thread_key.encode(), attachments=payloads)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from services.common.config.limits import MailLimits
 from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
 from services.common.config.schema import TOPIC_NAMES, ConfigModel
 from services.common.config.secrets import MIN_KEY_CHARS, Secret, SecretRef, SecretUnavailable, resolve
@@ -190,7 +191,8 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
             ))
         queues.append(Queue(key=q.key, name=q.name or q.key, access=q.access,
                             allow_outbound_mail=q.allow_outbound_mail, mailboxes=tuple(mailboxes),
-                            closed_reply=q.closed_reply, auto_close_days=q.auto_close_days))
+                            closed_reply=q.closed_reply, auto_close_days=q.auto_close_days,
+                            limits=MailLimits.of(model.limits, q.limits)))
 
     kafka_password = None
     if model.kafka.sasl_password is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from services.common.config.api_schema import ApiSettings
+from services.common.config.limits import MailLimits
 from services.common.config.schema import (
     BlobSettings,
     FetcherSettings,
@@ -76,6 +77,7 @@ class Queue:
     mailboxes: tuple[Mailbox, ...]
     closed_reply: str = "follow_up"  # follow_up | reopen
     auto_close_days: int = 7  # 0: never
+    limits: MailLimits = MailLimits()  # size limits on its incoming mail
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from services.common import mailrules
 from services.common.config.api_schema import ApiSettings
 from services.common.config.base import Section as _Model
 from services.common.config.hostport import HostPort, ListenAddress
+from services.common.config.limits import LimitsSettings, QueueLimitsSettings
 from services.common.config.secrets import SecretRef
 
 TOPIC_NAMES = {
@@ -281,6 +282,7 @@ class QueueModel(_Model):
     closed_reply: Literal["follow_up", "reopen"] = "follow_up"
     # A resolved ticket without customer mail closes by itself after this many days; 0: never.
     auto_close_days: int = Field(default=7, ge=0, le=3650)
+    limits: QueueLimitsSettings | None = None  # this queue's size limits over the top-level `limits:`
     mailboxes: tuple[MailboxModel, ...] = ()
 
     @field_validator("key")
@@ -329,5 +331,6 @@ class ConfigModel(_Model):
     metrics: MetricsSettings = MetricsSettings()
     organization: Organization = Organization()
     rate_limits: RateLimits = RateLimits()
+    limits: LimitsSettings = LimitsSettings()
     suspended: SuspendedSettings = SuspendedSettings()
     queues: tuple[QueueModel, ...] = ()
