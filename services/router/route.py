@@ -74,9 +74,11 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
     hint = mailrules.find_ticket_key(mail.subject, [q.key for q in config.queues])
     threaded = bool(mail.in_reply_to or mail.references or hint)
 
+    # Newsletters and list mail count as machine mail unless the config says otherwise.
+    bulk = mail.list_mail and not mail.auto_submitted and config.automatic_mail.mailing_lists == "automatic"
     if mail.bounce:
         classification = "bounce"
-    elif mail.auto_submitted:
+    elif mail.auto_submitted or bulk:
         classification = "auto_reply"
     elif threaded:
         classification = "reply"
@@ -103,6 +105,9 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         action, reason, detail = "comment", access.reason, f"{access.detail}; accepted only as a reply to a known thread"
     elif not access.allowed:
         action, reason, detail = "reject", access.reason, access.detail
+    elif bulk and not threaded:
+        action, reason = "reject", "bulk"
+        detail = "mailing-list or newsletter mail (List-Id, List-Unsubscribe) that belongs to no thread opens no ticket"
     elif classification in ("bounce", "auto_reply") and not threaded:
         action, reason = "reject", classification
         detail = f"{classification.replace('_', '-')} that belongs to no thread opens no ticket"

@@ -241,4 +241,5 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         api_session_secret=session_secret,
         api_oidc_client_secret=oidc_secret,
         suspended=model.suspended,
+        automatic_mail=model.automatic_mail,
     )

@@ -15,6 +15,7 @@ from typing import Literal
 from services.common.config.api_schema import ApiSettings
 from services.common.config.limits import MailLimits
 from services.common.config.schema import (
+    AutomaticMailSettings,
     BlobSettings,
     FetcherSettings,
     IngressSettings,
@@ -104,6 +105,7 @@ class Config:
     api_session_secret: Secret | None = None  # api.session_secret, resolved
     api_oidc_client_secret: Secret | None = None  # api.auth.oidc.client_secret, resolved
     suspended: SuspendedSettings = SuspendedSettings()
+    automatic_mail: AutomaticMailSettings = AutomaticMailSettings()
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property

@@ -318,6 +318,18 @@ class RateLimits(_Model):
     per_ticket: RateLimit = RateLimit(mails=50)
 
 
+class AutomaticMailSettings(_Model):
+    """Which mail counts as written by a machine beyond the fixed rules (services/router/classify.py).
+
+    Machine mail on a known thread is stored on its ticket and changes nothing; off
+    any thread it is suspended."""
+
+    # Mail with List-Id, List-Unsubscribe or Precedence: list (newsletters, mailing lists):
+    # automatic: machine mail (suspended as `bulk` when it belongs to no thread);
+    # accept: a person's mail like any other (customers who write through a list).
+    mailing_lists: Literal["automatic", "accept"] = "automatic"
+
+
 class ConfigModel(_Model):
     kafka: KafkaSettings = KafkaSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -332,5 +344,6 @@ class ConfigModel(_Model):
     organization: Organization = Organization()
     rate_limits: RateLimits = RateLimits()
     limits: LimitsSettings = LimitsSettings()
+    automatic_mail: AutomaticMailSettings = AutomaticMailSettings()
     suspended: SuspendedSettings = SuspendedSettings()
     queues: tuple[QueueModel, ...] = ()

@@ -69,3 +69,5 @@ class ParsedMail:
     # X-Deskmail-Ticket, which deskmail writes on the mail it sends: with a
     # Message-ID deskmail signed, the mail is deskmail's own (a loop).
     deskmail_ticket: str | None = None
+    # Sent through a mailing list or newsletter system (classify.is_list_mail).
+    list_mail: bool = False

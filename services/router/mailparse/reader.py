@@ -118,6 +118,7 @@ class Reader:
             trace=self._trace(),
             charset_detected=self._charset_detected,
             deskmail_ticket=" ".join(self._header("x-deskmail-ticket").split())[:100] or None,
+            list_mail=classify.is_list_mail(self._headers),
         )
 
     # -- headers --------------------------------------------------------
