@@ -35,6 +35,12 @@ _AUTHSERV_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-
 
 
 
+TopicKey = Literal["inbound", "commands", "outbound", "events", "deadletter"]
+# Long enough to replay a week of mail; dead letters until someone has looked at them.
+DEFAULT_RETENTION_DAYS: dict[str, float] = {"inbound": 7, "commands": 7, "outbound": 7, "events": 7,
+                                            "deadletter": 30}
+
+
 class ConsumerSettings(_Model):
     session_timeout_ms: int = Field(10000, ge=100)
     heartbeat_interval_ms: int = Field(3000, ge=50)
@@ -53,8 +59,31 @@ class KafkaSettings(_Model):
     sasl_password: SecretRef | None = None
     ssl_cafile: str | None = None
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Topic configs deskmail declares (services/common/topics.py). None: 2 with a
+    # replication factor of 3 or more, else 1.
+    min_insync_replicas: int | None = Field(None, ge=1)
+    # Days each topic keeps its records (0: forever); keys as in `topics`.
+    retention_days: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
     consumer: ConsumerSettings = ConsumerSettings()
-    topics: dict[Literal["inbound", "commands", "outbound", "events", "deadletter"], str] = {}
+    topics: dict[TopicKey, str] = {}
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(DEFAULT_RETENTION_DAYS))
+        if unknown:
+            raise ValueError(f"unknown topic {', '.join(unknown)}: the topics are {', '.join(DEFAULT_RETENTION_DAYS)}")
+        for key, days in v.items():
+            if days < 0:
+                raise ValueError(f"retention_days.{key} must be 0 (forever) or more days")
+        return {**DEFAULT_RETENTION_DAYS, **v}
+
+    @model_validator(mode="after")
+    def _insync_fits(self) -> "KafkaSettings":
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas {self.min_insync_replicas} is more than the replication factor "
+                             f"{self.replication_factor}: every write would be refused")
+        return self
 
 
 class DatabaseSettings(_Model):
