@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-__all__ = ["Address", "Attachment", "MalformedMail", "ParsedMail"]
+__all__ = ["Address", "Attachment", "Dsn", "MalformedMail", "ParsedMail"]
 
 
 class MalformedMail(Exception):
@@ -39,6 +39,22 @@ class Attachment:
 
 
 @dataclass(frozen=True, slots=True)
+class Dsn:
+    """What a delivery status notification says about the mail it reports on
+    (services/router/mailparse/dsn.py). Every field comes from the bounce, so
+    from anyone: bounded, one line each, and only a hint until the ticketer
+    finds the mail it names among the mail deskmail sent."""
+
+    original_message_id: str | None  # the reported mail's Message-ID, without brackets (a msg-id)
+    original_ticket: str | None  # the X-Deskmail-Ticket header of the reported mail, if it was quoted
+    original_subject: str | None  # its Subject, decoded, one line
+    recipients: tuple[str, ...]  # the failed recipients, lower case, at most five
+    status: str | None  # the enhanced status code, e.g. "5.1.1"
+    diagnostic: str | None  # the remote server's reply or the first explanatory sentence, one line
+    permanent: bool  # a failure (5.x.x, Action: failed); False for a delay warning (4.x.x, Action: delayed)
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedMail:
     """What the router needs from one mail. Strings are decoded text, NUL-free."""
 
@@ -69,3 +85,5 @@ class ParsedMail:
     # X-Deskmail-Ticket, which deskmail writes on the mail it sends: with a
     # Message-ID deskmail signed, the mail is deskmail's own (a loop).
     deskmail_ticket: str | None = None
+    # For a bounce (``bounce``): what its report says, None when it says nothing readable.
+    dsn: Dsn | None = None
