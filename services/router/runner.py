@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.common import metrics, suspended
@@ -25,14 +25,31 @@ STAGE = "router"
 SPEC = StageSpec(STAGE, inputs=["inbound"])
 
 
+# While there is no Message-ID key, how often the router looks for one again: the
+# api makes the data folder's key on the first reply, usually after the router started.
+KEY_RECHECK_SECONDS = 5.0
+
+
 class RouterStep:
-    def __init__(self, config: Config, blobs: BlobStore):
+    def __init__(self, config: Config, blobs: BlobStore, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.blobs = blobs
         self.inbound = codec("InboundMail")
         self.commands = codec("TicketCommand")
         self.topic = config.topics["commands"]
-        self.own_key = _own_key(config)
+        self.clock = clock
+        self._own_key = _own_key(config)
+        self._key_checked = clock()
+
+    @property
+    def own_key(self) -> Secret | None:
+        """The key deskmail signs its Message-IDs with, to know its own mail (a loop,
+        a bounce of it). A key made after the router started is used from at most
+        KEY_RECHECK_SECONDS after it appeared; looking again costs one stat."""
+        if self._own_key is None and self.clock() - self._key_checked >= KEY_RECHECK_SECONDS:
+            self._key_checked = self.clock()
+            self._own_key = _own_key(self.config, quiet=True)
+        return self._own_key
 
     def process(self, record: Record) -> Sequence[Out]:
         started = time.perf_counter()
@@ -99,16 +116,21 @@ class RouterStep:
         return self.blobs.put(raw, durable=True)
 
 
-def _own_key(config: Config) -> Secret | None:
+def _own_key(config: Config, quiet: bool = False) -> Secret | None:
     """The Message-ID key, to recognise deskmail's own mail coming back; None
-    (the check is off, said once) when this process cannot read it."""
+    (the check is off, said once unless ``quiet``) when this process cannot read it."""
     try:
         key = existing_message_id_key(config)
     except SecretUnavailable as exc:
-        log.warning("deskmail's own mail is recognised by its From only", extra={"stage": STAGE, "error": str(exc)})
+        if not quiet:
+            log.warning("deskmail's own mail is recognised by its From only",
+                        extra={"stage": STAGE, "error": str(exc)})
         return None
-    if key is None:
+    if key is None and not quiet:
         log.info("no Message-ID key yet: deskmail's own mail is recognised by its From only", extra={"stage": STAGE})
+    elif key is not None and quiet:
+        log.info("Message-ID key found: deskmail's own mail is recognised by its signed Message-ID",
+                 extra={"stage": STAGE})
     return key
 
 

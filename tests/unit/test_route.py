@@ -11,7 +11,7 @@ import pytest
 from services.common.config import parse_text
 from services.router.route import UnknownMailbox, route
 
-CONFIG = parse_text(textwrap.dedent("""\
+CONFIG_TEXT = textwrap.dedent("""\
     organization:
       members:
         - {email: alice@example.com, name: Alice, groups: [support]}
@@ -27,7 +27,8 @@ CONFIG = parse_text(textwrap.dedent("""\
         access: [group:support]
         mailboxes:
           - {address: ops@example.com, ingress: true, ticket: {type: task}}
-    """))
+    """)
+CONFIG = parse_text(CONFIG_TEXT)
 
 
 def _inbound(raw: bytes, mailbox: str = "support@example.com") -> dict:
@@ -347,3 +348,20 @@ def test_an_auto_reply_in_a_thread_keeps_its_original_in_case_the_thread_is_unkn
     assert blobs.get(command["raw_ref"]) == raw
     released = _through(step, _released(raw, mailbox="support@example.com"))
     assert (released["classification"], released["raw_ref"]) == ("auto_reply", None)
+
+
+def test_the_router_picks_up_a_message_id_key_made_after_it_started(tmp_path):
+    """The api makes the data folder's key on the first reply; the router started before that
+    must still know deskmail's own mail (loops, bounces) soon after."""
+    from services.common.blobs import FolderBlobStore
+    from services.common.config import message_id_key
+    from services.router.runner import KEY_RECHECK_SECONDS, RouterStep
+
+    config = parse_text(CONFIG_TEXT.replace("organization:", f"data_dir: {tmp_path}\norganization:", 1))
+    now = [100.0]
+    step = RouterStep(config, FolderBlobStore(tmp_path / "blobs"), clock=lambda: now[0])
+    assert step.own_key is None
+    made = message_id_key(config)  # as the api does on the first reply
+    assert step.own_key is None  # not looked for again yet
+    now[0] += KEY_RECHECK_SECONDS
+    assert step.own_key == made
