@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from services.common import metrics, suspended
@@ -25,29 +25,22 @@ STAGE = "router"
 SPEC = StageSpec(STAGE, inputs=["inbound"])
 
 
-# While there is no Message-ID key, how often the router looks for one again: the
-# api makes the data folder's key on the first reply, usually after the router started.
-KEY_RECHECK_SECONDS = 5.0
-
-
 class RouterStep:
-    def __init__(self, config: Config, blobs: BlobStore, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: Config, blobs: BlobStore):
         self.config = config
         self.blobs = blobs
         self.inbound = codec("InboundMail")
         self.commands = codec("TicketCommand")
         self.topic = config.topics["commands"]
-        self.clock = clock
         self._own_key = _own_key(config)
-        self._key_checked = clock()
 
     @property
     def own_key(self) -> Secret | None:
         """The key deskmail signs its Message-IDs with, to know its own mail (a loop,
-        a bounce of it). A key made after the router started is used from at most
-        KEY_RECHECK_SECONDS after it appeared; looking again costs one stat."""
-        if self._own_key is None and self.clock() - self._key_checked >= KEY_RECHECK_SECONDS:
-            self._key_checked = self.clock()
+        a bounce of it). While there is none it is looked for again at every mail
+        (one stat): the api makes the data folder's key on the first reply, usually
+        after the router started, and a bounce of that reply may come back at once."""
+        if self._own_key is None:
             self._own_key = _own_key(self.config, quiet=True)
         return self._own_key
 
