@@ -15,7 +15,7 @@ from services.api.api_models import MARKS, ConflictOut, CountOut, EventOut, Stat
 from services.api.context import ApiContext, context, signed_in_agent
 from services.api.replies import ReplyConflict, ReplyError, ReplyRequest, post_reply
 from services.common.config import Member
-from services.tickets import TicketDetail, TicketEvent
+from services.tickets import DeliveryStatus, TicketDetail, TicketEvent
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"], dependencies=[Depends(signed_in_agent)])
 
@@ -39,8 +39,11 @@ class ParticipantOut(BaseModel):
 class DeliveryOut(BaseModel):
     comment_id: int
     outbound_id: str | None
-    status: Literal["queued", "retrying", "sent", "failed"] | None
-    detail: str | None = Field(description="The last SMTP reply or connection error.")
+    status: DeliveryStatus | None = Field(
+        description="queued, retrying, sent, failed, or bounced: a delivery status notification came back for "
+                    "the mail (final; no later delivery event replaces it).")
+    detail: str | None = Field(description="The last SMTP reply or connection error; for bounced, what the "
+                                           "bounce says: '<status> <recipient>: <diagnostic>'.")
     updated_at: datetime | None
 
 

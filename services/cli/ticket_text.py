@@ -95,8 +95,12 @@ def _comment(t: TicketDetail, e: ThreadEntry, members: set[str], with_quoted: bo
     lines = [f"--- {_heading(e, members)} · {_when(e.created_at)}"]
     if e.kind == "mail_out":
         lines.append(f"to: {people(e.to)}" + (f"; cc: {people(e.cc)}" if e.cc else ""))
-        status = e.delivery_status or "-"
-        lines.append(f"delivery: {status}" + (f" ({clean(e.delivery_detail)})" if e.delivery_detail else ""))
+        if e.delivery_status == "bounced":  # it had been sent: what came back is the news
+            when = f" {_when(e.delivery_updated_at)}" if e.delivery_updated_at else ""
+            lines.append(f"delivery: BOUNCED{when}: {clean(e.delivery_detail) or 'the mail came back undelivered'}")
+        else:
+            status = e.delivery_status or "-"
+            lines.append(f"delivery: {status}" + (f" ({clean(e.delivery_detail)})" if e.delivery_detail else ""))
     lines.append(clean_text(e.body).rstrip("\n"))
     if e.quoted is not None:
         quoted = clean_text(e.quoted).rstrip("\n")

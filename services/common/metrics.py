@@ -133,6 +133,14 @@ TICKETER_RATE_LIMITED = Counter(
     ["limit"],
 )
 
+TICKETER_BOUNCES = Counter(
+    "deskmail_ticketer_bounces_total",
+    "Bounces (delivery status notifications) applied, by result: bounced (the outgoing mail it reports on is "
+    "marked bounced), delayed (a delay warning for mail deskmail sent; marks nothing), unmatched (it names no "
+    "mail deskmail sent: kept on its thread, or suspended).",
+    ["result"],
+)
+
 TICKETER_AUTO_CLOSED = Counter(
     "deskmail_ticketer_auto_closed_total",
     "Resolved tickets closed automatically after their queue's auto_close_days.",

@@ -9,6 +9,7 @@ are dead-lettered by the runner, so a config fix plus a replay recovers them).
 from __future__ import annotations
 
 import html as htmllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from services.common.blobs import ref_for_sha256
 from services.common.config import Config, Secret
 from services.router import classify, limits, replysplit, senderauth
 from services.router.access import decide
-from services.router.mailparse import ParsedMail, parse
+from services.router.mailparse import Dsn, ParsedMail, parse
 
 MAX_TEXT_CHARS = 1_000_000
 
@@ -47,6 +48,27 @@ class Routed:
                 or self.command["classification"] in ("auto_reply", "bounce"))
 
 
+def reports_on_own_mail(dsn: Dsn, hint: str | None, queue_keys: Sequence[str], own_key: Secret | None) -> bool:
+    """True when the bounce reports on mail deskmail sent: the Message-ID it names
+    verifies under ``own_key`` for a ticket the reported mail names (its
+    X-Deskmail-Ticket, the ticket key in its subject) or the bounce's subject
+    does (``hint``). Without the key nothing verifies, and the bounce threads by
+    its own headers only."""
+    if own_key is None or dsn.original_message_id is None:
+        return False
+    subject_key = mailrules.find_ticket_key(dsn.original_subject or "", queue_keys)
+    tickets = dict.fromkeys(t for t in (dsn.original_ticket, subject_key, hint) if t)
+    return any(mailrules.sent_by_deskmail(dsn.original_message_id, ticket, key=own_key) for ticket in tickets)
+
+
+def bounce_record(dsn: Dsn | None) -> dict[str, Any] | None:
+    """TicketCommand's ``bounce``: what the report says, the failed recipients joined by ", "."""
+    if dsn is None:
+        return None
+    return {"original_message_id": dsn.original_message_id, "recipient": ", ".join(dsn.recipients) or None,
+            "status": dsn.status, "diagnostic": dsn.diagnostic, "permanent": dsn.permanent}
+
+
 def _person(address: Any, config: Config) -> dict[str, Any]:
     # A participant's address is only named in To/Cc, never checked: not verified.
     return {"email": address.email, "name": address.name, "member": config.member(address.email) is not None,
@@ -71,8 +93,16 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
 
     message_id = mail.message_id or mailrules.synthetic_message_id(inbound["sha256"])
     thread_key = classify.thread_key(message_id, mail.in_reply_to, mail.references)
-    hint = mailrules.find_ticket_key(mail.subject, [q.key for q in config.queues])
-    threaded = bool(mail.in_reply_to or mail.references or hint)
+    queue_keys = [q.key for q in config.queues]
+    hint = mailrules.find_ticket_key(mail.subject, queue_keys)
+    # A bounce of mail deskmail sent belongs to that mail's thread, whatever its own
+    # headers say (many bounces have no In-Reply-To): it is keyed by that mail.
+    own_bounce = mail.dsn is not None and reports_on_own_mail(mail.dsn, hint, queue_keys, own_key)
+    if own_bounce:
+        assert mail.dsn is not None and mail.dsn.original_message_id is not None
+        thread_key = mail.dsn.original_message_id
+    answers = bool(mail.in_reply_to or mail.references or own_bounce)  # names mail by its Message-ID
+    threaded = answers or bool(hint)
 
     # Newsletters and list mail count as machine mail unless the config says otherwise.
     bulk = mail.list_mail and not mail.auto_submitted and config.automatic_mail.mailing_lists == "automatic"
@@ -99,7 +129,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
     elif own_key is not None and mailrules.sent_by_deskmail(mail.message_id, mail.deskmail_ticket, key=own_key):
         action, reason = "reject", "loop"
         detail = f"mail deskmail itself sent for {mail.deskmail_ticket} came back (its signed Message-ID)"
-    elif not access.allowed and access.reason == "external_not_accepted" and (mail.in_reply_to or mail.references):
+    elif not access.allowed and access.reason == "external_not_accepted" and answers:
         # An outsider answering mail an agent sent: welcome on a thread deskmail knows by
         # Message-ID, refused otherwise. Only the ticketer knows the threads (reply_only).
         action, reason, detail = "comment", access.reason, f"{access.detail}; accepted only as a reply to a known thread"
@@ -193,6 +223,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         "reason": reason if detail is None else f"{reason}: {detail}",
         "reply_only": reply_only,
         "raw_ref": None,  # the runner stores the raw mail of a refusal and names it here
+        "bounce": bounce_record(mail.dsn) if classification == "bounce" else None,
     }
     payloads = [a.payload for a in mail.attachments if id(a) in stored]
     return Routed(command=command, key=thread_key.encode(), attachments=payloads)

@@ -32,7 +32,17 @@ class RouterStep:
         self.inbound = codec("InboundMail")
         self.commands = codec("TicketCommand")
         self.topic = config.topics["commands"]
-        self.own_key = _own_key(config)
+        self._own_key = _own_key(config)
+
+    @property
+    def own_key(self) -> Secret | None:
+        """The key deskmail signs its Message-IDs with, to know its own mail (a loop,
+        a bounce of it). While there is none it is looked for again at every mail
+        (one stat): the api makes the data folder's key on the first reply, usually
+        after the router started, and a bounce of that reply may come back at once."""
+        if self._own_key is None:
+            self._own_key = _own_key(self.config, quiet=True)
+        return self._own_key
 
     def process(self, record: Record) -> Sequence[Out]:
         started = time.perf_counter()
@@ -99,16 +109,21 @@ class RouterStep:
         return self.blobs.put(raw, durable=True)
 
 
-def _own_key(config: Config) -> Secret | None:
+def _own_key(config: Config, quiet: bool = False) -> Secret | None:
     """The Message-ID key, to recognise deskmail's own mail coming back; None
-    (the check is off, said once) when this process cannot read it."""
+    (the check is off, said once unless ``quiet``) when this process cannot read it."""
     try:
         key = existing_message_id_key(config)
     except SecretUnavailable as exc:
-        log.warning("deskmail's own mail is recognised by its From only", extra={"stage": STAGE, "error": str(exc)})
+        if not quiet:
+            log.warning("deskmail's own mail is recognised by its From only",
+                        extra={"stage": STAGE, "error": str(exc)})
         return None
-    if key is None:
+    if key is None and not quiet:
         log.info("no Message-ID key yet: deskmail's own mail is recognised by its From only", extra={"stage": STAGE})
+    elif key is not None and quiet:
+        log.info("Message-ID key found: deskmail's own mail is recognised by its signed Message-ID",
+                 extra={"stage": STAGE})
     return key
 
 

@@ -1,10 +1,12 @@
 """Wires the ticket store to its two input topics: one DB transaction per
 record, offsets committed after the transaction.
 
-- commands (TicketCommand from the router): ``TicketStore.apply``;
+- commands (TicketCommand from the router): ``TicketStore.apply`` (a bounce of
+  mail deskmail sent also marks that outgoing comment ``bounced``);
 - events (DeliveryEvent from the sender): ``TicketStore.record_delivery``, which
-  sets the delivery status of the outgoing comment (idempotent; a final status
-  is never overwritten; events for unknown outbound ids change nothing).
+  sets the delivery status of the outgoing comment (idempotent; a final status,
+  bounced among them, is never overwritten; events for unknown outbound ids
+  change nothing).
 
 Mail on a closed ticket follows its queue's ``closed_reply`` (a linked follow-up
 ticket, or the ticket reopened). Beside the loop, ``AutoClose`` closes resolved
@@ -88,6 +90,11 @@ class TicketerStep:
             raise BadRecord(f"{command.get('id')}: {exc}") from exc
         metrics.TICKETER_APPLY_SECONDS.observe(time.perf_counter() - started)
         metrics.TICKETER_APPLIED.labels(applied.outcome).inc()
+        if applied.bounce is not None:
+            metrics.TICKETER_BOUNCES.labels(applied.bounce).inc()
+            if applied.bounce == "bounced":
+                log.info("outgoing mail bounced", extra={"stage": STAGE, "command": command["id"],
+                                                         "queue": command["queue"], "ticket": applied.ticket_key})
         if applied.reason is not None:  # a flood set aside here: counted and said, every one
             metrics.TICKETER_RATE_LIMITED.labels("ticket" if " mails on " in applied.reason else "sender").inc()
             log.warning("rate limited", extra={"stage": STAGE, "command": command["id"], "queue": command["queue"],

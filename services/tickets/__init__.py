@@ -40,6 +40,7 @@ from services.tickets.views import (
     MARK_START,
     TICKET_STATUSES,
     Applied,
+    BounceOutcome,
     AttachmentInfo,
     Changed,
     CommentKind,
@@ -65,7 +66,7 @@ from services.tickets.views import (
 )
 
 __all__ = [
-    "PENDING_STATUSES", "Action", "ApiToken", "InvalidToken", "Applied", "AttachmentInfo", "BadDatabaseUrl", "CommentKind",
+    "PENDING_STATUSES", "Action", "ApiToken", "InvalidToken", "Applied", "AttachmentInfo", "BounceOutcome", "BadDatabaseUrl", "CommentKind",
     "DeliveryStatus", "InvalidCommand", "InvalidDeliveryEvent", "InvalidReply", "OutboundBuilder",
     "OutboxRecord", "Outcome", "Participant", "Recipient", "Rejection", "Reply", "Role",
     "SchemaNotCurrent", "SchemaState", "StoreUnavailable", "Threading", "ThreadEntry",

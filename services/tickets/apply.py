@@ -6,7 +6,10 @@ the queue answers ``duplicate`` and changes nothing. A ``comment`` is threaded
 by In-Reply-To/References within its queue, then by the ticket key in the
 subject when its author is a participant or a member (``_resolve_thread``);
 one that finds no thread opens a ticket, unless it is ``reply_only`` (then it
-is rejected). Ticket numbers come from a counter row locked by the transaction,
+is rejected). A bounce whose report names the Message-ID of mail deskmail sent
+from the queue goes onto that mail's ticket, whatever its own headers, and a
+permanent one marks that outgoing comment ``bounced`` (``_after_bounce``).
+Ticket numbers come from a counter row locked by the transaction,
 so they have no gaps. A unique-constraint race with a concurrent ticketer
 raises ``IntegrityError`` here; the store re-runs the command once.
 """
@@ -57,6 +60,8 @@ def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "fol
     A release of suspended mail marks its rejection released with the ticket it
     became or wrote into (also when that mail turns out to be known already)."""
     applied = _apply(conn, c, closed_reply, limits)
+    if c.classification == "bounce" and applied.outcome != "duplicate" and applied.bounce is None:
+        applied = replace(applied, bounce="unmatched")
     if c.release_of is not None and applied.ticket_key is not None:
         suspended.mark_released(conn, c.release_of, applied.ticket_key, released_by(c.reason),
                                 datetime.now(timezone.utc))
@@ -70,7 +75,12 @@ def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: rate
     if c.action == "reject":
         _insert_rejection(conn, c)
         return Applied("rejected", None, None)
-    ticket = _resolve_thread(conn, c) if c.action == "comment" else None
+    reported = _reported_mail(conn, c)
+    if reported is not None:  # a bounce belongs to the mail it reports on, whatever its headers say
+        ticket: _Ticket | None = _Ticket(id=reported.id, key=reported.key, updated_at=reported.updated_at,
+                                         status=reported.status)
+    else:
+        ticket = _resolve_thread(conn, c) if c.action == "comment" else None
     # An admin's release overrides the refusal of machine mail too (services/common/suspended.py).
     machine = c.classification in MACHINE_MAIL and c.release_of is None
     if ticket is None and (c.reply_only or machine):
@@ -93,7 +103,7 @@ def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: rate
         # no reopening, no follow-up, no "customer replied".
         applied = _add_comment(conn, c, ticket)
         _record(conn, c, ticket.id, applied)
-        return applied
+        return _after_bounce(conn, c, reported, applied)
     if ticket is not None and ticket.status == "closed" and closed_reply == "follow_up":
         ticket_id, applied = _create_ticket(conn, c, follow_up_of=ticket)
     elif ticket is None:
@@ -103,7 +113,30 @@ def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: rate
             workflow.reopen(conn, ticket.id, _event_time(c))
         ticket_id, applied = ticket.id, _add_comment(conn, c, ticket)
     _record(conn, c, ticket_id, applied)
-    return applied
+    return _after_bounce(conn, c, reported, applied)
+
+
+def _reported_mail(conn: Connection, c: Command) -> Any:
+    """The outgoing comment (with its ticket) a bounce reports on, or None: mail
+    deskmail sent from the command's queue with the Message-ID the report names.
+    Only mail deskmail sent counts: a report naming mail deskmail received is a
+    bounce like any other, threaded by its own headers."""
+    if c.action != "comment" or c.bounce is None or c.bounce.original_message_id is None:
+        return None
+    return conn.execute(st.OUTGOING_BY_MESSAGE_ID,
+                        {"message_id": c.bounce.original_message_id, "queue": c.queue}).first()
+
+
+def _after_bounce(conn: Connection, c: Command, reported: Any, applied: Applied) -> Applied:
+    """A bounce stored on the ticket of the mail it reports on marks that mail
+    ``bounced`` when the failure is permanent; a delay warning marks nothing."""
+    if reported is None or c.bounce is None or applied.ticket_key != reported.key:
+        return applied  # (a follow-up ticket: only a released bounce is applied as a person's mail)
+    if not c.bounce.permanent:
+        return replace(applied, bounce="delayed")
+    conn.execute(st.MARK_BOUNCED, {"comment_id": reported.comment_id, "new_detail": c.bounce.detail(),
+                                   "new_updated_at": c.received_at})
+    return replace(applied, bounce="bounced")
 
 
 def _rate_limited(conn: Connection, c: Command, ticket: _Ticket | None, limits: ratelimit.Limits) -> str | None:

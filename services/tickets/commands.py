@@ -22,6 +22,9 @@ from services.tickets.views import Action
 
 _ACTIONS = ("create", "comment", "reject")
 BLOB_REF = 1024  # a blob reference is short (sha256:<hex>); a longer one is not from deskmail
+# The router writes at most five addresses and 300 characters of diagnostic (mailparse/dsn.py).
+_BOUNCE_RECIPIENTS = 5 * (EMAIL + 2)
+_BOUNCE_DIAGNOSTIC = 1_000
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,25 @@ class AttachmentFile:
     sha256: str
     blob_ref: str | None
     content_id: str | None = None  # how the mail's HTML refers to it (cid:), TicketCommand v4
+
+
+@dataclass(frozen=True)
+class BounceReport:
+    """What a bounce says (TicketCommand v4 ``bounce``), from the bounce itself: a
+    hint until ``original_message_id`` names mail deskmail sent."""
+
+    original_message_id: str | None
+    recipient: str | None
+    status: str | None
+    diagnostic: str | None
+    permanent: bool
+
+    def detail(self) -> str:
+        """The outgoing comment's delivery detail: ``<status> <recipient>: <diagnostic>``."""
+        head = " ".join(part for part in (self.status, self.recipient) if part)
+        if head and self.diagnostic:
+            return f"{head}: {self.diagnostic}"
+        return head or self.diagnostic or "the report gives no reason"
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,7 @@ class Command:
     # A release of suspended mail: the stored command id of the rejection it overrides
     # (taken from the id before a long id is digested, so the link survives it).
     release_of: str | None = None
+    bounce: BounceReport | None = None  # TicketCommand v4: what a bounce reports
 
     def reply_parts(self) -> tuple[str, str | None]:
         """A comment's new text and what was split off it (None: nothing was)."""
@@ -126,6 +149,7 @@ class Command:
                 charset_detected=checks.optional_bounded(cmd.get("charset_detected"), "charset_detected", CHARSET),
                 raw_ref=checks.optional_bounded(cmd.get("raw_ref"), "raw_ref", BLOB_REF),
                 release_of=None if original is None else command_key(original),
+                bounce=_bounce(cmd.get("bounce")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InvalidCommand):
@@ -150,6 +174,19 @@ def _person(value: Mapping[str, Any]) -> Person:
         name=checks.optional_text(value.get("name")),
         member=bool(value.get("member")),
         verified=bool(value.get("verified")),
+    )
+
+
+def _bounce(value: Mapping[str, Any] | None) -> BounceReport | None:
+    if value is None:
+        return None
+    return BounceReport(
+        original_message_id=checks.optional_bounded(value.get("original_message_id"), "bounce.original_message_id",
+                                                    MESSAGE_ID),
+        recipient=checks.optional_bounded(value.get("recipient"), "bounce.recipient", _BOUNCE_RECIPIENTS),
+        status=checks.optional_bounded(value.get("status"), "bounce.status", 16),
+        diagnostic=checks.optional_bounded(value.get("diagnostic"), "bounce.diagnostic", _BOUNCE_DIAGNOSTIC),
+        permanent=bool(value.get("permanent")),
     )
 
 

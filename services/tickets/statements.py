@@ -68,6 +68,29 @@ THREAD_MATCHES = (
         tickets.c.queue == bindparam("queue"),
     )
 )
+# The outgoing mail a bounce reports on: mail deskmail sent from the command's queue,
+# by its Message-ID, and the ticket it belongs to.
+OUTGOING_BY_MESSAGE_ID = (
+    select(comments.c.id.label("comment_id"), tickets.c.id, tickets.c.key, tickets.c.updated_at, tickets.c.status)
+    .select_from(messages.join(comments, comments.c.id == messages.c.comment_id)
+                 .join(tickets, tickets.c.id == messages.c.ticket_id))
+    .where(
+        messages.c.message_id == bindparam("message_id"),
+        messages.c.queue == bindparam("queue"),
+        comments.c.kind == "mail_out",
+    )
+)
+# bounced is final: the first bounce of a mail names why it failed, a second one
+# (another recipient, a late copy) changes nothing.
+MARK_BOUNCED = (
+    update(comments)
+    .where(comments.c.id == bindparam("comment_id"), comments.c.delivery_status != "bounced")
+    .values(
+        delivery_status="bounced",
+        delivery_detail=bindparam("new_detail"),
+        delivery_updated_at=bindparam("new_updated_at"),
+    )
+)
 TICKET_BY_KEY = select(tickets.c.id, tickets.c.key, tickets.c.updated_at, tickets.c.status).where(
     tickets.c.key == bindparam("key"), tickets.c.queue == bindparam("queue")
 )
@@ -135,8 +158,8 @@ MARK_RELAYED = (
     .where(outbox.c.id.in_(bindparam("ids", expanding=True)), outbox.c.relayed_at.is_(None))
     .values(relayed_at=bindparam("relayed"))
 )
-# A final status (sent, failed) is never overwritten: the WHERE admits only
-# comments still queued or retrying.
+# A final status (sent, failed, bounced) is never overwritten: the WHERE admits
+# only comments still queued or retrying.
 RECORD_DELIVERY = (
     update(comments)
     .where(

@@ -123,7 +123,8 @@ class TicketStore:
     def apply(self, cmd: Mapping[str, Any], *, closed_reply: ClosedReply = "follow_up",
               limits: ratelimit.Limits = ratelimit.NONE) -> Applied:
         """Apply one TicketCommand (the dict fastavro decodes) in one transaction:
-        tickets, comments, participants and attachments, or nothing for a
+        tickets, comments, participants and attachments (and, for a bounce of
+        mail deskmail sent, that comment's ``bounced`` status), or nothing for a
         duplicate. ``closed_reply`` is the queue's rule for mail on a closed
         ticket (``follow_up``: a new linked ticket; ``reopen``); ``limits``
         the rate limits on mail from outside. Raises InvalidCommand."""

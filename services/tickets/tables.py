@@ -56,7 +56,7 @@ CHARSET = 40  # a Python codec name
 OUTBOUND_ID = 128
 REASON_CODE = 64  # the part of a rejection's reason before the first ":"
 # Where an outgoing comment's mail stands; NULL for incoming mail and notes.
-DELIVERY_STATUSES = ("queued", "retrying", "sent", "failed")
+DELIVERY_STATUSES = ("queued", "retrying", "sent", "failed", "bounced")
 # A ticket's workflow (services/tickets/workflow.py): waiting is for the customer.
 TICKET_STATUSES = ("open", "in_progress", "waiting", "resolved", "closed")
 EVENT_KINDS = ("status", "assignee", "type", "components", "follow_up")
@@ -216,11 +216,12 @@ comments = Table(
     # agent's comment, which is no mail (the agent signed in).
     Column("author_verified", Boolean, nullable=True),
     Column("delivery_status", String(16), nullable=True),
+    # The last SMTP reply or connection error; for a bounce "<status> <recipient>: <diagnostic>".
     Column("delivery_detail", Text, nullable=True),
     Column("delivery_updated_at", UtcDateTime, nullable=True),
     CheckConstraint("kind IN ('mail_in', 'mail_out', 'note')", name="kind"),
     CheckConstraint(
-        "delivery_status IN ('queued', 'retrying', 'sent', 'failed')", name="delivery_status"
+        "delivery_status IN ('queued', 'retrying', 'sent', 'failed', 'bounced')", name="delivery_status"
     ),
     Index(None, "ticket_id", "created_at"),
     Index(None, "outbound_id", unique=True),

@@ -18,10 +18,16 @@ Role = Literal["author", "participant"]
 CommentKind = Literal["mail_in", "mail_out", "note"]
 # queued: in the outbox or on the outbound topic; retrying: the sender got a 4xx
 # or no connection and tries again; sent: the SMTP server said 250; failed: 5xx
-# or the retry window ended. sent and failed are final.
-DeliveryStatus = Literal["queued", "retrying", "sent", "failed"]
+# or the retry window ended; bounced: a delivery status notification came back
+# for it (after the server took it). sent, failed and bounced are final, and only
+# a bounce replaces sent or failed: a delivery event never replaces bounced.
+DeliveryStatus = Literal["queued", "retrying", "sent", "failed", "bounced"]
 # A final status is never overwritten by a later event.
 PENDING_STATUSES: tuple[DeliveryStatus, ...] = ("queued", "retrying")
+# What a bounce did (TicketerStep counts it): bounced, it marked the outgoing mail it
+# reports on; delayed, it reports a delay of such mail (marks nothing); unmatched, it
+# names no mail deskmail sent (kept on its thread, or suspended).
+BounceOutcome = Literal["bounced", "delayed", "unmatched"]
 # The database's schema against this code's migrations: current (at the newest
 # revision), missing (never migrated: no tables), behind (an older revision:
 # migrate), ahead (a revision this code does not know: a newer deskmail migrated it).
@@ -49,6 +55,7 @@ class Applied:
     ticket_key: str | None
     comment_id: int | None = None
     reason: str | None = None  # a rejection decided here (rate_limited), not by the router
+    bounce: BounceOutcome | None = None  # set for a bounce that was applied (not a duplicate)
 
 
 @dataclass(frozen=True)

@@ -111,10 +111,11 @@ def test_a_v1_ticket_command_is_not_reply_only():
     assert decoded["reply_only"] is False
     assert decoded["received_at"] == datetime.fromtimestamp(1764400000, tz=timezone.utc)
     assert decoded["author"] == {**example["author"], "verified": False}
-    added_since = ("reply_only", "quoted_from", "charset_detected", "raw_ref")
+    added_since = ("reply_only", "quoted_from", "charset_detected", "raw_ref", "bounce")
     assert {k: v for k, v in decoded.items() if k not in (*added_since, "received_at", "author")} == {
         k: v for k, v in example.items() if k not in ("received_at", "author")}
-    assert (decoded["quoted_from"], decoded["charset_detected"], decoded["raw_ref"]) == (None, None, None)
+    assert (decoded["quoted_from"], decoded["charset_detected"], decoded["raw_ref"], decoded["bounce"]) == (
+        None, None, None, None)
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -143,7 +144,7 @@ def test_an_old_ticket_command_keeps_its_text_whole(version):
     [old] = [v for v in load_versions()["TicketCommand"] if v.version == version]
     decoded = codec("TicketCommand").decode(_written_by(old, _example("TicketCommand", version)))
     assert decoded["quoted_from"] is None and decoded["charset_detected"] is None
-    assert decoded["raw_ref"] is None
+    assert decoded["raw_ref"] is None and decoded["bounce"] is None
 
 
 def test_a_v4_ticket_command_carries_where_the_quote_begins():
@@ -156,6 +157,14 @@ def test_a_v4_rejection_carries_the_reference_of_its_original():
     ref = "sha256:" + "ab" * 32
     example = {**_example("TicketCommand", 4), "action": "reject", "reason": "loop: mail from deskmail", "raw_ref": ref}
     assert codec("TicketCommand").decode(codec("TicketCommand").encode(example))["raw_ref"] == ref
+
+
+def test_a_v4_bounce_carries_what_its_report_says():
+    report = {"original_message_id": "deskmail.out-1.00.11@example.com", "recipient": "ghost@customer.test",
+              "status": "5.1.1", "diagnostic": "550 5.1.1 User unknown", "permanent": True}
+    example = {**_example("TicketCommand", 4), "classification": "bounce", "bounce": report}
+    assert codec("TicketCommand").decode(codec("TicketCommand").encode(example))["bounce"] == report
+    assert _example("TicketCommand", 4)["bounce"] is None  # a reply reports on nothing
 
 
 def test_a_v1_inbound_mail_is_no_release():

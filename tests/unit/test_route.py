@@ -11,7 +11,7 @@ import pytest
 from services.common.config import parse_text
 from services.router.route import UnknownMailbox, route
 
-CONFIG = parse_text(textwrap.dedent("""\
+CONFIG_TEXT = textwrap.dedent("""\
     organization:
       members:
         - {email: alice@example.com, name: Alice, groups: [support]}
@@ -27,7 +27,8 @@ CONFIG = parse_text(textwrap.dedent("""\
         access: [group:support]
         mailboxes:
           - {address: ops@example.com, ingress: true, ticket: {type: task}}
-    """))
+    """)
+CONFIG = parse_text(CONFIG_TEXT)
 
 
 def _inbound(raw: bytes, mailbox: str = "support@example.com") -> dict:
@@ -378,3 +379,17 @@ def test_list_mail_is_a_persons_mail_when_the_config_accepts_lists():
     raw = _mail(extra=NEWSLETTER)
     c = route(_inbound(raw), raw, config).command
     assert (c["action"], c["classification"], c["reason"]) == ("create", "new", None)
+
+
+def test_the_router_picks_up_a_message_id_key_made_after_it_started(tmp_path):
+    """The api makes the data folder's key on the first reply; the router started before that
+    must know deskmail's own mail (loops, bounces) from then on, without a restart."""
+    from services.common.blobs import FolderBlobStore
+    from services.common.config import message_id_key
+    from services.router.runner import RouterStep
+
+    config = parse_text(CONFIG_TEXT.replace("organization:", f"data_dir: {tmp_path}\norganization:", 1))
+    step = RouterStep(config, FolderBlobStore(tmp_path / "blobs"))
+    assert step.own_key is None
+    made = message_id_key(config)  # as the api does on the first reply
+    assert step.own_key == made

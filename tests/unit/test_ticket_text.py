@@ -57,3 +57,15 @@ def test_a_replys_quote_is_counted_and_printed_on_request() -> None:
     assert "Fixed.\n[quoted text: 3 lines not shown; --quoted shows them]" in as_text(t)
     assert "Fixed.\n[quoted text]\nOn Tue, M wrote:\n> Paid?\n> \ufffd[2J\n" in as_text(t, with_quoted=True)
     assert "[quoted" not in as_text(dataclasses.replace(t, thread=(dataclasses.replace(entry, quoted=None),)))
+
+
+def test_a_bounced_mail_says_so_with_what_came_back() -> None:
+    at = datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc)
+    mail = ThreadEntry(id=6, kind="mail_out", author_email="alice@example.com", author_name=None, body="Paid.",
+                       html=None, message_id="deskmail.out-1@example.com", created_at=at, outbound_id="out-1",
+                       delivery_status="bounced", delivery_detail="5.1.1 ghost@customer.test: 550 User unknown\x1b[2J",
+                       delivery_updated_at=at + timedelta(minutes=5))
+    text = as_text(dataclasses.replace(ticket(), thread=(mail,)))
+    assert "delivery: BOUNCED 2026-12-03 10:05 UTC: 5.1.1 ghost@customer.test: 550 User unknown\ufffd[2J" in text
+    sent = dataclasses.replace(mail, delivery_status="sent", delivery_detail="250 2.0.0 Ok")
+    assert "delivery: sent (250 2.0.0 Ok)" in as_text(dataclasses.replace(ticket(), thread=(sent,)))

@@ -15,10 +15,10 @@ be used at all raises :class:`MalformedMail`.
 from __future__ import annotations
 
 from services.router.mailparse import fastpath, stdlib
-from services.router.mailparse.model import Address, Attachment, MalformedMail, ParsedMail
+from services.router.mailparse.model import Address, Attachment, Dsn, MalformedMail, ParsedMail
 from services.router.mailparse.reader import Reader
 
-__all__ = ["Address", "Attachment", "MalformedMail", "ParsedMail", "parse"]
+__all__ = ["Address", "Attachment", "Dsn", "MalformedMail", "ParsedMail", "parse"]
 
 
 def parse(raw: bytes) -> ParsedMail:

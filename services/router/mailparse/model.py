@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-__all__ = ["Address", "Attachment", "MalformedMail", "ParsedMail"]
+__all__ = ["Address", "Attachment", "Dsn", "MalformedMail", "ParsedMail"]
 
 
 class MalformedMail(Exception):
@@ -36,6 +36,22 @@ class Attachment:
     sha256: str  # hex digest of payload
     content_id: str | None  # without angle brackets; how HTML refers to an inline image
     inline: bool  # meant to be shown within the body (inline disposition, or a Content-ID)
+
+
+@dataclass(frozen=True, slots=True)
+class Dsn:
+    """What a delivery status notification says about the mail it reports on
+    (services/router/mailparse/dsn.py). Every field comes from the bounce, so
+    from anyone: bounded, one line each, and only a hint until the ticketer
+    finds the mail it names among the mail deskmail sent."""
+
+    original_message_id: str | None  # the reported mail's Message-ID, without brackets (a msg-id)
+    original_ticket: str | None  # the X-Deskmail-Ticket header of the reported mail, if it was quoted
+    original_subject: str | None  # its Subject, decoded, one line
+    recipients: tuple[str, ...]  # the failed recipients, lower case, at most five
+    status: str | None  # the enhanced status code, e.g. "5.1.1"
+    diagnostic: str | None  # the remote server's reply or the first explanatory sentence, one line
+    permanent: bool  # a failure (5.x.x, Action: failed); False for a delay warning (4.x.x, Action: delayed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +87,5 @@ class ParsedMail:
     deskmail_ticket: str | None = None
     # Sent through a mailing list or newsletter system (classify.is_list_mail).
     list_mail: bool = False
+    # For a bounce (``bounce``): what its report says, None when it says nothing readable.
+    dsn: Dsn | None = None

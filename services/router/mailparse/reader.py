@@ -33,7 +33,7 @@ from services.router.mailparse.decoding import (
     unique,
 )
 from services.common.mailrules import MAX_SUMMARY_CHARS, cap_text
-from services.router.mailparse import msgids
+from services.router.mailparse import dsn, msgids
 from services.router.mailparse.model import Address, Attachment, MalformedMail, ParsedMail
 from services.router.mailparse.stdlib import GENERATOR_POLICY
 
@@ -97,6 +97,10 @@ class Reader:
             from_email=from_addr.email,
             subject=subject,
         )
+        report = dsn.read(
+            text, attachments, subject=subject, failed_recipients=self._header("x-failed-recipients"),
+            replied_to=ids.in_reply_to or (ids.references[-1] if ids.references else None),
+        ) if bounce else None
         return ParsedMail(
             from_addr=from_addr,
             reply_to=self._recipients("reply-to"),
@@ -121,6 +125,7 @@ class Reader:
             charset_detected=self._charset_detected,
             deskmail_ticket=" ".join(self._header("x-deskmail-ticket").split())[:100] or None,
             list_mail=classify.is_list_mail(self._headers),
+            dsn=report,
         )
 
     # -- headers --------------------------------------------------------
