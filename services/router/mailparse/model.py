@@ -69,3 +69,10 @@ class ParsedMail:
     # X-Deskmail-Ticket, which deskmail writes on the mail it sends: with a
     # Message-ID deskmail signed, the mail is deskmail's own (a loop).
     deskmail_ticket: str | None = None
+    # Every top-level header field as parsed, (lower-case name, value with its folds,
+    # encoded-words and raw 8-bit bytes still in), for the routing rules' "any
+    # header"; read them decoded with mailparse.header_values. Decoding all of them
+    # for every mail would cost more than the rules that look at one. Not part of
+    # equality: the fields above are what the mail means.
+    header_fields: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    header_charset: str | None = field(default=None, compare=False, repr=False)  # raw 8-bit headers' guess

@@ -118,6 +118,8 @@ class Reader:
             trace=self._trace(),
             charset_detected=self._charset_detected,
             deskmail_ticket=" ".join(self._header("x-deskmail-ticket").split())[:100] or None,
+            header_fields=tuple((name.lower(), str(value)) for name, value in self._message.items()),
+            header_charset=self._charset_hint,
         )
 
     # -- headers --------------------------------------------------------
