@@ -394,3 +394,19 @@ def test_config_check_names_the_file_and_line_of_a_bad_regex(tmp_path) -> None:
     assert result.exit_code == 2
     assert (f"{path}: line 15: queues[0].rules[0].match.subject.regex: not a valid regular expression: "
             "unterminated character set at position 0") in result.output
+
+
+def test_config_check_counts_rules_and_warns_about_rules_that_cannot_work(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    path = tmp_path / "deskmail.yaml"
+    path.write_text(RULES, encoding="utf-8")
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "2 routing rule(s)" in result.stdout
+    assert (f"{path}: warning: rule vip-customers of queue SUPPORT matches `authenticated: true`, but without "
+            "organization.sender_authentication.trusted_authserv_ids no mail proves its From") in result.stderr
+    assert (f"{path}: warning: rule vip-customers of queue SUPPORT moves tickets to BILLING, which has no "
+            "mailbox with SMTP settings: its agents cannot answer them by mail") in result.stderr
