@@ -29,8 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from services.common.config import Config, Queue
-from services.common.config.model import HeaderMatch, Rule, RuleMatch, TextMatch
+from services.common.config import Config, HeaderMatch, Queue, Rule, RuleMatch, TextMatch
 from services.common.permissions import may_see
 from services.router.mailparse import ParsedMail, header_values
 
