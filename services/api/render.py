@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from services.api import csrf
+from services.common.units import human_size
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -31,7 +32,7 @@ templates = Jinja2Templates(
     )
 )
 templates.env.filters["when"] = lambda v: v.strftime("%Y-%m-%d %H:%M UTC") if v else ""
-templates.env.filters["size"] = lambda n: f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} B"
+templates.env.filters["size"] = human_size
 templates.env.filters["status_label"] = lambda s: str(s).replace("_", " ")
 
 

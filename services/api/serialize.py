@@ -51,7 +51,9 @@ def participant(p: Participant) -> dict[str, Any]:
 
 
 def attachment(a: AttachmentInfo) -> dict[str, Any]:
-    return {"filename": a.filename, "content_type": a.content_type, "size": a.size, "comment_id": a.comment_id}
+    # stored false: listed only, its content left out (a size limit, services/router/limits.py)
+    return {"filename": a.filename, "content_type": a.content_type, "size": a.size, "comment_id": a.comment_id,
+            "stored": a.blob_ref is not None}
 
 
 def entry(e: ThreadEntry, files: tuple[AttachmentInfo, ...] = ()) -> dict[str, Any]:

@@ -10,11 +10,11 @@ from typing import Any
 from services.common import kafka_patch  # noqa: F401, I001
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic, OffsetSpec
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic, OffsetSpec
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from services.common import metrics
+from services.common import metrics, topics
 from services.common.bus import Out, Partition, Record
 from services.common.config import Config
 from services.common.errors import Transient
@@ -91,30 +91,47 @@ class Kafka:
         )
 
     def create_topics(self, partitions: int | None = None) -> list[str]:
-        """Create every deskmail topic that does not exist yet; returns the names created."""
+        """Create every declared topic that does not exist yet, with its configs
+        (services/common/topics.py); returns the names created. Existing topics
+        are left as they are: `deskmail topics diff` shows how they differ."""
         admin = KafkaAdminClient(**self._common())
         try:
             existing = set(admin.list_topics())
-            wanted = [
-                NewTopic(
-                    name=name,
-                    num_partitions=partitions or self.config.kafka.partitions,
-                    replication_factor=self.config.kafka.replication_factor,
-                )
-                for name in self.config.topics.values()
-                if name not in existing
-            ]
             created = []
-            for topic in wanted:
+            for spec in topics.declared(self.config, partitions):
+                if spec.name in existing:
+                    continue
                 try:
-                    admin.create_topics([topic])
-                    created.append(topic.name)
+                    admin.create_topics([NewTopic(name=spec.name, num_partitions=spec.partitions,
+                                                  replication_factor=spec.replication_factor,
+                                                  topic_configs=dict(spec.configs))])
+                    created.append(spec.name)
                 except TopicAlreadyExistsError:
                     pass
             return created
         finally:
             admin.close()
 
+    def describe_topics(self, names: Sequence[str]) -> dict[str, topics.ActualTopic]:
+        """The named topics as the cluster has them (absent: not there)."""
+        admin = KafkaAdminClient(**self._common())
+        try:
+            present = set(admin.list_topics()) & set(names)
+            if not present:
+                return {}
+            found: dict[str, topics.ActualTopic] = {}
+            configs = _topic_configs(admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name) for name in sorted(present)]))
+            for item in admin.describe_topics(sorted(present)):
+                if item.get("error_code", 0):
+                    continue
+                parts = item.get("partitions") or []
+                replicas = min((len(p.get("replica_nodes") or ()) for p in parts), default=0)
+                found[item["name"]] = topics.ActualTopic(item["name"], len(parts), replicas,
+                                                         configs.get(item["name"], {}))
+            return found
+        finally:
+            admin.close()
 
     def rewind(self, group: str, topic: str, to: int | None = None) -> dict[int, int]:
         """Move a stopped consumer group back on ``topic`` so its stage reprocesses the records.
@@ -135,6 +152,23 @@ class Kafka:
         finally:
             admin.close()
         return {tp.partition: _offset_of(value) for tp, value in result.items()}
+
+
+def _topic_configs(result: Any) -> dict[str, dict[str, str]]:
+    """``describe_configs``'s answer as {topic: {config: value}}, whatever shape the
+    client version gives it (kafka-python 3: {"topic": {name: {config: value or
+    {"value": ...}}}}); a broker that reports nothing gives {}."""
+    by_topic = result.get("topic", {}) if isinstance(result, Mapping) else {}
+    out: dict[str, dict[str, str]] = {}
+    for name, entries in by_topic.items():
+        values: dict[str, str] = {}
+        for key, value in (entries or {}).items():
+            if isinstance(value, Mapping):
+                value = value.get("value")
+            if value is not None:
+                values[str(key)] = str(value)
+        out[str(name)] = values
+    return out
 
 
 def _offset_of(result: dict[str, Any]) -> int:

@@ -18,7 +18,7 @@ RELEASE_PREFIX = "release:"
 # (services/tickets/ratelimit.py): the suspended view's filter and the gauge name
 # these even while none is waiting.
 REASON_CODES = ("external_not_accepted", "no_queue_access", "sender_not_authenticated", "auto_reply", "bounce",
-                "loop", "rate_limited")
+                "bulk", "loop", "rate_limited", "too_large")
 RELEASED_BY = "released by "
 # The reason code of a dead letter in the suspended list (rejections have the router's codes).
 DEAD_LETTER = "dead_letter"

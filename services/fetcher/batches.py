@@ -10,13 +10,21 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 SIZES_PER_FETCH = 1000
 
 
-def plan_batches(sizes: Iterable[tuple[int, int]], batch_size: int, max_bytes: int) -> list[list[int]]:
+def plan_batches(sizes: Iterable[tuple[int, int]], batch_size: int, max_bytes: int,
+                 alone_above: int | None = None) -> list[list[int]]:
     """Cut ``(uid, size)`` pairs, in order, into batches of at most ``batch_size``
-    messages and ``max_bytes`` bytes (a single larger message is a batch alone)."""
+    messages and ``max_bytes`` bytes (a single larger message is a batch alone, and
+    so is every message larger than ``alone_above``)."""
     batches: list[list[int]] = []
     current: list[int] = []
     current_bytes = 0
     for uid, size in sizes:
+        if alone_above is not None and size > alone_above:
+            if current:
+                batches.append(current)
+            batches.append([uid])
+            current, current_bytes = [], 0
+            continue
         if current and (len(current) >= batch_size or current_bytes + size > max_bytes):
             batches.append(current)
             current, current_bytes = [], 0

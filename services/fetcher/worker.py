@@ -19,7 +19,9 @@ Delivery contract:
 * Messages are fetched with ``BODY.PEEK[]``, so fetching never sets ``\\Seen``.
 * Raw mail larger than ``inline_max_bytes`` goes to the blob store (claim check),
   so no message is ever too large for Kafka; batches are also cut by total bytes
-  so memory stays bounded whatever the mail size.
+  so memory stays bounded whatever the mail size. A message larger than
+  ``STREAM_BYTES`` is fetched alone, in pieces (``BODY.PEEK[]<offset.length>``)
+  written to the blob store as they come, so the fetcher never holds it whole.
 
 Mark modes (``fetcher.mark.mode``: keyword, seen, move) are described in
 ``services.fetcher.marks``.
@@ -72,6 +74,8 @@ STAGE = "fetcher"
 SOURCE: Literal["imap"] = "imap"
 # IDLE is checked in slices this long, so ``stop`` is noticed within about a second.
 IDLE_SLICE_SECONDS = 1.0
+# Messages larger than this are fetched in pieces of this size straight into the blob store.
+STREAM_BYTES = 4 * 1024 * 1024
 
 
 # ---------------------------------------------------------------- pure decisions
@@ -131,6 +135,7 @@ class MailboxWorker:
         *,
         inline_max_bytes: int = 512 * 1024,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        stream_bytes: int | None = None,  # None: STREAM_BYTES
         clock: Clock = SYSTEM_CLOCK,
     ):
         if mailbox.imap is None:
@@ -147,6 +152,7 @@ class MailboxWorker:
         self.client_factory = client_factory
         self.inline_max_bytes = inline_max_bytes
         self.max_batch_bytes = max_batch_bytes
+        self.stream_bytes = STREAM_BYTES if stream_bytes is None else stream_bytes
         backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
         # Two sequences: a failing server and a failing broker back off independently.
         self.session_retry = Retry(backoff, clock=clock, heartbeat=health.tick)
@@ -237,8 +243,12 @@ class MailboxWorker:
         for chunk in chunks(uids, max(SIZES_PER_FETCH, self.settings.batch_size)):
             sizes = client.fetch(chunk, ["RFC822.SIZE"])
             pairs = [(uid, int(sizes[uid].get(b"RFC822.SIZE", 0))) for uid in chunk if uid in sizes]
-            for batch in plan_batches(pairs, self.settings.batch_size, self.max_batch_bytes):
-                self._deliver(client, uidvalidity, batch, mode)
+            large = {uid for uid, size in pairs if size > self.stream_bytes}
+            for batch in plan_batches(pairs, self.settings.batch_size, self.max_batch_bytes, self.stream_bytes):
+                if batch[0] in large:  # a batch alone
+                    self._deliver_streamed(client, uidvalidity, batch[0], mode)
+                else:
+                    self._deliver(client, uidvalidity, batch, mode)
                 if self.stop.is_set():
                     return  # the batch in flight is done; the rest stays unmarked for next time
         self.session_retry.reset()
@@ -303,6 +313,49 @@ class MailboxWorker:
             extra={"mailbox": self.address, "uidvalidity": uidvalidity,
                    "uid": uid_range(delivered), "count": len(delivered)},
         )
+        self.health.tick()
+
+    def _deliver_streamed(self, client: MailClient, uidvalidity: int, uid: int, mode: MarkMode) -> None:
+        """Fetch one large message in pieces into the blob store, produce its
+        reference, and mark it after the ack. Raises Transient before marking."""
+        received_at = datetime.now(timezone.utc)
+        try:
+            writer = self.blobs.writer()
+        except OSError as exc:
+            raise Transient(f"blob store cannot take {message_id(self.address, uidvalidity, uid)}: {exc}") from exc
+        try:
+            while True:
+                item = f"BODY.PEEK[]<{writer.size}.{self.stream_bytes}>"
+                found = client.fetch([uid], [item]).get(uid, {})
+                piece = next((v for k, v in found.items() if k.startswith(b"BODY[]")), None)
+                if piece is None and writer.size == 0:  # expunged between SEARCH and FETCH
+                    log.info("message vanished before fetch", extra={"mailbox": self.address, "uid": str(uid)})
+                    writer.abort()
+                    return
+                if piece:
+                    writer.write(bytes(piece))
+                if not piece or len(piece) < self.stream_bytes:
+                    break
+            ref = writer.commit(durable=True)  # the record will name it: it must outlive a crash
+        except OSError as exc:
+            writer.abort()
+            raise Transient(f"blob store cannot take {message_id(self.address, uidvalidity, uid)}: {exc}") from exc
+        except BaseException:
+            writer.abort()  # a session error: the next session fetches the message again
+            raise
+        size, sha256 = writer.size, writer.sha256
+        record = records.inbound_record(
+            record_id=message_id(self.address, uidvalidity, uid), mailbox=self.address, source=SOURCE, raw=b"",
+            received_at=received_at, blobs=self.blobs, inline_max_bytes=self.inline_max_bytes,
+            uidvalidity=uidvalidity, uid=uid, blob_ref=ref, size=size, sha256=sha256,
+        )
+        self.producer.send_all([Out(self.topic, self.address.encode(), codec("InboundMail").encode(record))], STAGE)
+        self.broker_retry.reset()
+        self._mark(client, [uid], mode)
+        metrics.FETCHER_MESSAGES.labels(self.address, SOURCE).inc()
+        metrics.FETCHER_BYTES.labels(self.address).inc(size)
+        log.info("delivered", extra={"mailbox": self.address, "uidvalidity": uidvalidity, "uid": str(uid),
+                                     "count": 1})
         self.health.tick()
 
     def _mark(self, client: MailClient, uids: Sequence[int], mode: MarkMode) -> None:

@@ -8,16 +8,18 @@ Three separate questions are answered here, because they differ:
 
 - ``is_auto_submitted``: the mail was written by a machine (RFC 3834
   ``Auto-Submitted`` other than ``no``, the older X-Autoreply/X-Autorespond
-  markers, ``Precedence: bulk|junk|auto_reply``, a null ``Return-Path``, a read
-  receipt, or a well-known out-of-office subject).
+  markers, ``Precedence: bulk|junk|auto_reply``, Exchange's out-of-office marks,
+  a null ``Return-Path``, a read receipt, or a well-known out-of-office subject).
 - ``is_bounce``: the mail is a delivery status notification about mail we sent.
 - ``suppresses_auto_reply``: the sender asked not to be answered automatically.
   ``X-Auto-Response-Suppress`` (Microsoft) belongs here and not to the first
   question: it is a request that Exchange puts on its own auto-replies but also
   on mail people send through many applications, so it does not show that the
   mail itself came from a machine. Mailing-list mail (``List-Id``,
-  ``Precedence: list``) is answered by people but must not get automatic answers
+  ``List-Unsubscribe``, ``Precedence: list``) must not get automatic answers
   either (RFC 3834 section 2).
+- ``is_list_mail``: the mail came through a list or a newsletter system; the
+  router treats it as machine mail or as a person's, as configured.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Mapping, Sequence
 __all__ = [
     "is_auto_submitted",
     "is_bounce",
+    "is_list_mail",
     "suppresses_auto_reply",
     "thread_key",
 ]
@@ -74,6 +77,8 @@ def is_auto_submitted(headers: Mapping[str, str], subject: str = "") -> bool:
             return True
     if headers.get("precedence", "").strip().lower() in _AUTO_PRECEDENCE:
         return True
+    if _is_exchange_out_of_office(headers):
+        return True
     if _is_null_path(headers.get("return-path")):
         # RFC 5321 keeps the null reverse-path for notifications and automatic
         # responses; people's mail always has a return address.
@@ -100,6 +105,8 @@ def is_bounce(
         return True
     if "x-failed-recipients" in headers:  # Exim's bounces
         return True
+    if headers.get("x-ms-exchange-message-is-ndr") is not None:  # Exchange's non-delivery reports
+        return True
     dsn_subject = _DSN_SUBJECT.match(subject.strip()) is not None
     local_part = from_email.split("@", 1)[0].lower()
     if local_part in _DAEMON_LOCAL_PARTS and dsn_subject:
@@ -112,9 +119,28 @@ def suppresses_auto_reply(headers: Mapping[str, str]) -> bool:
     suppress = headers.get("x-auto-response-suppress")
     if suppress is not None and _tokens(suppress) & _SUPPRESS_TOKENS:
         return True
+    return is_list_mail(headers)
+
+
+def is_list_mail(headers: Mapping[str, str]) -> bool:
+    """True for mail sent through a mailing list or a newsletter system: ``List-Id``
+    (RFC 2919), ``List-Unsubscribe`` (RFC 2369, every bulk sender sets it) or
+    ``Precedence: list``. People write such mail too (a list's members), so what
+    the router makes of it is configured (``automatic_mail.mailing_lists``)."""
     if headers.get("precedence", "").strip().lower() == "list":
         return True
-    return "list-id" in headers
+    return "list-id" in headers or "list-unsubscribe" in headers
+
+
+def _is_exchange_out_of_office(headers: Mapping[str, str]) -> bool:
+    """Exchange's out-of-office replies when they carry no Auto-Submitted (older
+    servers, inbox rules): they ask for no answer (``X-Auto-Response-Suppress:
+    All``) and carry the loop marker Exchange's rules write. Neither alone is
+    enough: people's mail through many applications has the first."""
+    suppress = headers.get("x-auto-response-suppress")
+    if suppress is None or not _tokens(suppress) & {"all", "oof"}:
+        return False
+    return headers.get("x-ms-exchange-inbox-rules-loop") is not None
 
 
 def _is_null_path(value: str | None) -> bool:

@@ -10,13 +10,14 @@ are dead-lettered by the runner, so a config fix plus a replay recovers them).
 
 from __future__ import annotations
 
+import html as htmllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.common import mailrules, routing, suspended
 from services.common.blobs import ref_for_sha256
 from services.common.config import Config, Secret
-from services.router import classify, replysplit, rules, senderauth
+from services.router import classify, limits, replysplit, rules, senderauth
 from services.router.access import decide
 from services.router.mailparse import ParsedMail, parse
 
@@ -75,9 +76,11 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
     hint = mailrules.find_ticket_key(mail.subject, [q.key for q in config.queues])
     threaded = bool(mail.in_reply_to or mail.references or hint)
 
+    # Newsletters and list mail count as machine mail unless the config says otherwise.
+    bulk = mail.list_mail and not mail.auto_submitted and config.automatic_mail.mailing_lists == "automatic"
     if mail.bounce:
         classification = "bounce"
-    elif mail.auto_submitted:
+    elif mail.auto_submitted or bulk:
         classification = "auto_reply"
     elif threaded:
         classification = "reply"
@@ -104,6 +107,9 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         action, reason, detail = "comment", access.reason, f"{access.detail}; accepted only as a reply to a known thread"
     elif not access.allowed:
         action, reason, detail = "reject", access.reason, access.detail
+    elif bulk and not threaded:
+        action, reason = "reject", "bulk"
+        detail = "mailing-list or newsletter mail (List-Id, List-Unsubscribe) that belongs to no thread opens no ticket"
     elif classification in ("bounce", "auto_reply") and not threaded:
         action, reason = "reject", classification
         detail = f"{classification.replace('_', '-')} that belongs to no thread opens no ticket"
@@ -120,10 +126,19 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         reason, detail = suspended.released_reason(inbound.get("released_by")), None
         command_id = suspended.release_command_id(release_of)
 
+    verdict = limits.Verdict(kept=mail.attachments, left_out=())
+    if action != "reject" and not release_of:  # an admin's release takes the mail whole
+        queue = config.queue(mailbox.queue)
+        if queue is not None:
+            verdict = limits.check(mail.attachments, int(inbound.get("size") or 0), queue.limits)
+        if verdict.over and queue is not None and queue.limits.over_limit == "suspend":
+            action, reason, detail, reply_only = "reject", limits.REASON, verdict.summary, False
+
     text = mail.text[:MAX_TEXT_CHARS]
     # Only a reply can become a comment; the ticketer still keeps the whole
     # text when it opens a ticket for it.
     quoted_from = replysplit.split(text) if threaded else None
+    html = mail.html[:MAX_TEXT_CHARS] if mail.html else None
     outcome = rules.Outcome(ticket_type=mailbox.ticket_type, components=mailbox.components)
     queue = config.queue(mailbox.queue)
     if action != "reject" and queue is not None and queue.rules:
@@ -143,7 +158,14 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         seen.add(address.email)
         participants.append(_person(address, config))
 
-    payloads = [a.payload for a in mail.attachments]
+    stored = {id(a) for a in verdict.kept} if action != "reject" else set()
+    if verdict.over and action != "reject":
+        # The agent reads first what is missing, in the text and in the HTML shown instead of it.
+        prefix = verdict.note + "\n\n"
+        text = prefix + text
+        quoted_from = None if quoted_from is None else quoted_from + len(prefix)
+        if html is not None:
+            html = f"<p><strong>{htmllib.escape(verdict.note)}</strong></p>\n" + html
     command = {
         "id": command_id,
         "action": action,
@@ -157,7 +179,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         "participants": participants,
         "subject": mail.subject,
         "text": text,
-        "html": mail.html[:MAX_TEXT_CHARS] if mail.html else None,
+        "html": html,
         "quoted_from": quoted_from,
         "charset_detected": mail.charset_detected,
         "attachments": [
@@ -166,7 +188,8 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
                 "content_type": a.content_type,
                 "size": a.size,
                 "sha256": a.sha256,
-                "blob_ref": ref_for_sha256(a.sha256),
+                # An attachment left out by a size limit is listed without its content.
+                "blob_ref": ref_for_sha256(a.sha256) if id(a) in stored or action == "reject" else None,
                 "content_id": a.content_id,
             }
             for a in mail.attachments
@@ -191,4 +214,5 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         "tags": list(outcome.tags),
         "matched_rules": list(outcome.matched),
     }
-    return Routed(command=command, key=thread_key.encode(), attachments=payloads if action != "reject" else [])
+    payloads = [a.payload for a in mail.attachments if id(a) in stored]
+    return Routed(command=command, key=thread_key.encode(), attachments=payloads)

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
@@ -33,6 +34,8 @@ from services.common.runtime import Health
 from services.common.stage import StageContext, StageSpec, run_stage
 from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore, VersionConflict
 from services.tickets.apply import ClosedReply
+from services.tickets.commands import command_key
+from services.ticketer.rebuild import rebuilt_mail
 from services.tickets.ratelimit import NONE as NO_LIMITS
 from services.tickets.ratelimit import Limit, Limits
 
@@ -50,8 +53,10 @@ class TicketerStep:
     """Dispatches each record by its topic; see the module docstring."""
 
     def __init__(self, store: TicketStore, commands_topic: str, events_topic: str,
-                 closed_reply: Mapping[str, ClosedReply] | None = None, limits: Limits = NO_LIMITS):
+                 closed_reply: Mapping[str, ClosedReply] | None = None, limits: Limits = NO_LIMITS,
+                 blobs: BlobStore | None = None):
         self.store = store
+        self.blobs = blobs  # None: rate-limited mail is listed without its original
         self.closed_reply = dict(closed_reply or {})
         self.limits = limits
         self.commands_topic = commands_topic
@@ -87,11 +92,41 @@ class TicketerStep:
             metrics.TICKETER_RATE_LIMITED.labels("ticket" if " mails on " in applied.reason else "sender").inc()
             log.warning("rate limited", extra={"stage": STAGE, "command": command["id"], "queue": command["queue"],
                                                "reason": applied.reason})
+            self._keep_original(command, applied.reason)
+        elif applied.outcome == "duplicate" and self._may_lack_original(command):
+            # A restart between the rejection's commit and its original: finish it now.
+            self._keep_original(command, "set aside by the ticketer")
         log.debug(
             "applied",
             extra={"stage": STAGE, "command": command["id"], "outcome": applied.outcome,
                    "ticket": applied.ticket_key, "queue": command["queue"]},
         )
+
+    def _may_lack_original(self, command: Mapping[str, Any]) -> bool:
+        if self.blobs is None or command.get("raw_ref") or command["author"].get("member"):
+            return False
+        with _transient_db_errors():
+            return self.store.lacks_original(command_key(command["id"]))
+
+    def _keep_original(self, command: Mapping[str, Any], why: str) -> None:
+        """Rebuild the mail of a command the ticketer set aside and name it as the
+        rejection's original, so an admin can open and release it. Raises Transient."""
+        if self.blobs is None or command.get("raw_ref"):
+            return
+        contents: dict[str, bytes | None] = {}
+        try:
+            for item in command.get("attachments") or ():
+                ref = item.get("blob_ref")
+                if ref and ref not in contents:
+                    try:
+                        contents[ref] = self.blobs.get(ref)
+                    except BlobMissing:
+                        contents[ref] = None
+            ref = self.blobs.put(rebuilt_mail(command, contents, why.split(":", 1)[0]), durable=True)
+        except OSError as exc:
+            raise Transient(f"blob store unavailable: {exc}") from exc
+        with _transient_db_errors():
+            self.store.keep_original(command_key(command["id"]), ref)
 
     def _record_delivery(self, record: Record) -> None:
         try:
@@ -239,6 +274,7 @@ def run_ticketer(config: Config, stop: threading.Event, health: Health, bootstra
 
     def build(ctx: StageContext) -> TicketerStep:
         ctx.on_close(store.close)
-        return TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"], closed_reply, limits)
+        return TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"], closed_reply, limits,
+                            FolderBlobStore(ctx.config.blob_path))
 
     run_stage(config, SPEC, build, stop, health, bootstrap)

@@ -235,6 +235,17 @@ class TicketStore:
         with db.write(self._engine) as conn:
             return suspended.mark_released(conn, command_id, ticket_key, by, now or datetime.now(timezone.utc))
 
+    def keep_original(self, command_id: str, raw_ref: str) -> bool:
+        """Name ``raw_ref`` as the original of the rejection ``command_id`` if it has
+        none; False when it had one or there is no such rejection."""
+        with db.write(self._engine) as conn:
+            return suspended.keep_original(conn, command_id, raw_ref)
+
+    def lacks_original(self, command_id: str) -> bool:
+        """True when ``command_id`` was set aside without its original mail."""
+        with self._engine.connect() as conn:
+            return suspended.lacks_original(conn, command_id)
+
     def suspended_counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
         """Rejections not released, per (queue or '' for none, reason code), of
         ``queue`` or of all."""

@@ -115,6 +115,25 @@ def mark_released(conn: Connection, command_id: str, ticket_key: str, by: str | 
     return bool(result.rowcount)
 
 
+def keep_original(conn: Connection, command_id: str, raw_ref: str) -> bool:
+    """Name the original of the rejection ``command_id`` where it has none (the
+    ticketer's own refusals, rebuilt afterwards); True when it was set now."""
+    result = conn.execute(
+        update(rejections)
+        .where(rejections.c.command_id == command_id, rejections.c.raw_ref.is_(None))
+        .values(raw_ref=raw_ref)
+    )
+    return bool(result.rowcount)
+
+
+def lacks_original(conn: Connection, command_id: str) -> bool:
+    """True when the rejection ``command_id`` exists without an original."""
+    row = conn.execute(
+        select(rejections.c.id).where(rejections.c.command_id == command_id, rejections.c.raw_ref.is_(None))
+    ).first()
+    return row is not None
+
+
 def counts(conn: Connection, queue: str | None = None) -> dict[tuple[str, str], int]:
     """Rejections not released, per (queue or '', reason code), of one queue or all:
     one GROUP BY over the (queue, reason_code, ...) index."""

@@ -43,6 +43,7 @@ def _config(unique: Callable[[str], str], data: Path, ingress_port: int) -> str:
         ingress: {{listen: "127.0.0.1:{ingress_port}"}}
         organization:
           domains: [example.com]
+          admins: [alice@example.com]
           members:
             - {{email: alice@example.com, name: Alice Agent, groups: [support]}}
         queues:
@@ -80,6 +81,17 @@ def test_a_burst_is_rate_limited_and_auto_replies_change_nothing(stack: tuple[St
     listed = processes.cli("suspended", "list", "--reason", "rate_limited", "--json", *config).stdout.splitlines()
     assert len(listed) == BURST - 20
 
+    # Each one can be opened (rebuilt from what deskmail read) and released into a ticket, once.
+    item = limited[0]
+    shown = processes.cli("suspended", "show", str(item.id), "--raw", *config).stdout
+    assert "X-Deskmail-Rebuilt: rate_limited" in shown and f"Subject: {item.subject}" in shown
+    processes.cli("suspended", "release", str(item.id), "--as", "alice@example.com", *config)
+    released = wait_for(lambda: store.get_suspended(item.id).released_ticket, 60, "the release applied")
+    assert store.count_tickets() == 21
+    assert store.get_ticket(released).summary == item.subject
+    again = processes.cli("suspended", "release", str(item.id), "--as", "alice@example.com", *config, check=False)
+    assert again.returncode == 1 and "released already" in again.stderr
+
     # An out-of-office reply on a waiting ticket's thread: stored, and the ticket stays waiting.
     # (Which mails of the burst became tickets depends on the order partitions deliver them.)
     store.change_ticket("SUPPORT-1", TicketChange(status="waiting"), actor="alice@example.com", expected_version=None)
@@ -94,7 +106,7 @@ def test_a_burst_is_rate_limited_and_auto_replies_change_nothing(stack: tuple[St
     ticket = wait_for(lambda: (lambda t: t if t is not None and t.thread else None)(store.get_ticket("SUPPORT-1")),
                       60, "the auto-reply stored on its ticket")
     assert ticket.status == "waiting" and ticket.thread[0].automatic
-    assert store.count_tickets() == 20
+    assert store.count_tickets() == 21
     store.close()
     codes = processes.stop()
     assert codes == {"ticketer": 0, "router": 0, "fetcher": 0}, codes

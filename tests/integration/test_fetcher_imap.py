@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import textwrap
 import threading
@@ -15,10 +16,12 @@ import pytest
 from kafka import KafkaConsumer
 from prometheus_client import REGISTRY
 
+from services.common.blobs import FolderBlobStore
 from services.common.codec import codec
 from services.common.config import Config, parse_text
 from services.common.kafka import Kafka
 from services.common.runtime import Health
+from services.fetcher import worker
 from services.fetcher.runner import run_fetcher
 from services.localbroker import LocalBroker
 from tests.harness.dovecot import DovecotServer
@@ -245,6 +248,36 @@ def test_thirty_messages_arrive_in_uid_order_keyed_by_mailbox_then_are_flagged(
     assert not any("\\Seen" in flags for _, flags in dovecot.messages(a.login, a.password))
     assert metric("deskmail_fetcher_messages_total", mailbox=a.address, source="imap") == 30
     assert metric("deskmail_fetcher_mailbox_up", mailbox=a.address) == 1
+    fetcher.shutdown()
+
+
+def test_large_messages_are_fetched_in_pieces_straight_into_the_blob_store(
+    dovecot, account, make_config, start, consume, monkeypatch
+):
+    monkeypatch.setattr(worker, "STREAM_BYTES", 30000)  # pieces of 30,000 bytes
+    a = account()
+
+    def sized(n: int, size: int) -> bytes:
+        head = mail(n, tag=a.login)
+        return head + b"x" * (size - len(head) - 2) + b"\r\n"
+
+    # inline, batched with small ones, exactly two pieces, a piece and a bit, many pieces
+    raws = [mail(0, tag=a.login), sized(1, 25000), sized(2, 60000), mail(3, tag=a.login), sized(4, 30001),
+            sized(5, 400000)]
+    assert [len(r) for r in raws[1:3]] == [25000, 60000]
+    uids = dovecot.append_many(a.login, a.password, raws)
+    config = make_config([a])
+    fetcher = start(config)
+    values = decode(consume(config, len(raws)))
+    assert [v["uid"] for v in values] == uids
+    blobs = FolderBlobStore(config.blob_path)
+    got = [v["raw"] if v["raw"] is not None else blobs.get(v["blob_ref"]) for v in values]
+    assert got == raws
+    assert [v["size"] for v in values] == [len(r) for r in raws]
+    assert [v["sha256"] for v in values] == [hashlib.sha256(r).hexdigest() for r in raws]
+    assert [v["blob_ref"] is None for v in values] == [True, False, False, True, False, False]
+    assert not list(config.blob_path.glob(".tmp-*")), "a piece's temporary file was left behind"
+    wait_for(lambda: flagged(dovecot, a, KEYWORD), 10, "all messages flagged")
     fetcher.shutdown()
 
 

@@ -99,3 +99,17 @@ def test_mislabelled_needs_evidence() -> None:
     wrong = text.decode("koi8-r")
     fixed = mislabelled(wrong, text, "koi8-r")
     assert fixed is not None and (fixed.codec, fixed.text) == ("cp1251", RUSSIAN)
+
+
+@pytest.mark.parametrize("label", ["windows-1251", "koi8-r", "iso-8859-1", "windows-1252"])
+def test_utf8_under_a_single_byte_label_is_utf8(label: str) -> None:
+    for text in (RUSSIAN, "Grüße aus Köln, café", "да"):
+        parsed = parse(mail(text.encode(), f"text/plain; charset={label}"))
+        assert (parsed.text, parsed.charset_detected) == (text, "utf-8"), (label, text)
+
+
+@pytest.mark.parametrize("codec", ["cp1251", "koi8-r", "cp866", "mac-cyrillic", "cp1252"])
+def test_single_byte_text_is_never_taken_for_utf8(codec: str) -> None:
+    text = RUSSIAN if codec != "cp1252" else "Résumé of the naïve café owner’s façade, Grüße aus Köln"
+    parsed = parse(mail(text.encode(codec), f"text/plain; charset={codec}"))
+    assert (parsed.text, parsed.charset_detected) == (text, None)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.router.classify import is_auto_submitted, is_bounce, suppresses_auto_reply, thread_key
+from services.router.classify import is_auto_submitted, is_bounce, is_list_mail, suppresses_auto_reply, thread_key
 
 # -- machine-written mail ------------------------------------------------------
 
@@ -22,6 +22,9 @@ from services.router.classify import is_auto_submitted, is_bounce, suppresses_au
         {"return-path": "<>"},
         {"return-path": "< >"},
         {"content-type": "multipart/report; report-type=disposition-notification; boundary=x"},
+        # Exchange's out-of-office reply without Auto-Submitted: the suppression plus its rules' loop mark
+        {"x-auto-response-suppress": "All", "x-ms-exchange-inbox-rules-loop": "ann@customer.test"},
+        {"x-auto-response-suppress": "DR, OOF", "x-ms-exchange-inbox-rules-loop": "ann@customer.test"},
     ],
 )
 def test_auto_submitted_markers(headers: dict[str, str]) -> None:
@@ -40,6 +43,9 @@ def test_auto_submitted_markers(headers: dict[str, str]) -> None:
         # A request not to be auto-answered says nothing about who wrote the mail.
         {"x-auto-response-suppress": "All"},
         {"x-auto-response-suppress": "OOF, AutoReply"},
+        {"x-ms-exchange-inbox-rules-loop": "ann@customer.test"},  # a rule forwarded a person's mail
+        {"x-auto-response-suppress": "DR, RN", "x-ms-exchange-inbox-rules-loop": "ann@customer.test"},
+        {"list-unsubscribe": "<mailto:leave@lists.example.com>"},  # the router decides, as configured
     ],
 )
 def test_mail_from_people_is_not_auto_submitted(headers: dict[str, str]) -> None:
@@ -127,6 +133,25 @@ def test_exim_failed_recipients_header_is_a_bounce() -> None:
     assert _bounce({"x-failed-recipients": "ghost@example.com"}) is True
 
 
+def test_exchange_non_delivery_report_header_is_a_bounce() -> None:
+    assert _bounce({"x-ms-exchange-message-is-ndr": ""}) is True
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, False),
+        ({"list-id": "Help desk <helpdesk.lists.example.com>"}, True),
+        ({"list-unsubscribe": "<https://news.example.com/u/1>, <mailto:u@news.example.com>"}, True),
+        ({"precedence": "List"}, True),
+        ({"precedence": "bulk"}, False),  # machine mail by is_auto_submitted, not a list's
+        ({"list-archive": "<https://lists.example.com/>"}, False),
+    ],
+)
+def test_list_mail(headers: dict[str, str], expected: bool) -> None:
+    assert is_list_mail(headers) is expected
+
+
 # -- requests not to auto-answer -----------------------------------------------
 
 
@@ -140,6 +165,7 @@ def test_exim_failed_recipients_header_is_a_bounce() -> None:
         ({"x-auto-response-suppress": "DR, RN"}, False),  # only receipts suppressed
         ({"precedence": "list"}, True),
         ({"list-id": "<helpdesk.lists.example.com>"}, True),
+        ({"list-unsubscribe": "<mailto:leave@lists.example.com>"}, True),
     ],
 )
 def test_suppresses_auto_reply(headers: dict[str, str], expected: bool) -> None:

@@ -285,6 +285,11 @@ def test_plan_batches_cuts_by_count_and_by_bytes():
     assert plan_batches([], 10, 30) == []
 
 
+def test_plan_batches_puts_every_message_above_the_streaming_size_alone():
+    pairs = [(1, 10), (2, 10), (3, 90), (4, 10), (5, 91), (6, 92), (7, 10)]
+    assert plan_batches(pairs, 100, 1000, alone_above=50) == [[1, 2], [3], [4], [5], [6], [7]]
+
+
 def test_keywords_supported_reads_permanentflags():
     assert keywords_supported({b"PERMANENTFLAGS": (b"\\Seen", b"\\*")}, "$Deskmail")
     assert keywords_supported({b"PERMANENTFLAGS": (b"\\Seen", b"$deskmail")}, "$Deskmail")

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from services.common.mailrules import find_ticket_key, strip_reply_prefixes
-from services.router.mailparse import Address, Attachment, MalformedMail, ParsedMail, parse
+from services.router.mailparse import Address, Attachment, MalformedMail, ParsedMail, parse, reader
 
 
 def crlf(text: bytes) -> bytes:
@@ -882,3 +882,23 @@ def test_absurdly_nested_mime_is_malformed() -> None:
     levels = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(3000))
     with pytest.raises(MalformedMail, match="^MIME structure is nested too deeply to parse$"):
         parse(b"From: a@example.com\r\n" + levels + b"Content-Type: text/plain\r\n\r\nx\r\n")
+
+
+@pytest.mark.parametrize("body", [
+    "QUJD\r\nREVG\r\n",  # whole lines: decoded directly
+    "QUJDREVGRw==\r\n",  # padded: directly
+    "QUJDREVGRw=\r\n",  # short padding: the stdlib's repair
+    "QUJD REVG\r\n",  # a space inside: the stdlib's way
+    "QUJDREVGR\r\n",  # not whole quanta
+    "QUJD\r\n-- \r\nlist footer\r\n",  # junk after the data: salvaged
+    "",  # empty
+])
+def test_base64_decodes_alike_on_the_direct_and_the_stdlib_way(body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = ("From: a@customer.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+           "--b\r\nContent-Type: application/octet-stream; name=f.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           f"{body}--b--\r\n").encode()
+    direct = parse(raw)
+    monkeypatch.setattr(reader, "_clean_base64", lambda part: None)
+    stdlib = parse(raw)
+    assert (direct.attachments, direct.defects) == (stdlib.attachments, stdlib.defects)

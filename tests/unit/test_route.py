@@ -347,3 +347,34 @@ def test_an_auto_reply_in_a_thread_keeps_its_original_in_case_the_thread_is_unkn
     assert blobs.get(command["raw_ref"]) == raw
     released = _through(step, _released(raw, mailbox="support@example.com"))
     assert (released["classification"], released["raw_ref"]) == ("auto_reply", None)
+
+
+NEWSLETTER = "List-Unsubscribe: <https://news.customer.test/u/7>\r\nList-Id: News <news.customer.test>\r\n"
+
+
+def test_newsletter_opens_no_ticket_and_is_suspended_as_bulk():
+    raw = _mail(extra=NEWSLETTER, subject="Our December offers")
+    routed = route(_inbound(raw), raw, CONFIG)
+    c = routed.command
+    assert (c["action"], c["classification"]) == ("reject", "auto_reply")
+    assert c["reason"].startswith("bulk: mailing-list or newsletter mail")
+    assert routed.keeps_original  # releasable
+
+
+def test_list_mail_on_a_thread_is_machine_mail_that_changes_nothing():
+    raw = _mail(extra=NEWSLETTER + "In-Reply-To: <m0@example.com>\r\n")
+    c = route(_inbound(raw), raw, CONFIG).command
+    assert (c["action"], c["classification"]) == ("comment", "auto_reply")
+
+
+def test_list_mail_is_a_persons_mail_when_the_config_accepts_lists():
+    config = parse_text(textwrap.dedent("""\
+        automatic_mail: {mailing_lists: accept}
+        queues:
+          - key: SUPPORT
+            mailboxes:
+              - {address: support@example.com, accept_external: true, ingress: true}
+        """))
+    raw = _mail(extra=NEWSLETTER)
+    c = route(_inbound(raw), raw, config).command
+    assert (c["action"], c["classification"], c["reason"]) == ("create", "new", None)

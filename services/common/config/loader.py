@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from services.common.config.limits import MailLimits
 from services.common.config.model import (
     Config,
     HeaderMatch,
@@ -203,7 +204,8 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
             ))
         queues.append(Queue(key=q.key, name=q.name or q.key, access=q.access,
                             allow_outbound_mail=q.allow_outbound_mail, mailboxes=tuple(mailboxes),
-                            closed_reply=q.closed_reply, auto_close_days=q.auto_close_days))
+                            closed_reply=q.closed_reply, auto_close_days=q.auto_close_days,
+                            limits=MailLimits.of(model.limits, q.limits)))
     assignees: list[tuple[tuple[Any, ...], str, str]] = []  # (where, assignee, target queue): checked below
     for qi, q in enumerate(model.queues):
         rules = _rules(q.key, q.rules, ("queues", qi), seen_queues, member_emails, assignees, lines, problems)
@@ -253,6 +255,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         api_session_secret=session_secret,
         api_oidc_client_secret=oidc_secret,
         suspended=model.suspended,
+        automatic_mail=model.automatic_mail,
     )
     _check_assignees(config, assignees, lines, problems)
     if problems:

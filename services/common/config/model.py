@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 from services.common.config.api_schema import ApiSettings
+from services.common.config.limits import MailLimits
 from services.common.config.schema import (
+    AutomaticMailSettings,
     BlobSettings,
     FetcherSettings,
     IngressSettings,
@@ -128,6 +130,7 @@ class Queue:
     mailboxes: tuple[Mailbox, ...]
     closed_reply: str = "follow_up"  # follow_up | reopen
     auto_close_days: int = 7  # 0: never
+    limits: MailLimits = MailLimits()  # size limits on its incoming mail
     rules: tuple[Rule, ...] = ()  # routing rules, in order
 
 
@@ -155,6 +158,7 @@ class Config:
     api_session_secret: Secret | None = None  # api.session_secret, resolved
     api_oidc_client_secret: Secret | None = None  # api.auth.oidc.client_secret, resolved
     suspended: SuspendedSettings = SuspendedSettings()
+    automatic_mail: AutomaticMailSettings = AutomaticMailSettings()
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property

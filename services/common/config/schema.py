@@ -18,6 +18,7 @@ from services.common import mailrules, routing
 from services.common.config.api_schema import ApiSettings
 from services.common.config.base import Section as _Model
 from services.common.config.hostport import HostPort, ListenAddress
+from services.common.config.limits import LimitsSettings, QueueLimitsSettings
 from services.common.config.rules_schema import RuleModel
 from services.common.config.secrets import SecretRef
 
@@ -33,6 +34,12 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _AUTHSERV_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$")
 
 
+
+
+TopicKey = Literal["inbound", "commands", "outbound", "events", "deadletter"]
+# Long enough to replay a week of mail; dead letters until someone has looked at them.
+DEFAULT_RETENTION_DAYS: dict[str, float] = {"inbound": 7, "commands": 7, "outbound": 7, "events": 7,
+                                            "deadletter": 30}
 
 
 class ConsumerSettings(_Model):
@@ -53,8 +60,31 @@ class KafkaSettings(_Model):
     sasl_password: SecretRef | None = None
     ssl_cafile: str | None = None
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Topic configs deskmail declares (services/common/topics.py). None: 2 with a
+    # replication factor of 3 or more, else 1.
+    min_insync_replicas: int | None = Field(None, ge=1)
+    # Days each topic keeps its records (0: forever); keys as in `topics`.
+    retention_days: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
     consumer: ConsumerSettings = ConsumerSettings()
-    topics: dict[Literal["inbound", "commands", "outbound", "events", "deadletter"], str] = {}
+    topics: dict[TopicKey, str] = {}
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(DEFAULT_RETENTION_DAYS))
+        if unknown:
+            raise ValueError(f"unknown topic {', '.join(unknown)}: the topics are {', '.join(DEFAULT_RETENTION_DAYS)}")
+        for key, days in v.items():
+            if days < 0:
+                raise ValueError(f"retention_days.{key} must be 0 (forever) or more days")
+        return {**DEFAULT_RETENTION_DAYS, **v}
+
+    @model_validator(mode="after")
+    def _insync_fits(self) -> "KafkaSettings":
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas {self.min_insync_replicas} is more than the replication factor "
+                             f"{self.replication_factor}: every write would be refused")
+        return self
 
 
 class DatabaseSettings(_Model):
@@ -282,6 +312,7 @@ class QueueModel(_Model):
     closed_reply: Literal["follow_up", "reopen"] = "follow_up"
     # A resolved ticket without customer mail closes by itself after this many days; 0: never.
     auto_close_days: int = Field(default=7, ge=0, le=3650)
+    limits: QueueLimitsSettings | None = None  # this queue's size limits over the top-level `limits:`
     mailboxes: tuple[MailboxModel, ...] = ()
     # Routing rules, tried in order after the address's defaults (services/router/rules.py).
     rules: tuple[RuleModel, ...] = Field(default=(), max_length=routing.MAX_RULES)
@@ -319,6 +350,18 @@ class RateLimits(_Model):
     per_ticket: RateLimit = RateLimit(mails=50)
 
 
+class AutomaticMailSettings(_Model):
+    """Which mail counts as written by a machine beyond the fixed rules (services/router/classify.py).
+
+    Machine mail on a known thread is stored on its ticket and changes nothing; off
+    any thread it is suspended."""
+
+    # Mail with List-Id, List-Unsubscribe or Precedence: list (newsletters, mailing lists):
+    # automatic: machine mail (suspended as `bulk` when it belongs to no thread);
+    # accept: a person's mail like any other (customers who write through a list).
+    mailing_lists: Literal["automatic", "accept"] = "automatic"
+
+
 class ConfigModel(_Model):
     kafka: KafkaSettings = KafkaSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -332,5 +375,7 @@ class ConfigModel(_Model):
     metrics: MetricsSettings = MetricsSettings()
     organization: Organization = Organization()
     rate_limits: RateLimits = RateLimits()
+    limits: LimitsSettings = LimitsSettings()
+    automatic_mail: AutomaticMailSettings = AutomaticMailSettings()
     suspended: SuspendedSettings = SuspendedSettings()
     queues: tuple[QueueModel, ...] = ()

@@ -147,7 +147,13 @@ def mislabelled(text: str, data: bytes, codec: str) -> Detected | None:
     """When ``data``, decoded as its declared single-byte ``codec`` into
     ``text``, reads far better in another Cyrillic code page or windows-1252
     (or, for windows-1252 text that is mostly non-ASCII letters, in a
-    Cyrillic one), that decoding; else None."""
+    Cyrillic one), that decoding; else None. UTF-8 sent with a single-byte
+    label (a client that re-encoded nothing but kept its default label) is
+    UTF-8, as in ``detect``: such a code page's text is not valid UTF-8 by chance."""
+    if codec in (*CYRILLIC, *LATIN, "iso8859_15") and not data.isascii():
+        as_utf8 = _strict(data, "utf-8")
+        if as_utf8 is not None and all(ch <= "\uffff" for ch in as_utf8):
+            return Detected(as_utf8, "utf-8")
     if codec in CYRILLIC:
         others = [c for c in (*CYRILLIC, *LATIN) if c != codec]
     elif codec in LATIN or codec == "iso8859_15":

@@ -69,6 +69,8 @@ class ParsedMail:
     # X-Deskmail-Ticket, which deskmail writes on the mail it sends: with a
     # Message-ID deskmail signed, the mail is deskmail's own (a loop).
     deskmail_ticket: str | None = None
+    # Sent through a mailing list or newsletter system (classify.is_list_mail).
+    list_mail: bool = False
     # Every top-level header field as parsed, (lower-case name, value with its folds,
     # encoded-words and raw 8-bit bytes still in), for the routing rules' "any
     # header"; read them decoded with mailparse.header_values. Decoding all of them

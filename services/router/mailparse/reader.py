@@ -61,6 +61,8 @@ _MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,127}/[a-z0-9!#$&^_.+-]{1,127}")
 _TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 _FILENAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _DAMAGED_BASE64 = (errors.InvalidBase64CharactersDefect, errors.InvalidBase64LengthDefect)
+# Well-formed base64 as clients write it: the alphabet in lines, padding only at the end.
+_CLEAN_BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]*(?:={1,2}[\r\n]*)?")
 
 
 class Reader:
@@ -118,6 +120,7 @@ class Reader:
             trace=self._trace(),
             charset_detected=self._charset_detected,
             deskmail_ticket=" ".join(self._header("x-deskmail-ticket").split())[:100] or None,
+            list_mail=classify.is_list_mail(self._headers),
             header_fields=tuple((name.lower(), str(value)) for name, value in self._message.items()),
             header_charset=self._charset_hint,
         )
@@ -246,6 +249,9 @@ class Reader:
             normalized = cte.strip().strip('"').lower()
             if normalized != cte:
                 part.replace_header("content-transfer-encoding", normalized)
+        clean = _clean_base64(part) if cte is not None and cte.strip().strip('"').lower() == "base64" else None
+        if clean is not None:
+            return clean
         known = len(part.defects)
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
@@ -374,3 +380,19 @@ def _flatten_message(part: Message) -> bytes:
     if cte == "quoted-printable":
         return binascii.a2b_qp(data)
     return data
+
+
+def _clean_base64(part: Message) -> bytes | None:
+    """A base64 part's bytes decoded straight from its text, or None to leave it to the stdlib.
+
+    The stdlib's decoding copies the payload three times over (bytes, a list of
+    lines, their join) before decoding: for a 12 MB attachment that is 40 MB more
+    at once. Well-formed base64 (``_CLEAN_BASE64``, whole quanta) decodes to the
+    same bytes without them; anything else takes the stdlib's way and its defects.
+    """
+    payload = part.get_payload()
+    if not isinstance(payload, str) or not payload.isascii() or _CLEAN_BASE64.fullmatch(payload) is None:
+        return None
+    if (len(payload) - payload.count("\n") - payload.count("\r")) % 4:
+        return None
+    return binascii.a2b_base64(payload)
