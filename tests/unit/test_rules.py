@@ -343,3 +343,16 @@ def test_an_encoded_header_is_matched_decoded() -> None:
     config = _config('- {name: ru, match: {header: {name: X-Category, value: "счёт"}}}\n')
     raw = _mail(extra="X-Category: =?utf-8?b?0YHRh9GR0YI=?=\r\n")
     assert route(_inbound(raw), raw, config).command["matched_rules"] == ["ru"]
+
+
+@pytest.mark.parametrize("over_limit", ["note", "suspend"])
+def test_the_rules_come_after_the_size_limits(over_limit: str) -> None:
+    config = parse_text(textwrap.dedent(MEMBERS) + SUPPORT.replace(
+        "    rules:\n", f"    limits: {{max_message_bytes: 1024, over_limit: {over_limit}}}\n    rules:\n")
+        + '      - {name: big, match: {body: {regex: "^Please"}}, set: {tags: [big]}}\n' + BILLING)
+    raw = _mail(body="Please fix invoice 12." + " padding" * 200)
+    c = route(_inbound(raw), raw, config).command
+    if over_limit == "suspend":  # suspended as too large: that reason stays
+        assert (c["action"], suspended.reason_code(c["reason"]), c["matched_rules"]) == ("reject", "too_large", [])
+    else:  # the rules saw the text as sent, not the note put in front of it
+        assert c["text"].startswith("[deskmail:") and c["matched_rules"] == ["big"]
