@@ -128,6 +128,10 @@ class TicketOut(BaseModel):
     follow_up_of: str | None = Field(description="The closed ticket this one follows up (its key).")
     follow_ups: list[str] = Field(description="Tickets opened as follow-ups of this one (their keys).")
     events: list[EventOut] = Field(description="Changes of status, assignee, type, components; oldest first.")
+    priority: str | None = Field(None, description="low, normal, high or urgent, set by a routing rule; null: none.")
+    tags: list[str] = Field(default_factory=list, description="Tags routing rules put on the ticket, sorted.")
+    rules: list[str] = Field(default_factory=list,
+                             description="The routing rules the opening mail matched, in order; [] when none.")
 
 
 class ReplyIn(BaseModel):

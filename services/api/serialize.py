@@ -96,4 +96,5 @@ def ticket(t: TicketDetail) -> dict[str, Any]:
         "first_response_at": iso(t.first_response_at), "resolved_at": iso(t.resolved_at),
         "follow_up_of": t.follow_up_of, "follow_ups": list(t.follow_ups),
         "events": [event(e) for e in t.events],
+        "priority": t.priority, "tags": list(t.tags), "rules": list(t.matched_rules),
     }

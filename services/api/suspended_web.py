@@ -13,6 +13,7 @@ again). Dead letters are not read here (see ``suspended_access``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +30,7 @@ from services.tickets import BadCursor
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(signed_in_agent)])
 PAGE_SIZE = 50
+_REASON_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _queue(ctx: ApiContext, agent: Member | None, key: str) -> None:
@@ -44,7 +46,7 @@ def _queue(ctx: ApiContext, agent: Member | None, key: str) -> None:
 def _page(request: Request, ctx: ApiContext, agent: Member | None, key: str, *, status: int = 200,
           error: str | None = None, notice: str | None = None) -> HTMLResponse:
     reason = (request.query_params.get("reason") or "").strip() or None
-    if reason is not None and (len(reason) > 64 or not reason.replace("_", "").isalnum()):
+    if reason is not None and not _REASON_CODE.fullmatch(reason):  # deskmail's codes and routing rules' names
         raise HTTPException(400, "reason must be a reason code such as external_not_accepted")
     cursor = request.query_params.get("cursor") or None
     try:
@@ -52,7 +54,9 @@ def _page(request: Request, ctx: ApiContext, agent: Member | None, key: str, *, 
     except BadCursor as exc:
         raise HTTPException(400, f"{exc}: open the first page of the list again") from None
     waiting = {code: n for (queue, code), n in ctx.store.suspended_counts(key).items() if queue == key}
-    codes = sorted(set(waiting) | set(REASON_CODES) | ({reason} if reason else set()))
+    configured = ctx.config.queue(key)
+    dropping = {r.name for r in configured.rules if r.drop} if configured is not None else set()
+    codes = sorted(set(waiting) | set(REASON_CODES) | dropping | ({reason} if reason else set()))
     base = f"/queues/{key}/suspended"
 
     def link(**params: str | None) -> str:
@@ -61,7 +65,7 @@ def _page(request: Request, ctx: ApiContext, agent: Member | None, key: str, *, 
 
     tabs = [("any", sum(waiting.values()), base, reason is None)]
     tabs += [(code, waiting.get(code, 0), f"{base}?{urlencode({'reason': code})}", reason == code) for code in codes]
-    return render(request, "suspended.html", status=status, key=key, queue=ctx.config.queue(key), items=page.items,
+    return render(request, "suspended.html", status=status, key=key, queue=configured, items=page.items,
                   tabs=tabs, admin=suspended_access.may_release(ctx.config, agent),
                   next_link=link(cursor=page.next_cursor) if page.next_cursor else None,
                   first_link=link() if cursor else None, error=error, notice=notice,

@@ -98,7 +98,8 @@ class SuspendedCounts(Collector):
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the database is down
             self._warned_at = _warn(self._warned_at, "suspended mail counts", exc)
             return
-        totals = {(q.key, code): 0 for q in self._config.queues for code in REASON_CODES}
+        totals = {(q.key, code): 0 for q in self._config.queues
+                  for code in (*REASON_CODES, *(r.name for r in q.rules if r.drop))}
         totals.update(counts)
         family = GaugeMetricFamily(SUSPENDED_GAUGE, "Suspended mail waiting for an admin, per queue and reason "
                                    "code (rejections not released).", labels=["queue", "reason"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from services.cli.common import load_config
+from services.common.config import Config
 
 
 @click.group("config")
@@ -21,7 +22,7 @@ def check(path: str | None) -> None:
     click.echo(
         f"{path}: ok: {len(cfg.queues)} queue(s), {len(mailboxes)} mailbox(es) "
         f"({sum(1 for m in mailboxes if m.imap)} IMAP, {sum(1 for m in mailboxes if m.ingress)} ingress), "
-        f"{len(cfg.organization.members)} member(s)"
+        f"{len(cfg.organization.members)} member(s), {sum(len(q.rules) for q in cfg.queues)} routing rule(s)"
     )
     from services.api.context import auth_refusal
 
@@ -35,3 +36,22 @@ def check(path: str | None) -> None:
             "whose Authentication-Results prove it",
             err=True,
         )
+    for warning in _rule_warnings(cfg):
+        click.echo(f"{path}: warning: {warning}", err=True)
+
+
+def _rule_warnings(cfg: Config) -> list[str]:
+    """Rules that are valid but will not do what they seem to."""
+    trusted = bool(cfg.organization.sender_authentication.trusted_authserv_ids)
+    out = []
+    for queue in cfg.queues:
+        for rule in queue.rules:
+            if rule.match.authenticated is not None and not trusted:
+                out.append(f"rule {rule.name} of queue {queue.key} matches `authenticated: "
+                           f"{str(rule.match.authenticated).lower()}`, but without "
+                           "organization.sender_authentication.trusted_authserv_ids no mail proves its From")
+            target = cfg.queue(rule.actions.queue) if rule.actions.queue else None
+            if target is not None and not any(m.smtp for m in target.mailboxes):
+                out.append(f"rule {rule.name} of queue {queue.key} moves tickets to {target.key}, which has no "
+                           "mailbox with SMTP settings: its agents cannot answer them by mail")
+    return out

@@ -131,6 +131,9 @@ def _header(t: TicketDetail) -> list[str]:
         lines.append(f"follow-up of {clean(t.follow_up_of)}")
     if t.follow_ups:
         lines.append(f"follow-ups: {', '.join(clean(k) for k in t.follow_ups)}")
+    if t.priority or t.tags or t.matched_rules:  # set by routing rules
+        lines.append(f"priority {clean(t.priority or '') or '-'} · tags {clean(', '.join(t.tags)) or '-'}"
+                     f" · rules {clean(', '.join(t.matched_rules)) or '-'}")
     lines.append("participants: " + (", ".join(
         f"{clean(p.email)} ({p.role}{'' if p.member else ', external'})" for p in t.participants) or "none"))
     return lines

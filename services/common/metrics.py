@@ -109,6 +109,11 @@ ROUTER_REJECTIONS = Counter(
     "Mail that makes no ticket, by reason.",
     ["reason"],
 )
+ROUTER_RULE_MATCHES = Counter(
+    "deskmail_router_rule_matches_total",
+    "Mail a routing rule matched, by queue and rule name (both from the config).",
+    ["queue", "rule"],
+)
 ROUTER_PARSE_SECONDS = Histogram(
     "deskmail_router_parse_seconds",
     "Time to parse and route one message.",

@@ -1,5 +1,7 @@
 """The router's pure core: one inbound mail + the config -> one TicketCommand.
 
+The address's defaults (queue, type, components) and its access decision come
+first; the queue's routing rules (``rules``) then refine or drop what goes on.
 No I/O: the runner fetches the raw bytes, stores attachment payloads (and the raw
 mail of a refusal, ``keeps_original``) and produces the command. Raises ``MalformedMail`` for mail that cannot be read and
 ``UnknownMailbox`` for mail addressed to a mailbox the config does not have (both
@@ -13,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import mailrules, suspended
+from services.common import mailrules, routing, suspended
 from services.common.blobs import ref_for_sha256
 from services.common.config import Config, Secret
-from services.router import classify, limits, replysplit, senderauth
+from services.router import classify, limits, replysplit, rules, senderauth
 from services.router.access import decide
 from services.router.mailparse import Dsn, ParsedMail, parse
 
@@ -162,6 +164,22 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         if verdict.over and queue is not None and queue.limits.over_limit == "suspend":
             action, reason, detail, reply_only = "reject", limits.REASON, verdict.summary, False
 
+    text = mail.text[:MAX_TEXT_CHARS]
+    # Only a reply can become a comment; the ticketer still keeps the whole
+    # text when it opens a ticket for it.
+    quoted_from = replysplit.split(text) if threaded else None
+    html = mail.html[:MAX_TEXT_CHARS] if mail.html else None
+    outcome = rules.Outcome(ticket_type=mailbox.ticket_type, components=mailbox.components)
+    queue = config.queue(mailbox.queue)
+    if action != "reject" and queue is not None and queue.rules:
+        # Mail refused above stays refused for its own reason; the rules see what goes on.
+        facts = rules.Facts.of(mail, text[:quoted_from] if quoted_from else text, authenticated=verified)
+        outcome = rules.apply_rules(config, queue, facts, released=bool(release_of),
+                                    ticket_type=mailbox.ticket_type, components=mailbox.components)
+        if outcome.dropped_by is not None:
+            action, reply_only = "reject", False
+            reason, detail = routing.dropped_reason(outcome.dropped_by, mailbox.queue), None
+
     seen = {sender}
     participants = []
     for address in (*mail.to, *mail.cc):
@@ -170,11 +188,6 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         seen.add(address.email)
         participants.append(_person(address, config))
 
-    text = mail.text[:MAX_TEXT_CHARS]
-    # Only a reply can become a comment; the ticketer still keeps the whole
-    # text when it opens a ticket for it.
-    quoted_from = replysplit.split(text) if threaded else None
-    html = mail.html[:MAX_TEXT_CHARS] if mail.html else None
     stored = {id(a) for a in verdict.kept} if action != "reject" else set()
     if verdict.over and action != "reject":
         # The agent reads first what is missing, in the text and in the HTML shown instead of it.
@@ -189,8 +202,8 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         "classification": classification,
         "queue": mailbox.queue,
         "mailbox": mailbox.address,
-        "ticket_type": mailbox.ticket_type,
-        "components": list(mailbox.components),
+        "ticket_type": outcome.ticket_type,
+        "components": list(outcome.components),
         "author": {"email": sender, "name": mail.from_addr.name, "member": access.member,
                    "verified": verified},
         "participants": participants,
@@ -224,6 +237,13 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         "reply_only": reply_only,
         "raw_ref": None,  # the runner stores the raw mail of a refusal and names it here
         "bounce": bounce_record(mail.dsn) if classification == "bounce" else None,
+        # What the queue's routing rules set; the ticketer uses it only when the mail opens a ticket.
+        "new_ticket_queue": outcome.queue,
+        "assignee": outcome.assignee,
+        "assignee_rule": outcome.assignee_rule,
+        "priority": outcome.priority,
+        "tags": list(outcome.tags),
+        "matched_rules": list(outcome.matched),
     }
     payloads = [a.payload for a in mail.attachments if id(a) in stored]
     return Routed(command=command, key=thread_key.encode(), attachments=payloads)

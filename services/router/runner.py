@@ -76,6 +76,8 @@ class RouterStep:
         except OSError as exc:
             raise Transient(f"blob store unavailable: {exc}") from exc
         metrics.ROUTER_COMMANDS.labels(command["action"], command["classification"]).inc()
+        for rule in command["matched_rules"]:
+            metrics.ROUTER_RULE_MATCHES.labels(command["queue"], rule).inc()
         if command["action"] == "reject":
             metrics.ROUTER_REJECTIONS.labels(suspended.reason_code(command["reason"])).inc()
             log.info(

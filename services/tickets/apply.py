@@ -8,7 +8,9 @@ subject when its author is a participant or a member (``_resolve_thread``);
 one that finds no thread opens a ticket, unless it is ``reply_only`` (then it
 is rejected). A bounce whose report names the Message-ID of mail deskmail sent
 from the queue goes onto that mail's ticket, whatever its own headers, and a
-permanent one marks that outgoing comment ``bounced`` (``_after_bounce``).
+permanent one marks that outgoing comment ``bounced`` (``_after_bounce``). A
+mail that opens a ticket gets what the routing rules set (``Command.rules``:
+assignee, priority, tags, another queue); a comment does not.
 Ticket numbers come from a counter row locked by the transaction,
 so they have no gaps. A unique-constraint race with a concurrent ticketer
 raises ``IntegrityError`` here; the store re-runs the command once.
@@ -92,6 +94,12 @@ def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: rate
             c = replace(c, reason=f"{c.classification}: {_MACHINE_WORDS[c.classification]} on no thread deskmail knows")
         _insert_rejection(conn, c)
         return Applied("rejected", None, None)
+    opens_ticket = ticket is None or (ticket.status == "closed" and closed_reply == "follow_up")
+    if opens_ticket and c.ticket_queue != c.queue:
+        # A routing rule moved it: the queue it opens in may know the mail already.
+        known = conn.execute(st.KNOWN_MESSAGE, {"queue": c.ticket_queue, "message_id": c.message_id}).first()
+        if known is not None:
+            return Applied("duplicate", known.ticket_key, known.comment_id)
     limited = _rate_limited(conn, c, ticket, limits)
     if limited is not None:
         if conn.execute(st.REJECTED, {"command_id": c.id}).first():
@@ -270,14 +278,17 @@ def _may_name(conn: Connection, c: Command, ticket_id: int) -> bool:
 
 
 def _create_ticket(conn: Connection, c: Command, follow_up_of: _Ticket | None = None) -> tuple[int, Applied]:
-    assert c.queue is not None
-    number = _next_number(conn, c.queue)
-    key = format_ticket_key(c.queue, number)
+    """A new ticket in ``c.ticket_queue``, with what the routing rules set."""
+    queue = c.ticket_queue
+    assert queue is not None
+    rules = c.rules
+    number = _next_number(conn, queue)
+    key = format_ticket_key(queue, number)
     result = conn.execute(
         st.INSERT_TICKET,
         {
             "key": key,
-            "queue": c.queue,
+            "queue": queue,
             "number": number,
             "summary": c.subject.strip() or "(no subject)",
             "description": c.text,  # a new ticket keeps the whole text, quotes and all
@@ -296,13 +307,20 @@ def _create_ticket(conn: Connection, c: Command, follow_up_of: _Ticket | None = 
             "mailbox": c.mailbox,
             "awaiting_reply": not c.author.member,
             "follow_up_of": follow_up_of.id if follow_up_of is not None else None,
+            "assignee": rules.assignee,
+            "priority": rules.priority,
+            "matched_rules": list(rules.matched) or None,
         },
     )
     ticket_id = inserted_id(result)
-    workflow.count_new_ticket(conn, c.queue, ticket_id, c.components)
+    workflow.count_new_ticket(conn, queue, ticket_id, c.components, rules.assignee)
+    if rules.assignee is not None:
+        workflow.record_rule_assignee(conn, ticket_id, rules.assignee, rules.assignee_rule, c.received_at)
+    if rules.tags:
+        conn.execute(st.INSERT_TAG, [{"ticket_id": ticket_id, "tag": tag} for tag in rules.tags])
     if follow_up_of is not None:
         workflow.record_follow_up(conn, follow_up_of.id, key, _event_time(c))
-    _register_message(conn, c, ticket_id, None)
+    _register_message(conn, c, ticket_id, None, queue)
     _add_participants(conn, ticket_id, c, author_role="author", known=set())
     _add_attachments(conn, c.attachments, ticket_id, None)
     return ticket_id, Applied("created", key, None)
@@ -341,7 +359,7 @@ def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
         },
     )
     comment_id = inserted_id(result)
-    _register_message(conn, c, ticket.id, comment_id)
+    _register_message(conn, c, ticket.id, comment_id, c.queue)  # threading kept it in its queue
     known = set(conn.execute(st.KNOWN_PARTICIPANTS, {"ticket_id": ticket.id}).scalars())
     _add_participants(conn, ticket.id, c, author_role="participant", known=known)
     _add_attachments(conn, c.attachments, ticket.id, comment_id)
@@ -352,10 +370,11 @@ def _add_comment(conn: Connection, c: Command, ticket: _Ticket) -> Applied:
     return Applied("commented", ticket.key, comment_id)
 
 
-def _register_message(conn: Connection, c: Command, ticket_id: int, comment_id: int | None) -> None:
+def _register_message(conn: Connection, c: Command, ticket_id: int, comment_id: int | None, queue: str | None) -> None:
+    """``queue``: the ticket's, so replies to the mail thread where the ticket is."""
     conn.execute(
         st.INSERT_MESSAGE,
-        {"queue": c.queue, "message_id": c.message_id, "ticket_id": ticket_id, "comment_id": comment_id},
+        {"queue": queue, "message_id": c.message_id, "ticket_id": ticket_id, "comment_id": comment_id},
     )
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.common import suspended
+from services.common import routing, suspended
 from services.tickets import checks
 from services.tickets.errors import InvalidCommand
-from services.tickets.tables import CHARSET, COMMAND_ID, EMAIL, HASH, MESSAGE_ID, QUEUE
+from services.tickets.tables import CHARSET, COMMAND_ID, EMAIL, HASH, MESSAGE_ID, QUEUE, TAG, TICKET_PRIORITIES
 from services.tickets.views import Action
 
 _ACTIONS = ("create", "comment", "reject")
@@ -65,6 +65,37 @@ class BounceReport:
 
 
 @dataclass(frozen=True)
+class RuleFields:
+    """What the routing rules of the mail's queue set on the ticket it opens."""
+
+    new_ticket_queue: str | None = None  # None: the command's queue
+    assignee: str | None = None
+    assignee_rule: str | None = None
+    priority: str | None = None
+    tags: tuple[str, ...] = ()
+    matched: tuple[str, ...] = ()  # rule names, in order
+
+    @classmethod
+    def parse(cls, cmd: Mapping[str, Any]) -> RuleFields:
+        priority = cmd.get("priority") or None
+        if priority is not None and priority not in TICKET_PRIORITIES:
+            raise InvalidCommand(f"priority must be one of {', '.join(TICKET_PRIORITIES)}, not {priority!r}")
+        tags = tuple(dict.fromkeys(checks.bounded(t, "tag", TAG) for t in cmd.get("tags") or ()))
+        matched = tuple(checks.bounded(n, "matched rule", routing.MAX_RULE_NAME) for n in cmd.get("matched_rules") or ())
+        if len(tags) > routing.MAX_TAGS or len(matched) > routing.MAX_RULES:
+            raise InvalidCommand(f"at most {routing.MAX_TAGS} tags and {routing.MAX_RULES} matched rules")
+        assignee = checks.optional_bounded(cmd.get("assignee"), "assignee", EMAIL)
+        return cls(
+            new_ticket_queue=checks.optional_bounded(cmd.get("new_ticket_queue"), "new_ticket_queue", QUEUE),
+            assignee=assignee.strip().lower() if assignee else None,
+            assignee_rule=checks.optional_bounded(cmd.get("assignee_rule"), "assignee_rule", routing.MAX_RULE_NAME),
+            priority=priority,
+            tags=tags,
+            matched=matched,
+        )
+
+
+@dataclass(frozen=True)
 class Command:
     """A TicketCommand checked once, so the SQL below can trust its fields."""
 
@@ -97,6 +128,13 @@ class Command:
     # (taken from the id before a long id is digested, so the link survives it).
     release_of: str | None = None
     bounce: BounceReport | None = None  # TicketCommand v4: what a bounce reports
+    # What routing rules set (TicketCommand v4), used only when the mail opens a ticket.
+    rules: RuleFields = RuleFields()
+
+    @property
+    def ticket_queue(self) -> str | None:
+        """The queue a new ticket of this command opens in (a rule may have moved it)."""
+        return self.rules.new_ticket_queue or self.queue
 
     def reply_parts(self) -> tuple[str, str | None]:
         """A comment's new text and what was split off it (None: nothing was)."""
@@ -150,6 +188,7 @@ class Command:
                 raw_ref=checks.optional_bounded(cmd.get("raw_ref"), "raw_ref", BLOB_REF),
                 release_of=None if original is None else command_key(original),
                 bounce=_bounce(cmd.get("bounce")),
+                rules=RuleFields.parse(cmd),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InvalidCommand):

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from services.tickets import workflow
 from services.tickets.rows import build, thread_entry
-from services.tickets.tables import attachments, comments, messages, participants, rejections, tickets
+from services.tickets.tables import attachments, comments, messages, participants, rejections, ticket_tags, tickets
 from services.tickets.views import AttachmentInfo, Participant, Rejection, TicketDetail, TicketSummary
 
 
@@ -46,7 +46,7 @@ def get_ticket(conn: Connection, key: str) -> TicketDetail | None:
     """The ticket with its participants, thread, attachments and Message-IDs;
     call before anything else ran on ``conn`` (it sets the isolation level)."""
     if conn.dialect.name == "postgresql":
-        # One snapshot for the five reads below.
+        # One snapshot for the reads below.
         conn.execution_options(isolation_level="REPEATABLE READ")
     t = conn.execute(select(tickets).where(tickets.c.key == key)).first()
     if t is None:
@@ -78,6 +78,9 @@ def get_ticket(conn: Connection, key: str) -> TicketDetail | None:
     follow_ups = conn.execute(
         select(linked.c.key).where(linked.c.follow_up_of == t.id).order_by(linked.c.id)
     ).scalars().all()
+    tags = conn.execute(
+        select(ticket_tags.c.tag).where(ticket_tags.c.ticket_id == t.id).order_by(ticket_tags.c.tag)
+    ).scalars().all()
     return build(
         TicketDetail,
         t,
@@ -89,6 +92,8 @@ def get_ticket(conn: Connection, key: str) -> TicketDetail | None:
         follow_up_of=follow_up_of,
         follow_ups=tuple(follow_ups),
         events=workflow.events_of(conn, t.id),
+        tags=tuple(tags),
+        matched_rules=tuple(t.matched_rules or ()),
     )
 
 

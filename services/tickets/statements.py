@@ -21,6 +21,7 @@ from services.tickets.tables import (
     queue_counters,
     receipts,
     rejections,
+    ticket_tags,
     tickets,
 )
 from services.tickets.views import PENDING_STATUSES
@@ -52,6 +53,14 @@ SEEN_BEFORE = (
     .order_by("precedence")
     .limit(1)
 )
+# A Message-ID known in one queue: a mail a routing rule moved to another queue is
+# a duplicate there too (SEEN_BEFORE looks in the command's own queue).
+KNOWN_MESSAGE = (
+    select(tickets.c.key.label("ticket_key"), messages.c.comment_id)
+    .select_from(messages.join(tickets, tickets.c.id == messages.c.ticket_id))
+    .where(messages.c.queue == bindparam("queue"), messages.c.message_id == bindparam("message_id"))
+)
+INSERT_TAG = insert(ticket_tags)
 REJECTED = select(rejections.c.id).where(rejections.c.command_id == bindparam("command_id"))
 # Tickets of the command's queue only: threading never crosses queues. The
 # comment's kind tells deskmail's own mail (mail_out) from mail it received.

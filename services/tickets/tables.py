@@ -31,6 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from services.common.routing import MAX_TAG, PRIORITIES
+
 # Deterministic constraint names, identical on both backends, so migrations can
 # name them and autogenerate comparisons line up.
 NAMING_CONVENTION = {
@@ -55,11 +57,13 @@ HASH = 64
 CHARSET = 40  # a Python codec name
 OUTBOUND_ID = 128
 REASON_CODE = 64  # the part of a rejection's reason before the first ":"
+TAG = MAX_TAG  # a tag routing rules put on a ticket
 # Where an outgoing comment's mail stands; NULL for incoming mail and notes.
 DELIVERY_STATUSES = ("queued", "retrying", "sent", "failed", "bounced")
 # A ticket's workflow (services/tickets/workflow.py): waiting is for the customer.
 TICKET_STATUSES = ("open", "in_progress", "waiting", "resolved", "closed")
 EVENT_KINDS = ("status", "assignee", "type", "components", "follow_up")
+TICKET_PRIORITIES = PRIORITIES  # low, normal, high, urgent: set by routing rules
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -133,7 +137,11 @@ tickets = Table(
     Column("resolved_at", UtcDateTime, nullable=True),  # when it last became resolved or closed
     # A follow-up opened by customer mail on a closed ticket names that ticket.
     Column("follow_up_of", Integer, ForeignKey("tickets.id"), nullable=True),
+    # Set by the routing rules of the opening mail (NULL: none, and before 0009).
+    Column("priority", String(16), nullable=True),
+    Column("matched_rules", JSON, nullable=True),  # the names of the rules that matched, in order
     CheckConstraint("status IN ('open', 'in_progress', 'waiting', 'resolved', 'closed')", name="status"),
+    CheckConstraint("priority IN ('low', 'normal', 'high', 'urgent')", name="priority"),
     UniqueConstraint("key"),
     UniqueConstraint("queue", "number"),
     Index(None, "created_at"),
@@ -156,6 +164,15 @@ ticket_components = Table(
     Column("ticket_id", Integer, ForeignKey("tickets.id"), primary_key=True),
     Column("component", String(255), primary_key=True),
     Index(None, "component", "ticket_id"),
+)
+
+# A ticket's tags (set by routing rules), one row each, for a tag filter.
+ticket_tags = Table(
+    "ticket_tags",
+    metadata,
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), primary_key=True),
+    Column("tag", String(TAG), primary_key=True),
+    Index(None, "tag", "ticket_id"),
 )
 
 # Tickets per (queue, status, assignee), kept in the transaction of every change:

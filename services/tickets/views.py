@@ -188,6 +188,9 @@ class TicketDetail:
     follow_ups: tuple[str, ...] = ()  # keys of tickets opened as follow-ups of this one
     events: tuple[TicketEvent, ...] = ()  # field changes, oldest first
     charset_detected: str | None = None  # the opening mail's, where its declared charset was missing or wrong
+    priority: str | None = None  # low | normal | high | urgent, set by a routing rule; None: none
+    tags: tuple[str, ...] = ()  # set by routing rules, sorted
+    matched_rules: tuple[str, ...] = ()  # the routing rules the opening mail matched, in order
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from services.common import routing
 from services.tickets import checks
 from services.tickets.errors import InvalidChange, InvalidCommand, UnknownTicket, VersionConflict
 from services.tickets.rows import build, inserted_id
@@ -129,10 +130,19 @@ def auto_close(conn: Connection, queue: str, days: int, now: datetime, limit: in
     return closed
 
 
-def count_new_ticket(conn: Connection, queue: str, ticket_id: int, components: Sequence[str]) -> None:
-    """A ticket was just created (open, unassigned): count it and index its components."""
-    _count(conn, queue, "open", "", +1)
+def count_new_ticket(conn: Connection, queue: str, ticket_id: int, components: Sequence[str],
+                     assignee: str | None = None) -> None:
+    """A ticket was just created (open; unassigned, or assigned by a routing rule):
+    count it and index its components."""
+    _count(conn, queue, "open", assignee or "", +1)
     _set_components(conn, ticket_id, (), tuple(components))
+
+
+def record_rule_assignee(conn: Connection, ticket_id: int, assignee: str, rule: str | None, now: datetime) -> None:
+    """On a new ticket: deskmail assigned it, by routing rule ``rule`` (the
+    ticket row already holds the assignee, and its version stays 1)."""
+    reason = routing.assigned_reason(rule) if rule else "routing rule"
+    _event(conn, ticket_id, "assignee", None, "", assignee, reason, now)
 
 
 def events_of(conn: Connection, ticket_id: int) -> tuple[TicketEvent, ...]:

@@ -205,6 +205,7 @@ def test_create_writes_ticket_participants_attachments(store: TicketStore) -> No
         "outbox": 0,
         "api_tokens": 0,
         "ticket_components": 2,
+        "ticket_tags": 0,
         "ticket_counts": 1,
         "ticket_events": 0,
         "mail_arrivals": 1,  # the rate limits count the customer's mail

@@ -111,7 +111,7 @@ def test_a_v1_ticket_command_is_not_reply_only():
     assert decoded["reply_only"] is False
     assert decoded["received_at"] == datetime.fromtimestamp(1764400000, tz=timezone.utc)
     assert decoded["author"] == {**example["author"], "verified": False}
-    added_since = ("reply_only", "quoted_from", "charset_detected", "raw_ref", "bounce")
+    added_since = ("reply_only", "quoted_from", "charset_detected", "raw_ref", "bounce", *RULE_FIELDS)
     assert {k: v for k, v in decoded.items() if k not in (*added_since, "received_at", "author")} == {
         k: v for k, v in example.items() if k not in ("received_at", "author")}
     assert (decoded["quoted_from"], decoded["charset_detected"], decoded["raw_ref"], decoded["bounce"]) == (
@@ -165,6 +165,31 @@ def test_a_v4_bounce_carries_what_its_report_says():
     example = {**_example("TicketCommand", 4), "classification": "bounce", "bounce": report}
     assert codec("TicketCommand").decode(codec("TicketCommand").encode(example))["bounce"] == report
     assert _example("TicketCommand", 4)["bounce"] is None  # a reply reports on nothing
+
+
+RULE_FIELDS = ("new_ticket_queue", "assignee", "assignee_rule", "priority", "tags", "matched_rules")
+NO_RULES = {"new_ticket_queue": None, "assignee": None, "assignee_rule": None, "priority": None, "tags": [],
+            "matched_rules": []}
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_an_old_ticket_command_matched_no_routing_rule(version):
+    """Routing rules came with v4: an old command sets nothing on its ticket."""
+    [old] = [v for v in load_versions()["TicketCommand"] if v.version == version]
+    decoded = codec("TicketCommand").decode(_written_by(old, _example("TicketCommand", version)))
+    assert {k: decoded[k] for k in RULE_FIELDS} == NO_RULES
+
+
+def test_a_v4_ticket_command_carries_what_the_routing_rules_set():
+    example = _example("TicketCommand", 4)
+    decoded = codec("TicketCommand").decode(codec("TicketCommand").encode(example))
+    assert {k: decoded[k] for k in RULE_FIELDS} == {
+        "new_ticket_queue": "BILLING", "assignee": "ann@example.com", "assignee_rule": "invoices",
+        "priority": "high", "tags": ["vip", "contract"], "matched_rules": ["vip-customers", "invoices"]}
+    # The router writes every field; a command that matched no rule carries the defaults.
+    bare = {k: v for k, v in example.items() if k not in RULE_FIELDS}
+    assert {k: codec("TicketCommand").decode(codec("TicketCommand").encode({**bare, **NO_RULES}))[k]
+            for k in RULE_FIELDS} == NO_RULES
 
 
 def test_a_v1_inbound_mail_is_no_release():

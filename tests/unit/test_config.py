@@ -258,3 +258,155 @@ def test_suspended_mail_is_kept_30_days_unless_configured(monkeypatch: pytest.Mo
         parse_text("suspended:\n  retention_days: -1\n" + GOOD)
     [problem] = info.value.problems
     assert problem.line == 2 and "retention_days" in str(problem)
+
+
+# -- routing rules ----------------------------------------------------------------
+
+RULES = textwrap.dedent("""\
+    organization:
+      admins: [carl@example.com]
+      members:
+        - {email: ann@example.com, groups: [support]}
+        - {email: bob@example.com}
+        - {email: carl@example.com}
+    queues:
+      - key: SUPPORT
+        access: [group:support, bob@example.com]
+        mailboxes: [{address: support@example.com, ingress: true}]
+        rules:
+          - name: vip-customers
+            match:
+              from: "@BigCorp.test"
+              subject: {regex: "^(urgent|срочно)"}
+              header: {name: X-Priority, value: "1"}
+              authenticated: true
+            set:
+              type: incident
+              components: [billing, billing, web]
+              assignee: Ann@Example.com
+              priority: high
+              tags: [vip, contract]
+              queue: BILLING
+            stop: true
+          - name: spam
+            match: {header: {name: X-Spam-Flag}}
+            drop: true
+      - key: BILLING
+        access: [group:support]
+        mailboxes: [{address: billing@example.com, ingress: true}]
+    """)
+
+
+def test_routing_rules_are_frozen_in_order_with_their_patterns_compiled() -> None:
+    queue = parse_text(RULES).queue("SUPPORT")
+    assert queue is not None
+    vip, spam = queue.rules
+    assert (vip.name, vip.stop, vip.drop, spam.name, spam.drop) == ("vip-customers", True, False, "spam", True)
+    assert vip.match.sender is not None and vip.match.sender.text == "@bigcorp.test"  # casefolded once
+    assert vip.match.subject is not None and vip.match.subject.regex is not None
+    assert vip.match.subject.regex.search("СРОЧНО: help") is not None  # case-insensitive, compiled at load
+    assert vip.match.header is not None and vip.match.header.name == "x-priority"
+    assert vip.match.header.value is not None and vip.match.header.value.text == "1"
+    assert vip.match.authenticated is True and vip.match.body is None
+    assert spam.match.header is not None and spam.match.header.value is None  # presence only
+    actions = vip.actions
+    assert (actions.type, actions.components, actions.assignee, actions.priority, actions.tags, actions.queue) == (
+        "incident", ("billing", "web"), "ann@example.com", "high", ("vip", "contract"), "BILLING")
+    assert parse_text(RULES).queue("BILLING").rules == ()
+
+
+def _rules_problems(old: str, new: str) -> list[str]:
+    assert old in RULES, old
+    return _problems(RULES.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ('subject: {regex: "^(urgent|срочно)"}', 'subject: {regex: "^(urgent"}',
+     "line 15: queues[0].rules[0].match.subject.regex: not a valid regular expression: missing ), "
+     "unterminated subpattern at position 1"),
+    ("priority: high", "priority: extreme",
+     "line 22: queues[0].rules[0].set.priority: Input should be 'low', 'normal', 'high' or 'urgent'"),
+    ("name: spam", "name: loop",
+     "line 26: queues[0].rules[1].name: 'loop' is a reason code deskmail uses itself; name the rule otherwise"),
+    ("name: spam", "name: 'spam: all'",
+     "line 26: queues[0].rules[1].name: a rule name is 1 to 64 letters, digits, '_', '-' or '.', "
+     "starting with a letter or a digit"),
+    ("match: {header: {name: X-Spam-Flag}}", "match: {}",
+     "line 27: queues[0].rules[1].match: a rule needs at least one condition: from, to, cc, subject, header, "
+     "body, authenticated"),
+    ("match: {header: {name: X-Spam-Flag}}", 'match: {body: ""}',
+     "line 27: queues[0].rules[1].match.body: an empty string would match every mail"),
+    ("match: {header: {name: X-Spam-Flag}}", "match: {body: [x]}",
+     'line 27: queues[0].rules[1].match.body: a condition is a string or {regex: "..."}'),
+    ("match: {header: {name: X-Spam-Flag}}", "match: {header: {name: 'X Spam'}}",
+     "line 27: queues[0].rules[1].match.header.name: 'X Spam' is not a header name"),
+    ("match: {header: {name: X-Spam-Flag}}", "match: {subjekt: x}",
+     "line 27: queues[0].rules[1].match.subjekt: Extra inputs are not permitted"),
+    ("tags: [vip, contract]", 'tags: ["vip\\nBcc: x"]',
+     "line 23: queues[0].rules[0].set.tags: a tag 'vip\\nBcc: x' contains a line break (U+000A); "
+     "header text must be one line"),
+])
+def test_each_rule_error_names_its_line(old: str, new: str, expected: str) -> None:
+    assert _rules_problems(old, new) == [expected]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("queue: BILLING", "queue: SALES", "line 24: queues[0].rules[0].set.queue: no queue SALES is configured"),
+    ("assignee: Ann@Example.com", "assignee: eve@example.com",
+     "line 21: queues[0].rules[0].set.assignee: 'eve@example.com' is not an organization member"),
+    # bob may use SUPPORT, not BILLING, where this rule's tickets open
+    ("assignee: Ann@Example.com", "assignee: bob@example.com",
+     "line 21: queues[0].rules[0].set.assignee: bob@example.com has no access to queue BILLING"),
+    ("name: spam", "name: VIP-Customers",
+     "line 26: queues[0].rules[1].name: rule name VIP-Customers is used twice in queue SUPPORT"),
+])
+def test_rules_are_checked_against_the_other_rules_queues_and_members(old: str, new: str, expected: str) -> None:
+    assert _rules_problems(old, new) == [expected]
+
+
+def test_an_assignee_is_checked_against_the_rules_own_queue_without_a_move() -> None:
+    stay = RULES.replace("          queue: BILLING\n", "")
+    assert parse_text(stay.replace("assignee: Ann@Example.com", "assignee: bob@example.com")).queue(
+        "SUPPORT").rules[0].actions.assignee == "bob@example.com"
+    # an admin sees every queue, so may be assigned anywhere
+    assert parse_text(RULES.replace("assignee: Ann@Example.com", "assignee: carl@example.com")).queue(
+        "SUPPORT").rules[0].actions.assignee == "carl@example.com"
+
+
+def test_every_rule_error_is_reported_at_once() -> None:
+    bad = RULES.replace("queue: BILLING", "queue: SALES").replace("name: spam", "name: vip-customers")
+    bad = bad.replace("assignee: Ann@Example.com", "assignee: eve@example.com")
+    assert _problems(bad) == [
+        "line 24: queues[0].rules[0].set.queue: no queue SALES is configured",
+        "line 21: queues[0].rules[0].set.assignee: 'eve@example.com' is not an organization member",
+        "line 26: queues[0].rules[1].name: rule name vip-customers is used twice in queue SUPPORT",
+    ]
+
+
+def test_config_check_names_the_file_and_line_of_a_bad_regex(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    path = tmp_path / "deskmail.yaml"
+    path.write_text(RULES.replace('{regex: "^(urgent|срочно)"}', '{regex: "[a-"}'), encoding="utf-8")
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert (f"{path}: line 15: queues[0].rules[0].match.subject.regex: not a valid regular expression: "
+            "unterminated character set at position 0") in result.output
+
+
+def test_config_check_counts_rules_and_warns_about_rules_that_cannot_work(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    path = tmp_path / "deskmail.yaml"
+    path.write_text(RULES, encoding="utf-8")
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "2 routing rule(s)" in result.stdout
+    assert (f"{path}: warning: rule vip-customers of queue SUPPORT matches `authenticated: true`, but without "
+            "organization.sender_authentication.trusted_authserv_ids no mail proves its From") in result.stderr
+    assert (f"{path}: warning: rule vip-customers of queue SUPPORT moves tickets to BILLING, which has no "
+            "mailbox with SMTP settings: its agents cannot answer them by mail") in result.stderr

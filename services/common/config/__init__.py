@@ -6,7 +6,8 @@ names the line it was found on. Nothing else in deskmail reads the environment f
 settings or secrets.
 
 The package: ``schema`` (the file as written), ``model`` (the frozen runtime
-objects and their lookups), ``secrets`` (references and ``Secret``), ``hostport``
+objects and their lookups, routing rules included), ``rules_schema`` (routing
+rules as written), ``secrets`` (references and ``Secret``), ``hostport``
 (listen addresses), ``loader`` (YAML with line numbers, ``load``,
 ``ConfigError``), ``keys`` (the Message-ID key, ``message_id_key``). Import from here.
 """
@@ -15,7 +16,18 @@ from services.common.config.api_schema import ApiSettings, OidcSettings
 from services.common.config.hostport import HostPort
 from services.common.config.keys import existing_message_id_key, message_id_key
 from services.common.config.loader import ConfigError, Problem, load, parse_text
-from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
+from services.common.config.model import (
+    Config,
+    HeaderMatch,
+    Imap,
+    Mailbox,
+    Queue,
+    Rule,
+    RuleActions,
+    RuleMatch,
+    Smtp,
+    TextMatch,
+)
 from services.common.config.schema import (
     TOPIC_NAMES,
     BlobSettings,
@@ -52,6 +64,7 @@ __all__ = [
     "ConsumerSettings",
     "DatabaseSettings",
     "FetcherSettings",
+    "HeaderMatch",
     "HostPort",
     "Imap",
     "ImapSettings",
@@ -67,6 +80,9 @@ __all__ = [
     "Problem",
     "Queue",
     "QueueModel",
+    "Rule",
+    "RuleActions",
+    "RuleMatch",
     "Secret",
     "SecretRef",
     "ConsumeSettings",
@@ -76,6 +92,7 @@ __all__ = [
     "Smtp",
     "SmtpSettings",
     "SuspendedSettings",
+    "TextMatch",
     "TicketDefaults",
     "load",
     "existing_message_id_key",

@@ -10,7 +10,8 @@ are raised together as one ``ConfigError``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,19 @@ import yaml
 from pydantic import ValidationError
 
 from services.common.config.limits import MailLimits
-from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
+from services.common.config.model import (
+    Config,
+    HeaderMatch,
+    Imap,
+    Mailbox,
+    Queue,
+    Rule,
+    RuleActions,
+    RuleMatch,
+    Smtp,
+    TextMatch,
+)
+from services.common.config.rules_schema import RuleModel, TextCondition
 from services.common.config.schema import TOPIC_NAMES, ConfigModel
 from services.common.config.secrets import MIN_KEY_CHARS, Secret, SecretRef, SecretUnavailable, resolve
 
@@ -193,6 +206,10 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
                             allow_outbound_mail=q.allow_outbound_mail, mailboxes=tuple(mailboxes),
                             closed_reply=q.closed_reply, auto_close_days=q.auto_close_days,
                             limits=MailLimits.of(model.limits, q.limits)))
+    assignees: list[tuple[tuple[Any, ...], str, str]] = []  # (where, assignee, target queue): checked below
+    for qi, q in enumerate(model.queues):
+        rules = _rules(q.key, q.rules, ("queues", qi), seen_queues, member_emails, assignees, lines, problems)
+        queues[qi] = replace(queues[qi], rules=rules)
 
     kafka_password = None
     if model.kafka.sasl_password is not None:
@@ -213,13 +230,10 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
     if model.api.auth.oidc is not None and model.api.auth.oidc.client_secret is not None:
         oidc_secret = _resolve(model.api.auth.oidc.client_secret, ("api", "auth", "oidc", "client_secret"), lines,
                                problems)
-    if problems:
-        raise ConfigError(path, problems)
-
     blob_path = Path(model.blobs.path) if model.blobs.path else data_dir / "blobs"
     if not blob_path.is_absolute():
         blob_path = base / blob_path
-    return Config(
+    config = Config(
         path=path,
         kafka=model.kafka,
         kafka_password=kafka_password,
@@ -243,3 +257,71 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         suspended=model.suspended,
         automatic_mail=model.automatic_mail,
     )
+    _check_assignees(config, assignees, lines, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+# ---------------------------------------------------------------- routing rules
+
+
+def _rules(queue: str, models: tuple[RuleModel, ...], qloc: tuple[Any, ...], queue_keys: set[str],
+           member_emails: set[str], assignees: list[tuple[tuple[Any, ...], str, str]],
+           lines: dict[tuple[Any, ...], int], problems: list[Problem]) -> tuple[Rule, ...]:
+    """A queue's rules frozen, with the checks across rules and sections: names
+    unique in the queue (in any case), the target queue configured, the assignee
+    a member (whether they may see the target queue is checked on the Config)."""
+    rules: list[Rule] = []
+    names: set[str] = set()
+    for ri, r in enumerate(models):
+        rloc = qloc + ("rules", ri)
+        if r.name.lower() in names:
+            problems.append(Problem(_line_for(rloc + ("name",), lines), _where(rloc + ("name",)),
+                                    f"rule name {r.name} is used twice in queue {queue}"))
+        names.add(r.name.lower())
+        actions = r.set_
+        if actions.queue is not None and actions.queue not in queue_keys:
+            where = rloc + ("set", "queue")
+            problems.append(Problem(_line_for(where, lines), _where(where), f"no queue {actions.queue} is configured"))
+        if actions.assignee is not None:
+            where = rloc + ("set", "assignee")
+            if actions.assignee not in member_emails:
+                problems.append(Problem(_line_for(where, lines), _where(where),
+                                        f"{actions.assignee!r} is not an organization member"))
+            else:
+                assignees.append((where, actions.assignee, actions.queue or queue))
+        m = r.match
+        match = RuleMatch(
+            sender=_text(m.from_), to=_text(m.to), cc=_text(m.cc), subject=_text(m.subject), body=_text(m.body),
+            header=None if m.header is None else HeaderMatch(m.header.name, _text(m.header.value)),
+            authenticated=m.authenticated,
+        )
+        rules.append(Rule(
+            name=r.name, match=match, drop=r.drop, stop=r.stop,
+            actions=RuleActions(type=actions.type, components=actions.components, assignee=actions.assignee,
+                                priority=actions.priority, tags=actions.tags, queue=actions.queue),
+        ))
+    return tuple(rules)
+
+
+def _text(condition: TextCondition | None) -> TextMatch | None:
+    if condition is None:
+        return None
+    if condition.regex is not None:  # validated by the schema: compiles
+        return TextMatch(regex=re.compile(condition.regex, re.IGNORECASE))
+    assert condition.text is not None
+    return TextMatch(text=condition.text.casefold())
+
+
+def _check_assignees(config: Config, assignees: list[tuple[tuple[Any, ...], str, str]],
+                     lines: dict[tuple[Any, ...], int], problems: list[Problem]) -> None:
+    """A rule's assignee must see the queue the ticket opens in: its access list
+    admits them, or they are an admin."""
+    from services.common.permissions import may_see  # it imports this package
+
+    for where, email, key in assignees:
+        member, target = config.member(email), config.queue(key)
+        if member is not None and target is not None and not may_see(config, member, target):
+            problems.append(Problem(_line_for(where, lines), _where(where),
+                                    f"{email} has no access to queue {key}"))

@@ -7,6 +7,7 @@ The lookups (``mailbox``, ``queue``, ``member``) index once, lazily.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -70,6 +71,57 @@ class Mailbox:
 
 
 @dataclass(frozen=True)
+class TextMatch:
+    """One condition on text: a case-insensitive substring (kept casefolded) or a
+    regex compiled once, with re.IGNORECASE, for ``search``."""
+
+    text: str | None = None
+    regex: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str  # lower case
+    value: TextMatch | None = None  # None: the header only has to be there
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """The conditions of a rule; every one given must hold."""
+
+    sender: TextMatch | None = None  # `from:`, on the From address
+    to: TextMatch | None = None
+    cc: TextMatch | None = None
+    subject: TextMatch | None = None
+    header: HeaderMatch | None = None
+    body: TextMatch | None = None
+    authenticated: bool | None = None
+
+
+@dataclass(frozen=True)
+class RuleActions:
+    """What a rule sets on the ticket a mail opens; None and () set nothing."""
+
+    type: str | None = None
+    components: tuple[str, ...] = ()
+    assignee: str | None = None
+    priority: str | None = None
+    tags: tuple[str, ...] = ()
+    queue: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A routing rule of a queue (services/router/rules.py applies them in order)."""
+
+    name: str
+    match: RuleMatch
+    actions: RuleActions = RuleActions()
+    drop: bool = False
+    stop: bool = False
+
+
+@dataclass(frozen=True)
 class Queue:
     key: str
     name: str
@@ -79,6 +131,7 @@ class Queue:
     closed_reply: str = "follow_up"  # follow_up | reopen
     auto_close_days: int = 7  # 0: never
     limits: MailLimits = MailLimits()  # size limits on its incoming mail
+    rules: tuple[Rule, ...] = ()  # routing rules, in order
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.common import mailrules
+from services.common import mailrules, routing
 from services.common.config.api_schema import ApiSettings
 from services.common.config.base import Section as _Model
 from services.common.config.hostport import HostPort, ListenAddress
 from services.common.config.limits import LimitsSettings, QueueLimitsSettings
+from services.common.config.rules_schema import RuleModel
 from services.common.config.secrets import SecretRef
 
 TOPIC_NAMES = {
@@ -313,6 +314,8 @@ class QueueModel(_Model):
     auto_close_days: int = Field(default=7, ge=0, le=3650)
     limits: QueueLimitsSettings | None = None  # this queue's size limits over the top-level `limits:`
     mailboxes: tuple[MailboxModel, ...] = ()
+    # Routing rules, tried in order after the address's defaults (services/router/rules.py).
+    rules: tuple[RuleModel, ...] = Field(default=(), max_length=routing.MAX_RULES)
 
     @field_validator("key")
     @classmethod

@@ -15,10 +15,11 @@ be used at all raises :class:`MalformedMail`.
 from __future__ import annotations
 
 from services.router.mailparse import fastpath, stdlib
+from services.router.mailparse.decoding import header_values
 from services.router.mailparse.model import Address, Attachment, Dsn, MalformedMail, ParsedMail
 from services.router.mailparse.reader import Reader
 
-__all__ = ["Address", "Attachment", "Dsn", "MalformedMail", "ParsedMail", "parse"]
+__all__ = ["Address", "Attachment", "Dsn", "MalformedMail", "ParsedMail", "header_values", "parse"]
 
 
 def parse(raw: bytes) -> ParsedMail:

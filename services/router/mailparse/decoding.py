@@ -13,7 +13,7 @@ from email.message import Message
 from functools import lru_cache
 
 from services.router.mailparse import charsets
-from services.router.mailparse.model import Address
+from services.router.mailparse.model import Address, ParsedMail
 
 # Charset labels Python does not know, and labels whose senders really use a
 # superset (the same choices the WHATWG Encoding Standard makes for browsers).
@@ -192,6 +192,15 @@ def _flush(out: list[str], pending: bytearray, charset: str) -> None:
     if pending:
         out.append(decode_detected(bytes(pending), charset)[0])
         pending.clear()
+
+
+def header_values(mail: ParsedMail, name: str) -> tuple[str, ...]:
+    """Every value of header ``name`` (any case), top-down, decoded as the parser
+    decodes the headers it reads: unfolded, raw 8-bit bytes and encoded-words
+    decoded, control characters dropped."""
+    wanted = name.lower()
+    return tuple(clean(decode_words(decode_8bit(unfold(value), mail.header_charset)))
+                 for field, value in mail.header_fields if field == wanted)
 
 
 def clean(text: str) -> str:

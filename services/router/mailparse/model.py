@@ -89,3 +89,10 @@ class ParsedMail:
     list_mail: bool = False
     # For a bounce (``bounce``): what its report says, None when it says nothing readable.
     dsn: Dsn | None = None
+    # Every top-level header field as parsed, (lower-case name, value with its folds,
+    # encoded-words and raw 8-bit bytes still in), for the routing rules' "any
+    # header"; read them decoded with mailparse.header_values. Decoding all of them
+    # for every mail would cost more than the rules that look at one. Not part of
+    # equality: the fields above are what the mail means.
+    header_fields: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    header_charset: str | None = field(default=None, compare=False, repr=False)  # raw 8-bit headers' guess

@@ -126,6 +126,8 @@ class Reader:
             deskmail_ticket=" ".join(self._header("x-deskmail-ticket").split())[:100] or None,
             list_mail=classify.is_list_mail(self._headers),
             dsn=report,
+            header_fields=tuple((name.lower(), str(value)) for name, value in self._message.items()),
+            header_charset=self._charset_hint,
         )
 
     # -- headers --------------------------------------------------------

@@ -1,8 +1,8 @@
 """Bounces: an outgoing comment's delivery status may be ``bounced``.
 
 Revision ID: 0010
-Revises: 0008
-Create Date: 2026-12-18 10:00:00
+Revises: 0009
+Create Date: 2026-12-04 10:00:00
 
 A delivery status notification for mail deskmail sent marks that comment
 ``bounced`` (services/tickets/apply.py); the CHECK on ``comments.delivery_status``
@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | Sequence[str] | None = "0008"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
