@@ -43,6 +43,13 @@ def test_winmail_dat_becomes_its_files() -> None:
     assert parsed.text == "See the attached report."
 
 
+def test_office_files_inside_get_their_types() -> None:
+    parsed = parse(mail(tnef([(b"report.xlsx", b"PK xlsx"), (b"letter.docx", b"PK docx"), (b"mail.msg", b"msg")])))
+    assert [a.content_type for a in parsed.attachments] == [
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document", "application/vnd.ms-outlook"]
+
+
 def test_the_tnef_body_is_the_text_of_a_mail_without_one() -> None:
     parsed = parse(mail(tnef([(b"a.txt", b"a line of text")], body=b"The body Outlook put inside."), text=None))
     assert parsed.text == "The body Outlook put inside."

@@ -45,6 +45,20 @@ _SIMPLE_ADDRESS = re.compile(
     rf"|(?P<bare>{_ATOM}@{_ATOM}))\s*"
 )
 _MIME_TYPES = mimetypes.MimeTypes()  # the built-in table only, so names do not depend on the host
+# What the built-in table lacks and mail carries every day (files unpacked from winmail.dat).
+for _type, _extension in (
+    ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", ".docx"),
+    ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", ".xlsx"),
+    ("application/vnd.openxmlformats-officedocument.presentationml.presentation", ".pptx"),
+    ("application/vnd.ms-outlook", ".msg"),
+    ("application/vnd.oasis.opendocument.text", ".odt"),
+    ("application/vnd.oasis.opendocument.spreadsheet", ".ods"),
+    ("image/webp", ".webp"),
+    ("image/heic", ".heic"),
+    ("application/x-7z-compressed", ".7z"),
+    ("application/vnd.rar", ".rar"),
+):
+    _MIME_TYPES.add_type(_type, _extension, strict=False)
 _EXTENSIONS = {
     "text/plain": ".txt",
     "text/rfc822-headers": ".txt",
