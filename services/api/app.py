@@ -7,7 +7,9 @@ The OpenAPI document is at /openapi.json; no documentation page is served, as
 Swagger UI would load its code from a CDN into deskmail's origin.
 /metrics also carries ``deskmail_tickets{queue,status}``, read from the kept
 counts at each scrape, and ``deskmail_suspended{queue,reason}``
-(``services.api.ticket_metrics``).
+(``services.api.ticket_metrics``), every request by route template
+(``deskmail_api_requests_total``, ``deskmail_api_request_seconds``) and, from
+`deskmail run api`, the stages' consumer lag read from the broker (``services.api.lag``).
 ``run_api`` is `deskmail run api`: it serves the app with uvicorn on
 ``api.listen`` (with its port replaced when a port is given), serves /metrics,
 /healthz and /readyz on the same port, and runs the relay in a background
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +51,8 @@ from services.api.context import ApiContext, Releasing, Waker
 from services.api.csrf import CsrfTokens
 from services.api.relay import OutboxRelay
 from services.api.security import BrowserGuard, SitePolicy
+from services.api.lag import LagWatch
+from services.common.metrics import API_REQUEST_SECONDS, API_REQUESTS
 from services.common.blobs import FolderBlobStore
 from services.common.config import Config
 from services.common.kafka import Kafka
@@ -89,6 +95,20 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
 
     own_metrics = ticket_metrics.registry(config, store)
 
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = _route_template(request)
+            API_REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+            API_REQUESTS.labels(request.method if request.method in _METHODS else "other", route,
+                                        f"{status // 100}xx").inc()
+
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         # The process-wide metrics, then this app's ticket gauge (read at scrape time).
@@ -115,6 +135,21 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
         return error_response(request, exc.status_code, str(exc.detail))
 
     return app
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _route_template(request: Request) -> str:
+    """The matched route's template (``/api/v1/tickets/{key}``), never the path itself:
+    a label value per ticket key would be a series per ticket."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    if request.url.path.startswith("/static/"):
+        return "/static"
+    return "unmatched"
 
 
 def _wants_json(request: Request) -> bool:
@@ -175,6 +210,8 @@ def run_api(
 
     web_thread = guarded("web", server.run)
     relay_thread = guarded("relay", lambda: relay.run(stop, on_alive=health.tick))
+    # Never fails (a broker outage is logged and measured again); stops with the api.
+    threading.Thread(target=LagWatch(config, kafka.group_lag).run, args=(stop,), name="lag", daemon=True).start()
     log.info("started", extra={"stage": "api", "url": f"http://{host}:{listen_port}/"})
     try:
         while not stop.wait(0.2):

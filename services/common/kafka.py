@@ -133,6 +133,35 @@ class Kafka:
         finally:
             admin.close()
 
+    def group_lag(self, group: str, topics_: Sequence[str]) -> dict[tuple[str, int], int]:
+        """Per (topic, partition): the records ``group`` has not committed, read from
+        the broker (committed offset against the log end; a partition the group never
+        committed counts from its earliest record). A missing topic is left out."""
+        admin = KafkaAdminClient(**self._common())
+        try:
+            present = set(admin.list_topics()) & set(topics_)
+            if not present:
+                return {}
+            tps = [TopicPartition(item["name"], p["partition_index"])
+                   for item in admin.describe_topics(sorted(present)) if not item.get("error_code", 0)
+                   for p in item.get("partitions") or ()]
+            if not tps:
+                return {}
+            answer = admin.list_group_offsets(group)
+            committed = answer.get(group, answer) if isinstance(answer, Mapping) else {}
+            latest = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
+            earliest = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps})
+        finally:
+            admin.close()
+        lag: dict[tuple[str, int], int] = {}
+        for tp in tps:
+            end = _offset_of_any(latest.get(tp))
+            done = committed.get(tp)
+            start = done.offset if done is not None and done.offset >= 0 else _offset_of_any(earliest.get(tp))
+            if end is not None and start is not None:
+                lag[(tp.topic, tp.partition)] = max(0, end - start)
+        return lag
+
     def rewind(self, group: str, topic: str, to: int | None = None) -> dict[int, int]:
         """Move a stopped consumer group back on ``topic`` so its stage reprocesses the records.
 
@@ -152,6 +181,11 @@ class Kafka:
         finally:
             admin.close()
         return {tp.partition: _offset_of(value) for tp, value in result.items()}
+
+
+def _offset_of_any(value: Any) -> int | None:
+    offset = getattr(value, "offset", None)
+    return offset if isinstance(offset, int) and offset >= 0 else None
 
 
 def _topic_configs(result: Any) -> dict[str, dict[str, str]]:

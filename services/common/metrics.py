@@ -132,6 +132,14 @@ TICKETER_APPLY_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
 )
 
+MAIL_TO_TICKET_SECONDS = Histogram(
+    "deskmail_mail_to_ticket_seconds",
+    "From a mail's arrival (fetched from IMAP, or received by the ingress) to the commit of its ticket or "
+    "comment, by mailbox. Duplicates, rejections and released mail are not observed.",
+    ["mailbox"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+
 TICKETER_RATE_LIMITED = Counter(
     "deskmail_ticketer_rate_limited_total",
     "Mails from outside set aside as rate_limited (suspended), by the limit they passed: sender or ticket.",
@@ -172,6 +180,31 @@ TICKET_RESOLUTION_SECONDS = Histogram(
     "From a ticket's opening mail to when it became resolved or closed (again after each reopening).",
     ["queue"],
     buckets=_DURATION_BUCKETS,
+)
+
+# ---- consumer lag, measured from outside the consumers (the api's services.api.lag)
+CONSUMER_GROUP_LAG = Gauge(
+    "deskmail_consumer_group_lag_records",
+    "Records a stage's consumer group has not committed yet, per input partition, read from the broker: "
+    "it shows a stage that is scaled to zero, hung or crash-looping, which measures no lag of its own.",
+    ["stage", "topic", "partition"],
+)
+CONSUMER_GROUP_LAG_MEASURED = Gauge(
+    "deskmail_consumer_group_lag_measured_timestamp_seconds",
+    "When the consumer group lag was last read from the broker (unix time).",
+)
+
+# ---- api requests
+API_REQUESTS = Counter(
+    "deskmail_api_requests_total",
+    "HTTP requests the api answered, by method, route template and status class (2xx, 3xx, 4xx, 5xx).",
+    ["method", "route", "status"],
+)
+API_REQUEST_SECONDS = Histogram(
+    "deskmail_api_request_seconds",
+    "Time to answer one HTTP request, by route template.",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
 # ---- sender

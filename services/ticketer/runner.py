@@ -36,6 +36,7 @@ from services.common.runtime import Health
 from services.common.stage import StageContext, StageSpec, run_stage
 from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore, VersionConflict
 from services.tickets.apply import ClosedReply
+from services.common.suspended import released_of
 from services.tickets.commands import command_key
 from services.ticketer.rebuild import rebuilt_mail
 from services.tickets.ratelimit import NONE as NO_LIMITS
@@ -90,6 +91,7 @@ class TicketerStep:
             raise BadRecord(f"{command.get('id')}: {exc}") from exc
         metrics.TICKETER_APPLY_SECONDS.observe(time.perf_counter() - started)
         metrics.TICKETER_APPLIED.labels(applied.outcome).inc()
+        _observe_latency(command, applied.outcome)
         if applied.bounce is not None:
             metrics.TICKETER_BOUNCES.labels(applied.bounce).inc()
             if applied.bounce == "bounced":
@@ -149,6 +151,18 @@ class TicketerStep:
             "delivery recorded" if changed else "delivery event ignored",
             extra={"stage": STAGE, "ticket": event.get("ticket"), "outcome": event["status"]},
         )
+
+
+def _observe_latency(command: Mapping[str, Any], outcome: str) -> None:
+    """Mail to its committed ticket or comment: new effects only (a duplicate or a
+    replay was observed the first time), and not a release (its arrival is old news)."""
+    received = command.get("received_at")
+    if outcome not in ("created", "commented") or not isinstance(received, datetime):
+        return
+    if released_of(str(command.get("id") or "")) is not None:
+        return
+    seconds = (datetime.now(timezone.utc) - received).total_seconds()
+    metrics.MAIL_TO_TICKET_SECONDS.labels(command.get("mailbox") or "").observe(max(0.0, seconds))
 
 
 @contextmanager

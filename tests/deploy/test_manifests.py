@@ -655,7 +655,8 @@ def test_dashboard_uses_only_exported_metrics_and_labels() -> None:
     wanted = {
         "deskmail_fetcher_messages_total", "deskmail_fetcher_mailbox_up", "deskmail_fetcher_bytes_total",
         "deskmail_bus_records_processed_total", "deskmail_bus_batch_seconds_bucket",
-        "deskmail_bus_consumer_lag_records", "deskmail_bus_retries_total", "deskmail_bus_deadletters_total",
+        "deskmail_consumer_group_lag_records", "deskmail_bus_retries_total", "deskmail_bus_deadletters_total",
+        "deskmail_mail_to_ticket_seconds_bucket",
         "deskmail_bus_paused",
         "deskmail_router_commands_total", "deskmail_router_rejections_total",
         "deskmail_ticketer_commands_applied_total", "deskmail_ticketer_apply_seconds_bucket",

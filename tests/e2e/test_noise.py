@@ -77,6 +77,10 @@ def test_a_burst_is_rate_limited_and_auto_replies_change_nothing(stack: tuple[St
     assert store.count_tickets() == 20
     assert {i.author_email for i in limited} == {"flood@customer.test"}
     assert processes.metric("ticketer", "deskmail_ticketer_rate_limited_total", limit="sender") == BURST - 20
+    # every mail that made a ticket took its time from arrival to commit; the suspended ones none
+    assert processes.metric("ticketer", "deskmail_mail_to_ticket_seconds_count", mailbox="support@example.com") == 20
+    assert processes.metric("ticketer", "deskmail_mail_to_ticket_seconds_bucket", mailbox="support@example.com",
+                            le="+Inf") == 20
     config = ("--config", str(processes.config_path), "--bootstrap", processes.bootstrap)
     listed = processes.cli("suspended", "list", "--reason", "rate_limited", "--json", *config).stdout.splitlines()
     assert len(listed) == BURST - 20
@@ -89,6 +93,8 @@ def test_a_burst_is_rate_limited_and_auto_replies_change_nothing(stack: tuple[St
     released = wait_for(lambda: store.get_suspended(item.id).released_ticket, 60, "the release applied")
     assert store.count_tickets() == 21
     assert store.get_ticket(released).summary == item.subject
+    # a release is not a mail arriving late: not observed
+    assert processes.metric("ticketer", "deskmail_mail_to_ticket_seconds_count", mailbox="support@example.com") == 20
     again = processes.cli("suspended", "release", str(item.id), "--as", "alice@example.com", *config, check=False)
     assert again.returncode == 1 and "released already" in again.stderr
 

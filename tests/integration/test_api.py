@@ -167,6 +167,31 @@ def test_pages_render_and_escape_mail_text(make: Make) -> None:
         assert client.get(probe).status_code == 200
 
 
+def _sample(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_requests_are_counted_by_route_template_never_by_path(make: Make) -> None:
+    client, _, _, _ = make()
+    before = client.get("/metrics").text
+    for key in ("SUPPORT-1", "SUPPORT-1", "SUPPORT-99"):
+        client.get(f"/api/v1/tickets/{key}")
+    client.get("/no/such/page/SUPPORT-1")
+    text = client.get("/metrics").text
+    route = "/api/v1/tickets/{key}"
+    for status, n in (("2xx", 2), ("4xx", 1)):
+        grown = (_sample(text, "deskmail_api_requests_total", method="GET", route=route, status=status)
+                 - _sample(before, "deskmail_api_requests_total", method="GET", route=route, status=status))
+        assert grown == n, status
+    assert _sample(text, "deskmail_api_requests_total", route="unmatched", status="4xx") >= 1
+    assert _sample(text, "deskmail_api_request_seconds_count", route=route) >= 3
+    assert "SUPPORT-1" not in "".join(line for line in text.splitlines() if line.startswith("deskmail_api_"))
+
+
 def test_reply_from_the_page_is_stored_queued_and_redirects(make: Make) -> None:
     client, store, _, waker = make()
     response = post_form(client, "/tickets/SUPPORT-1/reply", data={
