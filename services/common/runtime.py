@@ -45,6 +45,7 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("imapclient").setLevel(logging.WARNING)  # "Connection closed" on every reconnect
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # "setup plugin ..." at each import
 
 
 class Health:
