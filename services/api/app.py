@@ -47,7 +47,7 @@ from services.api.context import ApiContext, Releasing, Waker
 from services.api.csrf import CsrfTokens
 from services.api.relay import OutboxRelay
 from services.api.security import BrowserGuard, SitePolicy
-from services.common.blobs import FolderBlobStore
+from services.common.blobs import blob_store
 from services.common.config import Config
 from services.common.kafka import Kafka
 from services.common.runtime import Health
@@ -73,7 +73,7 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
     )
     app.state.deskmail = ApiContext(config, store, relay, releaser)
     app.state.csrf = CsrfTokens.from_config(config)
-    app.state.blobs = FolderBlobStore(config.blob_path)
+    app.state.blobs = blob_store(config)
     app.add_middleware(BrowserGuard, site=SitePolicy.from_config(config), refuse=error_response)
     if config.api.auth.mode == "oidc":
         app.state.signin = signin.SignIn(config)
@@ -150,7 +150,7 @@ def run_api(
     producer = kafka.producer()
     relay = OutboxRelay(store, producer, config.topics["outbound"])
     # The relay's producer also releases suspended mail (thread-safe, acks=all).
-    releaser = Releaser(config, store, FolderBlobStore(config.blob_path), producer,
+    releaser = Releaser(config, store, blob_store(config), producer,
                         lambda partition, offset: deadletters.read_one(kafka, partition, offset), stage="api")
     host, listen_port = _listen(config, port)
     server = uvicorn.Server(uvicorn.Config(

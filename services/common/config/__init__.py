@@ -7,18 +7,19 @@ settings or secrets.
 
 The package: ``schema`` (the file as written), ``model`` (the frozen runtime
 objects and their lookups), ``secrets`` (references and ``Secret``), ``hostport``
-(listen addresses), ``loader`` (YAML with line numbers, ``load``,
-``ConfigError``), ``keys`` (the Message-ID key, ``message_id_key``). Import from here.
+(listen addresses), ``blobs_schema`` (the ``blobs:`` section), ``loader`` (YAML with
+line numbers, ``load``, ``ConfigError``), ``keys`` (the Message-ID key,
+``message_id_key``). Import from here.
 """
 
 from services.common.config.api_schema import ApiSettings, OidcSettings
+from services.common.config.blobs_schema import BlobSettings, S3Settings
 from services.common.config.hostport import HostPort
 from services.common.config.keys import existing_message_id_key, message_id_key
 from services.common.config.loader import ConfigError, Problem, load, parse_text
-from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
+from services.common.config.model import Config, Imap, Mailbox, Queue, S3Blobs, Smtp
 from services.common.config.schema import (
     TOPIC_NAMES,
-    BlobSettings,
     ConfigModel,
     ConsumerSettings,
     DatabaseSettings,
@@ -67,6 +68,8 @@ __all__ = [
     "Problem",
     "Queue",
     "QueueModel",
+    "S3Blobs",
+    "S3Settings",
     "Secret",
     "SecretRef",
     "ConsumeSettings",

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from services.common.config.limits import MailLimits
-from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
+from services.common.config.model import Config, Imap, Mailbox, Queue, S3Blobs, Smtp
 from services.common.config.schema import TOPIC_NAMES, ConfigModel
 from services.common.config.secrets import MIN_KEY_CHARS, Secret, SecretRef, SecretUnavailable, resolve
 
@@ -213,6 +213,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
     if model.api.auth.oidc is not None and model.api.auth.oidc.client_secret is not None:
         oidc_secret = _resolve(model.api.auth.oidc.client_secret, ("api", "auth", "oidc", "client_secret"), lines,
                                problems)
+    blob_s3 = _s3_blobs(model, lines, problems)
     if problems:
         raise ConfigError(path, problems)
 
@@ -242,4 +243,24 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         api_oidc_client_secret=oidc_secret,
         suspended=model.suspended,
         automatic_mail=model.automatic_mail,
+        blob_s3=blob_s3,
+    )
+
+
+def _s3_blobs(model: ConfigModel, lines: dict[tuple[Any, ...], int], problems: list[Problem]) -> S3Blobs | None:
+    """``blobs.s3`` resolved when it is the backend (the schema refuses it otherwise)."""
+    s3 = model.blobs.s3
+    if model.blobs.backend != "s3" or s3 is None:
+        return None
+    loc = ("blobs", "s3")
+    return S3Blobs(
+        bucket=s3.bucket,
+        prefix=s3.prefix,
+        endpoint_url=s3.endpoint_url,
+        region=s3.region,
+        access_key_id=(_resolve(s3.access_key_id, loc + ("access_key_id",), lines, problems)
+                       if s3.access_key_id else None),
+        secret_access_key=(_resolve(s3.secret_access_key, loc + ("secret_access_key",), lines, problems)
+                           if s3.secret_access_key else None),
+        addressing_style=s3.addressing_style or ("path" if s3.endpoint_url else "virtual"),
     )
