@@ -87,13 +87,13 @@ class S3BlobStore:
     blob (``get``) in memory.
     """
 
-    def __init__(self, settings: S3Blobs, *, part_bytes: int = PART_BYTES, s3: Any = None):
+    def __init__(self, settings: S3Blobs, *, part_bytes: int = PART_BYTES):
         if part_bytes < MIN_PART_BYTES:
             raise ValueError(f"a part is at least {MIN_PART_BYTES} bytes")
         self.bucket = settings.bucket
         self.prefix = f"{settings.prefix}/" if settings.prefix else ""
         self.part_bytes = part_bytes
-        self.s3 = s3 if s3 is not None else client(settings)
+        self.s3 = client(settings)
 
     @property
     def where(self) -> str:
@@ -204,17 +204,24 @@ class S3BlobWriter:
         return self._hash.hexdigest()
 
     def write(self, chunk: bytes) -> None:
-        """Add ``chunk``; a full part goes to the service now. Raises BlobStoreUnavailable."""
+        """Add ``chunk``; a full part goes to the service now. Raises BlobStoreUnavailable,
+        after which the writer is finished: a part may be lost, so the blob cannot be."""
         if self._done:
             raise RuntimeError("blob writer already finished")
         self._buffer += chunk
         self._hash.update(chunk)
         self.size += len(chunk)
-        if len(self._buffer) >= self._store.part_bytes:
+        if len(self._buffer) < self._store.part_bytes:
+            return
+        part, self._buffer = self._buffer, bytearray()
+        try:
             if self._upload is None:
                 self._upload = _Upload.start(self._store)
-            part, self._buffer = self._buffer, bytearray()
             self._upload.send(part)
+        except BaseException:
+            self._done = True
+            self._discard()
+            raise
 
     def commit(self, *, durable: bool = True) -> str:
         """Finish the blob under its content key and return its reference (``durable``
