@@ -315,7 +315,7 @@ class _Upload:
                     store.s3.abort_multipart_upload(Bucket=store.bucket, Key=self.key, UploadId=self.upload_id)
         except BlobStoreUnavailable as exc:
             log.warning("temporary upload left for the bucket's lifecycle rule",
-                        extra={"blob": self.key, "error": str(exc)})
+                        extra={"error": str(exc)})
 
 
 def _status(exc: ClientError) -> int:
