@@ -4,7 +4,8 @@ Markers (declared in pyproject.toml):
 
 ``integration``
     The test talks to real services started here: the Tansu broker
-    (``broker``), Dovecot (``dovecot``) or PostgreSQL (``postgres_url``).
+    (``broker``), Dovecot (``dovecot``), PostgreSQL (``postgres_url``) or an
+    S3-compatible server (``s3``, moto in server mode).
     Tests under ``tests/integration/`` get it automatically.
 ``e2e``
     The test runs the deskmail processes end to end against those services.
@@ -136,6 +137,27 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             shutil.copy(server.log_path, tmp_path_factory.mktemp("dovecot") / "dovecot.log")
         except OSError:
             pass
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A running S3-compatible server (``tests.harness.s3.S3Server``, moto in server
+    mode) for the whole session; take a fresh bucket per test with ``s3.bucket()``.
+    Its log is ``<pytest basetemp>/s3-0/moto.log``. Without moto it fails, naming the package."""
+    from tests.harness.s3 import S3Server, S3StartError
+
+    server = S3Server(tmp_path_factory.mktemp("s3-") / "moto.log")
+    error = None
+    try:
+        server.start()
+    except S3StartError as exc:
+        error = f"the S3 server did not start: {exc}"
+    if error:
+        pytest.fail(error, pytrace=False)
+    try:
+        yield server
+    finally:
         server.stop()
 
 

@@ -52,8 +52,8 @@ from services.api.csrf import CsrfTokens
 from services.api.relay import OutboxRelay
 from services.api.security import BrowserGuard, SitePolicy
 from services.api.lag import LagWatch
+from services.common.blobs import blob_store
 from services.common.metrics import API_REQUEST_SECONDS, API_REQUESTS
-from services.common.blobs import FolderBlobStore
 from services.common.config import Config
 from services.common.kafka import Kafka
 from services.common.runtime import Health
@@ -79,7 +79,7 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
     )
     app.state.deskmail = ApiContext(config, store, relay, releaser)
     app.state.csrf = CsrfTokens.from_config(config)
-    app.state.blobs = FolderBlobStore(config.blob_path)
+    app.state.blobs = blob_store(config)
     app.add_middleware(BrowserGuard, site=SitePolicy.from_config(config), refuse=error_response)
     if config.api.auth.mode == "oidc":
         app.state.signin = signin.SignIn(config)
@@ -185,7 +185,7 @@ def run_api(
     producer = kafka.producer()
     relay = OutboxRelay(store, producer, config.topics["outbound"])
     # The relay's producer also releases suspended mail (thread-safe, acks=all).
-    releaser = Releaser(config, store, FolderBlobStore(config.blob_path), producer,
+    releaser = Releaser(config, store, blob_store(config), producer,
                         lambda partition, offset: deadletters.read_one(kafka, partition, offset), stage="api")
     host, listen_port = _listen(config, port)
     server = uvicorn.Server(uvicorn.Config(

@@ -11,6 +11,7 @@ ever through ``services.api.sanitize``. Attachments are downloads, never pages
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -24,6 +25,7 @@ from services.common.config import Config, Mailbox, Member, Secret
 
 __all__ = ["csrf_protect", "router", "templates"]
 
+log = logging.getLogger("deskmail.api")
 router = APIRouter(include_in_schema=False, dependencies=[Depends(signed_in_agent)])
 
 
@@ -44,6 +46,9 @@ def attachment(
         data = blobs.get(info.blob_ref)
     except BlobMissing:
         raise HTTPException(404, f"the content of {info.filename} is missing from the blob store") from None
+    except OSError as exc:  # the folder or the bucket cannot be read now; the message names no secret
+        log.warning("attachment not served", extra={"stage": "api", "ticket": key, "error": str(exc)})
+        raise HTTPException(503, f"the blob store is unavailable, try again: {exc}") from None
     return Response(data, media_type=files.served_type(info.content_type), headers={
         "content-disposition": files.content_disposition(info.filename),
         "content-security-policy": files.ATTACHMENT_CSP,

@@ -24,6 +24,8 @@ def check(path: str | None) -> None:
         f"({sum(1 for m in mailboxes if m.imap)} IMAP, {sum(1 for m in mailboxes if m.ingress)} ingress), "
         f"{len(cfg.organization.members)} member(s), {sum(len(q.rules) for q in cfg.queues)} routing rule(s)"
     )
+    blobs = f"s3 {cfg.blob_s3.describe()}" if cfg.blob_s3 else f"folder {cfg.blob_path}"
+    click.echo(f"{path}: blobs: {blobs}")
     from services.api.context import auth_refusal
 
     refusal = auth_refusal(cfg)

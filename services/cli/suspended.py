@@ -81,9 +81,9 @@ def list_suspended(config_path: str | None, bootstrap: str | None, queue: str | 
 
 def _dead_letters(cfg: Config, bootstrap: str | None) -> list[Any]:
     from services import deadletters, suspended
-    from services.common.blobs import FolderBlobStore
+    from services.common.blobs import blob_store
 
-    blobs = FolderBlobStore(cfg.blob_path)
+    blobs = blob_store(cfg)
     with broker_errors("cannot read the dead letters"):
         letters = deadletters.read(kafka_clients(cfg, bootstrap))
     return [item for d in letters if (item := suspended.from_dead_letter(d, cfg, blobs)) is not None]
@@ -105,10 +105,10 @@ def _line(item: Any) -> str:
 def show(item_id: str, config_path: str | None, bootstrap: str | None, raw: bool) -> None:
     """One suspended mail: what is known of it and its headers, or the original with --raw."""
     from services import deadletters, suspended
-    from services.common.blobs import FolderBlobStore
+    from services.common.blobs import blob_store
 
     cfg = load_config(config_path)
-    blobs = FolderBlobStore(cfg.blob_path)
+    blobs = blob_store(cfg)
     try:
         parsed = suspended.parse_id(item_id, cfg)
     except suspended.SuspendedError as exc:
@@ -189,7 +189,7 @@ def release(item_id: str, admin: str, config_path: str | None, bootstrap: str | 
     """Turn suspended mail into a ticket or comment through the normal pipeline (once)."""
     from services import deadletters, suspended
     from services.common import permissions
-    from services.common.blobs import FolderBlobStore
+    from services.common.blobs import blob_store
 
     cfg = load_config(config_path)
     member = cfg.member(admin)
@@ -201,7 +201,7 @@ def release(item_id: str, admin: str, config_path: str | None, bootstrap: str | 
         kafka = kafka_clients(cfg, bootstrap)
         producer = kafka.producer()
         try:
-            releaser = suspended.Releaser(cfg, store, FolderBlobStore(cfg.blob_path), producer,
+            releaser = suspended.Releaser(cfg, store, blob_store(cfg), producer,
                                           lambda p, o: deadletters.read_one(kafka, p, o), stage="cli")
             try:
                 done = releaser.release(item_id, member.email)

@@ -2,10 +2,17 @@
 
 References are content addresses (``sha256:<hex>``), so storing the same bytes twice
 is a no-op and a replayed record finds its blob again. The default store is a local
-folder (shared storage on Kubernetes); anything with ``put``/``writer``/``get`` can
-replace it.
+folder (``FolderBlobStore``, shared storage on Kubernetes); ``blobs.backend: s3`` puts
+them in a bucket of an S3-compatible service instead (``S3BlobStore`` in
+``services.common.blobs_s3``, with the same contracts). Every process builds its store
+with ``blob_store(config)``.
 
-Every write goes to a temporary file in the store's folder and is renamed into place
+Errors: ``BlobMissing`` when a reference points at nothing (or at damaged bytes);
+``OSError`` when the store cannot be reached or refuses the operation (a full or
+read-only folder; an S3 connection error, throttling or a 5xx, raised as
+``BlobStoreUnavailable``), which every caller treats as transient.
+
+The folder store: every write goes to a temporary file in the folder and is renamed into place
 (``os.replace``), so a reader sees a whole blob or none, never a partial one. Mail too
 large to hold in memory is streamed with ``writer()``: chunks go to the temporary file
 and the digest is computed on the way, so the reference is known only at ``commit``.
@@ -21,7 +28,8 @@ page cache); a machine crash can cut short attachments written in the seconds be
 it, and replaying the inbound records of that window stores them again, since ``put``
 rewrites a file of the wrong size. ``get`` checks the digest, so a damaged blob is
 reported, never served. A process killed in the middle of a write leaves a
-``.tmp-*`` file behind, which no reference points at; it is safe to delete.
+``.tmp-*`` file behind, which no reference points at; it is safe to delete. (On S3
+an acknowledged write is durable, so ``durable`` changes nothing there.)
 """
 
 from __future__ import annotations
@@ -31,13 +39,25 @@ import os
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
+
+if TYPE_CHECKING:
+    from services.common.config import Config
 
 TEMP_PREFIX = ".tmp-"
+_HEX = frozenset("0123456789abcdef")
 
 
 class BlobMissing(Exception):
     """A reference points at nothing in the store."""
+
+
+class BlobStoreUnavailable(OSError):
+    """A remote store failed (connection, timeout, throttling, a 5xx, refused access).
+
+    An ``OSError``, so every caller treats it as it treats a folder it cannot write:
+    transient. The message names the operation and the key, never a credential.
+    """
 
 
 class BlobWriter(Protocol):
@@ -77,6 +97,24 @@ def ref_for_sha256(hexdigest: str) -> str:
     return "sha256:" + hexdigest
 
 
+def digest_of(ref: str) -> str:
+    """The hex digest a reference names; BlobMissing for anything that is not a reference
+    (a hostile record's ``../..`` never becomes a path or a key)."""
+    scheme, _, digest = ref.partition(":")
+    if scheme != "sha256" or len(digest) != 64 or not _HEX.issuperset(digest):
+        raise BlobMissing(f"not a blob reference: {ref[:80]!r}")
+    return digest
+
+
+def blob_store(config: Config) -> BlobStore:
+    """The store ``blobs.backend`` names: the folder (``blobs.path``) or the S3 bucket (``blobs.s3``)."""
+    if config.blob_s3 is not None:
+        from services.common.blobs_s3 import S3BlobStore  # boto3 is imported only where S3 is used
+
+        return S3BlobStore(config.blob_s3)
+    return FolderBlobStore(config.blob_path)
+
+
 def _sync_folder(folder: Path) -> None:
     """Make a rename into ``folder`` durable (POSIX: the name lives in the folder's data)."""
     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -91,9 +129,7 @@ class FolderBlobStore:
         self.root = Path(root)
 
     def _path(self, ref: str) -> Path:
-        scheme, _, digest = ref.partition(":")
-        if scheme != "sha256" or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
-            raise BlobMissing(f"not a blob reference: {ref[:80]!r}")
+        digest = digest_of(ref)
         return self.root / digest[:2] / digest[2:4] / digest
 
     def put(self, data: bytes, *, durable: bool = True) -> str:

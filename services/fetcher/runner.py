@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from services.common.blobs import BlobStore, FolderBlobStore
+from services.common.blobs import BlobStore, blob_store
 from services.common.config import Config
 from services.common.kafka import Kafka, Producer
 from services.common.runtime import Health
@@ -44,7 +44,7 @@ def run_fetcher(
     """
     servers = [bootstrap] if isinstance(bootstrap, str) else bootstrap
     producer = Kafka(config, servers).producer()
-    blobs = FolderBlobStore(config.blob_path)
+    blobs = blob_store(config)
     halt = threading.Event()  # our own signal to the workers: stop requested, or a worker crashed
     crashed: list[tuple[str, BaseException]] = []
     inline_max = inline_max_bytes(config)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.common import metrics, suspended
-from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
+from services.common.blobs import BlobMissing, BlobStore, blob_store
 from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
 from services.common.config import Config, Secret, existing_message_id_key
@@ -131,6 +131,6 @@ def _own_key(config: Config, quiet: bool = False) -> Secret | None:
 
 def run_router(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:
     def build(ctx: StageContext) -> RouterStep:
-        return RouterStep(ctx.config, FolderBlobStore(ctx.config.blob_path))
+        return RouterStep(ctx.config, blob_store(ctx.config))
 
     run_stage(config, SPEC, build, stop, health, bootstrap)

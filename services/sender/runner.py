@@ -35,7 +35,7 @@ from email.errors import MessageError
 from typing import Any, Literal
 
 from services.common import metrics
-from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
+from services.common.blobs import BlobMissing, BlobStore, blob_store
 from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
 from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
@@ -220,6 +220,6 @@ def run_sender(config: Config, stop: threading.Event, health: Health, bootstrap:
     def build(ctx: StageContext) -> SenderStep:
         pool = SmtpPool(timeout=ctx.config.sender.timeout_seconds)
         ctx.on_close(pool.close)
-        return SenderStep(ctx.config, ctx.producer, pool, FolderBlobStore(ctx.config.blob_path), ctx.stop, ctx.health)
+        return SenderStep(ctx.config, ctx.producer, pool, blob_store(ctx.config), ctx.stop, ctx.health)
 
     run_stage(config, SPEC, build, stop, health, bootstrap)

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from services.common import metrics
-from services.common.blobs import BlobMissing, BlobStore, FolderBlobStore
+from services.common.blobs import BlobMissing, BlobStore, blob_store
 from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
 from services.common.config import Config
@@ -287,8 +287,9 @@ def run_ticketer(config: Config, stop: threading.Event, health: Health, bootstra
     store.migrate()
     closed_reply: dict[str, ClosedReply] = {
         q.key: "reopen" if q.closed_reply == "reopen" else "follow_up" for q in config.queues}
+    blobs = blob_store(config)
     AutoClose(store, config, stop).start()
-    SuspendedRetention(store, FolderBlobStore(config.blob_path), config.suspended.retention_days, stop).start()
+    SuspendedRetention(store, blobs, config.suspended.retention_days, stop).start()
     rates = config.rate_limits
     limits = Limits(Limit(rates.per_sender.mails, rates.per_sender.minutes),
                     Limit(rates.per_ticket.mails, rates.per_ticket.minutes))
@@ -296,6 +297,6 @@ def run_ticketer(config: Config, stop: threading.Event, health: Health, bootstra
     def build(ctx: StageContext) -> TicketerStep:
         ctx.on_close(store.close)
         return TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"], closed_reply, limits,
-                            FolderBlobStore(ctx.config.blob_path))
+                            blobs)
 
     run_stage(config, SPEC, build, stop, health, bootstrap)

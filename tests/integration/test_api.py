@@ -34,10 +34,10 @@ SMTP_SECRET = "smtp-pw-Xy77-never-shown"
 
 
 def config_text(db_url: str, secret_file: Path, *, allow_outbound: bool = True, user_header: str | None = None,
-                mailbox_extra: str = "", public_url: str | None = None) -> str:
+                mailbox_extra: str = "", public_url: str | None = None, blobs: str = "") -> str:
     header = f"\n          user_header: {user_header}\n          auth: {{mode: proxy}}" if user_header else ""
     header += f"\n          public_url: {public_url}" if public_url else ""
-    return textwrap.dedent(f"""\
+    return blobs + textwrap.dedent(f"""\
         database: {{url: "{db_url}"}}
         api:
           listen: 127.0.0.1:8080{header}
@@ -604,6 +604,35 @@ def test_attachments_are_downloads_of_a_safe_type(make: Make) -> None:
     assert client.get(f"/tickets/SUPPORT-2/files/{len(contents)}").status_code == 404  # blob missing
     assert client.get("/tickets/SUPPORT-2/files/99").status_code == 404
     assert client.get("/tickets/SUPPORT-1/files/0").status_code == 404  # its pdf was never stored
+
+
+def test_attachments_download_from_an_s3_bucket_and_an_outage_is_a_503(
+        make: Make, s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common.blobs import blob_store
+    from tests.harness.s3 import SECRET_KEY, S3Server
+
+    for name, value in S3Server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3.bucket()
+    client, store, config, _ = make(blobs=s3.config_yaml(bucket))
+    report = b"%PDF-1.4 " + bytes(range(256)) * 4000  # about 1 MB
+    files = [{"filename": "report.pdf", "content_type": "application/pdf", "size": len(report), "sha256": "00" * 32,
+              "blob_ref": blob_store(config).put(report, durable=False)},
+             {"filename": "gone.bin", "content_type": "application/pdf", "size": 3, "sha256": "00" * 32,
+              "blob_ref": "sha256:" + "ef" * 32}]
+    store.apply(invoice(2, attachments=files))
+    download = client.get("/tickets/SUPPORT-2/files/0")
+    assert (download.status_code, download.headers["content-type"], download.content) == (
+        200, "application/pdf", report)
+    assert client.get("/tickets/SUPPORT-2/files/1").status_code == 404  # not in the bucket
+    assert not config.blob_path.exists()
+
+    # the bucket is gone (or the service down): a temporary failure, never a 500, never a secret
+    s3.client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in s3.keys(bucket)]})
+    s3.client().delete_bucket(Bucket=bucket)
+    outage = client.get("/tickets/SUPPORT-2/files/0", headers={"Accept": "application/json"})
+    assert outage.status_code == 503 and "NoSuchBucket" in outage.json()["detail"]
+    assert SECRET_KEY not in outage.text
 
 
 def test_an_inline_image_shows_where_the_mail_places_it(make: Make) -> None:

@@ -134,10 +134,19 @@ def test_migration_fills_the_reason_code_of_rejections_recorded_before(store: Ti
     assert all(i.raw_ref is None for i in store.list_suspended().items)  # nothing to release
 
 
-def test_retention_deletes_old_rows_then_the_blobs_nothing_refers_to(store: TicketStore, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["folder", "s3"])
+def test_retention_deletes_old_rows_then_the_blobs_nothing_refers_to(
+        store: TicketStore, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     import threading
 
-    blobs = FolderBlobStore(tmp_path / "blobs")
+    from services.common.blobs_s3 import S3BlobStore
+
+    if backend == "s3":
+        s3 = request.getfixturevalue("s3")
+        bucket = s3.bucket()
+        blobs: Any = S3BlobStore(s3.settings(bucket))
+    else:
+        blobs = FolderBlobStore(tmp_path / "blobs")
     old_raw, shared_raw, new_raw = b"old mail\r\n", b"mail rejected twice\r\n", b"new mail\r\n"
     old_ref, shared_ref, new_ref = blobs.put(old_raw), blobs.put(shared_raw), blobs.put(new_raw)
     now = datetime(2026, 12, 3, tzinfo=timezone.utc)
@@ -154,6 +163,8 @@ def test_retention_deletes_old_rows_then_the_blobs_nothing_refers_to(store: Tick
     assert blobs.get(shared_ref) == shared_raw and blobs.get(new_ref) == new_raw
     assert REGISTRY.get_sample_value("deskmail_suspended_expired_total") == expired + 2
     assert retention.run_once(now=now) == 0
+    if backend == "s3":
+        assert len(s3.keys(bucket)) == 2
 
 
 def test_retention_zero_keeps_suspended_mail_forever(store: TicketStore, tmp_path: Path) -> None:

@@ -8,11 +8,13 @@ settings or secrets.
 The package: ``schema`` (the file as written), ``model`` (the frozen runtime
 objects and their lookups, routing rules included), ``rules_schema`` (routing
 rules as written), ``secrets`` (references and ``Secret``), ``hostport``
-(listen addresses), ``loader`` (YAML with line numbers, ``load``,
-``ConfigError``), ``keys`` (the Message-ID key, ``message_id_key``). Import from here.
+(listen addresses), ``blobs_schema`` (the ``blobs:`` section), ``loader`` (YAML with
+line numbers, ``load``, ``ConfigError``), ``keys`` (the Message-ID key,
+``message_id_key``). Import from here.
 """
 
 from services.common.config.api_schema import ApiSettings, OidcSettings
+from services.common.config.blobs_schema import BlobSettings, S3Settings
 from services.common.config.hostport import HostPort
 from services.common.config.keys import existing_message_id_key, message_id_key
 from services.common.config.loader import ConfigError, Problem, load, parse_text
@@ -25,12 +27,12 @@ from services.common.config.model import (
     Rule,
     RuleActions,
     RuleMatch,
+    S3Blobs,
     Smtp,
     TextMatch,
 )
 from services.common.config.schema import (
     TOPIC_NAMES,
-    BlobSettings,
     ConfigModel,
     ConsumerSettings,
     DatabaseSettings,
@@ -83,6 +85,8 @@ __all__ = [
     "Rule",
     "RuleActions",
     "RuleMatch",
+    "S3Blobs",
+    "S3Settings",
     "Secret",
     "SecretRef",
     "ConsumeSettings",

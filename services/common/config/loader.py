@@ -28,6 +28,7 @@ from services.common.config.model import (
     Rule,
     RuleActions,
     RuleMatch,
+    S3Blobs,
     Smtp,
     TextMatch,
 )
@@ -230,6 +231,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
     if model.api.auth.oidc is not None and model.api.auth.oidc.client_secret is not None:
         oidc_secret = _resolve(model.api.auth.oidc.client_secret, ("api", "auth", "oidc", "client_secret"), lines,
                                problems)
+    blob_s3 = _s3_blobs(model, lines, problems)
     blob_path = Path(model.blobs.path) if model.blobs.path else data_dir / "blobs"
     if not blob_path.is_absolute():
         blob_path = base / blob_path
@@ -256,11 +258,31 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         api_oidc_client_secret=oidc_secret,
         suspended=model.suspended,
         automatic_mail=model.automatic_mail,
+        blob_s3=blob_s3,
     )
     _check_assignees(config, assignees, lines, problems)
     if problems:
         raise ConfigError(path, problems)
     return config
+
+
+def _s3_blobs(model: ConfigModel, lines: dict[tuple[Any, ...], int], problems: list[Problem]) -> S3Blobs | None:
+    """``blobs.s3`` resolved when it is the backend (the schema refuses it otherwise)."""
+    s3 = model.blobs.s3
+    if model.blobs.backend != "s3" or s3 is None:
+        return None
+    loc = ("blobs", "s3")
+    return S3Blobs(
+        bucket=s3.bucket,
+        prefix=s3.prefix,
+        endpoint_url=s3.endpoint_url,
+        region=s3.region,
+        access_key_id=(_resolve(s3.access_key_id, loc + ("access_key_id",), lines, problems)
+                       if s3.access_key_id else None),
+        secret_access_key=(_resolve(s3.secret_access_key, loc + ("secret_access_key",), lines, problems)
+                           if s3.secret_access_key else None),
+        addressing_style=s3.addressing_style or ("path" if s3.endpoint_url else "virtual"),
+    )
 
 
 # ---------------------------------------------------------------- routing rules

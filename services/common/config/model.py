@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 from services.common.config.api_schema import ApiSettings
+from services.common.config.blobs_schema import BlobSettings
 from services.common.config.limits import MailLimits
 from services.common.config.schema import (
     AutomaticMailSettings,
-    BlobSettings,
     FetcherSettings,
     IngressSettings,
     KafkaSettings,
@@ -135,6 +135,26 @@ class Queue:
 
 
 @dataclass(frozen=True)
+class S3Blobs:
+    """``blobs.s3`` with its credentials resolved and its addressing style decided."""
+
+    bucket: str
+    prefix: str  # without slashes at either end; "" for the bucket's root
+    endpoint_url: str | None  # None: AWS S3
+    region: str | None
+    access_key_id: Secret | None  # None (both): the default credential chain
+    secret_access_key: Secret | None
+    addressing_style: Literal["path", "virtual"]
+
+    def describe(self) -> str:
+        """Where the blobs are, for logs and ``config check``: never a credential."""
+        where = f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}"
+        at = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        creds = f"keys from {self.access_key_id.source}" if self.access_key_id else "the default credential chain"
+        return f"{where}{at} ({self.addressing_style} addressing, {creds})"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     kafka: KafkaSettings
@@ -142,7 +162,7 @@ class Config:
     topics: dict[str, str]
     database_url: str
     data_dir: Path
-    blob_path: Path
+    blob_path: Path  # blobs.backend folder
     blobs: BlobSettings
     ingress: IngressSettings
     fetcher: FetcherSettings
@@ -159,6 +179,7 @@ class Config:
     api_oidc_client_secret: Secret | None = None  # api.auth.oidc.client_secret, resolved
     suspended: SuspendedSettings = SuspendedSettings()
     automatic_mail: AutomaticMailSettings = AutomaticMailSettings()
+    blob_s3: S3Blobs | None = None  # blobs.backend s3, resolved; None: the folder backend
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property

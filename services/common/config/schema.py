@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from services.common import mailrules, routing
 from services.common.config.api_schema import ApiSettings
 from services.common.config.base import Section as _Model
+from services.common.config.blobs_schema import BlobSettings
 from services.common.config.hostport import HostPort, ListenAddress
 from services.common.config.limits import LimitsSettings, QueueLimitsSettings
 from services.common.config.rules_schema import RuleModel
@@ -189,11 +190,6 @@ class SuspendedSettings(_Model):
 
     # The ticketer deletes suspended mail received longer ago, with its raw mail; 0: keep it forever.
     retention_days: int = Field(30, ge=0, le=3650)
-
-
-class BlobSettings(_Model):
-    path: str | None = None
-    inline_max_bytes: int = Field(512 * 1024, ge=0)
 
 
 class Member(_Model):
