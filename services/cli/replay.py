@@ -105,7 +105,7 @@ def replay(stage: str, config_path: str | None, bootstrap: str | None, from_time
             if not plan.moves:
                 click.echo("nothing to replay: no partition moves")
                 return
-            if not yes and not click.confirm(f"move {group} back to reprocess {plan.total} records?"):
+            if not yes and not click.confirm(f"move {group} back to reprocess {r.records(plan.total)}?"):
                 click.echo("nothing changed")
                 raise SystemExit(FAILED)
             try:
@@ -114,7 +114,7 @@ def replay(stage: str, config_path: str | None, bootstrap: str | None, from_time
                 fail(r.members_refusal(stage, group, exc.members))
             except r.OffsetsNotMoved as exc:
                 fail(str(exc))
-            click.echo(f"moved {group}: start the {stage} and it reprocesses {plan.total} records")
+            click.echo(f"moved {group}: start the {stage} and it reprocesses {r.records(plan.total)}")
             if follow:
                 _follow(offsets, plan.moves, {(p.topic, p.partition): p.highwater for p in plan.partitions
                                               if p.moved})

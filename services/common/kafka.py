@@ -281,15 +281,16 @@ class GroupOffsets:
         self.admin.close()
 
     def partitions(self, names: Sequence[str]) -> list[Partition]:
-        """Every partition of the named topics; ValueError names a topic that does not exist."""
+        """Every partition of the named topics, in that order; ValueError names a topic
+        that does not exist."""
         described = {item["name"]: item for item in self.admin.describe_topics(list(names))}
         found = []
         for name in names:
             item = described.get(name)
             if item is None or item.get("error_code", 0) or not item.get("partitions"):
                 raise ValueError(f"topic {name} does not exist")
-            found += [Partition(name, p["partition_index"]) for p in item["partitions"]]
-        return sorted(found)
+            found += sorted(Partition(name, p["partition_index"]) for p in item["partitions"])
+        return found
 
     def states(self, partitions: Sequence[Partition], at_ms: int | None = None,
                timeout: float = 30.0) -> list[replay.PartitionState]:

@@ -190,7 +190,12 @@ def plan_partition(state: PartitionState, target: Target) -> PartitionPlan:
 
 
 def plan(states: Iterable[PartitionState], target: Target) -> Plan:
-    return Plan(tuple(plan_partition(s, target) for s in sorted(states, key=lambda s: (s.topic, s.partition))))
+    """Each partition's plan, in the order given (the stage's inputs, then partitions)."""
+    return Plan(tuple(plan_partition(s, target) for s in states))
+
+
+def records(n: int) -> str:
+    return f"{n} record{'' if n == 1 else 's'}"
 
 
 # ---- watching the group catch up
@@ -266,7 +271,7 @@ def table(p: Plan) -> Sequence[str]:
                      str(part.reprocess), part.note))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 5 else cell for i, cell in enumerate(r)).rstrip() for r in rows]
-    return [*lines, f"total: {p.total} record{'' if p.total == 1 else 's'} to reprocess"]
+    return [*lines, f"total: {records(p.total)} to reprocess"]
 
 
 def _offset(value: int | None) -> str:

@@ -95,10 +95,10 @@ def test_the_plan_per_partition(s: PartitionState, target: object, new: int | No
 
 def test_the_plan_over_topics_totals_and_moves_only_what_changes() -> None:
     states = [
-        PartitionState("events", 1, 9, 0, 9, at_time=None),
-        PartitionState("commands", 1, 50, 0, 55, at_time=40),
         PartitionState("commands", 0, 12, 0, 12, at_time=3),
+        PartitionState("commands", 1, 50, 0, 55, at_time=40),
         PartitionState("events", 0, None, 0, 4, at_time=0),
+        PartitionState("events", 1, 9, 0, 9, at_time=None),
     ]
     p = plan(states, FromTime(NOW))
     assert [(x.topic, x.partition) for x in p.partitions] == [("commands", 0), ("commands", 1), ("events", 0),
@@ -110,6 +110,7 @@ def test_the_plan_over_topics_totals_and_moves_only_what_changes() -> None:
     assert lines[1].split() == ["commands", "0", "12", "3", "9"]
     assert lines[3].split()[:5] == ["events", "0", "-", "-", "0"]
     assert lines[-1] == "total: 19 records to reprocess"
+    assert table(plan(states[:1], ToOffset(11)))[-1] == "total: 1 record to reprocess"
 
 
 def test_progress_counts_committed_records_between_start_and_target() -> None:
