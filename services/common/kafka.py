@@ -1,5 +1,6 @@
-"""The one module that imports kafka-python: client settings, and the adapters
-that give the consume loop its ``Source`` and ``Sink`` (see ``bus.py``)."""
+"""The one module that imports kafka-python: client settings, the adapters that
+give the consume loop its ``Source`` and ``Sink`` (see ``bus.py``), and a consumer
+group's offsets as `deskmail replay` reads and moves them (``GroupOffsets``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from services.common import kafka_patch  # noqa: F401, I001
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import (IllegalGenerationError, KafkaError, NoError, RebalanceInProgressError,
-                          TopicAlreadyExistsError, UnknownMemberIdError)
+from kafka.errors import (FencedInstanceIdError, FencedMemberEpochError, IllegalGenerationError, KafkaError,
+                          NoError, RebalanceInProgressError, StaleMemberEpochError, TopicAlreadyExistsError,
+                          UnknownMemberIdError)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from services.common import metrics, replay, topics
@@ -259,9 +261,12 @@ class _Listener(ConsumerRebalanceListener):
         pass
 
 
-# The answers to an offset commit that mean "this group has members": a group's
-# offsets move only while it is empty (or dead).
-_GROUP_BUSY = (UnknownMemberIdError, RebalanceInProgressError, IllegalGenerationError)
+# The answers to an offset commit from outside the group that mean "this group has
+# members": its offsets move only while it is empty (or dead). Classic groups answer
+# UNKNOWN_MEMBER_ID (Kafka and Tansu), ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS;
+# KIP-848 consumer groups a member-epoch error.
+_GROUP_BUSY = (UnknownMemberIdError, RebalanceInProgressError, IllegalGenerationError, FencedInstanceIdError,
+               StaleMemberEpochError, FencedMemberEpochError)
 
 
 class GroupOffsets:

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 __all__ = [
-    "FromBeginning", "FromTime", "GroupActive", "OffsetsNotMoved", "PartitionPlan", "PartitionState",
-    "Plan", "Progress", "RateMeter", "Target", "ToOffset", "format_progress", "members_refusal", "parse_time",
-    "plan", "plan_partition", "SENDER_REFUSAL", "NO_CONFIRMATION",
+    "NO_CONFIRMATION", "SENDER_REFUSAL", "FromBeginning", "FromTime", "GroupActive", "OffsetsNotMoved",
+    "PartitionPlan", "PartitionState", "Plan", "Progress", "RateMeter", "Target", "ToOffset", "format_progress",
+    "members_refusal", "parse_time", "plan", "plan_partition", "records", "table", "utc_text",
 ]
 
 SENDER_REFUSAL = (

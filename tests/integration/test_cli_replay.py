@@ -153,7 +153,8 @@ def test_replay_refuses_while_the_stage_runs_and_for_the_sender(setup: Any, brok
     for partition in range(3):
         producer.send(inbound, value=b"x", partition=partition)
     producer.close()
-    running = KafkaConsumer(inbound, bootstrap_servers=broker.bootstrap, group_id=group, **FAST_CONSUMER)  # type: ignore[arg-type]
+    running = KafkaConsumer(inbound, bootstrap_servers=broker.bootstrap, group_id=group,
+                            **FAST_CONSUMER)  # type: ignore[arg-type]
     try:
         seen: set[int] = set()
 

@@ -57,7 +57,8 @@ def test_time_that_cannot_be_meant_is_refused_with_the_reason(text: str, message
         parse_time(text, NOW)
 
 
-def state(committed: int | None, beginning: int = 0, highwater: int = 100, at_time: int | None = None) -> PartitionState:
+def state(committed: int | None, beginning: int = 0, highwater: int = 100,
+          at_time: int | None = None) -> PartitionState:
     return PartitionState("inbound", 0, committed, beginning, highwater, at_time)
 
 
