@@ -23,17 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 from services.common import metrics
 from services.common.config import Config
+from services.common.stage import STAGES, group_id
 
 log = logging.getLogger("deskmail.api")
 
 INTERVAL_SECONDS = 15.0
 WARN_EVERY_SECONDS = 60.0
-# The consuming stages and their input topics (keys of config.topics), as their runners declare them.
-STAGE_INPUTS: Mapping[str, Sequence[str]] = {
-    "router": ("inbound",),
-    "ticketer": ("commands", "events"),
-    "sender": ("outbound",),
-}
 
 GroupLag = Callable[[str, Sequence[str]], Mapping[tuple[str, int], int]]
 
@@ -50,9 +45,9 @@ class LagWatch:
     def measure(self) -> bool:
         """One round over every stage; True when all were read."""
         ok = True
-        for stage, inputs in STAGE_INPUTS.items():
-            group = f"{self.config.kafka.group_prefix}-{stage}"
-            topics = [self.config.topics[key] for key in inputs]
+        for stage, spec in STAGES.items():
+            group = group_id(self.config, stage)
+            topics = [self.config.topics[key] for key in spec.inputs]
             try:
                 lag = self.group_lag(group, topics)
             except Exception as exc:  # noqa: BLE001 - a broker outage must not stop the api

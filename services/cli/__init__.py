@@ -14,7 +14,7 @@ import click
 COMMANDS = {
     "config": "services.cli.config:group",
     "topics": "services.cli.topics:group",
-    "replay": "services.cli.topics:replay",
+    "replay": "services.cli.replay:replay",
     "deadletters": "services.cli.deadletters:group",
     "suspended": "services.cli.suspended:group",
     "run": "services.cli.run:run",

@@ -82,9 +82,11 @@ def fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def broker_errors(what: str) -> Iterator[None]:
-    """A broker that cannot be reached is exit code 3, not a traceback."""
-    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+def broker_errors(what: str, refusals: bool = False) -> Iterator[None]:
+    """A broker that cannot be reached is exit code 3, not a traceback. With
+    ``refusals``, any other error the broker answers (not authorized, unknown
+    group, ...) is the operation failing: one line, exit code 1."""
+    from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
     from services.common.errors import Transient
 
@@ -92,6 +94,10 @@ def broker_errors(what: str) -> Iterator[None]:
         yield
     except (KafkaConnectionError, KafkaTimeoutError, Transient) as exc:
         raise Unavailable(f"{what}: the Kafka broker is unreachable ({type(exc).__name__}: {exc})") from None
+    except KafkaError as exc:
+        if not refusals:
+            raise
+        fail(f"{what}: {type(exc).__name__}: {exc}")
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""`deskmail topics create|describe|diff` and `deskmail replay`: the topics and where a stage reads them.
+"""`deskmail topics create|describe|diff`: the topics.
 
 The topics are declared once (services/common/topics.py): ``create`` makes the
 missing ones with their configs, ``describe`` shows the declaration beside what
@@ -11,20 +11,7 @@ import json
 
 import click
 
-from services.cli.common import (
-    FAILED,
-    bootstrap_option,
-    broker_errors,
-    config_option,
-    fail,
-    kafka_clients,
-    load_config,
-)
-
-# The stages whose effects are idempotent, so reprocessing their input changes
-# nothing already applied. The sender is not among them: replaying its input
-# would send mail again.
-REPLAY_INPUTS = {"router": "inbound", "ticketer": "commands"}
+from services.cli.common import FAILED, bootstrap_option, broker_errors, config_option, kafka_clients, load_config
 
 
 @click.group("topics")
@@ -99,30 +86,3 @@ def diff(config_path: str | None, bootstrap: str | None) -> None:
     if found:
         raise SystemExit(FAILED)
     click.echo("the topics match their declaration")
-
-
-@click.command("replay")
-@click.argument("stage", type=click.Choice(sorted(REPLAY_INPUTS)))
-@config_option
-@bootstrap_option
-@click.option("--offset", type=click.IntRange(min=0), default=None,
-              help="Rewind every partition to this offset (default: the beginning).")
-def replay(stage: str, config_path: str | None, bootstrap: str | None, offset: int | None) -> None:
-    """Make a stage reprocess its input topic: stop the stage, run this, start it again.
-
-    Effects are idempotent: replayed mail creates no duplicate tickets or comments.
-    """
-    from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
-
-    cfg = load_config(config_path)
-    topic = cfg.topics[REPLAY_INPUTS[stage]]
-    group_id = f"{cfg.kafka.group_prefix}-{stage}"
-    with broker_errors(f"cannot rewind {group_id}"):
-        try:
-            offsets = kafka_clients(cfg, bootstrap).rewind(group_id, topic, offset)
-        except (KafkaConnectionError, KafkaTimeoutError):
-            raise  # unreachable, not refused: exit 3 below
-        except (KafkaError, ValueError) as exc:
-            fail(f"cannot rewind {group_id} on {topic}: {exc} (is the {stage} still running? stop it first)")
-    for partition, value in sorted(offsets.items()):
-        click.echo(f"{group_id} {topic}[{partition}] -> {value}")

@@ -1,8 +1,10 @@
-"""The one module that imports kafka-python: client settings, and the adapters
-that give the consume loop its ``Source`` and ``Sink`` (see ``bus.py``)."""
+"""The one module that imports kafka-python: client settings, the adapters that
+give the consume loop its ``Source`` and ``Sink`` (see ``bus.py``), and a consumer
+group's offsets as `deskmail replay` reads and moves them (``GroupOffsets``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -11,10 +13,12 @@ from services.common import kafka_patch  # noqa: F401, I001
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic, OffsetSpec
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (FencedInstanceIdError, FencedMemberEpochError, IllegalGenerationError, KafkaError,
+                          NoError, RebalanceInProgressError, StaleMemberEpochError, TopicAlreadyExistsError,
+                          UnknownMemberIdError)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from services.common import metrics, topics
+from services.common import metrics, replay, topics
 from services.common.bus import Out, Partition, Record
 from services.common.config import Config
 from services.common.errors import Transient
@@ -162,25 +166,9 @@ class Kafka:
                 lag[(tp.topic, tp.partition)] = max(0, end - start)
         return lag
 
-    def rewind(self, group: str, topic: str, to: int | None = None) -> dict[int, int]:
-        """Move a stopped consumer group back on ``topic`` so its stage reprocesses the records.
-
-        ``to`` None means the beginning of every partition, an int that offset (clamped to
-        what the partition holds). Returns the new committed offset per partition. The group
-        must have no running members (the broker refuses otherwise); effects are idempotent,
-        so reprocessing changes nothing that was already applied.
-        """
-        admin = KafkaAdminClient(**self._common())
-        try:
-            described = admin.describe_topics([topic])
-            if not described or described[0].get("error_code", 0):
-                raise ValueError(f"topic {topic} does not exist")
-            partitions = [p["partition_index"] for p in described[0]["partitions"]]
-            spec = OffsetSpec.EARLIEST if to is None else to
-            result = admin.reset_group_offsets(group, {TopicPartition(topic, p): spec for p in partitions})
-        finally:
-            admin.close()
-        return {tp.partition: _offset_of(value) for tp, value in result.items()}
+    def group_offsets(self, group: str) -> "GroupOffsets":
+        """The offsets of consumer group ``group`` (`deskmail replay`); close it after use."""
+        return GroupOffsets(self, group)
 
 
 def _offset_of_any(value: Any) -> int | None:
@@ -203,14 +191,6 @@ def _topic_configs(result: Any) -> dict[str, dict[str, str]]:
                 values[str(key)] = str(value)
         out[str(name)] = values
     return out
-
-
-def _offset_of(result: dict[str, Any]) -> int:
-    """One partition's answer from reset_group_offsets: {'error': class, 'offset': int}."""
-    error = result.get("error")
-    if error is not None and int(getattr(error, "errno", 0)):
-        raise error()
-    return int(result["offset"])
 
 
 class Producer:
@@ -313,3 +293,116 @@ class _Listener(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         pass
+
+
+# The answers to an offset commit from outside the group that mean "this group has
+# members": its offsets move only while it is empty (or dead). Classic groups answer
+# UNKNOWN_MEMBER_ID (Kafka and Tansu), ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS;
+# KIP-848 consumer groups a member-epoch error.
+_GROUP_BUSY = (UnknownMemberIdError, RebalanceInProgressError, IllegalGenerationError, FencedInstanceIdError,
+               StaleMemberEpochError, FencedMemberEpochError)
+
+
+class GroupOffsets:
+    """One consumer group's offsets on its input topics, for `deskmail replay`:
+    read (``states``), checked (``members``), moved (``move``) and watched
+    (``committed``). kafka-python types stay here; partitions are ``Partition``."""
+
+    def __init__(self, kafka: Kafka, group: str):
+        self.group = group
+        common = kafka._common()
+        self.admin = KafkaAdminClient(**common)
+        # No group: this consumer only asks for offsets and reads high watermarks.
+        self.consumer = KafkaConsumer(**common, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100)
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+        self.admin.close()
+
+    def partitions(self, names: Sequence[str]) -> list[Partition]:
+        """Every partition of the named topics, in that order; ValueError names a topic
+        that does not exist."""
+        described = {item["name"]: item for item in self.admin.describe_topics(list(names))}
+        found = []
+        for name in names:
+            item = described.get(name)
+            if item is None or item.get("error_code", 0) or not item.get("partitions"):
+                raise ValueError(f"topic {name} does not exist")
+            found += sorted(Partition(name, p["partition_index"]) for p in item["partitions"])
+        return found
+
+    def states(self, partitions: Sequence[Partition], at_ms: int | None = None,
+               timeout: float = 30.0) -> list[replay.PartitionState]:
+        """Committed offset, beginning, highwater and (with ``at_ms``) the first offset
+        at or after that time of each partition. Raises Transient when the broker
+        gives no high watermark within ``timeout``."""
+        tps = [TopicPartition(*tp) for tp in partitions]
+        committed = self.committed(partitions)
+        beginning = self.consumer.beginning_offsets(tps)
+        highwater = self._highwaters(tps, timeout)
+        at_time: dict[TopicPartition, int | None] = {}
+        if at_ms is not None:
+            for tp, found in self.consumer.offsets_for_times({tp: at_ms for tp in tps}).items():
+                # No record at or after the time is None on Kafka; Tansu answers offset 0 with
+                # timestamp -1 instead (taken as-is, that would replay the whole partition).
+                # An answer older than the time asked for is no answer either.
+                at_time[tp] = None if found is None or found.timestamp < at_ms else int(found.offset)
+        return [replay.PartitionState(tp.topic, tp.partition, committed[(tp.topic, tp.partition)], int(beginning[tp]),
+                                      highwater[tp], at_time.get(tp)) for tp in tps]
+
+    def _highwaters(self, tps: list[TopicPartition], timeout: float) -> dict[TopicPartition, int]:
+        # The high watermark comes with every fetch response. end_offsets() is not it on
+        # every broker (Tansu answers the last batch's base offset + 1), so fetch from
+        # there and read highwater(); whatever records come back are dropped.
+        self.consumer.assign(tps)
+        for tp, end in self.consumer.end_offsets(tps).items():
+            self.consumer.seek(tp, int(end))
+        deadline = time.monotonic() + timeout
+        while any(self.consumer.highwater(tp) is None for tp in tps):
+            if time.monotonic() > deadline:
+                missing = [f"{tp.topic}[{tp.partition}]" for tp in tps if self.consumer.highwater(tp) is None]
+                raise Transient(f"no high watermark for {', '.join(missing)} in {timeout:.0f}s")
+            self.consumer.poll(timeout_ms=200, max_records=1)
+        return {tp: int(self.consumer.highwater(tp)) for tp in tps}
+
+    def committed(self, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        """The group's committed offset per (topic, partition) (None: never committed)."""
+        answer = self.admin.list_group_offsets({self.group: [TopicPartition(*tp) for tp in partitions]})
+        found = answer.get(self.group, {})
+        offsets: dict[tuple[str, int], int | None] = {}
+        for tp in partitions:
+            value = found.get(TopicPartition(*tp))
+            offsets[tp] = None if value is None or value.offset < 0 else int(value.offset)
+        return offsets
+
+    def members(self) -> int | None:
+        """How many members the group has, or None when the broker cannot say.
+
+        Tansu's DescribeGroups answer cannot be read by kafka-python ("15 is not a valid
+        ACLOperation": a ValueError while parsing it); there the broker's refusal to
+        commit for a group with members (``move``) is the only check, and it is the
+        authoritative one everywhere: this is the early, friendlier answer on Kafka.
+        """
+        try:
+            described = self.admin.describe_groups([self.group])
+        except ValueError:
+            return None
+        group = described.get(self.group) or {}
+        if group.get("error"):
+            return None
+        return len(group.get("members") or ())
+
+    def move(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Commit ``offsets`` for the group. Raises ``replay.GroupActive`` when the group
+        has members (the broker refuses then, for every partition alike) and
+        ``replay.OffsetsNotMoved`` for any other refusal."""
+        if not offsets:
+            return
+        result = self.admin.alter_group_offsets(
+            self.group, {TopicPartition(*tp): OffsetAndMetadata(offset, "", None) for tp, offset in offsets.items()})
+        errors = {tp: error for tp, error in result.items() if error is not NoError}
+        if any(issubclass(error, _GROUP_BUSY) for error in errors.values()):
+            raise replay.GroupActive(self.members())
+        if errors:
+            named = ", ".join(f"{tp.topic}[{tp.partition}]: {error.__name__}" for tp, error in sorted(errors.items()))
+            raise replay.OffsetsNotMoved(f"the broker refused to move the offsets of {self.group} ({named})")

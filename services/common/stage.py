@@ -1,7 +1,8 @@
 """One builder for every consuming stage (router, ticketer, sender).
 
-A stage is named by a ``StageSpec`` (its name and input topics); its runner
-passes a function that builds the stage's ``Step`` from a ``StageContext``
+A stage is named by a ``StageSpec`` (its name and input topics), declared once
+here (``STAGES``): its runner runs it, and `deskmail replay` moves its group back
+on every one of its inputs. The runner passes a function that builds the stage's ``Step`` from a ``StageContext``
 (config, producer, stop event, health). ``run_stage`` assembles the rest the same
 way for every stage: the Kafka clients, the consumer group
 ``<group_prefix>-<name>``, the consume loop with the stage's settings, and the
@@ -28,6 +29,18 @@ class StageSpec:
     name: str
     inputs: Sequence[str]  # keys of ``config.topics``
     max_poll_records: int | None = None  # None: kafka.consumer.max_poll_records
+
+
+# One record per poll for the sender: services/sender/runner.py says why.
+ROUTER = StageSpec("router", inputs=("inbound",))
+TICKETER = StageSpec("ticketer", inputs=("commands", "events"))
+SENDER = StageSpec("sender", inputs=("outbound",), max_poll_records=1)
+STAGES = {spec.name: spec for spec in (ROUTER, TICKETER, SENDER)}
+
+
+def group_id(config: Config, stage: str) -> str:
+    """The consumer group of ``stage``: ``<kafka.group_prefix>-<stage>``."""
+    return f"{config.kafka.group_prefix}-{stage}"
 
 
 @dataclass
@@ -73,7 +86,7 @@ def run_stage(
         closing.callback(producer.close)
         step = build(StageContext(config, producer, stop, health, closing.enter_context(ExitStack())))
         loop = ConsumeLoop(
-            kafka.source(f"{config.kafka.group_prefix}-{spec.name}", spec.max_poll_records),
+            kafka.source(group_id(config, spec.name), spec.max_poll_records),
             producer,
             step,
             spec.name,

@@ -16,13 +16,13 @@ from services.common.config import Config, Secret, existing_message_id_key
 from services.common.config.secrets import SecretUnavailable
 from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
-from services.common.stage import StageContext, StageSpec, run_stage
+from services.common.stage import ROUTER, StageContext, run_stage
 from services.router.mailparse import MalformedMail
 from services.router.route import UnknownMailbox, route
 
 log = logging.getLogger("deskmail.router")
 STAGE = "router"
-SPEC = StageSpec(STAGE, inputs=["inbound"])
+SPEC = ROUTER
 
 
 class RouterStep:

@@ -47,16 +47,16 @@ from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.common.runtime import Health
 from services.common.smtp import SendResult, SmtpPool
 from services.common.smtp_failures import PermanentFailure, SmtpFailure, TemporaryFailure
-from services.common.stage import StageContext, StageSpec, run_stage
+from services.common.stage import SENDER, StageContext, run_stage
 
 log = logging.getLogger("deskmail.sender")
 STAGE = "sender"
-# One record per poll: a mail may block for the whole retry window
+# SENDER polls one record at a time (max_poll_records=1): a mail may block for the whole retry window
 # (``give_up_after_seconds``, kept below the consumer's max poll interval); with a
 # batch of several such mails the consumer would miss its poll deadline, leave the
 # group, and the mails sent since the last commit would be sent again by the next
 # owner of the partition.
-SPEC = StageSpec(STAGE, inputs=["outbound"], max_poll_records=1)
+SPEC = SENDER
 
 Status = Literal["sent", "retrying", "failed"]
 

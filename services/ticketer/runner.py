@@ -33,7 +33,7 @@ from services.common.codec import CodecError, codec
 from services.common.config import Config
 from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
-from services.common.stage import StageContext, StageSpec, run_stage
+from services.common.stage import TICKETER, StageContext, run_stage
 from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore, VersionConflict
 from services.tickets.apply import ClosedReply
 from services.common.suspended import released_of
@@ -44,7 +44,7 @@ from services.tickets.ratelimit import Limit, Limits
 
 log = logging.getLogger("deskmail.ticketer")
 STAGE = "ticketer"
-SPEC = StageSpec(STAGE, inputs=["commands", "events"])
+SPEC = TICKETER
 AUTO_CLOSE_INTERVAL = 300.0  # seconds between rounds; a day's deadline is met within five minutes
 ARRIVALS_KEPT = timedelta(days=1)  # longer than any rate limit's window (at most a day)
 AUTO_CLOSE_BATCH = 500  # tickets per transaction (TicketStore.auto_close's limit)

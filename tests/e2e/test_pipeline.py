@@ -153,8 +153,9 @@ def test_mixed_mail_becomes_tickets_and_a_reply_becomes_a_comment(setup, dovecot
     # replaying the whole inbound topic through the router creates nothing new
     before = {t.key: t.comment_count for t in _tickets(stack)}
     assert stack.signal("router", signal.SIGTERM) == 0
-    replay = stack.cli("replay", "router", "--config", str(stack.config_path), "--bootstrap", stack.bootstrap)
-    assert "-> 0" in replay.stdout
+    replay = stack.cli("replay", "router", "--to-beginning", "--yes", "--config", str(stack.config_path),
+                       "--bootstrap", stack.bootstrap)
+    assert "total: 53 records to reprocess" in replay.stdout and "moved " in replay.stdout, replay.stdout
     applied_before = stack.metric("ticketer", "deskmail_ticketer_commands_applied_total", outcome="duplicate")
     stack.start("router")
     wait_for(lambda: stack.metric("ticketer", "deskmail_ticketer_commands_applied_total", outcome="duplicate")
