@@ -153,8 +153,11 @@ def test_replay_refuses_while_the_stage_runs_and_for_the_sender(setup: Any, brok
     for partition in range(3):
         producer.send(inbound, value=b"x", partition=partition)
     producer.close()
+    # A longer session than FAST_CONSUMER's: the member must stay in the group while the
+    # commands below run, even when a loaded machine delays its heartbeats.
     running = KafkaConsumer(inbound, bootstrap_servers=broker.bootstrap, group_id=group,
-                            **FAST_CONSUMER)  # type: ignore[arg-type]
+                            **{**FAST_CONSUMER, "session_timeout_ms": 10000,
+                               "heartbeat_interval_ms": 1000})  # type: ignore[arg-type]
     try:
         seen: set[int] = set()
 
