@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from services.common.config.limits import MailLimits
 from services.common.config.model import Config, Imap, Mailbox, Queue, Smtp
-from services.common.config.schema import TOPIC_NAMES, ConfigModel
+from services.common.config.schema import TOPIC_NAMES, ConfigModel, FetcherSettings, LeaseSettings
 from services.common.config.secrets import MIN_KEY_CHARS, Secret, SecretRef, SecretUnavailable, resolve
 
 
@@ -213,6 +213,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
     if model.api.auth.oidc is not None and model.api.auth.oidc.client_secret is not None:
         oidc_secret = _resolve(model.api.auth.oidc.client_secret, ("api", "auth", "oidc", "client_secret"), lines,
                                problems)
+    fetcher = _fetcher(model, lines, problems)
     if problems:
         raise ConfigError(path, problems)
 
@@ -229,7 +230,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         blob_path=blob_path,
         blobs=model.blobs,
         ingress=model.ingress,
-        fetcher=model.fetcher,
+        fetcher=fetcher,
         sender=model.sender,
         consume=model.consume,
         api=model.api,
@@ -243,3 +244,17 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         suspended=model.suspended,
         automatic_mail=model.automatic_mail,
     )
+
+
+def _fetcher(model: ConfigModel, lines: dict[tuple[Any, ...], int], problems: list[Problem]) -> FetcherSettings:
+    """``fetcher`` with the lease timeouts resolved: unset ones take ``kafka.consumer``'s."""
+    lease, consumer = model.fetcher.lease, model.kafka.consumer
+    session = lease.session_timeout_ms or consumer.session_timeout_ms
+    heartbeat = lease.heartbeat_interval_ms or consumer.heartbeat_interval_ms
+    if heartbeat >= session:
+        loc = ("fetcher", "lease")
+        problems.append(Problem(_line_for(loc, lines), _where(loc),
+                                f"heartbeat_interval_ms {heartbeat} must be below session_timeout_ms {session} "
+                                "(a third of it is usual)"))
+    resolved = LeaseSettings(session_timeout_ms=session, heartbeat_interval_ms=heartbeat)
+    return model.fetcher.model_copy(update={"lease": resolved})
