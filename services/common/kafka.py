@@ -4,6 +4,7 @@ fetcher its lease group (``LeaseConsumer``, see ``services/fetcher/leases.py``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -314,16 +315,19 @@ class LeaseConsumer:
 
     def partition_count(self, wait_seconds: float) -> int | None:
         """The lease topic's partition count, waiting up to ``wait_seconds`` for it to
-        exist; None when it does not."""
+        exist; None when it does not. Raises Transient when the broker did not answer."""
         deadline = time.monotonic() + wait_seconds
         while True:
+            failure: KafkaError | None = None
             try:
                 found = self.consumer.partitions_for_topic(self.topic)
-            except KafkaError:
-                found = set()
+            except KafkaError as exc:
+                found, failure = set(), exc
             if found:
                 return len(found)
             if time.monotonic() >= deadline:
+                if failure is not None:
+                    raise Transient(f"the broker did not describe {self.topic}: {failure}") from failure
                 return None
             time.sleep(1.0)
 
@@ -366,12 +370,14 @@ class LeaseConsumer:
             return False
         return True
 
-    def close(self) -> None:
+    def close(self, timeout_ms: int = 10_000) -> None:
         """Leave the group (its revocation callback runs first), so the partitions move now."""
-        self.consumer.close(autocommit=False)
+        self.consumer.close(autocommit=False, timeout_ms=timeout_ms)
 
 
 class _LeaseListener(AsyncConsumerRebalanceListener):
+    """Waits for the workers of revoked partitions in the client's event loop (see LeaseConsumer)."""
+
     def __init__(
         self,
         topic: str,
@@ -402,6 +408,19 @@ class _LeaseListener(AsyncConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.on_assigned(self._ours(assigned))
+
+
+class _SlowLeaseListenerNotice(logging.Filter):
+    """kafka-python warns about a rebalance listener that takes over a second and suggests
+    an asynchronous one. The lease listener is one, and waits for the workers on purpose
+    (heartbeats go on meanwhile): that warning would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("Rebalance listener") and bool(record.args)
+                    and isinstance(record.args, tuple) and record.args[0] == _LeaseListener.__name__)
+
+
+logging.getLogger("kafka.coordinator.consumer").addFilter(_SlowLeaseListenerNotice())
 
 
 class _Listener(ConsumerRebalanceListener):

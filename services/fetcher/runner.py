@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from services.common.blobs import BlobStore, FolderBlobStore
 from services.common.config import Config
-from services.common.errors import Unavailable
+from services.common.errors import Transient, Unavailable
 from services.common.kafka import Kafka, Producer
 from services.common.runtime import Health
 from services.fetcher.ingress import build_ingress
@@ -130,7 +130,10 @@ def start_keeper(config: Config, kafka: Kafka, pool: WorkerPool, deadline: Lease
     consumer = kafka.lease_consumer(group, topic, timing.session_timeout_ms, timing.heartbeat_interval_ms,
                                     timing.max_poll_interval_ms)
     try:
-        partitions = consumer.partition_count(LEASE_TOPIC_WAIT_SECONDS)
+        try:
+            partitions = consumer.partition_count(LEASE_TOPIC_WAIT_SECONDS)
+        except Transient as exc:
+            raise Unavailable(str(exc)) from exc
         if partitions is None:
             raise Unavailable(f"the lease topic {topic} does not exist: run `deskmail topics create`")
         if partitions != config.fetcher.lease_partitions:

@@ -236,3 +236,59 @@ def test_replicas_share_the_mailboxes_and_take_over_a_killed_ones(stack, dovecot
                for name in survivors)
     codes = stack.stop()
     assert all(codes[name] == 0 for name in survivors), codes
+
+
+def _delivered(stack: Stack, name: str) -> list[tuple[float, str]]:
+    out = []
+    for line in stack.log(name).splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("msg") == "delivered":
+                at = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+                out.append((at.timestamp(), entry["mailbox"]))
+    return out
+
+
+def test_a_frozen_replica_marks_nothing_after_it_thaws_until_it_holds_the_mailbox_again(stack, dovecot):
+    """The split-brain guard for real: a replica stopped (SIGSTOP) past its session
+    timeout loses its mailboxes to the other; thawed, its workers find their lease
+    expired and deliver nothing more until the group assigns them mailboxes again."""
+    boxes: list[str] = stack.boxes
+    stack.start("ticketer", "router")
+    mailer = Mailer(dovecot, boxes)
+    mailer.thread.start()
+    pair = FETCHERS[:2]
+    for name in pair:
+        stack.launch(name, "fetcher")
+    for name in pair:
+        stack.wait_ready(name)
+    wait_for(lambda: _spread(stack, pair, boxes), 30, "two replicas to share the mailboxes")
+
+    frozen, other = pair
+    held = _held(stack, frozen)
+    stack.procs[frozen].send_signal(signal.SIGSTOP)
+    frozen_at = time.time()
+    try:
+        wait_for(lambda: _held(stack, other) == set(boxes), 30, "the other replica to take every mailbox")
+        time.sleep(1)
+    finally:
+        thawed_at = time.time()
+        stack.procs[frozen].send_signal(signal.SIGCONT)
+    wait_for(lambda: _spread(stack, pair, boxes), 30, "the thawed replica to rejoin")
+    time.sleep(1)
+    subjects = mailer.finish()
+
+    taken = [c for c in _changes(stack, other) if c.kind == "acquired" and c.at > frozen_at and c.mailbox in held]
+    assert {c.mailbox for c in taken} == held
+    assert all(c.at >= frozen_at + (SESSION_MS - HEARTBEAT_MS) / 1000 for c in taken), taken
+    regained = {c.mailbox: c.at for c in _changes(stack, frozen) if c.kind == "acquired" and c.at > thawed_at}
+    for at, mailbox in _delivered(stack, frozen):
+        if at > thawed_at:  # after the thaw: only mailboxes it was given again, only after that
+            assert mailbox in regained and at > regained[mailbox], (mailbox, at, regained.get(mailbox))
+    released = [c for c in _changes(stack, frozen) if c.kind == "released" and c.at > thawed_at]
+    assert {c.mailbox for c in released} == held
+
+    store = TicketStore(stack.config.database_url)
+    wait_for(lambda: store.count_tickets() >= len(subjects), 90, f"{len(subjects)} tickets")
+    time.sleep(1)
+    assert sorted(t.summary for t in store.list_tickets(limit=10_000)) == sorted(subjects)

@@ -258,3 +258,21 @@ def test_suspended_mail_is_kept_30_days_unless_configured(monkeypatch: pytest.Mo
         parse_text("suspended:\n  retention_days: -1\n" + GOOD)
     [problem] = info.value.problems
     assert problem.line == 2 and "retention_days" in str(problem)
+
+
+def test_lease_timeouts_default_to_the_consumers_and_can_be_set_apart() -> None:
+    default = parse_text("{}")
+    assert (default.fetcher.lease.session_timeout_ms, default.fetcher.lease.heartbeat_interval_ms) == (10000, 3000)
+    assert default.fetcher.lease_partitions == 16
+    assert default.topics["leases"] == "deskmail.fetcher.leases"
+    fast = parse_text("kafka: {consumer: {session_timeout_ms: 2000, heartbeat_interval_ms: 500}}")
+    assert (fast.fetcher.lease.session_timeout_ms, fast.fetcher.lease.heartbeat_interval_ms) == (2000, 500)
+    own = parse_text("kafka: {consumer: {session_timeout_ms: 2000}}\nfetcher: {lease: {session_timeout_ms: 30000}}")
+    assert (own.fetcher.lease.session_timeout_ms, own.fetcher.lease.heartbeat_interval_ms) == (30000, 3000)
+
+
+def test_a_lease_heartbeat_not_below_its_session_timeout_names_its_line() -> None:
+    text = "kafka:\n  partitions: 2\nfetcher:\n  lease: {session_timeout_ms: 3000, heartbeat_interval_ms: 3000}\n"
+    with pytest.raises(ConfigError) as err:
+        parse_text(text)
+    assert "line 4: fetcher.lease: heartbeat_interval_ms 3000 must be below session_timeout_ms 3000" in str(err.value)

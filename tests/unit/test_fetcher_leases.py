@@ -362,3 +362,16 @@ def test_a_bug_in_a_callback_is_the_keepers_failure() -> None:
         wait_until(lambda: not replica.keeper._thread.is_alive(), "the poll thread to end")  # type: ignore[union-attr]
     finally:
         replica.close()
+
+
+def test_kafka_pythons_slow_listener_warning_is_dropped_for_the_lease_listener_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import services.common.kafka  # noqa: F401  (installs the filter)
+
+    coordinator = logging.getLogger("kafka.coordinator.consumer")
+    text = "Rebalance listener %s.%s for group %s took %.3fs. Sync listeners block the consumer event loop"
+    with caplog.at_level(logging.WARNING, "kafka.coordinator.consumer"):
+        coordinator.warning(text, "_LeaseListener", "on_partitions_revoked", "deskmail-fetcher", 2.5)
+        coordinator.warning(text, "_Listener", "on_partitions_revoked", "deskmail-router", 2.5)
+    assert [r.args[0] for r in caplog.records if r.args] == ["_Listener"]  # type: ignore[index]
