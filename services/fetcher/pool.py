@@ -77,6 +77,7 @@ class WorkerPool:
         self.deadline = deadline
         self.crashed: list[tuple[str, BaseException]] = []
         self._running: dict[str, _Running] = {}
+        self._stopping: dict[str, _Running] = {}  # stop set, maybe not returned yet
         self._lock = threading.Lock()
 
     def start(self, address: str) -> None:
@@ -93,16 +94,23 @@ class WorkerPool:
             thread.start()
 
     def stop(self, addresses: Iterable[str]) -> Stopping:
-        """Set the stop of each worker (it finishes its batch in flight); does not wait."""
+        """Set the stop of each worker (it finishes its batch in flight); does not wait.
+        A worker stopped before and still running is part of the answer too."""
         with self._lock:
-            taken = {a: self._running.pop(a) for a in set(addresses) if a in self._running}
+            for address in [a for a, r in self._stopping.items() if not r.thread.is_alive()]:
+                del self._stopping[address]
+            taken: dict[str, _Running] = {}
+            for address in set(addresses):
+                running = self._running.pop(address, None) or self._stopping.get(address)
+                if running is not None:
+                    taken[address] = self._stopping[address] = running
         for running in taken.values():
             running.stop.set()
         return Stopping(taken)
 
     def stop_all(self) -> Stopping:
         with self._lock:
-            addresses = list(self._running)
+            addresses = set(self._running) | set(self._stopping)
         return self.stop(addresses)
 
     def running(self) -> set[str]:

@@ -96,9 +96,7 @@ def run_fetcher(
         if stop_ingress is not None:
             stop_ingress()
         if keeper is not None:
-            keeper.close(until)
-        for address in pool.running():
-            log.warning("mailbox worker did not stop in time", extra={"stage": "fetcher", "mailbox": address})
+            keeper.close(until)  # logs each worker that did not stop in time
         producer.close()
         log.info("fetcher stopped", extra={"stage": "fetcher"})
     if pool.crashed:

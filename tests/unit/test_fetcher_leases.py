@@ -289,6 +289,21 @@ def test_a_worker_that_does_not_stop_in_time_loses_its_lease_and_the_partition_m
         replica.close()
 
 
+def test_a_revocation_during_shutdown_still_waits_for_the_workers_it_gives_up() -> None:
+    box = addresses_on(5, 1, prefix="d")
+    replica = Replica(box, ticking=False)
+    replica.group.on_assigned({5})
+    replica.finish.clear()
+    try:
+        replica.keeper.stop()  # SIGTERM: every worker's stop is set, nobody waited for yet
+        done = replica.group.on_revoked({5}, False)  # a rebalance in the last poll
+        assert not done(), "the partition would move while its worker still runs"
+        replica.finish.set()
+        wait_until(done, "the revocation to be done")
+    finally:
+        replica.close()
+
+
 def test_lost_partitions_end_the_lease_at_once() -> None:
     box = addresses_on(6, 1, prefix="l")
     replica = Replica(box, ticking=False)
