@@ -94,11 +94,11 @@ class LeaseKeeper:
 
     def close(self, until: float) -> None:
         """After ``stop``: wait for the poll thread and the workers until ``until``
-        (monotonic seconds), log each release, then leave the group, so the partitions
+        (``time.monotonic()``), log each release, then leave the group, so the partitions
         move only once the workers returned (or their time was up)."""
         self._closing.set()
         if self._thread is not None:
-            self._thread.join(timeout=max(0.0, until - self.clock()))
+            self._thread.join(timeout=max(0.0, until - time.monotonic()))
         with self._lock:
             released = self.book.revoke_all()
             stopping = Stopping.joined(self._signalled, self.pool.stop_all())
@@ -119,7 +119,8 @@ class LeaseKeeper:
                     self.source.poll(self.timing.poll_timeout_ms)
                     self._unreachable_noted = False
                 except Transient as exc:
-                    self._note_unreachable(exc)
+                    if self._settled.is_set():  # else the poll only gave up waiting for a revocation
+                        self._note_unreachable(exc)
                     self._closing.wait(self.timing.poll_timeout_ms / 1000)
                 now = self.clock()
                 if now >= next_confirm and self._holding():
