@@ -87,10 +87,10 @@ def _report(service: str, exc: Exception) -> int:
     """Log why the process stops as one JSON line; returns the exit code."""
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-    from services.common.errors import DeadLetterFlood
+    from services.common.errors import DeadLetterFlood, Unavailable
     from services.tickets import SchemaNotCurrent, StoreUnavailable
 
-    if isinstance(exc, (StoreUnavailable, SchemaNotCurrent, KafkaConnectionError, KafkaTimeoutError)):
+    if isinstance(exc, (StoreUnavailable, SchemaNotCurrent, KafkaConnectionError, KafkaTimeoutError, Unavailable)):
         log.error("stopped: a dependency is unavailable", extra={"stage": service, "error": str(exc)})
         return UNAVAILABLE
     if isinstance(exc, Refused):

@@ -29,6 +29,11 @@ class Transient(Exception):
     """A dependency is unavailable right now: retry the same record after a backoff."""
 
 
+class Unavailable(RuntimeError):
+    """Something the process needs at start is missing (a topic not created yet): it
+    stops with exit code 3, and the supervisor starts it again later."""
+
+
 class Stopping(Exception):
     """The process is stopping while this record is unfinished: leave it uncommitted.
 

@@ -1,9 +1,11 @@
 """The one module that imports kafka-python: client settings, the adapters that
-give the consume loop its ``Source`` and ``Sink`` (see ``bus.py``), and a consumer
+give the consume loop its ``Source`` and ``Sink`` (see ``bus.py``), the fetcher its
+lease group (``LeaseConsumer``, see ``services/fetcher/leases.py``), and a consumer
 group's offsets as `deskmail replay` reads and moves them (``GroupOffsets``)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 from services.common import kafka_patch  # noqa: F401, I001
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic, OffsetSpec
 from kafka.errors import (FencedInstanceIdError, FencedMemberEpochError, IllegalGenerationError, KafkaError,
                           NoError, RebalanceInProgressError, StaleMemberEpochError, TopicAlreadyExistsError,
@@ -82,6 +85,29 @@ class Kafka:
             max_partition_fetch_bytes=max(1_048_576, self.config.kafka.max_message_bytes),
         )
         return KafkaSource(consumer)
+
+    def lease_consumer(
+        self, group: str, topic: str, session_timeout_ms: int, heartbeat_interval_ms: int, max_poll_interval_ms: int,
+    ) -> "LeaseConsumer":
+        """A member of the fetchers' lease group on ``topic`` (which carries no records).
+
+        ``max_poll_interval_ms`` is also the rebalance timeout: the longest the group waits
+        for this member to give up its partitions (services/fetcher/leases.py sets it above
+        the time a revoked worker may take to stop). The topic is never created by
+        subscribing to it: `deskmail topics create` declares its partition count.
+        """
+        consumer = KafkaConsumer(
+            **self._common(),
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            allow_auto_create_topics=False,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            max_poll_interval_ms=max_poll_interval_ms,
+            max_poll_records=1,
+        )
+        return LeaseConsumer(consumer, topic)
 
     def reader(self) -> KafkaConsumer:
         """A consumer in no group, for reading a topic from the start (nothing is committed)."""
@@ -282,6 +308,132 @@ class KafkaSource:
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
+
+
+class LeaseConsumer:
+    """The fetcher's lease group member: partition numbers in, partition numbers out.
+
+    Rebalance callbacks run on kafka-python's IO thread, inside the ``poll`` of the
+    thread that polls. The revocation callback must not block that thread (it also
+    sends the heartbeats), so it only starts stopping the workers and returns a probe;
+    the listener awaits the probe in short sleeps of the client's own event loop, and
+    the member rejoins (letting the partitions move) only once the probe says done.
+    """
+
+    PROBE_SECONDS = 0.05
+
+    def __init__(self, consumer: KafkaConsumer, topic: str):
+        self.consumer = consumer
+        self.topic = topic
+
+    def partition_count(self, wait_seconds: float) -> int | None:
+        """The lease topic's partition count, waiting up to ``wait_seconds`` for it to
+        exist; None when it does not. Raises Transient when the broker did not answer."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            failure: KafkaError | None = None
+            try:
+                found = self.consumer.partitions_for_topic(self.topic)
+            except KafkaError as exc:
+                found, failure = set(), exc
+            if found:
+                return len(found)
+            if time.monotonic() >= deadline:
+                if failure is not None:
+                    raise Transient(f"the broker did not describe {self.topic}: {failure}") from failure
+                return None
+            time.sleep(1.0)
+
+    def subscribe(
+        self,
+        on_assigned: Callable[[set[int]], None],
+        on_revoked: Callable[[set[int], bool], Callable[[], bool]],
+    ) -> None:
+        """``on_revoked(partitions, lost)`` starts giving them up and returns a probe that
+        answers True once they are given up; ``lost`` when the member was already expelled."""
+        # kafka-python offers no public awaitable sleep for its event loop; its selector's is
+        # the one the coordinator itself awaits (kafka-python is pinned, see kafka_patch).
+        sleep = self.consumer._net.sleep
+        self.consumer.subscribe([self.topic], listener=_LeaseListener(self.topic, on_assigned, on_revoked, sleep,
+                                                                      self.PROBE_SECONDS))
+
+    def poll(self, timeout_ms: int) -> None:
+        """Drive the membership (joins, rebalance callbacks); records are never expected.
+        Raises Transient when the client reports a broker failure."""
+        try:
+            self.consumer.poll(timeout_ms=timeout_ms)
+        except KafkaError as exc:
+            raise Transient(f"the lease group could not be polled: {exc}") from exc
+
+    def confirm(self, timeout_ms: int) -> bool:
+        """Whether the broker accepts this member as the owner of its partitions now.
+
+        An offset commit carries the member id and generation, and the group coordinator
+        accepts it only from a member of the current generation (Kafka's also counts it
+        as the member's heartbeat), so a successful one confirms the membership as of the
+        moment it was sent. False on any failure (rebalancing, expelled, unreachable).
+        The offsets are 0: the topic has no records, only the membership matters.
+        """
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return False
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(0, "", -1) for tp in assigned}, timeout_ms=timeout_ms)
+        except KafkaError:
+            return False
+        return True
+
+    def close(self, timeout_ms: int = 10_000) -> None:
+        """Leave the group (its revocation callback runs first), so the partitions move now."""
+        self.consumer.close(autocommit=False, timeout_ms=timeout_ms)
+
+
+class _LeaseListener(AsyncConsumerRebalanceListener):
+    """Waits for the workers of revoked partitions in the client's event loop (see LeaseConsumer)."""
+
+    def __init__(
+        self,
+        topic: str,
+        on_assigned: Callable[[set[int]], None],
+        on_revoked: Callable[[set[int], bool], Callable[[], bool]],
+        sleep: Callable[[float], Any],
+        probe_seconds: float,
+    ):
+        self.topic = topic
+        self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
+        self.sleep = sleep
+        self.probe_seconds = probe_seconds
+
+    def _ours(self, partitions: Iterable[TopicPartition]) -> set[int]:
+        return {tp.partition for tp in partitions if tp.topic == self.topic}
+
+    async def _give_up(self, partitions: Iterable[TopicPartition], lost: bool) -> None:
+        done = self.on_revoked(self._ours(partitions), lost)
+        while not done():
+            await self.sleep(self.probe_seconds)
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._give_up(revoked, lost=False)
+
+    async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        await self._give_up(lost, lost=True)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.on_assigned(self._ours(assigned))
+
+
+class _SlowLeaseListenerNotice(logging.Filter):
+    """kafka-python warns about a rebalance listener that takes over a second and suggests
+    an asynchronous one. The lease listener is one, and waits for the workers on purpose
+    (heartbeats go on meanwhile): that warning would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("Rebalance listener") and bool(record.args)
+                    and isinstance(record.args, tuple) and record.args[0] == _LeaseListener.__name__)
+
+
+logging.getLogger("kafka.coordinator.consumer").addFilter(_SlowLeaseListenerNotice())
 
 
 class _Listener(ConsumerRebalanceListener):

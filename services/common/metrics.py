@@ -78,6 +78,15 @@ FETCHER_UIDVALIDITY_CHANGES = Counter(
     "Times a folder's UIDVALIDITY changed (mail is re-read; duplicates are absorbed downstream).",
     ["mailbox"],
 )
+FETCHER_LEASED_MAILBOXES = Gauge(
+    "deskmail_fetcher_leased_mailboxes",
+    "IMAP mailboxes this fetcher replica holds now (the partitions of the lease group assigned to it).",
+)
+FETCHER_LEASE_CHANGES = Counter(
+    "deskmail_fetcher_lease_changes_total",
+    "Mailboxes this fetcher replica acquired or released (rebalances, failover, shutdown), by change.",
+    ["change"],
+)
 FETCHER_INGRESS = Counter(
     "deskmail_fetcher_ingress_sessions_total",
     "SMTP/LMTP ingress transactions, by reply class.",

@@ -17,7 +17,7 @@ DEFAULT_PORTS = {"fetcher": 9101, "router": 9102, "ticketer": 9103, "sender": 91
 
 # Fixed keys a log line may carry besides the message (style: structured logs).
 LOG_KEYS = ("stage", "topic", "partition", "offset", "group", "mailbox", "uid", "uidvalidity", "queue",
-            "ticket", "command", "outcome", "reason", "error", "delay", "count", "address", "url")
+            "ticket", "command", "outcome", "reason", "error", "delay", "count", "address", "url", "replica")
 
 
 class JsonFormatter(logging.Formatter):

@@ -10,6 +10,11 @@ broker refuses writes instead of acknowledging them on one disk. The default is
 2 where the replication factor is 3 or more (one broker may be lost with nothing
 acknowledged lost), else 1 (a test or single-broker cluster).
 
+The lease topic (``leases``) is the exception: its partitions are
+``fetcher.lease_partitions`` (16), never ``kafka.partitions``, because a mailbox
+belongs to the partition its address hashes to; its retention is an hour, since
+nothing is written to it.
+
 Retention: long enough to replay. The inbound mail a week by default (the IMAP
 server has marked it; a replay by time needs the records), dead letters a month
 (someone has to look at them first). ``max.message.bytes`` is
@@ -34,12 +39,13 @@ PURPOSES = {
     "outbound": "mail to send, from the API's outbox relay",
     "events": "the sender's delivery events",
     "deadletter": "records a stage could not process",
+    "leases": "no records: the fetchers' consumer group, whose assignment says which replica polls which mailbox",
 }
 
 
 @dataclass(frozen=True)
 class TopicSpec:
-    key: str  # inbound | commands | outbound | events | deadletter
+    key: str  # inbound | commands | outbound | events | deadletter | leases
     name: str
     partitions: int
     replication_factor: int
@@ -66,14 +72,16 @@ def default_min_insync(replication_factor: int) -> int:
 
 def declared(config: Config, partitions: int | None = None) -> tuple[TopicSpec, ...]:
     """The topics the config asks for, in a fixed order; ``partitions`` overrides
-    ``kafka.partitions`` (tests, a one-off create)."""
+    ``kafka.partitions`` (tests, a one-off create), never the lease topic's
+    ``fetcher.lease_partitions``."""
     k = config.kafka
     min_insync = k.min_insync_replicas or default_min_insync(k.replication_factor)
     out = []
     for key, name in config.topics.items():
         days = k.retention_days[key]
+        count = config.fetcher.lease_partitions if key == "leases" else partitions or k.partitions
         out.append(TopicSpec(
-            key=key, name=name, partitions=partitions or k.partitions, replication_factor=k.replication_factor,
+            key=key, name=name, partitions=count, replication_factor=k.replication_factor,
             configs={
                 "cleanup.policy": "delete",
                 "retention.ms": str(-1 if days == 0 else int(days * DAY_MS)),

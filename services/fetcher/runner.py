@@ -1,5 +1,11 @@
-"""The fetcher process: one ``MailboxWorker`` thread per IMAP mailbox, the SMTP/LMTP
-ingress for own-domain addresses, one shared producer.
+"""The fetcher process: the IMAP mailboxes this replica holds a lease on, one
+``MailboxWorker`` thread each, the SMTP/LMTP ingress for own-domain addresses,
+one shared producer.
+
+Any number of replicas may run: they share the mailboxes through the lease group
+(``services.fetcher.leases``; ``keeper.py`` starts and stops the workers as
+partitions are assigned and revoked). A replica holding no partition is ready and
+idle. The ingress runs in every replica on its own port; nothing of it is shared.
 
 Mailboxes are isolated: each worker handles its own connection, login and
 protocol errors and reconnects on its own. A worker that dies of anything else
@@ -10,23 +16,34 @@ flight, so the supervisor restarts it; unmarked mail is fetched again then.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from services.common.blobs import BlobStore, blob_store
 from services.common.config import Config
+from services.common.errors import Transient, Unavailable
 from services.common.kafka import Kafka, Producer
 from services.common.runtime import Health
 from services.fetcher.ingress import build_ingress
-from services.fetcher.worker import MailboxWorker
+from services.fetcher.keeper import LeaseKeeper
+from services.fetcher.leases import LeaseBook, LeaseDeadline, LeaseTiming, MailboxLease
+from services.fetcher.pool import WorkerPool
+from services.fetcher.worker import MailboxWorker, stop_seconds
 
 log = logging.getLogger("deskmail.fetcher")
 
 # Room left in a Kafka record for the InboundMail fields around the raw bytes.
 RECORD_OVERHEAD_BYTES = 64 * 1024
-# How long shutdown waits for workers beyond their IMAP timeout (a send_all may wait for acks).
-SHUTDOWN_GRACE_SECONDS = 130.0
+# How long a fetcher waits at start for the lease topic to exist (`deskmail topics create`).
+LEASE_TOPIC_WAIT_SECONDS = 60.0
+
+
+def replica_id() -> str:
+    """This process among the fetcher replicas, in its log lines: host name (the pod's) and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def run_fetcher(
@@ -35,55 +52,98 @@ def run_fetcher(
     health: Health,
     bootstrap: str | Sequence[str] | None = None,
 ) -> None:
-    """Run every IMAP mailbox worker until ``stop`` is set, then drain and return.
+    """Hold mailbox leases and run their workers, and the ingress, until ``stop`` is set;
+    then drain and return.
 
-    Ready once all workers started; ticks ``health`` every second. On ``stop``
-    each worker finishes its batch in flight (produced, acknowledged and marked,
-    or left unmarked) before the producer is closed. Raises ``RuntimeError`` if
-    a worker died of an unexpected error (after stopping the others).
+    Ready once the lease keeper and the ingress started, with or without mailboxes;
+    ticks ``health`` every second. On ``stop`` each worker finishes its batch in
+    flight (produced, acknowledged and marked, or left unmarked) before the replica
+    leaves the lease group and the producer is closed. Raises ``RuntimeError`` if a
+    worker or the lease keeper died of an unexpected error (after stopping the
+    others), ``Unavailable`` if the lease topic does not exist.
     """
     servers = [bootstrap] if isinstance(bootstrap, str) else bootstrap
-    producer = Kafka(config, servers).producer()
+    kafka = Kafka(config, servers)
+    producer = kafka.producer()
     blobs = blob_store(config)
-    halt = threading.Event()  # our own signal to the workers: stop requested, or a worker crashed
-    crashed: list[tuple[str, BaseException]] = []
     inline_max = inline_max_bytes(config)
-    workers = [
-        MailboxWorker(mailbox, config.fetcher, producer, config.topics["inbound"], blobs, halt, health,
-                      inline_max_bytes=inline_max)
-        for mailbox in config.mailboxes
-        if mailbox.imap is not None
-    ]
-    threads: list[threading.Thread] = []
+    mailboxes = {m.address: m for m in config.mailboxes if m.imap is not None}
+    timing = lease_timing(config)
+    deadline = LeaseDeadline(timing.validity_seconds)
+
+    def build(address: str, stop_worker: threading.Event, lease: MailboxLease) -> MailboxWorker:
+        return MailboxWorker(mailboxes[address], config.fetcher, producer, config.topics["inbound"], blobs,
+                             stop_worker, health, inline_max_bytes=inline_max, lease=lease)
+
+    pool = WorkerPool(build, deadline)
+    keeper: LeaseKeeper | None = None
     stop_ingress: Callable[[], None] | None = None
     try:
-        for worker in workers:
-            thread = threading.Thread(target=_guarded, args=(worker, crashed), name=f"fetcher:{worker.address}",
-                                      daemon=True)
-            thread.start()
-            threads.append(thread)
-        stop_ingress = start_ingress(config, producer, blobs, halt)
+        if mailboxes:
+            keeper = start_keeper(config, kafka, pool, deadline, timing)
+        stop_ingress = start_ingress(config, producer, blobs, stop)
         health.set_ready(True)
-        log.info("fetcher running", extra={"stage": "fetcher", "count": len(workers)})
+        log.info("fetcher running", extra={"stage": "fetcher", "count": len(mailboxes), "replica": replica_id()})
         while True:
             health.tick()
-            if crashed or stop.wait(1.0):
+            if pool.crashed or (keeper is not None and keeper.failure) or stop.wait(1.0):
                 break
     finally:
         health.set_ready(False)
-        halt.set()
+        until = time.monotonic() + stop_seconds(config.fetcher)
+        if keeper is not None:
+            keeper.stop()
         if stop_ingress is not None:
             stop_ingress()
-        deadline = time.monotonic() + config.fetcher.timeout_seconds + SHUTDOWN_GRACE_SECONDS
-        for thread in threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                log.warning("mailbox worker did not stop in time", extra={"stage": "fetcher", "mailbox": thread.name})
+        if keeper is not None:
+            keeper.close(until)  # logs each worker that did not stop in time
         producer.close()
         log.info("fetcher stopped", extra={"stage": "fetcher"})
-    if crashed:
-        address, error = crashed[0]
+    if pool.crashed:
+        address, error = pool.crashed[0]
         raise RuntimeError(f"mailbox worker {address} crashed: {type(error).__name__}: {error}") from error
+    if keeper is not None and keeper.failure is not None:
+        error = keeper.failure
+        raise RuntimeError(f"the lease keeper failed: {type(error).__name__}: {error}") from error
+
+
+def lease_timing(config: Config) -> LeaseTiming:
+    """The lease group's timeouts (the loader resolved ``fetcher.lease`` from
+    ``kafka.consumer`` where unset) and how long a revoked worker may take to stop."""
+    lease, consumer = config.fetcher.lease, config.kafka.consumer
+    return LeaseTiming(lease.session_timeout_ms or consumer.session_timeout_ms,
+                       lease.heartbeat_interval_ms or consumer.heartbeat_interval_ms, stop_seconds(config.fetcher))
+
+
+def start_keeper(config: Config, kafka: Kafka, pool: WorkerPool, deadline: LeaseDeadline,
+                 timing: LeaseTiming) -> LeaseKeeper:
+    """Join the lease group ``<group_prefix>-fetcher`` in a thread of its own.
+
+    Raises Unavailable when the lease topic does not exist within a minute. Its
+    partition count is read once: mailboxes map onto the partitions the topic has
+    (``fetcher.lease_partitions`` only says how many ``topics create`` makes).
+    """
+    topic = config.topics["leases"]
+    group = f"{config.kafka.group_prefix}-fetcher"
+    consumer = kafka.lease_consumer(group, topic, timing.session_timeout_ms, timing.heartbeat_interval_ms,
+                                    timing.max_poll_interval_ms)
+    try:
+        try:
+            partitions = consumer.partition_count(LEASE_TOPIC_WAIT_SECONDS)
+        except Transient as exc:
+            raise Unavailable(str(exc)) from exc
+        if partitions is None:
+            raise Unavailable(f"the lease topic {topic} does not exist: run `deskmail topics create`")
+        if partitions != config.fetcher.lease_partitions:
+            log.warning("the lease topic has another partition count than fetcher.lease_partitions; its own is used",
+                        extra={"stage": "fetcher", "topic": topic, "count": partitions})
+        book = LeaseBook([m.address for m in config.mailboxes if m.imap is not None], partitions)
+        keeper = LeaseKeeper(consumer, book, pool, deadline, timing, replica_id(), group)
+        keeper.start()
+    except BaseException:
+        consumer.close()
+        raise
+    return keeper
 
 
 def start_ingress(
@@ -114,11 +174,3 @@ def start_ingress(
 def inline_max_bytes(config: Config) -> int:
     """Raw mail up to this size travels inside the record; larger goes to the blob store."""
     return max(0, min(config.blobs.inline_max_bytes, config.kafka.max_message_bytes - RECORD_OVERHEAD_BYTES))
-
-
-def _guarded(worker: MailboxWorker, crashed: list[tuple[str, BaseException]]) -> None:
-    try:
-        worker.run()
-    except BaseException as exc:  # recorded for the main loop, which stops the process
-        log.exception("mailbox worker crashed", extra={"stage": "fetcher", "mailbox": worker.address})
-        crashed.append((worker.address, exc))

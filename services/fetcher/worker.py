@@ -26,6 +26,14 @@ Delivery contract:
 Mark modes (``fetcher.mark.mode``: keyword, seen, move) are described in
 ``services.fetcher.marks``.
 
+Leases (``services.fetcher.leases``): with several fetcher replicas a worker runs
+only while its replica holds the mailbox. Its ``stop`` event is its own (set when
+the mailbox is revoked, or the process stops), and its ``lease`` is checked before
+every fetch and before every mark: when the replica cannot confirm its membership
+in time, the session ends without marking (the mail stays for whoever holds the
+mailbox next) and the worker waits, disconnected, until the lease is confirmed
+again or it is stopped.
+
 UIDVALIDITY: the worker remembers the last value it saw (in memory) and compares
 on every SELECT. A change is logged and counted
 (``deskmail_fetcher_uidvalidity_changes_total``) and the folder is scanned again,
@@ -56,6 +64,7 @@ from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 from services.common.runtime import Health
 from services.fetcher import records
 from services.fetcher.batches import MAX_BATCH_BYTES, SIZES_PER_FETCH, chunks, plan_batches, uid_range
+from services.fetcher.leases import ALWAYS, Lease
 from services.fetcher.imap import (
     SESSION_ERRORS,
     ClientFactory,
@@ -76,6 +85,23 @@ SOURCE: Literal["imap"] = "imap"
 IDLE_SLICE_SECONDS = 1.0
 # Messages larger than this are fetched in pieces of this size straight into the blob store.
 STREAM_BYTES = 4 * 1024 * 1024
+# How long a batch waits for the broker's acknowledgement (then Transient: left unmarked).
+ACK_WAIT_SECONDS = 120.0
+# Closing the session and noticing the stop inside an IDLE slice, beyond the batch itself.
+STOP_SLACK_SECONDS = 10.0
+# A worker whose lease is not valid looks again this often.
+LEASE_WAIT_SECONDS = 0.25
+
+
+def stop_seconds(settings: FetcherSettings) -> float:
+    """The longest a worker takes to return once its stop is set: the batch in flight
+    (fetch and mark, each up to the IMAP timeout, and the acknowledgement wait) and
+    the logout. Shutdown and a revoked lease wait this long."""
+    return 2 * settings.timeout_seconds + ACK_WAIT_SECONDS + STOP_SLACK_SECONDS
+
+
+class LeaseLost(Exception):
+    """The replica's lease is not confirmed: end the session before fetching or marking."""
 
 
 # ---------------------------------------------------------------- pure decisions
@@ -119,7 +145,8 @@ class MailboxWorker:
 
     ``run`` returns only when ``stop`` is set (after finishing the batch in
     flight: produced, acknowledged and marked, or left unmarked). Errors of this
-    mailbox never leave ``run``, except programming errors, which do.
+    mailbox never leave ``run``, except programming errors, which do. Nothing is
+    fetched or marked while ``lease`` is not valid.
     """
 
     def __init__(
@@ -137,6 +164,7 @@ class MailboxWorker:
         max_batch_bytes: int = MAX_BATCH_BYTES,
         stream_bytes: int | None = None,  # None: STREAM_BYTES
         clock: Clock = SYSTEM_CLOCK,
+        lease: Lease = ALWAYS,
     ):
         if mailbox.imap is None:
             raise ValueError(f"mailbox {mailbox.address} has no IMAP settings")
@@ -148,6 +176,7 @@ class MailboxWorker:
         self.topic = topic
         self.blobs = blobs
         self.stop = stop
+        self.lease = lease
         self.health = health
         self.client_factory = client_factory
         self.inline_max_bytes = inline_max_bytes
@@ -166,10 +195,20 @@ class MailboxWorker:
     def run(self) -> None:
         metrics.FETCHER_UP.labels(self.address).set(0)
         while not self.stop.is_set():
+            if not self.lease.valid():
+                self.stop.wait(LEASE_WAIT_SECONDS)
+                continue
             try:
                 self._session()
             except SESSION_ERRORS as exc:
                 self._session_failed(classify(exc, self._where))
+            except LeaseLost:
+                metrics.FETCHER_UP.labels(self.address).set(0)
+                log.warning("lease not confirmed, mailbox paused", extra={"mailbox": self.address, "stage": STAGE})
+
+    def _check_lease(self) -> None:
+        if not self.lease.valid():
+            raise LeaseLost(self.address)
 
     def _session_failed(self, error: MailboxError) -> None:
         metrics.FETCHER_UP.labels(self.address).set(0)
@@ -196,6 +235,9 @@ class MailboxWorker:
                 if not self.stop.is_set():
                     self._wait_for_mail(client)
             clean = True
+        except LeaseLost:
+            clean = True  # the session is sound; only the lease is not confirmed
+            raise
         finally:
             self._close(client, clean)
 
@@ -234,7 +276,9 @@ class MailboxWorker:
                 log.info("created folder for processed mail", extra={"mailbox": self.address})
 
     def _cycle(self, client: MailClient) -> None:
-        """SELECT, then deliver and mark every message not yet delivered, in UID order."""
+        """SELECT, then deliver and mark every message not yet delivered, in UID order.
+        Raises LeaseLost before a fetch or a mark the lease no longer covers."""
+        self._check_lease()
         info = select(client, self.imap.folder)
         metrics.FETCHER_UP.labels(self.address).set(1)
         uidvalidity = self._note_uidvalidity(info)
@@ -283,6 +327,7 @@ class MailboxWorker:
 
     def _deliver(self, client: MailClient, uidvalidity: int, uids: Sequence[int], mode: MarkMode) -> None:
         """Fetch, produce, wait for the acks, and only then mark. Raises Transient before marking."""
+        self._check_lease()
         fetched = client.fetch(uids, ["BODY.PEEK[]", "RFC822.SIZE"])
         received_at = datetime.now(timezone.utc)
         encode = codec("InboundMail").encode
@@ -303,7 +348,7 @@ class MailboxWorker:
             size += len(raw)
         if not outs:
             return
-        self.producer.send_all(outs, STAGE)
+        self.producer.send_all(outs, STAGE, timeout=ACK_WAIT_SECONDS)
         self.broker_retry.reset()
         self._mark(client, delivered, mode)
         metrics.FETCHER_MESSAGES.labels(self.address, SOURCE).inc(len(delivered))
@@ -318,6 +363,7 @@ class MailboxWorker:
     def _deliver_streamed(self, client: MailClient, uidvalidity: int, uid: int, mode: MarkMode) -> None:
         """Fetch one large message in pieces into the blob store, produce its
         reference, and mark it after the ack. Raises Transient before marking."""
+        self._check_lease()
         received_at = datetime.now(timezone.utc)
         try:
             writer = self.blobs.writer()
@@ -349,7 +395,8 @@ class MailboxWorker:
             received_at=received_at, blobs=self.blobs, inline_max_bytes=self.inline_max_bytes,
             uidvalidity=uidvalidity, uid=uid, blob_ref=ref, size=size, sha256=sha256,
         )
-        self.producer.send_all([Out(self.topic, self.address.encode(), codec("InboundMail").encode(record))], STAGE)
+        self.producer.send_all([Out(self.topic, self.address.encode(), codec("InboundMail").encode(record))], STAGE,
+                               timeout=ACK_WAIT_SECONDS)
         self.broker_retry.reset()
         self._mark(client, [uid], mode)
         metrics.FETCHER_MESSAGES.labels(self.address, SOURCE).inc()
@@ -359,6 +406,9 @@ class MailboxWorker:
         self.health.tick()
 
     def _mark(self, client: MailClient, uids: Sequence[int], mode: MarkMode) -> None:
+        """Mark delivered mail, unless the lease ended while it was produced: then it stays
+        unmarked, and whoever holds the mailbox next delivers it again (absorbed downstream)."""
+        self._check_lease()
         mark_delivered(client, uids, mode, self.settings.mark)
 
     # ------------------------------------------------------------ waiting
@@ -367,10 +417,16 @@ class MailboxWorker:
         if self.settings.idle and client.has_capability("IDLE"):
             self._idle(client)
         else:
-            self.stop.wait(self.settings.poll_interval_seconds)
+            deadline = time.monotonic() + self.settings.poll_interval_seconds
+            while self.lease.valid() and not self.stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.stop.wait(min(IDLE_SLICE_SECONDS, remaining))
 
     def _idle(self, client: MailClient) -> None:
-        """IDLE until new mail, ``stop``, or ``idle_seconds`` (then the caller rescans and re-IDLEs).
+        """IDLE until new mail, ``stop``, the lease's end, or ``idle_seconds`` (then the caller
+        rescans and re-IDLEs).
 
         Checked in one-second slices. A slice that wakes early with nothing parsed
         usually means the server closed the socket; ``idle_done`` then fails and
@@ -378,7 +434,7 @@ class MailboxWorker:
         """
         client.idle()
         deadline = time.monotonic() + self.settings.idle_seconds
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.lease.valid():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -211,17 +211,20 @@ def test_topics_job_and_blob_volume() -> None:
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every process on any node shares the blob folder"
 
 
-def test_disruption_budgets_cover_the_scalable_processes_but_not_the_fetcher() -> None:
+def test_disruption_budgets_cover_every_scaled_process_and_keep_a_fetcher() -> None:
     docs = _render("base")
     deployments = _of_kind(docs, "Deployment")
-    covered = set()
+    covered = {}
     for name, pdb in _of_kind(docs, "PodDisruptionBudget").items():
         selector = pdb["spec"]["selector"]["matchLabels"]
         matched = [d for d, dep in deployments.items()
                    if selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()]
         assert len(matched) == 1, f"PodDisruptionBudget {name} selects {matched}"
-        covered.add(matched[0])
-    assert covered == {f"deskmail-{s}" for s in SERVICES if s != "fetcher"}
+        covered[matched[0]] = pdb["spec"]
+    assert covered.keys() == {f"deskmail-{s}" for s in SERVICES}
+    # the fetcher's mailboxes move to the replica left: never drain the last one
+    assert covered["deskmail-fetcher"] == {"minAvailable": 1, "selector": covered["deskmail-fetcher"]["selector"]}
+    assert all(spec.get("maxUnavailable") == 1 for d, spec in covered.items() if d != "deskmail-fetcher")
 
 
 # ---------------------------------------------------------------- every Deployment
@@ -312,10 +315,24 @@ def test_deployments_have_probes_resources_and_security(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RENDERINGS))
-def test_fetcher_runs_exactly_one_replica_with_recreate(name: str) -> None:
+def test_fetcher_runs_two_replicas_rolled_with_a_surge_and_spread_over_nodes(name: str) -> None:
     fetcher = _of_kind(_render(name), "Deployment")["deskmail-fetcher"]
-    assert fetcher["spec"]["replicas"] == 1
-    assert fetcher["spec"]["strategy"] == {"type": "Recreate"}
+    assert fetcher["spec"]["replicas"] == 2
+    # the new pod joins the lease group before an old one gives its mailboxes back
+    assert fetcher["spec"]["strategy"] == {"type": "RollingUpdate",
+                                           "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    pods = fetcher["spec"]["template"]
+    spread = {c["topologyKey"]: c for c in pods["spec"]["topologySpreadConstraints"]}
+    assert {"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= spread.keys()
+    for constraint in spread.values():
+        assert constraint["maxSkew"] == 1 and constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert constraint["labelSelector"]["matchLabels"].items() <= pods["metadata"]["labels"].items()
+    # SIGTERM drains every mailbox's batch: twice the IMAP timeout, the ack wait, then leaving the group
+    from services.common.config import FetcherSettings
+    from services.fetcher.worker import stop_seconds
+
+    settings = FetcherSettings(**_load_yaml(BASE / "deskmail.yaml").get("fetcher", {}))
+    assert pods["spec"]["terminationGracePeriodSeconds"] > stop_seconds(settings)
 
 
 def test_processes_mount_the_blob_folder_of_the_config() -> None:

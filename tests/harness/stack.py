@@ -70,16 +70,24 @@ class Stack:
 
     def start(self, *services: str) -> None:
         for name in services:
-            self.ports.setdefault(name, free_port())
-            log = open(self.log_path(name), "ab")
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "run", name, "--config", str(self.config_path),
-                 "--bootstrap", self.bootstrap, "--metrics-port", str(self.ports[name])],
-                cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            )
-            log.close()
+            self.launch(name)
         for name in services:
-            wait_for(lambda: self._ready(name), 60, f"{name} to be ready\n{self.log(name)[-3000:]}")
+            self.wait_ready(name)
+
+    def launch(self, name: str, service: str | None = None) -> None:
+        """Start `deskmail run SERVICE` under ``name`` (default: the service's own), with its
+        own metrics port and log file, so one service can run as several replicas."""
+        self.ports.setdefault(name, free_port())
+        log = open(self.log_path(name), "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", service or name, "--config", str(self.config_path),
+             "--bootstrap", self.bootstrap, "--metrics-port", str(self.ports[name])],
+            cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+        log.close()
+
+    def wait_ready(self, name: str) -> None:
+        wait_for(lambda: self._ready(name), 60, f"{name} to be ready\n{self.log(name)[-3000:]}")
 
     def _ready(self, name: str) -> bool:
         proc = self.procs[name]

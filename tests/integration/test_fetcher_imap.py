@@ -103,7 +103,8 @@ def account(dovecot: DovecotServer, unique: Unique, monkeypatch: pytest.MonkeyPa
 
 @pytest.fixture
 def make_config(dovecot: DovecotServer, broker: LocalBroker, unique: Unique, tmp_path: Path) -> Callable[..., Config]:
-    topics = {name: unique(name) for name in ("inbound", "commands", "outbound", "events", "deadletter")}
+    topics = {name: unique(name) for name in ("inbound", "commands", "outbound", "events", "deadletter", "leases")}
+    group_prefix = unique("fetcher-group")
 
     def make(accounts: list[Account], security: str = "ssl", mark: str = "mode: keyword",
              fetcher: str = "", trust: bool = True) -> Config:
@@ -125,6 +126,7 @@ def make_config(dovecot: DovecotServer, broker: LocalBroker, unique: Unique, tmp
             kafka:
               bootstrap_servers: ["{broker.bootstrap}"]
               partitions: 2
+              group_prefix: {group_prefix}
               topics: {{{", ".join(f"{k}: {v}" for k, v in topics.items())}}}
               consumer: {{session_timeout_ms: 2000, heartbeat_interval_ms: 500}}
             data_dir: {tmp_path / "data"}

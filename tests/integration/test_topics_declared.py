@@ -21,7 +21,8 @@ def deskmail(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_diff_create_diff_describe(tmp_path: Path, broker: Any, unique: Callable[[str], str]) -> None:
-    topics = {k: unique(f"decl-{k}") for k in ("inbound", "commands", "outbound", "events", "deadletter")}
+    topics = {k: unique(f"decl-{k}") for k in ("inbound", "commands", "outbound", "events", "deadletter", "leases")}
+    data = {k: v for k, v in topics.items() if k != "leases"}
     config = tmp_path / "deskmail.yaml"
     config.write_text(textwrap.dedent(f"""\
         kafka:
@@ -34,17 +35,19 @@ def test_diff_create_diff_describe(tmp_path: Path, broker: Any, unique: Callable
     before = deskmail("topics", "diff", "--config", str(config))
     assert before.returncode == FAILED, before.stderr
     assert sorted(before.stdout.splitlines()) == sorted(
-        f"{name}: missing (declared: 3 partitions, replication 1)" for name in topics.values())
+        [f"{name}: missing (declared: 3 partitions, replication 1)" for name in data.values()]
+        + [f"{topics['leases']}: missing (declared: 16 partitions, replication 1)"])
 
-    # one topic made by hand with too few partitions: create leaves it, diff names it
+    # topics made with too few partitions: create leaves them, diff names them (--partitions
+    # leaves the lease topic alone: it keeps fetcher.lease_partitions)
     made = deskmail("topics", "create", "--config", str(config), "--partitions", "1")
-    assert made.returncode == OK and made.stdout.count(": created") == 5
+    assert made.returncode == OK and made.stdout.count(": created") == 6
     config.write_text(config.read_text().replace("partitions: 3", "partitions: 4"))
     short = deskmail("topics", "diff", "--config", str(config))
     assert short.returncode == FAILED
-    assert sorted(short.stdout.splitlines()) == sorted(f"{name}: 1 partitions, declared 4" for name in topics.values())
+    assert sorted(short.stdout.splitlines()) == sorted(f"{name}: 1 partitions, declared 4" for name in data.values())
     assert "configs were not" in short.stderr  # the local broker reports no topic configs
-    assert deskmail("topics", "create", "--config", str(config)).stdout.count(": exists") == 5
+    assert deskmail("topics", "create", "--config", str(config)).stdout.count(": exists") == 6
 
     config.write_text(config.read_text().replace("partitions: 4", "partitions: 1"))
     same = deskmail("topics", "diff", "--config", str(config))
@@ -58,4 +61,6 @@ def test_diff_create_diff_describe(tmp_path: Path, broker: Any, unique: Callable
         "max.message.bytes": str(8 * 1024 * 1024)}
     assert by_topic["deadletter"]["declared"]["configs"]["retention.ms"] == "-1"  # 0 days: forever
     assert by_topic["commands"]["actual"] == {"partitions": 1, "replication_factor": 1, "configs": None}
+    assert by_topic["leases"]["declared"]["partitions"] == by_topic["leases"]["actual"]["partitions"] == 16
+    assert by_topic["leases"]["declared"]["configs"]["retention.ms"] == str(3_600_000)
     assert all(d["differences"] == [] for d in described)

@@ -410,3 +410,21 @@ def test_config_check_counts_rules_and_warns_about_rules_that_cannot_work(tmp_pa
             "organization.sender_authentication.trusted_authserv_ids no mail proves its From") in result.stderr
     assert (f"{path}: warning: rule vip-customers of queue SUPPORT moves tickets to BILLING, which has no "
             "mailbox with SMTP settings: its agents cannot answer them by mail") in result.stderr
+
+
+def test_lease_timeouts_default_to_the_consumers_and_can_be_set_apart() -> None:
+    default = parse_text("{}")
+    assert (default.fetcher.lease.session_timeout_ms, default.fetcher.lease.heartbeat_interval_ms) == (10000, 3000)
+    assert default.fetcher.lease_partitions == 16
+    assert default.topics["leases"] == "deskmail.fetcher.leases"
+    fast = parse_text("kafka: {consumer: {session_timeout_ms: 2000, heartbeat_interval_ms: 500}}")
+    assert (fast.fetcher.lease.session_timeout_ms, fast.fetcher.lease.heartbeat_interval_ms) == (2000, 500)
+    own = parse_text("kafka: {consumer: {session_timeout_ms: 2000}}\nfetcher: {lease: {session_timeout_ms: 30000}}")
+    assert (own.fetcher.lease.session_timeout_ms, own.fetcher.lease.heartbeat_interval_ms) == (30000, 3000)
+
+
+def test_a_lease_heartbeat_not_below_its_session_timeout_names_its_line() -> None:
+    text = "kafka:\n  partitions: 2\nfetcher:\n  lease: {session_timeout_ms: 3000, heartbeat_interval_ms: 3000}\n"
+    with pytest.raises(ConfigError) as err:
+        parse_text(text)
+    assert "line 4: fetcher.lease: heartbeat_interval_ms 3000 must be below session_timeout_ms 3000" in str(err.value)

@@ -824,3 +824,79 @@ def test_a_failing_server_is_retried_on_the_one_backoff_policy_and_a_success_res
         assert ceiling / 2 <= gap <= ceiling
     assert max(clock.waits) <= 1.0  # slept in slices: the liveness probe stays fed
     assert worker.session_retry.attempts == 0  # the session that worked reset it
+
+
+# ---------------------------------------------------------------- leases
+
+
+class SwitchLease:
+    """A lease the test turns on and off."""
+
+    def __init__(self, valid: bool):
+        self.ok = valid
+
+    def valid(self) -> bool:
+        return self.ok
+
+
+KEYWORD_FLAG = b"$Deskmail"
+
+
+def test_nothing_is_fetched_or_marked_while_the_lease_is_not_valid(tmp_path):
+    server = FakeServer()
+    for n in range(3):
+        server.add(mail(n))
+    lease = SwitchLease(False)
+    worker, producer, stop = make_worker(server, tmp_path, lease=lease)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    assert server.sessions == 0 and producer.acked == []  # not even connected
+
+    lease.ok = True
+    deadline = time.monotonic() + 5
+    while len(producer.acked) < 3:
+        assert time.monotonic() < deadline, "no delivery once the lease was valid"
+        time.sleep(0.01)
+    stop.set()
+    thread.join(5)
+    assert all(KEYWORD_FLAG in flags for flags in server.flags().values())
+
+
+def test_a_lease_that_ends_while_the_batch_is_produced_leaves_it_unmarked(tmp_path):
+    server = FakeServer()
+    for n in range(3):
+        server.add(mail(n))
+    lease = SwitchLease(True)
+
+    class EndsLease(FakeProducer):
+        def send_all(self, outs: Sequence[Out], stage: str, timeout: float = 120.0) -> None:
+            super().send_all(outs, stage, timeout)
+            lease.ok = False  # the replica could not confirm its membership meanwhile
+
+    worker, producer, stop = make_worker(server, tmp_path, producer=EndsLease(server), lease=lease)
+    run_until(worker, stop, lambda: len(producer.acked) == 3 and ("logout", None) in server.calls)
+    assert all(flags == set() for flags in server.flags().values()), "marked after the lease ended"
+    assert not [c for c in server.calls if c[0] == "store"]
+    assert ("logout", None) in server.calls  # the session itself was sound: closed cleanly
+
+
+def test_idle_ends_when_the_lease_does(tmp_path):
+    server = FakeServer()
+    lease = SwitchLease(True)
+    worker, producer, stop = make_worker(server, tmp_path, settings=make_settings(idle=True, idle_seconds=60),
+                                         lease=lease)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while ("idle", None) not in server.calls:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    lease.ok = False
+    while ("logout", None) not in server.calls:
+        assert time.monotonic() < deadline, "IDLE went on after the lease ended"
+        time.sleep(0.01)
+    assert ("idle_done", None) in server.calls
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()

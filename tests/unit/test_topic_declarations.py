@@ -10,12 +10,21 @@ from services.common.topics import DAY_MS, ActualTopic, declared, differences
 
 def test_replication_3_asks_for_two_in_sync_replicas_and_a_week_of_inbound_mail() -> None:
     specs = {s.key: s for s in declared(parse_text("kafka: {replication_factor: 3, partitions: 6}"))}
-    assert set(specs) == {"inbound", "commands", "outbound", "events", "deadletter"}
+    assert set(specs) == {"inbound", "commands", "outbound", "events", "deadletter", "leases"}
     inbound = specs["inbound"]
     assert (inbound.name, inbound.partitions, inbound.replication_factor) == ("deskmail.mail.inbound", 6, 3)
     assert dict(inbound.configs) == {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS),
                                      "min.insync.replicas": "2", "max.message.bytes": str(8 * 1024 * 1024)}
     assert specs["deadletter"].configs["retention.ms"] == str(30 * DAY_MS)
+
+
+def test_the_lease_topic_has_its_own_partition_count_and_an_hour_of_retention() -> None:
+    specs = {s.key: s for s in declared(parse_text("kafka: {partitions: 6}\nfetcher: {lease_partitions: 32}"), 2)}
+    leases = specs["leases"]
+    assert (leases.name, leases.partitions) == ("deskmail.fetcher.leases", 32)  # --partitions leaves it alone
+    assert leases.configs["retention.ms"] == str(DAY_MS // 24)
+    assert specs["inbound"].partitions == 2
+    assert {s.key: s.partitions for s in declared(parse_text("{}"))}["leases"] == 16
 
 
 def test_one_broker_needs_one_in_sync_replica_and_the_config_can_say_more() -> None:

@@ -33,7 +33,7 @@ from services.common.config.model import (
     TextMatch,
 )
 from services.common.config.rules_schema import RuleModel, TextCondition
-from services.common.config.schema import TOPIC_NAMES, ConfigModel
+from services.common.config.schema import TOPIC_NAMES, ConfigModel, FetcherSettings, LeaseSettings
 from services.common.config.secrets import MIN_KEY_CHARS, Secret, SecretRef, SecretUnavailable, resolve
 
 
@@ -232,6 +232,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         oidc_secret = _resolve(model.api.auth.oidc.client_secret, ("api", "auth", "oidc", "client_secret"), lines,
                                problems)
     blob_s3 = _s3_blobs(model, lines, problems)
+    fetcher = _fetcher(model, lines, problems)
     blob_path = Path(model.blobs.path) if model.blobs.path else data_dir / "blobs"
     if not blob_path.is_absolute():
         blob_path = base / blob_path
@@ -245,7 +246,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         blob_path=blob_path,
         blobs=model.blobs,
         ingress=model.ingress,
-        fetcher=model.fetcher,
+        fetcher=fetcher,
         sender=model.sender,
         consume=model.consume,
         api=model.api,
@@ -347,3 +348,17 @@ def _check_assignees(config: Config, assignees: list[tuple[tuple[Any, ...], str,
         if member is not None and target is not None and not may_see(config, member, target):
             problems.append(Problem(_line_for(where, lines), _where(where),
                                     f"{email} has no access to queue {key}"))
+
+
+def _fetcher(model: ConfigModel, lines: dict[tuple[Any, ...], int], problems: list[Problem]) -> FetcherSettings:
+    """``fetcher`` with the lease timeouts resolved: unset ones take ``kafka.consumer``'s."""
+    lease, consumer = model.fetcher.lease, model.kafka.consumer
+    session = lease.session_timeout_ms or consumer.session_timeout_ms
+    heartbeat = lease.heartbeat_interval_ms or consumer.heartbeat_interval_ms
+    if heartbeat >= session:
+        loc = ("fetcher", "lease")
+        problems.append(Problem(_line_for(loc, lines), _where(loc),
+                                f"heartbeat_interval_ms {heartbeat} must be below session_timeout_ms {session} "
+                                "(a third of it is usual)"))
+    resolved = LeaseSettings(session_timeout_ms=session, heartbeat_interval_ms=heartbeat)
+    return model.fetcher.model_copy(update={"lease": resolved})

@@ -29,6 +29,7 @@ TOPIC_NAMES = {
     "outbound": "deskmail.mail.outbound",
     "events": "deskmail.mail.events",
     "deadletter": "deskmail.deadletter",
+    "leases": "deskmail.fetcher.leases",
 }
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -37,10 +38,11 @@ _AUTHSERV_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-
 
 
 
-TopicKey = Literal["inbound", "commands", "outbound", "events", "deadletter"]
+TopicKey = Literal["inbound", "commands", "outbound", "events", "deadletter", "leases"]
 # Long enough to replay a week of mail; dead letters until someone has looked at them.
+# The lease topic carries no records (its consumer group is the point): an hour.
 DEFAULT_RETENTION_DAYS: dict[str, float] = {"inbound": 7, "commands": 7, "outbound": 7, "events": 7,
-                                            "deadletter": 30}
+                                            "deadletter": 30, "leases": 1 / 24}
 
 
 class ConsumerSettings(_Model):
@@ -141,6 +143,15 @@ class MarkSettings(_Model):
     folder: str = "Deskmail/Processed"
 
 
+class LeaseSettings(_Model):
+    """How long a fetcher replica's mailboxes stay with it when it stops answering
+    (services/fetcher/leases.py): the session timeout of the lease group is the
+    failover bound. Unset: the value of ``kafka.consumer``."""
+
+    session_timeout_ms: int | None = Field(None, ge=100)
+    heartbeat_interval_ms: int | None = Field(None, ge=50)
+
+
 class FetcherSettings(_Model):
     folder: str = "INBOX"
     mark: MarkSettings = MarkSettings()
@@ -151,6 +162,11 @@ class FetcherSettings(_Model):
     backoff_initial_seconds: float = Field(1.0, gt=0)
     backoff_max_seconds: float = Field(300.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0)
+    # Partitions of the lease topic (kafka.topics.leases), created once by `deskmail topics
+    # create`; each mailbox belongs to one by a hash of its address. The most fetcher
+    # replicas that can hold mailboxes at once.
+    lease_partitions: int = Field(16, ge=1, le=10_000)
+    lease: LeaseSettings = LeaseSettings()
 
 
 class SenderSettings(_Model):
