@@ -1,4 +1,5 @@
-"""The deployment files: Kubernetes manifests, Dockerfile, Prometheus rules, Grafana dashboard.
+"""The deployment files: Kubernetes manifests, Prometheus rules, Grafana dashboard
+(the Dockerfile and the lock files: test_image.py).
 
 Real tools, no mocks: ``kubectl kustomize`` renders the base and the example
 overlay, ``kubernetes-validate`` checks every rendered object against the
@@ -391,48 +392,6 @@ def test_example_config_is_valid_and_its_secrets_are_in_the_template(
     from services.api.context import auth_refusal
 
     assert cfg.api.auth.mode != "none" and auth_refusal(cfg) is None
-
-
-# ---------------------------------------------------------------- Dockerfile
-
-
-def _dockerfile() -> list[tuple[str, str]]:
-    text = (REPO / "Dockerfile").read_text(encoding="utf-8")
-    logical = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
-    return [(parts[0].upper(), parts[1].strip() if len(parts) > 1 else "")
-            for parts in (line.strip().split(None, 1) for line in logical.splitlines() if line.strip())]
-
-
-def test_dockerfile_builds_a_non_root_deskmail_image_with_the_schemas() -> None:
-    instructions = _dockerfile()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
-    env = " ".join(arg for op, arg in instructions if op == "ENV")
-    schemas = re.search(r"DESKMAIL_SCHEMAS=(\S+)", env)
-    assert schemas, "the image must set DESKMAIL_SCHEMAS"
-    copies = [arg.split() for op, arg in instructions if op == "COPY"]
-    assert ["schemas", schemas.group(1)] in copies, f"schemas/ must be copied to {schemas.group(1)}"
-    assert any(op == "RUN" and re.search(r"pip install( \S+)* \.(\s|$)", arg) for op, arg in instructions)
-    user = [arg for op, arg in instructions if op == "USER"]
-    uid = user[-1].split(":")[0] if user else ""
-    assert uid.isdigit() and uid != "0", "USER must be a numeric non-root uid"
-    for d in _render("base"):
-        if d["kind"] in ("Deployment", "Job"):
-            assert str(d["spec"]["template"]["spec"]["securityContext"]["runAsUser"]) == uid
-    assert [arg for op, arg in instructions if op == "ENTRYPOINT"] == ['["deskmail"]']
-    import tomllib
-
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
-    assert "deskmail" in scripts
-    ignored = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
-    assert not ignored & {"services", "schemas", "pyproject.toml", "*", "**"}, "the build context needs these"
-
-
-def test_codec_finds_schemas_through_the_image_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from services.common import codec
-
-    monkeypatch.setenv("DESKMAIL_SCHEMAS", str(tmp_path))
-    assert codec.schema_dir() == tmp_path
 
 
 # ---------------------------------------------------------------- Prometheus rules
