@@ -202,14 +202,47 @@ def test_config_map_is_generated_from_the_example_config() -> None:
             assert names == [maps[0]["metadata"]["name"]], f"{d['metadata']['name']} mounts {names}"
 
 
-def test_topics_job_and_blob_volume() -> None:
+def test_topics_job_migrate_job_and_blob_volume() -> None:
     docs = _render("base")
     jobs = _of_kind(docs, "Job")
-    assert list(jobs) == ["deskmail-topics-create"]
+    assert sorted(jobs) == ["deskmail-db-migrate", "deskmail-topics-create"]
     container = jobs["deskmail-topics-create"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:2] == ["topics", "create"] and CONFIG_FILE in container["args"]
+    migrate = jobs["deskmail-db-migrate"]["spec"]
+    container = migrate["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["db", "migrate"] and CONFIG_FILE in container["args"]
+    # A configuration error (2) or a database newer than the image (4) fails the Job at once.
+    [rule] = migrate["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["containerName"] == container["name"]
+    assert rule["onExitCodes"]["operator"] == "In" and sorted(rule["onExitCodes"]["values"]) == [2, 4]
+    assert migrate["template"]["spec"]["restartPolicy"] == "Never", "podFailurePolicy needs restartPolicy Never"
     pvc = _of_kind(docs, "PersistentVolumeClaim")["deskmail-blobs"]
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every process on any node shares the blob folder"
+
+
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_only_the_migrate_job_migrates(name: str) -> None:
+    """The Deployments never change the schema: their pods wait for the Job."""
+    for dep_name, dep in _of_kind(_render(name), "Deployment").items():
+        spec = dep["spec"]["template"]["spec"]
+        assert not spec.get("initContainers"), f"{dep_name} has init containers"
+        for container in _all_containers(spec):
+            assert "migrate" not in container.get("args", []), f"{dep_name}: {container['name']} migrates"
+
+
+def test_an_upgrade_can_apply_config_topics_and_migration_first() -> None:
+    """docs/operations.md "Upgrade" applies these by component label before the Deployments."""
+    docs = _render("overlay")
+    first = {d["kind"] for d in docs if _component_label(d) in ("config", "topics", "db-migrate")}
+    assert first == {"ConfigMap", "Job"}
+    for process in SERVICES:
+        kinds = {d["kind"] for d in docs if _component_label(d) == process}
+        assert "Deployment" in kinds, f"no Deployment labelled {process}"
+    assert "app.kubernetes.io/component in (config,topics,db-migrate)" in OPERATIONS.read_text(encoding="utf-8")
+
+
+def _component_label(doc: dict[str, Any]) -> str | None:
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
 
 
 def test_disruption_budgets_cover_the_scalable_processes_but_not_the_fetcher() -> None:
