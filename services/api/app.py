@@ -56,9 +56,10 @@ from services.common.blobs import blob_store
 from services.common.metrics import API_REQUEST_SECONDS, API_REQUESTS
 from services.common.config import Config
 from services.common.kafka import Kafka
-from services.common.runtime import Health
+from services.common.runtime import Health, serve_http
 from services.suspended import Releaser
 from services.tickets import TicketStore
+from services.tickets.gate import await_schema
 
 log = logging.getLogger("deskmail.api")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -122,7 +123,8 @@ def create_app(config: Config, store: TicketStore, relay: Waker | None = None, h
     @app.get("/readyz", include_in_schema=False)
     def readyz() -> Response:
         ok = health is None or health.ready()
-        return PlainTextResponse("ready\n" if ok else "not ready\n", status_code=200 if ok else 503)
+        body = "ready" if health is None else health.readiness()
+        return PlainTextResponse(f"{body}\n", status_code=200 if ok else 503)
 
     @app.exception_handler(StarletteHTTPException)
     async def errors(request: Request, exc: StarletteHTTPException) -> Response:
@@ -171,6 +173,17 @@ def _listen(config: Config, port: int | None) -> tuple[str, int]:
     return config.api.listen.host, port if port is not None else config.api.listen.port
 
 
+def _await_schema(store: TicketStore, stop: threading.Event, health: Health, host: str, port: int) -> bool:
+    if store.schema_state() == "current":
+        return True
+    probes = serve_http(host, port, health)
+    try:
+        return await_schema(store, stop, health, "api")
+    finally:
+        probes.shutdown()
+        probes.server_close()  # free the port for the web server
+
+
 def run_api(
     config: Config,
     stop: threading.Event,
@@ -178,16 +191,28 @@ def run_api(
     bootstrap: Sequence[str] | None = None,
     port: int | None = None,
 ) -> None:
-    """Serve until ``stop`` is set; raises if the web server or the relay failed."""
+    """Serve until ``stop`` is set; raises if the web server or the relay failed.
+
+    It starts on the schema of its release only: until `deskmail db migrate`
+    has run, a plain server on the same address answers /healthz, /readyz (not
+    ready, and why) and /metrics (``services.tickets.gate``).
+    """
     store = TicketStore(config.database_url)
-    store.migrate()
+    host, listen_port = _listen(config, port)
+    try:
+        current = _await_schema(store, stop, health, host, listen_port)
+    except BaseException:
+        store.close()
+        raise
+    if not current:  # stopped while waiting
+        store.close()
+        return
     kafka = Kafka(config, bootstrap)
     producer = kafka.producer()
     relay = OutboxRelay(store, producer, config.topics["outbound"])
     # The relay's producer also releases suspended mail (thread-safe, acks=all).
     releaser = Releaser(config, store, blob_store(config), producer,
                         lambda partition, offset: deadletters.read_one(kafka, partition, offset), stage="api")
-    host, listen_port = _listen(config, port)
     server = uvicorn.Server(uvicorn.Config(
         create_app(config, store, relay, health, releaser), host=host, port=listen_port,
         log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10,

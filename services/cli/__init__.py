@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from services.common import build
+
 # Each command, where it lives: a process started as `deskmail run router` loads the
 # router's code, not the API's, the database's and every other command's (less memory
 # in every pod, faster start).
@@ -47,10 +49,11 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS)
-@click.version_option(package_name="deskmail")
+@click.version_option(build.version(), message=build.describe(), help="Show the version and the source revision, and exit.")
 def main() -> None:
     """deskmail: every email sent to a queue's address becomes a ticket.
 
     Exit codes: 0 done, 1 the operation failed, 2 usage or configuration error,
-    3 a dependency (database, broker) is unreachable or not ready.
+    3 a dependency (database, broker) is unreachable or not ready, 4 the database
+    was migrated by a newer deskmail.
     """

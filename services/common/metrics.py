@@ -9,6 +9,16 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common import build
+
+# ---- every process
+BUILD_INFO = Gauge(
+    "deskmail_build_info",
+    "Always 1; the labels say which release (version) and source revision (DESKMAIL_REVISION) this process runs.",
+    ["version", "revision"],
+)
+BUILD_INFO.labels(version=build.version(), revision=build.revision()).set(1)
+
 # ---- shared consume/produce loop (services.common.bus), labelled by stage
 BUS_RECORDS = Counter(
     "deskmail_bus_records_processed_total",

@@ -45,25 +45,36 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("imapclient").setLevel(logging.WARNING)  # "Connection closed" on every reconnect
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # "setup plugin ..." at each import
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "setup plugin ..." lines at every start
 
 
 class Health:
-    """Liveness (the main loop ticks) and readiness (the process can do its work)."""
+    """Liveness (the main loop ticks) and readiness (the process can do its work),
+    with why it is not ready when the process knows (``/readyz`` says it)."""
 
     def __init__(self, stale_after: float = 120.0):
         self.stale_after = stale_after
         self._last_tick = time.monotonic()
         self._ready = False
+        self._reason: str | None = None
         self._lock = threading.Lock()
 
     def tick(self) -> None:
         with self._lock:
             self._last_tick = time.monotonic()
 
-    def set_ready(self, ready: bool) -> None:
+    def set_ready(self, ready: bool, reason: str | None = None) -> None:
+        """``reason``: one line for an operator, only with ``ready`` False."""
         with self._lock:
             self._ready = ready
+            self._reason = None if ready else reason
+
+    def readiness(self) -> str:
+        """The /readyz body: ``ready``, ``not ready`` or ``not ready: <reason>``."""
+        if self.ready():
+            return "ready"
+        with self._lock:
+            return f"not ready: {self._reason}" if self._reason else "not ready"
 
     def alive(self) -> bool:
         with self._lock:
@@ -86,7 +97,7 @@ def serve_http(host: str, port: int, health: Health) -> ThreadingHTTPServer:
                 body, ctype, code = (b"ok\n" if ok else b"stale\n"), "text/plain", 200 if ok else 503
             elif self.path.startswith("/readyz"):
                 ok = health.ready()
-                body, ctype, code = (b"ready\n" if ok else b"not ready\n"), "text/plain", 200 if ok else 503
+                body, ctype, code = f"{health.readiness()}\n".encode(), "text/plain; charset=utf-8", 200 if ok else 503
             else:
                 body, ctype, code = b"not found\n", "text/plain", 404
             self.send_response(code)

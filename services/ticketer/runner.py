@@ -9,7 +9,8 @@ record, offsets committed after the transaction.
   change nothing).
 
 Mail on a closed ticket follows its queue's ``closed_reply`` (a linked follow-up
-ticket, or the ticket reopened). Beside the loop, ``AutoClose`` closes resolved
+ticket, or the ticket reopened). It starts only on the schema of its release
+(``services.tickets.gate``: it waits for `deskmail db migrate`). Beside the loop, ``AutoClose`` closes resolved
 tickets after their queue's ``auto_close_days``, and ``SuspendedRetention``
 deletes suspended mail after ``suspended.retention_days``.
 """
@@ -38,6 +39,7 @@ from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore, 
 from services.tickets.apply import ClosedReply
 from services.common.suspended import released_of
 from services.tickets.commands import command_key
+from services.tickets.gate import await_schema
 from services.ticketer.rebuild import rebuilt_mail
 from services.tickets.ratelimit import NONE as NO_LIMITS
 from services.tickets.ratelimit import Limit, Limits
@@ -284,7 +286,14 @@ class SuspendedRetention:
 
 def run_ticketer(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:
     store = TicketStore(config.database_url)
-    store.migrate()
+    try:
+        current = await_schema(store, stop, health, STAGE)  # the migration is `deskmail db migrate`'s
+    except BaseException:
+        store.close()
+        raise
+    if not current:  # stopped while waiting
+        store.close()
+        return
     closed_reply: dict[str, ClosedReply] = {
         q.key: "reopen" if q.closed_reply == "reopen" else "follow_up" for q in config.queues}
     blobs = blob_store(config)

@@ -9,7 +9,8 @@ so two writers never deadlock upgrading a read lock.
 Operator errors become the store's own exceptions, each one line and without
 the password: ``BadDatabaseUrl`` when the engine cannot be built,
 ``StoreUnavailable`` when it cannot connect, ``SchemaNotCurrent`` when the
-schema is not at this code's revision.
+schema is not at this code's revision (``SchemaAhead`` when a newer deskmail
+migrated it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from services.tickets.errors import BadDatabaseUrl, SchemaNotCurrent, StoreUnavailable
+from services.common import build
+from services.tickets.errors import BadDatabaseUrl, SchemaAhead, SchemaNotCurrent, StoreUnavailable
 from services.tickets.migrations import alembic_config
 from services.tickets.views import SchemaState
 
@@ -147,11 +149,17 @@ def write(engine: Engine) -> Iterator[Connection]:
 
 def migrate(engine: Engine, url: URL) -> None:
     """Upgrade to the newest revision in one transaction, under a lock
-    (PostgreSQL advisory lock; SQLite's write lock)."""
+    (PostgreSQL advisory lock; SQLite's write lock). Raises SchemaAhead, and
+    changes nothing, when a newer deskmail migrated the database."""
     with write(engine) as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-        alembic_command.upgrade(alembic_config(url.render_as_string(hide_password=False), conn), "head")
+        config = alembic_config(url.render_as_string(hide_password=False), conn)
+        # Read under the lock: a newer deskmail migrating at the same moment is seen.
+        state, revision, head = _state(conn, ScriptDirectory.from_config(config))
+        if state == "ahead":
+            raise _ahead(revision, head)
+        alembic_command.upgrade(config, "head")
 
 
 def ping(engine: Engine, url: URL) -> None:
@@ -169,14 +177,18 @@ def schema_revisions(engine: Engine, url: URL) -> tuple[SchemaState, str | None,
     Raises StoreUnavailable when the database cannot be reached.
     """
     script = ScriptDirectory.from_config(alembic_config(url.render_as_string(hide_password=False)))
+    try:
+        with engine.connect() as conn:
+            return _state(conn, script)
+    except OperationalError as exc:
+        raise _unavailable(url, exc) from None
+
+
+def _state(conn: Connection, script: ScriptDirectory) -> tuple[SchemaState, str | None, str]:
     head = script.get_current_head()
     assert head is not None, "the tickets migrations have no head"
     known = {s.revision for s in script.walk_revisions()}
-    try:
-        with engine.connect() as conn:
-            found = MigrationContext.configure(conn).get_current_heads()
-    except OperationalError as exc:
-        raise _unavailable(url, exc) from None
+    found = MigrationContext.configure(conn).get_current_heads()
     if not found:
         return "missing", None, head
     revision = ", ".join(found)
@@ -189,23 +201,30 @@ def schema_revisions(engine: Engine, url: URL) -> tuple[SchemaState, str | None,
 
 def require_current(engine: Engine, url: URL) -> None:
     """Raises SchemaNotCurrent, with what the operator should do, unless the
-    schema is at this code's head; StoreUnavailable when unreachable."""
+    schema is at this code's head (SchemaAhead when a newer deskmail migrated
+    it); StoreUnavailable when unreachable."""
     state, revision, head = schema_revisions(engine, url)
     if state == "current":
         return
+    if state == "ahead":
+        raise _ahead(revision, head)
     if state == "missing":
         message = f"the tickets database is not migrated yet: {_MIGRATE_HINT}"
-    elif state == "behind":
+    else:
         message = (
             f"the tickets database is at revision {revision}, older than this deskmail's "
             f"{head}: {_MIGRATE_HINT}"
         )
-    else:
-        message = (
-            f"the tickets database was migrated by a newer deskmail (revision {revision}); "
-            "upgrade deskmail"
-        )
     raise SchemaNotCurrent(message, state=state, revision=revision, head=head)
+
+
+def _ahead(revision: str | None, head: str) -> SchemaAhead:
+    return SchemaAhead(
+        f"the tickets database is at revision {revision}, newer than this deskmail {build.version()} "
+        f"(knows up to {head}): roll forward to the release that migrated it, or restore the database "
+        "from the backup taken before that migration",
+        state="ahead", revision=revision, head=head,
+    )
 
 
 def _unavailable(url: URL, exc: OperationalError) -> StoreUnavailable:

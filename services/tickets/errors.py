@@ -3,7 +3,8 @@
 Each class says what the caller should do: dead-letter a bad record
 (``InvalidCommand``, ``InvalidDeliveryEvent``), show an agent a 4xx
 (``InvalidReply``, ``UnknownTicket``) or tell an operator how to fix the
-installation (``BadDatabaseUrl``, ``StoreUnavailable``, ``SchemaNotCurrent``).
+installation (``BadDatabaseUrl``, ``StoreUnavailable``, ``SchemaNotCurrent`` and
+its ``SchemaAhead``).
 Messages of the operator's errors are one line and never hold a password.
 """
 
@@ -69,3 +70,9 @@ class SchemaNotCurrent(Exception):
         self.state = state
         self.revision = revision  # the database's revision; None when it has none
         self.head = head  # the newest revision this code knows
+
+
+class SchemaAhead(SchemaNotCurrent):
+    """The database is at a revision this code does not know: a newer deskmail
+    migrated it (``state`` is ``ahead``). Migrating cannot help; the operator rolls
+    forward to that release or restores the database from before its migration."""

@@ -95,7 +95,8 @@ class TicketStore:
         """Upgrade the schema to the newest revision. Safe to call from several
         processes at once: the upgrade runs in one transaction under a lock
         (PostgreSQL advisory lock; SQLite's write lock). Raises
-        ``StoreUnavailable`` when the database cannot be reached."""
+        ``StoreUnavailable`` when the database cannot be reached, and
+        ``SchemaAhead`` (changing nothing) when a newer deskmail migrated it."""
         db.ping(self._engine, self._url)
         db.migrate(self._engine, self._url)
 
@@ -112,10 +113,16 @@ class TicketStore:
         deskmail). Raises ``StoreUnavailable``."""
         return db.schema_revisions(self._engine, self._url)[0]
 
+    def schema_revisions(self) -> tuple[SchemaState, str | None, str]:
+        """``schema_state()`` with the database's revision (None when it has
+        none) and the newest revision this code knows. Raises ``StoreUnavailable``."""
+        return db.schema_revisions(self._engine, self._url)
+
     def require_current(self) -> None:
         """Raises ``SchemaNotCurrent`` (its message tells the operator what to
-        do) unless ``schema_state()`` is ``current``; ``StoreUnavailable`` when
-        the database cannot be reached. Never migrates."""
+        do) unless ``schema_state()`` is ``current``: ``SchemaAhead`` when it is
+        ``ahead``; ``StoreUnavailable`` when the database cannot be reached.
+        Never migrates."""
         db.require_current(self._engine, self._url)
 
     # -- applying commands ---------------------------------------------------

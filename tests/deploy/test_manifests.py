@@ -1,4 +1,5 @@
-"""The deployment files: Kubernetes manifests, Dockerfile, Prometheus rules, Grafana dashboard.
+"""The deployment files: Kubernetes manifests, Prometheus rules, Grafana dashboard
+(the Dockerfile and the lock files: test_image.py).
 
 Real tools, no mocks: ``kubectl kustomize`` renders the base and the example
 overlay, ``kubernetes-validate`` checks every rendered object against the
@@ -201,14 +202,47 @@ def test_config_map_is_generated_from_the_example_config() -> None:
             assert names == [maps[0]["metadata"]["name"]], f"{d['metadata']['name']} mounts {names}"
 
 
-def test_topics_job_and_blob_volume() -> None:
+def test_topics_job_migrate_job_and_blob_volume() -> None:
     docs = _render("base")
     jobs = _of_kind(docs, "Job")
-    assert list(jobs) == ["deskmail-topics-create"]
+    assert sorted(jobs) == ["deskmail-db-migrate", "deskmail-topics-create"]
     container = jobs["deskmail-topics-create"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:2] == ["topics", "create"] and CONFIG_FILE in container["args"]
+    migrate = jobs["deskmail-db-migrate"]["spec"]
+    container = migrate["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["db", "migrate"] and CONFIG_FILE in container["args"]
+    # A configuration error (2) or a database newer than the image (4) fails the Job at once.
+    [rule] = migrate["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["containerName"] == container["name"]
+    assert rule["onExitCodes"]["operator"] == "In" and sorted(rule["onExitCodes"]["values"]) == [2, 4]
+    assert migrate["template"]["spec"]["restartPolicy"] == "Never", "podFailurePolicy needs restartPolicy Never"
     pvc = _of_kind(docs, "PersistentVolumeClaim")["deskmail-blobs"]
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every process on any node shares the blob folder"
+
+
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_only_the_migrate_job_migrates(name: str) -> None:
+    """The Deployments never change the schema: their pods wait for the Job."""
+    for dep_name, dep in _of_kind(_render(name), "Deployment").items():
+        spec = dep["spec"]["template"]["spec"]
+        assert not spec.get("initContainers"), f"{dep_name} has init containers"
+        for container in _all_containers(spec):
+            assert "migrate" not in container.get("args", []), f"{dep_name}: {container['name']} migrates"
+
+
+def test_an_upgrade_can_apply_config_topics_and_migration_first() -> None:
+    """docs/operations.md "Upgrade" applies these by component label before the Deployments."""
+    docs = _render("overlay")
+    first = {d["kind"] for d in docs if _component_label(d) in ("config", "topics", "db-migrate")}
+    assert first == {"ConfigMap", "Job"}
+    for process in SERVICES:
+        kinds = {d["kind"] for d in docs if _component_label(d) == process}
+        assert "Deployment" in kinds, f"no Deployment labelled {process}"
+    assert "app.kubernetes.io/component in (config,topics,db-migrate)" in OPERATIONS.read_text(encoding="utf-8")
+
+
+def _component_label(doc: dict[str, Any]) -> str | None:
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
 
 
 def test_disruption_budgets_cover_every_scaled_process_and_keep_a_fetcher() -> None:
@@ -408,48 +442,6 @@ def test_example_config_is_valid_and_its_secrets_are_in_the_template(
     from services.api.context import auth_refusal
 
     assert cfg.api.auth.mode != "none" and auth_refusal(cfg) is None
-
-
-# ---------------------------------------------------------------- Dockerfile
-
-
-def _dockerfile() -> list[tuple[str, str]]:
-    text = (REPO / "Dockerfile").read_text(encoding="utf-8")
-    logical = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
-    return [(parts[0].upper(), parts[1].strip() if len(parts) > 1 else "")
-            for parts in (line.strip().split(None, 1) for line in logical.splitlines() if line.strip())]
-
-
-def test_dockerfile_builds_a_non_root_deskmail_image_with_the_schemas() -> None:
-    instructions = _dockerfile()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
-    env = " ".join(arg for op, arg in instructions if op == "ENV")
-    schemas = re.search(r"DESKMAIL_SCHEMAS=(\S+)", env)
-    assert schemas, "the image must set DESKMAIL_SCHEMAS"
-    copies = [arg.split() for op, arg in instructions if op == "COPY"]
-    assert ["schemas", schemas.group(1)] in copies, f"schemas/ must be copied to {schemas.group(1)}"
-    assert any(op == "RUN" and re.search(r"pip install( \S+)* \.(\s|$)", arg) for op, arg in instructions)
-    user = [arg for op, arg in instructions if op == "USER"]
-    uid = user[-1].split(":")[0] if user else ""
-    assert uid.isdigit() and uid != "0", "USER must be a numeric non-root uid"
-    for d in _render("base"):
-        if d["kind"] in ("Deployment", "Job"):
-            assert str(d["spec"]["template"]["spec"]["securityContext"]["runAsUser"]) == uid
-    assert [arg for op, arg in instructions if op == "ENTRYPOINT"] == ['["deskmail"]']
-    import tomllib
-
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
-    assert "deskmail" in scripts
-    ignored = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
-    assert not ignored & {"services", "schemas", "pyproject.toml", "*", "**"}, "the build context needs these"
-
-
-def test_codec_finds_schemas_through_the_image_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from services.common import codec
-
-    monkeypatch.setenv("DESKMAIL_SCHEMAS", str(tmp_path))
-    assert codec.schema_dir() == tmp_path
 
 
 # ---------------------------------------------------------------- Prometheus rules

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer
 
+from services.common import build
 from services.tickets import TicketStore
 from tests.harness import mails
 from tests.harness.smtp import SmtpServer
@@ -84,7 +85,8 @@ def test_customer_mail_agent_reply_and_customer_answer(tmp_path, dovecot, broker
         smtp.add_mailbox(customer, "customer-pw")
         topics = {k: unique(f"circle-{k}") for k in ("inbound", "commands", "outbound", "events", "deadletter")}
         stack = Stack(_config(unique, dovecot, smtp, tmp_path / "data", support, topics), tmp_path, broker.bootstrap,
-                      env={"CIRCLE_IMAP_PW": "imap-pw", "CIRCLE_SMTP_PW": SMTP_PASSWORD})
+                      env={"CIRCLE_IMAP_PW": "imap-pw", "CIRCLE_SMTP_PW": SMTP_PASSWORD,
+                           "DESKMAIL_REVISION": "0123abcdef"})
         stack.create_topics()
         try:
             stack.start("ticketer", "router", "fetcher", "sender", "api")
@@ -166,6 +168,8 @@ def test_customer_mail_agent_reply_and_customer_answer(tmp_path, dovecot, broker
             for name, port in stack.ports.items():
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
                     exposed[f"{name} /metrics"] = response.read().decode()
+                # every process says which release and revision it runs (the image sets DESKMAIL_REVISION)
+                assert stack.metric(name, "deskmail_build_info", version=build.version(), revision="0123abcdef") == 1
             for path in ("/", "/queues/SUPPORT", f"/tickets/{key}", "/api/v1/tickets", f"/api/v1/tickets/{key}",
                          "/openapi.json"):
                 with urllib.request.urlopen(web + path, timeout=10) as response:

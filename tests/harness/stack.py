@@ -68,7 +68,15 @@ class Stack:
     def create_topics(self) -> None:
         self.cli("topics", "create", "--config", str(self.config_path), "--bootstrap", self.bootstrap)
 
+    def migrate(self) -> None:
+        """`deskmail db migrate`, as the migrate Job does before the processes start."""
+        self.cli("db", "migrate", "--config", str(self.config_path))
+
     def start(self, *services: str) -> None:
+        """Start ``services`` and wait until each is ready. The ticketer and the api
+        wait for the schema, so the database is migrated first."""
+        if {"ticketer", "api"} & set(services):
+            self.migrate()
         for name in services:
             self.launch(name)
         for name in services:

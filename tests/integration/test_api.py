@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.api.app import create_app
+from services.common import build
 from services.common.codec import codec
 from services.common.compose import as_bytes, compose
 from services.common.config import Config, parse_text
@@ -165,6 +166,11 @@ def test_pages_render_and_escape_mail_text(make: Make) -> None:
     assert client.get("/static/style.css").status_code == 200
     for probe in ("/healthz", "/readyz", "/metrics"):
         assert client.get(probe).status_code == 200
+    # which release and source revision this api runs
+    [info] = [line for line in client.get("/metrics").text.splitlines() if line.startswith("deskmail_build_info{")]
+    labels, value = re.fullmatch(r"deskmail_build_info\{(.*)\} (\S+)", info).groups()  # type: ignore[union-attr]
+    assert dict(re.findall(r'(\w+)="([^"]*)"', labels)) == {"version": build.version(), "revision": build.revision()}
+    assert float(value) == 1
 
 
 def _sample(text: str, name: str, **labels: str) -> float:

@@ -16,7 +16,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from services.localbroker import free_port
-from services.tickets import SchemaNotCurrent, StoreUnavailable, TicketStore
+from services.common import build
+from services.tickets import SchemaAhead, SchemaNotCurrent, StoreUnavailable, TicketStore
 from services.tickets.migrations import alembic_config
 from tests.harness.postgres import PostgresCluster
 
@@ -96,11 +97,18 @@ def test_a_revision_this_code_does_not_know_is_ahead(store: TicketStore) -> None
         conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
     assert store.schema_state() == "ahead"
     error = not_current(store)
+    assert isinstance(error, SchemaAhead)
     assert str(error) == (
-        "the tickets database was migrated by a newer deskmail (revision 9999_future); "
-        "upgrade deskmail"
+        f"the tickets database is at revision 9999_future, newer than this deskmail {build.version()} "
+        f"(knows up to {HEAD}): roll forward to the release that migrated it, or restore the database "
+        "from the backup taken before that migration"
     )
     assert (error.state, error.revision, error.head) == ("ahead", "9999_future", HEAD)
+    assert store.schema_revisions() == ("ahead", "9999_future", HEAD)
+    # migrating cannot help: refused, nothing changed
+    with pytest.raises(SchemaAhead) as refused:
+        store.migrate()
+    assert str(refused.value) == str(error)
     assert revision(store) == "9999_future"
 
 
