@@ -153,7 +153,7 @@ TICKETER_APPLY_SECONDS = Histogram(
 
 MAIL_TO_TICKET_SECONDS = Histogram(
     "deskmail_mail_to_ticket_seconds",
-    "From a mail's arrival (fetched from IMAP, or received by the ingress) to the commit of its ticket or "
+    "From a mail's arrival (its IMAP INTERNALDATE, or its receipt by the ingress) to the commit of its ticket or "
     "comment, by mailbox. Duplicates, rejections and released mail are not observed.",
     ["mailbox"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),

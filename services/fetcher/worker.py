@@ -16,7 +16,9 @@ Delivery contract:
   (``imap:<mailbox>:<uidvalidity>:<uid>``); the ticketer absorbs the duplicate.
 * Which messages are "new" is decided by the server's flags alone (the search
   below), never by a remembered UID, so a restart or a reconnect loses nothing.
-* Messages are fetched with ``BODY.PEEK[]``, so fetching never sets ``\\Seen``.
+* Messages are fetched with ``BODY.PEEK[]``, so fetching never sets ``\\Seen``. A
+  record's ``received_at`` is the server's INTERNALDATE (when the mail arrived in the
+  mailbox), so the mail-to-ticket time counts the wait for the fetcher too.
 * Raw mail larger than ``inline_max_bytes`` goes to the blob store (claim check),
   so no message is ever too large for Kafka; batches are also cut by total bytes
   so memory stays bounded whatever the mail size. A message larger than
@@ -126,6 +128,19 @@ def inbound_record(
         received_at=received_at, blobs=blobs, inline_max_bytes=inline_max_bytes,
         uidvalidity=uidvalidity, uid=uid,
     )
+
+
+def arrival(internaldate: Any, fetched_at: datetime) -> datetime:
+    """When the mail arrived: the server's INTERNALDATE (RFC 3501: when it was
+    delivered into the mailbox), timezone-aware in UTC; ``fetched_at`` when the
+    server gave none or one that cannot be read. imapclient hands it over as a
+    naive local time (its ``normalise_times``), which ``astimezone`` reads as such."""
+    if not isinstance(internaldate, datetime):
+        return fetched_at
+    try:
+        return internaldate.astimezone(timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return fetched_at
 
 
 def announces_new_mail(responses: Sequence[tuple[Any, ...]]) -> bool:
@@ -328,8 +343,8 @@ class MailboxWorker:
     def _deliver(self, client: MailClient, uidvalidity: int, uids: Sequence[int], mode: MarkMode) -> None:
         """Fetch, produce, wait for the acks, and only then mark. Raises Transient before marking."""
         self._check_lease()
-        fetched = client.fetch(uids, ["BODY.PEEK[]", "RFC822.SIZE"])
-        received_at = datetime.now(timezone.utc)
+        fetched = client.fetch(uids, ["BODY.PEEK[]", "RFC822.SIZE", "INTERNALDATE"])
+        fetched_at = datetime.now(timezone.utc)
         encode = codec("InboundMail").encode
         key = self.address.encode()
         outs: list[Out] = []
@@ -341,6 +356,7 @@ class MailboxWorker:
                 log.info("message vanished before fetch", extra={"mailbox": self.address, "uid": str(uid)})
                 continue
             raw = bytes(raw)
+            received_at = arrival(fetched[uid].get(b"INTERNALDATE"), fetched_at)
             record = inbound_record(self.address, uidvalidity, uid, raw, received_at, self.blobs,
                                     self.inline_max_bytes)
             outs.append(Out(self.topic, key, encode(record)))
@@ -364,7 +380,8 @@ class MailboxWorker:
         """Fetch one large message in pieces into the blob store, produce its
         reference, and mark it after the ack. Raises Transient before marking."""
         self._check_lease()
-        received_at = datetime.now(timezone.utc)
+        dated = client.fetch([uid], ["INTERNALDATE"]).get(uid, {})
+        received_at = arrival(dated.get(b"INTERNALDATE"), datetime.now(timezone.utc))
         try:
             writer = self.blobs.writer()
         except OSError as exc:

@@ -21,6 +21,8 @@ down the next login.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import base64
 import contextlib
 import grp
@@ -341,11 +343,13 @@ class DovecotServer:
         raw: bytes,
         folder: str = "INBOX",
         flags: Sequence[str | bytes] = (),
+        arrived: datetime | None = None,
     ) -> int | None:
-        """APPEND one message; creates ``folder`` if needed. Returns its UID."""
+        """APPEND one message; creates ``folder`` if needed. Returns its UID.
+        ``arrived`` sets its INTERNALDATE (default: now)."""
         with self._session(login, password) as client:
             self._ensure_folder(client, folder)
-            resp = client.append(folder, raw, flags=tuple(flags))
+            resp = client.append(folder, raw, flags=tuple(flags), msg_time=arrived)
         uids = self._appenduids(resp)
         return uids[0] if uids else None
 

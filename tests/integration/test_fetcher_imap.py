@@ -253,6 +253,19 @@ def test_thirty_messages_arrive_in_uid_order_keyed_by_mailbox_then_are_flagged(
     fetcher.shutdown()
 
 
+def test_a_records_arrival_is_the_servers_internaldate(dovecot, account, make_config, start, consume):
+    from datetime import datetime, timedelta, timezone
+
+    a = account()
+    arrived = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=2)
+    dovecot.append(a.login, a.password, mail(0, tag=a.login), arrived=arrived)
+    config = make_config([a])
+    fetcher = start(config)
+    [value] = decode(consume(config, 1))
+    assert value["received_at"] == arrived  # not when the fetcher read it, two hours later
+    fetcher.shutdown()
+
+
 def test_large_messages_are_fetched_in_pieces_straight_into_the_blob_store(
     dovecot, account, make_config, start, consume, monkeypatch
 ):

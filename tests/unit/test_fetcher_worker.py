@@ -900,3 +900,16 @@ def test_idle_ends_when_the_lease_does(tmp_path):
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_arrival_is_the_servers_internaldate_in_utc():
+    from datetime import datetime, timedelta, timezone
+
+    from services.fetcher.worker import arrival
+
+    fetched = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
+    aware = datetime(2026, 12, 4, 13, 30, tzinfo=timezone(timedelta(hours=3)))
+    assert arrival(aware, fetched) == datetime(2026, 12, 4, 10, 30, tzinfo=timezone.utc)
+    naive_local = datetime(2026, 12, 4, 9, 15)  # imapclient's normalised local time
+    assert arrival(naive_local, fetched) == naive_local.astimezone(timezone.utc)
+    assert arrival(None, fetched) == fetched and arrival(b"garbage", fetched) == fetched
