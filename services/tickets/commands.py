@@ -47,7 +47,7 @@ class AttachmentFile:
 
 @dataclass(frozen=True)
 class BounceReport:
-    """What a bounce says (TicketCommand v4 ``bounce``), from the bounce itself: a
+    """What a bounce says (TicketCommand v5 ``bounce``), from the bounce itself: a
     hint until ``original_message_id`` names mail deskmail sent."""
 
     original_message_id: str | None
@@ -127,8 +127,8 @@ class Command:
     # A release of suspended mail: the stored command id of the rejection it overrides
     # (taken from the id before a long id is digested, so the link survives it).
     release_of: str | None = None
-    bounce: BounceReport | None = None  # TicketCommand v4: what a bounce reports
-    # What routing rules set (TicketCommand v4), used only when the mail opens a ticket.
+    bounce: BounceReport | None = None  # TicketCommand v5: what a bounce reports
+    # What routing rules set (TicketCommand v5), used only when the mail opens a ticket.
     rules: RuleFields = RuleFields()
 
     @property

@@ -18,6 +18,7 @@ import pytest
 
 from services.tickets import TicketStore
 from tests.harness import mails
+from tests.harness.circle import circle_config
 from tests.harness.smtp import SmtpServer
 from tests.harness.stack import Stack, wait_for
 
@@ -25,32 +26,6 @@ pytestmark = pytest.mark.e2e
 
 SMTP_PASSWORD = "smtp-secret-b0unce"
 DIAGNOSTIC = "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table"
-
-
-def _config(unique, dovecot, smtp: SmtpServer, data: Path, support: str, topics: dict[str, str]) -> str:
-    return textwrap.dedent(f"""\
-        kafka:
-          group_prefix: {unique("bounce")}
-          consumer: {{session_timeout_ms: 2000, heartbeat_interval_ms: 500}}
-          topics: {json.dumps(topics)}
-        data_dir: {data}
-        fetcher: {{poll_interval_seconds: 1}}
-        organization:
-          domains: [example.com]
-          members:
-            - {{email: alice@example.com, name: Alice Agent, groups: [support]}}
-        queues:
-          - key: SUPPORT
-            access: [group:support]
-            allow_outbound_mail: true
-            mailboxes:
-              - address: {support}
-                accept_external: true
-                imap: {{host: {dovecot.host}, port: {dovecot.imaps_port}, security: ssl, cafile: {dovecot.cafile},
-                        password: {{env: BOUNCE_IMAP_PW}}}}
-                smtp: {{host: 127.0.0.1, port: {smtp.port}, security: starttls, login: support,
-                        cafile: {smtp.cafile}, password: {{env: BOUNCE_SMTP_PW}}}}
-        """)
 
 
 def _dsn(support: str, rcpt: str, original_id: str, ticket: str, subject: str) -> bytes:
@@ -122,9 +97,8 @@ def test_a_bounce_of_an_agents_mail_marks_it_bounced(tmp_path, dovecot, broker, 
     dovecot.add_user(support, "imap-pw")
     with SmtpServer({"support": SMTP_PASSWORD}, dovecot=dovecot) as smtp:
         smtp.add_mailbox(customer, "customer-pw")
-        topics = {k: unique(f"bounce-{k}") for k in ("inbound", "commands", "outbound", "events", "deadletter")}
-        stack = Stack(_config(unique, dovecot, smtp, tmp_path / "data", support, topics), tmp_path, broker.bootstrap,
-                      env={"BOUNCE_IMAP_PW": "imap-pw", "BOUNCE_SMTP_PW": SMTP_PASSWORD})
+        text, topics = circle_config(unique, "bounce", dovecot, smtp, tmp_path / "data", support, env="BOUNCE")
+        stack = Stack(text, tmp_path, broker.bootstrap, env={"BOUNCE_IMAP_PW": "imap-pw", "BOUNCE_SMTP_PW": SMTP_PASSWORD})
         stack.create_topics()
         try:
             stack.start("ticketer", "router", "fetcher", "sender", "api")

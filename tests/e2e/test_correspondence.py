@@ -20,41 +20,13 @@ from kafka import KafkaConsumer
 from services.common import build
 from services.tickets import TicketStore
 from tests.harness import mails
+from tests.harness.circle import circle_config
 from tests.harness.smtp import SmtpServer
 from tests.harness.stack import Stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
 SMTP_PASSWORD = "smtp-secret-9f3"
-
-
-def _config(unique, dovecot, smtp: SmtpServer, data: Path, support: str, topics: dict[str, str]) -> str:
-    return textwrap.dedent(f"""\
-        kafka:
-          group_prefix: {unique("circle")}
-          consumer: {{session_timeout_ms: 2000, heartbeat_interval_ms: 500}}
-          topics: {json.dumps(topics)}
-        data_dir: {data}
-        fetcher: {{poll_interval_seconds: 1}}
-        organization:
-          domains: [example.com]
-          members:
-            - {{email: alice@example.com, name: Alice Agent, groups: [support]}}
-        queues:
-          - key: SUPPORT
-            access: [group:support]
-            allow_outbound_mail: true
-            mailboxes:
-              - address: {support}
-                accept_external: true
-                ticket: {{type: question, components: [billing]}}
-                imap: {{host: {dovecot.host}, port: {dovecot.imaps_port}, security: ssl, cafile: {dovecot.cafile},
-                        password: {{env: CIRCLE_IMAP_PW}}}}
-                smtp: {{host: 127.0.0.1, port: {smtp.port}, security: starttls, login: support,
-                        cafile: {smtp.cafile}, password: {{env: CIRCLE_SMTP_PW}}}}
-                signatures:
-                  - {{alias: Поддержка Example, text: "--\\nExample Inc. customer support"}}
-        """)
 
 
 def _keyed_mail(sender: str, to: str, subject: str, text: str) -> bytes:
@@ -83,8 +55,13 @@ def test_customer_mail_agent_reply_and_customer_answer(tmp_path, dovecot, broker
     dovecot.add_user(support, "imap-pw")
     with SmtpServer({"support": SMTP_PASSWORD}, dovecot=dovecot) as smtp:
         smtp.add_mailbox(customer, "customer-pw")
-        topics = {k: unique(f"circle-{k}") for k in ("inbound", "commands", "outbound", "events", "deadletter")}
-        stack = Stack(_config(unique, dovecot, smtp, tmp_path / "data", support, topics), tmp_path, broker.bootstrap,
+        text, topics = circle_config(unique, "circle", dovecot, smtp, tmp_path / "data", support, env="CIRCLE",
+                                     mailbox_extra="""\
+                                         ticket: {type: question, components: [billing]}
+                                         signatures:
+                                           - {alias: Поддержка Example, text: "--\\nExample Inc. customer support"}
+                                         """)
+        stack = Stack(text, tmp_path, broker.bootstrap,
                       env={"CIRCLE_IMAP_PW": "imap-pw", "CIRCLE_SMTP_PW": SMTP_PASSWORD,
                            "DESKMAIL_REVISION": "0123abcdef"})
         stack.create_topics()

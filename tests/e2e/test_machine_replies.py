@@ -16,39 +16,13 @@ import pytest
 
 from services.tickets import TicketStore
 from tests.harness import mails
+from tests.harness.circle import circle_config
 from tests.harness.smtp import SmtpServer
 from tests.harness.stack import Stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
 SMTP_PASSWORD = "smtp-secret-ooo"
-
-
-def _config(unique: Callable[[str], str], dovecot: Any, smtp: SmtpServer, data: Path, support: str) -> str:
-    topics = {k: unique(f"ooo-{k}") for k in ("inbound", "commands", "outbound", "events", "deadletter")}
-    return textwrap.dedent(f"""\
-        kafka:
-          group_prefix: {unique("ooo")}
-          consumer: {{session_timeout_ms: 2000, heartbeat_interval_ms: 500}}
-          topics: {json.dumps(topics)}
-        data_dir: {data}
-        fetcher: {{poll_interval_seconds: 1}}
-        organization:
-          domains: [example.com]
-          members:
-            - {{email: alice@example.com, name: Alice Agent, groups: [support]}}
-        queues:
-          - key: SUPPORT
-            access: [group:support]
-            allow_outbound_mail: true
-            mailboxes:
-              - address: {support}
-                accept_external: true
-                imap: {{host: {dovecot.host}, port: {dovecot.imaps_port}, security: ssl, cafile: {dovecot.cafile},
-                        password: {{env: OOO_IMAP_PW}}}}
-                smtp: {{host: 127.0.0.1, port: {smtp.port}, security: starttls, login: support,
-                        cafile: {smtp.cafile}, password: {{env: OOO_SMTP_PW}}}}
-        """)
 
 
 def _away(kind: str, customer: str, support: str, agent_mid: str, key: str) -> bytes:
@@ -87,8 +61,8 @@ def test_out_of_office_replies_to_an_agents_mail_open_nothing_and_send_nothing(
     dovecot.add_user(support, "imap-pw")
     with SmtpServer({"support": SMTP_PASSWORD}, dovecot=dovecot) as smtp:
         smtp.add_mailbox(customer, "customer-pw")
-        stack = Stack(_config(unique, dovecot, smtp, tmp_path / "data", support), tmp_path, broker.bootstrap,
-                      env={"OOO_IMAP_PW": "imap-pw", "OOO_SMTP_PW": SMTP_PASSWORD})
+        text, _ = circle_config(unique, "ooo", dovecot, smtp, tmp_path / "data", support, env="OOO")
+        stack = Stack(text, tmp_path, broker.bootstrap, env={"OOO_IMAP_PW": "imap-pw", "OOO_SMTP_PW": SMTP_PASSWORD})
         stack.create_topics()
         try:
             stack.start("ticketer", "router", "fetcher", "sender", "api")

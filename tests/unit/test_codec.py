@@ -147,24 +147,31 @@ def test_an_old_ticket_command_keeps_its_text_whole(version):
     assert decoded["raw_ref"] is None and decoded["bounce"] is None
 
 
-def test_a_v4_ticket_command_carries_where_the_quote_begins():
-    example = _example("TicketCommand", 4)
+def test_a_v4_ticket_command_as_released_reads_with_no_bounce_and_no_rules():
+    """v4 was released before bounces and routing rules (v5): it reads as neither."""
+    [v4] = [v for v in load_versions()["TicketCommand"] if v.version == 4]
+    decoded = codec("TicketCommand").decode(_written_by(v4, _example("TicketCommand", 4)))
+    assert decoded["bounce"] is None and decoded["quoted_from"] == _example("TicketCommand", 4)["quoted_from"]
+
+
+def test_a_ticket_command_carries_where_the_quote_begins():
+    example = _example("TicketCommand", 5)
     decoded = codec("TicketCommand").decode(codec("TicketCommand").encode(example))
     assert decoded["text"][decoded["quoted_from"]:].startswith("On Tue, Dec 1, 2026")
 
 
-def test_a_v4_rejection_carries_the_reference_of_its_original():
+def test_a_rejection_carries_the_reference_of_its_original():
     ref = "sha256:" + "ab" * 32
-    example = {**_example("TicketCommand", 4), "action": "reject", "reason": "loop: mail from deskmail", "raw_ref": ref}
+    example = {**_example("TicketCommand", 5), "action": "reject", "reason": "loop: mail from deskmail", "raw_ref": ref}
     assert codec("TicketCommand").decode(codec("TicketCommand").encode(example))["raw_ref"] == ref
 
 
-def test_a_v4_bounce_carries_what_its_report_says():
+def test_a_v5_bounce_carries_what_its_report_says():
     report = {"original_message_id": "deskmail.out-1.00.11@example.com", "recipient": "ghost@customer.test",
               "status": "5.1.1", "diagnostic": "550 5.1.1 User unknown", "permanent": True}
-    example = {**_example("TicketCommand", 4), "classification": "bounce", "bounce": report}
+    example = {**_example("TicketCommand", 5), "classification": "bounce", "bounce": report}
     assert codec("TicketCommand").decode(codec("TicketCommand").encode(example))["bounce"] == report
-    assert _example("TicketCommand", 4)["bounce"] is None  # a reply reports on nothing
+    assert _example("TicketCommand", 5)["bounce"] is None  # a reply reports on nothing
 
 
 RULE_FIELDS = ("new_ticket_queue", "assignee", "assignee_rule", "priority", "tags", "matched_rules")
@@ -172,16 +179,16 @@ NO_RULES = {"new_ticket_queue": None, "assignee": None, "assignee_rule": None, "
             "matched_rules": []}
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_an_old_ticket_command_matched_no_routing_rule(version):
-    """Routing rules came with v4: an old command sets nothing on its ticket."""
+    """Routing rules came with v5: an old command sets nothing on its ticket."""
     [old] = [v for v in load_versions()["TicketCommand"] if v.version == version]
     decoded = codec("TicketCommand").decode(_written_by(old, _example("TicketCommand", version)))
     assert {k: decoded[k] for k in RULE_FIELDS} == NO_RULES
 
 
-def test_a_v4_ticket_command_carries_what_the_routing_rules_set():
-    example = _example("TicketCommand", 4)
+def test_a_v5_ticket_command_carries_what_the_routing_rules_set():
+    example = _example("TicketCommand", 5)
     decoded = codec("TicketCommand").decode(codec("TicketCommand").encode(example))
     assert {k: decoded[k] for k in RULE_FIELDS} == {
         "new_ticket_queue": "BILLING", "assignee": "ann@example.com", "assignee_rule": "invoices",
