@@ -17,7 +17,7 @@ Delivery contract:
 * Which messages are "new" is decided by the server's flags alone (the search
   below), never by a remembered UID, so a restart or a reconnect loses nothing.
 * Messages are fetched with ``BODY.PEEK[]``, so fetching never sets ``\\Seen``. A
-  record's ``received_at`` is the server's INTERNALDATE (when the mail arrived in the
+  record's ``received_at`` is read from the server's INTERNALDATE (when the mail arrived in the
   mailbox), so the mail-to-ticket time counts the wait for the fetcher too.
 * Raw mail larger than ``inline_max_bytes`` goes to the blob store (claim check),
   so no message is ever too large for Kafka; batches are also cut by total bytes
@@ -131,16 +131,20 @@ def inbound_record(
 
 
 def arrival(internaldate: Any, fetched_at: datetime) -> datetime:
-    """When the mail arrived: the server's INTERNALDATE (RFC 3501: when it was
-    delivered into the mailbox), timezone-aware in UTC; ``fetched_at`` when the
-    server gave none or one that cannot be read. imapclient hands it over as a
-    naive local time (its ``normalise_times``), which ``astimezone`` reads as such."""
+    """When the mail arrived, timezone-aware in UTC: by the server's INTERNALDATE
+    (RFC 3501: when it was delivered into the mailbox), which has whole seconds, the
+    end of that second, and never after ``fetched_at``. So mail fetched at once keeps
+    its order behind an agent's reply sent earlier in the same second (an instant
+    auto-reply), and mail fetched late keeps its real age. ``fetched_at`` when the
+    server gave no INTERNALDATE or one that cannot be read. imapclient hands it over
+    as a naive local time (its ``normalise_times``), which ``astimezone`` reads as such."""
     if not isinstance(internaldate, datetime):
         return fetched_at
     try:
-        return internaldate.astimezone(timezone.utc)
+        arrived = internaldate.astimezone(timezone.utc).replace(microsecond=999_999)
     except (OverflowError, OSError, ValueError):
         return fetched_at
+    return min(arrived, fetched_at)
 
 
 def announces_new_mail(responses: Sequence[tuple[Any, ...]]) -> bool:

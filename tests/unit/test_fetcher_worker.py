@@ -907,9 +907,13 @@ def test_arrival_is_the_servers_internaldate_in_utc():
 
     from services.fetcher.worker import arrival
 
-    fetched = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
+    fetched = datetime(2026, 12, 4, 12, 0, 0, 400_000, tzinfo=timezone.utc)
     aware = datetime(2026, 12, 4, 13, 30, tzinfo=timezone(timedelta(hours=3)))
-    assert arrival(aware, fetched) == datetime(2026, 12, 4, 10, 30, tzinfo=timezone.utc)
+    # the end of INTERNALDATE's second: a mail arriving just after a reply sorts after it
+    assert arrival(aware, fetched) == datetime(2026, 12, 4, 10, 30, 0, 999_999, tzinfo=timezone.utc)
     naive_local = datetime(2026, 12, 4, 9, 15)  # imapclient's normalised local time
-    assert arrival(naive_local, fetched) == naive_local.astimezone(timezone.utc)
+    assert arrival(naive_local, fetched) == naive_local.astimezone(timezone.utc).replace(microsecond=999_999)
+    # never after it was fetched (the same second, or a server clock ahead)
+    assert arrival(datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc), fetched) == fetched
+    assert arrival(datetime(2026, 12, 4, 12, 5, tzinfo=timezone.utc), fetched) == fetched
     assert arrival(None, fetched) == fetched and arrival(b"garbage", fetched) == fetched
