@@ -165,7 +165,7 @@ def test_replay_refuses_while_the_stage_runs_and_for_the_sender(setup: Any, brok
             seen.update(tp.partition for tp in running.poll(timeout_ms=200))
             return len(seen) == 3
 
-        wait_for(read, 30, "the member to read every partition")
+        wait_for(read, 90, "the member to read every partition")
         running.commit()
         before = committed(broker.bootstrap, group, inbound)
         assert before == {0: 1, 1: 1, 2: 1}

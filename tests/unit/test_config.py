@@ -428,3 +428,11 @@ def test_a_lease_heartbeat_not_below_its_session_timeout_names_its_line() -> Non
     with pytest.raises(ConfigError) as err:
         parse_text(text)
     assert "line 4: fetcher.lease: heartbeat_interval_ms 3000 must be below session_timeout_ms 3000" in str(err.value)
+
+
+def test_a_short_consumer_session_alone_gives_the_lease_a_fitting_heartbeat() -> None:
+    """Only the session written: the heartbeat nobody wrote follows it (a third)."""
+    lease = parse_text("kafka: {consumer: {session_timeout_ms: 2000}}").fetcher.lease
+    assert (lease.session_timeout_ms, lease.heartbeat_interval_ms) == (2000, 666)
+    with pytest.raises(ConfigError, match="heartbeat_interval_ms 2500 must be below session_timeout_ms 2000"):
+        parse_text("kafka: {consumer: {session_timeout_ms: 2000, heartbeat_interval_ms: 2500}}")

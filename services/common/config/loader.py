@@ -351,10 +351,16 @@ def _check_assignees(config: Config, assignees: list[tuple[tuple[Any, ...], str,
 
 
 def _fetcher(model: ConfigModel, lines: dict[tuple[Any, ...], int], problems: list[Problem]) -> FetcherSettings:
-    """``fetcher`` with the lease timeouts resolved: unset ones take ``kafka.consumer``'s."""
+    """``fetcher`` with the lease timeouts resolved: unset ones take ``kafka.consumer``'s.
+    A heartbeat nobody wrote (``kafka.consumer``'s default beside a shorter session
+    someone did write) becomes a third of the session; one written that does not fit
+    is an error on its line."""
     lease, consumer = model.fetcher.lease, model.kafka.consumer
     session = lease.session_timeout_ms or consumer.session_timeout_ms
     heartbeat = lease.heartbeat_interval_ms or consumer.heartbeat_interval_ms
+    written = lease.heartbeat_interval_ms is not None or "heartbeat_interval_ms" in consumer.model_fields_set
+    if heartbeat >= session and not written:
+        heartbeat = max(1, session // 3)
     if heartbeat >= session:
         loc = ("fetcher", "lease")
         problems.append(Problem(_line_for(loc, lines), _where(loc),
