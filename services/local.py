@@ -33,7 +33,7 @@ from services.localchild import PROBE_INTERVAL_SECONDS, Child, probe
 if TYPE_CHECKING:
     from services.localbroker import LocalBroker
 
-STACK = ("fetcher", "router", "ticketer", "sender", "api")
+STACK = ("fetcher", "ingress", "router", "ticketer", "sender", "api")
 STOP_TIMEOUT_SECONDS = 30.0
 
 
@@ -56,10 +56,15 @@ class Port:
 # ------------------------------------------------------------------ ports
 
 
+def stack(config: Config) -> tuple[str, ...]:
+    """The processes `deskmail up` runs: the ingress only when a mailbox has ``ingress: true``."""
+    return tuple(name for name in STACK if name != "ingress" or any(m.ingress for m in config.mailboxes))
+
+
 def stack_ports(config: Config, sink: Sink | None = None) -> list[Port]:
     """Every TCP port the stack will listen on (the local broker picks a free one itself)."""
     ports = []
-    for name in STACK:
+    for name in stack(config):
         port = config.metrics.ports.get(name, DEFAULT_PORTS[name])
         if name == "api":  # `deskmail run api --metrics-port P` serves the web pages on 127.0.0.1:P
             ports.append(Port("127.0.0.1", port, "web"))
@@ -144,7 +149,7 @@ def run_stack(config: Config, sink: Sink | None = None, *, notes: Sequence[str] 
             children.append(Child("mail sink", [sys.executable, "-m", "services.devsink", "--listen",
                                                 f"{sink.host}:{sink.port}", "--dir", str(sink.folder)],
                                   logs / "devsink.log"))
-        for name in STACK:
+        for name in stack(config):
             port = config.metrics.ports.get(name, DEFAULT_PORTS[name])
             args = [sys.executable, "-m", "services.cli", "run", name, "--config", str(Path(config.path).resolve()),
                     "--metrics-port", str(port)]
@@ -180,10 +185,13 @@ def run_stack(config: Config, sink: Sink | None = None, *, notes: Sequence[str] 
                 child.proc.terminate()
         for child in children:
             if child.proc is not None:
+                # the ingress drains its sessions for up to ingress.drain_seconds, then says goodbye
+                timeout = max(STOP_TIMEOUT_SECONDS, config.ingress.drain_seconds + 10) if child.name == "ingress" \
+                    else STOP_TIMEOUT_SECONDS
                 try:
-                    child.proc.wait(timeout=STOP_TIMEOUT_SECONDS)
+                    child.proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    click.echo(f"{child.name} did not stop in {STOP_TIMEOUT_SECONDS:.0f}s; killing it", err=True)
+                    click.echo(f"{child.name} did not stop in {timeout:.0f}s; killing it", err=True)
                     child.proc.kill()
                     child.proc.wait()
         if broker is not None:
@@ -204,6 +212,9 @@ def _describe(config: Config, bootstrap: list[str], broker: "LocalBroker | None"
             where = f"smtp://{sink.host}:{sink.port}"
         elif child.name == "api":
             where = f"web http://127.0.0.1:{config.metrics.ports.get('api', DEFAULT_PORTS['api'])}/"
+        elif child.name == "ingress":
+            port = config.metrics.ports.get("ingress", DEFAULT_PORTS["ingress"])
+            where = f"smtp://{config.ingress.listen}, metrics http://127.0.0.1:{port}/metrics"
         else:
             where = f"metrics http://127.0.0.1:{config.metrics.ports.get(child.name, DEFAULT_PORTS[child.name])}/metrics"
         click.echo(f"  {child.name:<10} pid {pid}, {where}, log {child.log_path}")

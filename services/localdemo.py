@@ -27,7 +27,7 @@ DEMO_CUSTOMER = "customer@example.org"
 
 @dataclasses.dataclass(frozen=True)
 class DemoPorts:
-    """The demo's ports: the usual ones, or seven in a row from ``--demo-ports-base``."""
+    """The demo's ports: the usual ones, or eight in a row from ``--demo-ports-base``."""
 
     ingress: int = 2525
     sink: int = 2526
@@ -36,12 +36,13 @@ class DemoPorts:
     router: int = DEFAULT_PORTS["router"]
     ticketer: int = DEFAULT_PORTS["ticketer"]
     sender: int = DEFAULT_PORTS["sender"]
+    ingress_metrics: int = DEFAULT_PORTS["ingress"]
 
     @classmethod
     def from_base(cls, base: int | None) -> "DemoPorts":
         if base is None:
             return cls()
-        return cls(*range(base, base + 7))
+        return cls(*range(base, base + 8))
 
 
 def demo_config(ports: DemoPorts) -> str:
@@ -58,7 +59,8 @@ api:
   listen: 127.0.0.1:{ports.web}
 metrics:
   host: 127.0.0.1
-  ports: {{fetcher: {ports.fetcher}, router: {ports.router}, ticketer: {ports.ticketer}, sender: {ports.sender}, api: {ports.web}}}
+  ports: {{fetcher: {ports.fetcher}, router: {ports.router}, ticketer: {ports.ticketer}, sender: {ports.sender},
+          ingress: {ports.ingress_metrics}, api: {ports.web}}}
 organization:
   name: Example
   domains: [example.com]

@@ -14,7 +14,7 @@ from services.cli.common import (
 from services.common.config import Config
 
 log = logging.getLogger("deskmail")
-SERVICES = ("fetcher", "router", "ticketer", "sender", "api")
+SERVICES = ("fetcher", "ingress", "router", "ticketer", "sender", "api")
 
 
 @click.command("run")
@@ -67,6 +67,10 @@ def _run(service: str, cfg: Config, servers: list[str] | None, metrics_port: int
             from services.fetcher.runner import run_fetcher
 
             run_fetcher(cfg, stop, health, servers)
+        elif service == "ingress":
+            from services.fetcher.ingress_runner import run_ingress
+
+            run_ingress(cfg, stop, health, servers)
         elif service == "router":
             from services.router.runner import run_router
 
@@ -92,6 +96,7 @@ def _report(service: str, exc: Exception) -> int:
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     from services.common.errors import DeadLetterFlood, Unavailable
+    from services.fetcher.ingress_runner import NothingToServe
     from services.tickets import SchemaAhead, SchemaNotCurrent, StoreUnavailable
 
     if isinstance(exc, SchemaAhead):
@@ -100,7 +105,7 @@ def _report(service: str, exc: Exception) -> int:
     if isinstance(exc, (StoreUnavailable, SchemaNotCurrent, KafkaConnectionError, KafkaTimeoutError, Unavailable)):
         log.error("stopped: a dependency is unavailable", extra={"stage": service, "error": str(exc)})
         return UNAVAILABLE
-    if isinstance(exc, Refused):
+    if isinstance(exc, (Refused, NothingToServe)):
         log.error("refused to start", extra={"stage": service, "reason": str(exc)})
         return USAGE
     if isinstance(exc, DeadLetterFlood):
@@ -114,9 +119,9 @@ def _report(service: str, exc: Exception) -> int:
 @config_option
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default="deskmail-data", show_default=True,
               help="Without --config: the folder for the demo configuration, database, logs and sent mail.")
-@click.option("--demo-ports-base", type=click.IntRange(1024, 65528), envvar="DESKMAIL_DEMO_PORTS_BASE", default=None,
-              help="Without --config: use ports N..N+6 (ingress, mail sink, web, then the fetcher, router, ticketer "
-                   "and sender metrics) instead of 2525, 2526, 8080 and 9101-9104. Or DESKMAIL_DEMO_PORTS_BASE.")
+@click.option("--demo-ports-base", type=click.IntRange(1024, 65527), envvar="DESKMAIL_DEMO_PORTS_BASE", default=None,
+              help="Without --config: use ports N..N+7 (ingress, mail sink, web, then the fetcher, router, ticketer, "
+                   "sender and ingress metrics) instead of 2525, 2526, 8080 and 9101-9105. Or DESKMAIL_DEMO_PORTS_BASE.")
 def up(config_path: str | None, data_dir: str, demo_ports_base: int | None) -> None:
     """Run the whole stack on this machine (local broker and SQLite unless configured).
 

@@ -1,7 +1,8 @@
 """The one module that imports kafka-python: client settings, the adapters that
 give the consume loop its ``Source`` and ``Sink`` (see ``bus.py``), the fetcher its
-lease group (``LeaseConsumer``, see ``services/fetcher/leases.py``), and a consumer
-group's offsets as `deskmail replay` reads and moves them (``GroupOffsets``)."""
+lease group (``LeaseConsumer``, see ``services/fetcher/leases.py``), the ingress its
+readiness check (``BrokerProbe``), and a consumer group's offsets as `deskmail replay`
+reads and moves them (``GroupOffsets``)."""
 
 from __future__ import annotations
 
@@ -108,6 +109,10 @@ class Kafka:
             max_poll_records=1,
         )
         return LeaseConsumer(consumer, topic)
+
+    def probe(self) -> "BrokerProbe":
+        """A client in no group that asks the broker for fresh metadata (``BrokerProbe.reachable``)."""
+        return BrokerProbe(KafkaConsumer(**self._common(), group_id=None, enable_auto_commit=False))
 
     def reader(self) -> KafkaConsumer:
         """A consumer in no group, for reading a topic from the start (nothing is committed)."""
@@ -305,6 +310,24 @@ class KafkaSource:
         except KafkaError:
             return None
         return None if position is None else high - position
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+class BrokerProbe:
+    """Whether the broker answers now: a metadata request per call, never a cached answer."""
+
+    def __init__(self, consumer: KafkaConsumer):
+        self.consumer = consumer
+
+    def reachable(self, topic: str) -> bool:
+        """True when the broker answered and knows ``topic``. Blocks (kafka_patch bounds
+        the wait at 65 s); never raises for a broker that is down."""
+        try:
+            return topic in self.consumer.topics()
+        except KafkaError:
+            return False
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)

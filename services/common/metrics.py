@@ -108,6 +108,16 @@ FETCHER_INGRESS_DEFERRALS = Counter(
     "(services.fetcher.ingress_limits.DEFER_REASONS: sessions, inflight_bytes, broker, timeout).",
     ["reason"],
 )
+FETCHER_INGRESS_REFUSALS = Counter(
+    "deskmail_fetcher_ingress_refusals_total",
+    "SMTP/LMTP ingress clients refused for who they are: network (554 5.7.1 at connect, outside "
+    "ingress.allowed_networks), auth_required (530 5.7.0, MAIL without AUTH), auth_failed (535 5.7.8).",
+    ["reason"],
+)
+FETCHER_INGRESS_DRAINING = Gauge(
+    "deskmail_fetcher_ingress_draining",
+    "1 while the ingress drains on SIGTERM (listeners closed, transactions in flight finishing), else 0.",
+)
 FETCHER_INGRESS_SESSIONS = Gauge(
     "deskmail_fetcher_ingress_open_sessions",
     "SMTP/LMTP connections open now (capped by ingress.max_sessions).",

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-DEFAULT_PORTS = {"fetcher": 9101, "router": 9102, "ticketer": 9103, "sender": 9104, "api": 8080}
+DEFAULT_PORTS = {"fetcher": 9101, "router": 9102, "ticketer": 9103, "sender": 9104, "ingress": 9105, "api": 8080}
 
 # Fixed keys a log line may carry besides the message (style: structured logs).
 LOG_KEYS = ("stage", "topic", "partition", "offset", "group", "mailbox", "uid", "uidvalidity", "queue",

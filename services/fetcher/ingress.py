@@ -2,8 +2,10 @@
 
 An MTA (or the MX itself) hands mail for those addresses to deskmail over SMTP
 (``ingress.listen``) or LMTP (``ingress.lmtp_listen``). The server runs on its own
-asyncio loop in one thread of the fetcher process and writes InboundMail records
-(source ``smtp``) through the fetcher's producer and blob store.
+asyncio loop in one thread of the ingress process (services.fetcher.ingress_runner)
+and writes InboundMail records (source ``smtp``) through its producer and blob store.
+On shutdown it drains (``IngressServer.stop``): no new connections, transactions in
+flight finish, idle sessions get ``421 4.3.2``, all within ``ingress.drain_seconds``.
 
 Reply contract, which is what makes the ingress lose nothing:
 
@@ -19,6 +21,9 @@ Reply contract, which is what makes the ingress lose nothing:
   applies a command id only once.
 * LMTP answers DATA once per accepted recipient (RFC 2033); all of them carry the
   same outcome, because the records of one message are acknowledged together.
+* A client outside ``ingress.allowed_networks``: ``554 5.7.1`` at connect, unless
+  ``ingress.auth.users`` are set (SMTP only): then ``MAIL`` needs AUTH first, ``530
+  5.7.0`` without it (services.fetcher.ingress_access).
 * Beyond ``ingress.max_sessions`` open connections, or ``ingress.max_inflight_bytes``
   of message data received and not yet answered: ``421 4.3.2`` at connect, ``451
   4.3.2`` at MAIL (announced SIZE) or after DATA (services.fetcher.ingress_limits).
@@ -37,14 +42,15 @@ import concurrent.futures
 import logging
 import socket
 import ssl
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 import dns.resolver
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from services.common import metrics
 from services.common.blobs import BlobStore
@@ -53,12 +59,21 @@ from services.common.config.schema import IngressSettings
 from services.common.errors import Transient
 from services.common.kafka import Producer
 from services.fetcher import mailauth
+from services.fetcher.ingress_access import (
+    AUTH_ATTEMPTS,
+    MECHANISMS,
+    REPLY_AUTH_REQUIRED,
+    AccessPolicy,
+    Dialect,
+)
 from services.fetcher.ingress_data import (
     ACCEPTED,
     BUSY,
     DEFERRED,
     ERROR,
+    GOODBYE_SECONDS,
     REPLY_DEFERRED,
+    REPLY_SHUTDOWN,
     UNKNOWN_RECIPIENT,
     IngressEnvelope,
     IngressLmtpSession,
@@ -78,22 +93,19 @@ from services.fetcher.ingress_limits import REPLY_BUSY, REPLY_TOO_MANY_SESSIONS,
 
 log = logging.getLogger("deskmail.fetcher.ingress")
 
-Dialect = Literal["smtp", "lmtp"]
-
 # Deliveries waiting for the broker at once; more wait their turn (and time out into 451).
 DELIVERY_THREADS = 4
 # Threads writing streamed messages to the blob store (page-cache writes; the fsync is the delivery's).
 DISK_THREADS = 2
 # An idle client is disconnected after this long (RFC 5321 4.5.3.2.7 suggests 5 minutes).
 SESSION_TIMEOUT_SECONDS = 300.0
-# On stop, transactions already past DATA get this long beyond the ack timeout to finish.
-STOP_GRACE_SECONDS = 5.0
+# Default drain bound when the server is built without one (ingress.drain_seconds's default).
+DRAIN_SECONDS = 30.0
 
 # Replies (RFC 3463 enhanced status codes).
 REPLY_OK = "250 2.0.0 Ok: queued as {id}"
 REPLY_NO_MAILBOX = "550 5.1.1 <{address}>: no such mailbox here"
 REPLY_ERROR = "451 4.3.0 Internal error, try again later"
-REPLY_SHUTDOWN = "421 4.3.2 Service shutting down, try again later\r\n"
 
 
 # ---------------------------------------------------------------- aiosmtpd handler
@@ -121,6 +133,10 @@ class IngressHandler:
         and then outgrowing the budget after sending their data.
         """
         assert isinstance(envelope, IngressEnvelope)
+        if getattr(server, "admittance", "open") == "auth" and not session.authenticated:
+            metrics.FETCHER_INGRESS_REFUSALS.labels("auth_required").inc()
+            log.warning("sender refused: authentication required", extra={"reason": "auth_required"})
+            return REPLY_AUTH_REQUIRED
         size = announced_size(mail_options)
         if size and not self.admission.take(size):
             metrics.FETCHER_INGRESS.labels(BUSY).inc()
@@ -215,8 +231,10 @@ class IngressServer:
     """The SMTP/LMTP listeners on their own asyncio loop in one thread.
 
     ``start`` returns once every listener is bound (raises ``OSError`` if one cannot
-    be); ``stop`` stops accepting, lets transactions past DATA finish, and closes
-    every connection.
+    be); ``stop`` drains: it closes the listeners at once, answers ``421 4.3.2`` to
+    sessions between transactions, lets the transactions in flight finish (250 after
+    the ack, or a 4xx) for at most ``drain_seconds``, then says 421 to whatever is left
+    and closes every connection. No session in DATA is closed without a reply.
     """
 
     def __init__(
@@ -231,6 +249,8 @@ class IngressServer:
         *,
         max_sessions: int,
         max_inflight_bytes: int,
+        policy: AccessPolicy | None = None,
+        drain_seconds: float = DRAIN_SECONDS,
     ):
         self.addresses = frozenset(a.lower() for a in addresses)
         self.delivery = delivery
@@ -239,19 +259,29 @@ class IngressServer:
         self.tls_context = tls_context
         self.ack_timeout = ack_timeout
         self.hostname = hostname or socket.gethostname()
+        self.drain_seconds = drain_seconds
         self.bound: list[Listener] = []
         self.admission = Admission(max_sessions, max_inflight_bytes)
+        # Without a policy (tests of the protocol alone): everyone may deliver, nobody authenticates.
+        self.policy = policy or AccessPolicy.of(("0.0.0.0/0", "::/0"), ())
         self._executor = concurrent.futures.ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ingress-ack")
         self._disk = concurrent.futures.ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="ingress-disk")
-        self._context = SessionContext(self.admission, delivery.blobs, delivery.inline_max_bytes, self._disk)
+        self._context = SessionContext(self.admission, delivery.blobs, delivery.inline_max_bytes, self._disk,
+                                       self.policy)
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.base_events.Server] = []
-        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
-        self._handlers: list[IngressHandler] = []
+        self._sessions: weakref.WeakSet[IngressSession] = weakref.WeakSet()
+        self._stopped = False
+
+    @property
+    def listening(self) -> bool:
+        """Every listener bound and accepting (not draining)."""
+        return (bool(self._servers) and len(self.bound) == len(self.listeners)
+                and not self._context.draining.is_set() and all(s.is_serving() for s in self._servers))
 
     def start(self) -> None:
-        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command (AUTH too) at INFO
         self._thread = threading.Thread(target=self._loop.run_forever, name="ingress", daemon=True)
         self._thread.start()
         try:
@@ -263,14 +293,35 @@ class IngressServer:
                 log.info("ingress listening",
                          extra={"stage": STAGE, "address": f"{listener.host}:{port}", "reason": listener.protocol})
         except BaseException:
-            self.stop()
+            self.stop(0)
             raise
+
+    def _session_options(self, protocol: Dialect) -> dict[str, Any]:
+        """aiosmtpd's AUTH options: PLAIN and LOGIN when users are configured (SMTP only),
+        at most ``AUTH_ATTEMPTS`` per session; no mechanism at all otherwise."""
+        if protocol == "lmtp" or not self.policy.auth_offered:
+            return {"auth_exclude_mechanism": MECHANISMS}
+        return {"authenticator": self._authenticate,
+                "command_call_limit": {"AUTH": AUTH_ATTEMPTS, "*": sys.maxsize}}
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                      auth_data: Any) -> AuthResult:
+        """aiosmtpd's authenticator: the login of a matching account, never a word about the password."""
+        login = None
+        if mechanism in MECHANISMS and isinstance(auth_data, LoginPassword):
+            login = self.policy.check(bytes(auth_data.login), bytes(auth_data.password))
+        if login is None:
+            metrics.FETCHER_INGRESS_REFUSALS.labels("auth_failed").inc()
+            log.warning("authentication failed", extra={"reason": "auth_failed", "address": peer_ip(session)})
+            return AuthResult(success=False, handled=False)
+        log.info("authenticated", extra={"reason": mechanism.lower(), "address": peer_ip(session)})
+        return AuthResult(success=True, auth_data=login)
 
     async def _listen(self, listener: Listener) -> asyncio.base_events.Server:
         handler = IngressHandler(self.addresses, self.delivery, self._executor, self.ack_timeout, listener.protocol,
                                  self.admission)
-        self._handlers.append(handler)
         kind = IngressLmtpSession if listener.protocol == "lmtp" else IngressSession
+        options = self._session_options(listener.protocol)
 
         def session() -> asyncio.Protocol:
             # Counted here, not in connection_made: one accept call may take several connections.
@@ -281,45 +332,62 @@ class IngressServer:
                 return _Refusal()
             server = kind(handler, context=self._context, data_size_limit=self.max_message_bytes,
                           enable_SMTPUTF8=True, hostname=self.hostname, ident="deskmail",
-                          tls_context=self.tls_context, timeout=SESSION_TIMEOUT_SECONDS, loop=self._loop)
+                          tls_context=self.tls_context, timeout=SESSION_TIMEOUT_SECONDS, loop=self._loop, **options)
             self._sessions.add(server)
             return server
 
         return await self._loop.create_server(session, listener.host, listener.port, reuse_address=True)
 
-    def stop(self) -> None:
-        """Stop accepting, wait for transactions in flight (bounded), close sessions. Idempotent."""
-        if self._thread is None or not self._thread.is_alive():
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._disk.shutdown(wait=False, cancel_futures=True)
+    def stop(self, drain_seconds: float | None = None) -> None:
+        """Drain (at most ``drain_seconds``, default the server's) and close everything. Idempotent; blocks."""
+        if self._stopped:
             return
-        try:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(
-                timeout=self.ack_timeout + STOP_GRACE_SECONDS + 5)
-        except (concurrent.futures.TimeoutError, RuntimeError) as exc:
-            log.warning("ingress did not stop cleanly", extra={"stage": STAGE, "error": str(exc)})
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self._loop.close()
+        self._stopped = True
+        if self._thread is not None and self._thread.is_alive():
+            seconds = self.drain_seconds if drain_seconds is None else drain_seconds
+            try:
+                asyncio.run_coroutine_threadsafe(self._drain(seconds), self._loop).result(
+                    timeout=seconds + GOODBYE_SECONDS + 10)
+            except (concurrent.futures.TimeoutError, RuntimeError) as exc:
+                log.warning("ingress did not stop cleanly", extra={"stage": STAGE, "error": str(exc)})
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self._loop.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._disk.shutdown(wait=False, cancel_futures=True)
+        metrics.FETCHER_INGRESS_DRAINING.set(0)
         log.info("ingress stopped", extra={"stage": STAGE})
 
-    async def _shutdown(self) -> None:
+    def _open(self) -> list[IngressSession]:
+        return [s for s in self._sessions if s.transport is not None]
+
+    async def _drain(self, seconds: float) -> None:
         for server in self._servers:
-            server.close()
-        deadline = self._loop.time() + self.ack_timeout + STOP_GRACE_SECONDS
-        while any(h.in_flight for h in self._handlers) and self._loop.time() < deadline:
+            server.close()  # no new connections; the open ones go on
+        self._context.draining.set()
+        metrics.FETCHER_INGRESS_DRAINING.set(1)
+        waiting = [s for s in self._open() if s.waiting]
+        for session in waiting:
+            session.goodbye(REPLY_SHUTDOWN)
+        busy = len(self._open()) - len(waiting)
+        log.info("ingress draining", extra={"stage": STAGE, "count": busy, "delay": seconds})
+        deadline = self._loop.time() + seconds
+        while any(not s.closing for s in self._open()) and self._loop.time() < deadline:
             await asyncio.sleep(0.05)
-        for session in list(self._sessions):
-            transport = session.transport
-            if isinstance(transport, asyncio.WriteTransport):  # between commands now: say goodbye (RFC 5321 3.8)
-                transport.write(REPLY_SHUTDOWN.encode())
-            if transport is not None:
-                transport.close()
-        for server in self._servers:
-            await server.wait_closed()
+        late = [s for s in self._open() if not s.closing]
+        if late:
+            log.warning("ingress drain timed out: sessions told to come back",
+                        extra={"stage": STAGE, "count": len(late), "delay": seconds})
+        for session in late:
+            session.goodbye(REPLY_SHUTDOWN)
+        end = self._loop.time() + GOODBYE_SECONDS
+        while self._open() and self._loop.time() < end:  # the clients read the goodbye and close
+            await asyncio.sleep(0.05)
+        for session in self._open():
+            if session.transport is not None:
+                session.transport.close()
+        await asyncio.sleep(0)
 
 
 # ---------------------------------------------------------------- from the config
@@ -372,5 +440,7 @@ def build_ingress(
     context = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     delivery = Delivery(producer, config.topics["inbound"], blobs, inline_max_bytes, ack_timeout,
                         authenticator(settings))
+    policy = AccessPolicy.of(settings.allowed_networks, config.ingress_logins)
     return IngressServer(addresses, delivery, listeners, settings.max_message_bytes, context, ack_timeout,
-                         max_sessions=settings.max_sessions, max_inflight_bytes=settings.max_inflight_bytes)
+                         max_sessions=settings.max_sessions, max_inflight_bytes=settings.max_inflight_bytes,
+                         policy=policy, drain_seconds=settings.drain_seconds)

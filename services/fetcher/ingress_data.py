@@ -16,9 +16,19 @@ message that outgrows it, like one over ``data_size_limit``, is read to its end
 and dropped. Whatever happens (552, 451, a dropped connection), the temporary
 blob file is removed unless the delivery committed it.
 
+The session also applies the access policy (services.fetcher.ingress_access: 554 at
+connect outside the allowed networks, AUTH only after STARTTLS or on loopback) and
+takes part in the drain on shutdown: once the server drains, a session between
+transactions is answered ``421 4.3.2`` (at once when it waits for a command, else at
+its next command), one in a transaction finishes it first. A goodbye never closes a
+connection with unread input (the kernel would reset it, and a reset can discard the
+reply before the client read it): the session writes the reply, closes its sending
+side and reads on until the client closes, at most ``GOODBYE_SECONDS``.
+
 This depends on aiosmtpd internals that ``smtp_DATA`` itself uses (``_reader``,
-``_writer``, ``_call_handler_hook``, ``_set_post_data_state``): checked against
-aiosmtpd 1.4.
+``_writer``, ``_call_handler_hook``, ``_set_post_data_state``) and on its command
+table ``_smtp_methods``, its ``_handle_client`` and ``_auth_require_tls``: checked
+against aiosmtpd 1.4.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from dataclasses import dataclass
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
@@ -34,6 +46,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
 from services.common import metrics
 from services.common.blobs import BlobStore, BlobWriter
+from services.fetcher.ingress_access import REPLY_NOT_ALLOWED, AccessPolicy, Admittance, Dialect
 from services.fetcher.ingress_limits import REPLY_BUSY, Admission, DeferReason
 
 log = logging.getLogger("deskmail.fetcher.ingress")
@@ -44,6 +57,9 @@ CHUNK_BYTES = 64 * 1024
 REPLY_TOO_BIG = "552 5.3.4 Message too big: the limit is {limit} bytes"
 REPLY_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's own text
 REPLY_DEFERRED = "451 4.3.0 Temporary failure, try again later"
+REPLY_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
+# After a goodbye (421, 554) the session waits this long for the client to close before it does.
+GOODBYE_SECONDS = 5.0
 
 # Outcomes counted in deskmail_fetcher_ingress_sessions_total (transactions by reply class).
 ACCEPTED, UNKNOWN_RECIPIENT, TOO_BIG, BUSY, DEFERRED, ERROR = (
@@ -119,26 +135,93 @@ class IngressEnvelope(Envelope):
 
 @dataclass(frozen=True)
 class SessionContext:
-    """What every ingress session shares: limits, blob store and the thread for disk writes."""
+    """What every ingress session shares: limits, blob store, the thread for disk writes,
+    the access policy, and the drain flag (set once, when the server starts draining)."""
 
     admission: Admission
     blobs: BlobStore
     inline_max_bytes: int
     disk: concurrent.futures.Executor
+    policy: AccessPolicy = AccessPolicy(())
+    draining: threading.Event = field(default_factory=threading.Event)
 
 
 class IngressSession(SMTP):
     """One SMTP connection of the ingress (see the module docstring)."""
 
     envelope: IngressEnvelope | None  # type: ignore[assignment]
+    dialect: Dialect = "smtp"
 
     def __init__(self, handler: Any, *, context: SessionContext, **kwargs: Any):
         super().__init__(handler, **kwargs)
         self.context = context
         self._counted = True  # the server counted this session in its factory
+        self.admittance: Admittance = "open"
+        self.closing = False  # a goodbye was said: nothing more is answered
+        self.in_command = False
+        self._smtp_methods = {name: self._guarded(name, method) for name, method in self._smtp_methods.items()}
 
     def _create_envelope(self) -> IngressEnvelope:
         return IngressEnvelope()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between an accepted MAIL and the end of its transaction (the reply to DATA, RSET)."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    @property
+    def waiting(self) -> bool:
+        """Idle between transactions, waiting for a command: the drain says goodbye to it at once."""
+        return not self.in_command and not self.in_transaction and not self.closing
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # not the switch to TLS after STARTTLS
+        super().connection_made(transport)
+        if first:
+            assert self.session is not None
+            peer = self.session.peer
+            ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            self.admittance = self.context.policy.admit(ip, self.dialect)
+            # AUTH without TLS only on loopback (aiosmtpd asks for STARTTLS first otherwise)
+            self._auth_require_tls = not self.context.policy.may_authenticate(ip, tls=False)
+
+    async def _handle_client(self) -> None:
+        if self.admittance == "refused":
+            metrics.FETCHER_INGRESS_REFUSALS.labels("network").inc()
+            log.warning("connection refused: not an allowed network", extra={"reason": "network"})
+            self.goodbye(REPLY_NOT_ALLOWED)
+            return
+        if self.context.draining.is_set():  # accepted just before the listener closed
+            self.goodbye(REPLY_SHUTDOWN)
+            return
+        await super()._handle_client()
+
+    def _guarded(self, name: str, method: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """A command as aiosmtpd runs it, but answered 421 between transactions once draining."""
+        async def command(arg: Any) -> None:
+            if self.closing:  # the client was told goodbye: what it still sends is read and dropped
+                return
+            if self.context.draining.is_set() and not self.in_transaction and name != "QUIT":
+                self.goodbye(REPLY_SHUTDOWN)
+                return
+            self.in_command = True
+            try:
+                await method(arg)
+            finally:
+                self.in_command = False
+        return command
+
+    def goodbye(self, reply: str) -> None:
+        """Answer ``reply`` (421 or 554), close the sending side, and close the connection once
+        the client did, or after ``GOODBYE_SECONDS``. Idempotent; never blocks."""
+        transport = self.transport
+        if self.closing or not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            return
+        self.closing = True
+        transport.write(reply.encode("ascii") + b"\r\n")
+        if transport.can_write_eof():  # not over TLS: there the close follows the timeout alone
+            transport.write_eof()
+        self.loop.call_later(GOODBYE_SECONDS, transport.close)
 
     def _set_post_data_state(self) -> None:
         """A new envelope (after DATA, RSET, EHLO): the old one's SIZE reservation is returned."""
@@ -159,7 +242,10 @@ class IngressSession(SMTP):
         super().connection_lost(error)
 
     async def push(self, status: str | bytes) -> None:
-        """aiosmtpd refuses an announced SIZE itself: count it and give it an enhanced code."""
+        """aiosmtpd refuses an announced SIZE itself: count it and give it an enhanced code.
+        After a goodbye nothing more is said."""
+        if self.closing:
+            return
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
         if text.startswith("552 ") and not text.startswith("552 5."):
             status = self._too_big()
@@ -187,6 +273,9 @@ class IngressSession(SMTP):
         message.held, self.envelope.reserved = self.envelope.reserved, 0  # the message holds it now
         try:
             refusal = await self._receive(message)
+            if self.closing:  # the drain's deadline said 421 meanwhile: the client will send it again
+                self._set_post_data_state()
+                return
             if refusal is None and not self._take(message):
                 refusal = BUSY
             if refusal is None:
@@ -292,3 +381,5 @@ def _store_failed(exc: OSError) -> str:
 
 class IngressLmtpSession(IngressSession, LMTP):
     """One LMTP connection: LHLO instead of EHLO, otherwise the same session."""
+
+    dialect: Dialect = "lmtp"

@@ -8,7 +8,16 @@ from datetime import datetime
 from typing import Any, Literal
 
 from services.common.blobs import BlobStore
+from services.common.config import Config
 from services.common.errors import Transient
+
+# Room left in a Kafka record for the InboundMail fields around the raw bytes.
+RECORD_OVERHEAD_BYTES = 64 * 1024
+
+
+def inline_max_bytes(config: Config) -> int:
+    """Raw mail up to this size travels inside the record; larger goes to the blob store."""
+    return max(0, min(config.blobs.inline_max_bytes, config.kafka.max_message_bytes - RECORD_OVERHEAD_BYTES))
 
 
 def inbound_record(

@@ -1,11 +1,11 @@
 """The fetcher process: the IMAP mailboxes this replica holds a lease on, one
-``MailboxWorker`` thread each, the SMTP/LMTP ingress for own-domain addresses,
-one shared producer.
+``MailboxWorker`` thread each, one shared producer. (The SMTP/LMTP ingress is a
+process of its own: services.fetcher.ingress_runner.)
 
 Any number of replicas may run: they share the mailboxes through the lease group
 (``services.fetcher.leases``; ``keeper.py`` starts and stops the workers as
 partitions are assigned and revoked). A replica holding no partition is ready and
-idle. The ingress runs in every replica on its own port; nothing of it is shared.
+idle.
 
 Mailboxes are isolated: each worker handles its own connection, login and
 protocol errors and reconnects on its own. A worker that dies of anything else
@@ -20,23 +20,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from services.common.blobs import BlobStore, blob_store
+from services.common.blobs import blob_store
 from services.common.config import Config
 from services.common.errors import Transient, Unavailable
-from services.common.kafka import Kafka, Producer
+from services.common.kafka import Kafka
 from services.common.runtime import Health
-from services.fetcher.ingress import build_ingress
 from services.fetcher.keeper import LeaseKeeper
 from services.fetcher.leases import LeaseBook, LeaseDeadline, LeaseTiming, MailboxLease
 from services.fetcher.pool import WorkerPool
+from services.fetcher.records import inline_max_bytes
 from services.fetcher.worker import MailboxWorker, stop_seconds
 
 log = logging.getLogger("deskmail.fetcher")
 
-# Room left in a Kafka record for the InboundMail fields around the raw bytes.
-RECORD_OVERHEAD_BYTES = 64 * 1024
 # How long a fetcher waits at start for the lease topic to exist (`deskmail topics create`).
 LEASE_TOPIC_WAIT_SECONDS = 60.0
 
@@ -52,10 +50,9 @@ def run_fetcher(
     health: Health,
     bootstrap: str | Sequence[str] | None = None,
 ) -> None:
-    """Hold mailbox leases and run their workers, and the ingress, until ``stop`` is set;
-    then drain and return.
+    """Hold mailbox leases and run their workers until ``stop`` is set; then drain and return.
 
-    Ready once the lease keeper and the ingress started, with or without mailboxes;
+    Ready once the lease keeper started, with or without mailboxes;
     ticks ``health`` every second. On ``stop`` each worker finishes its batch in
     flight (produced, acknowledged and marked, or left unmarked) before the replica
     leaves the lease group and the producer is closed. Raises ``RuntimeError`` if a
@@ -77,11 +74,9 @@ def run_fetcher(
 
     pool = WorkerPool(build, deadline)
     keeper: LeaseKeeper | None = None
-    stop_ingress: Callable[[], None] | None = None
     try:
         if mailboxes:
             keeper = start_keeper(config, kafka, pool, deadline, timing)
-        stop_ingress = start_ingress(config, producer, blobs, stop)
         health.set_ready(True)
         log.info("fetcher running", extra={"stage": "fetcher", "count": len(mailboxes), "replica": replica_id()})
         while True:
@@ -93,9 +88,6 @@ def run_fetcher(
         until = time.monotonic() + stop_seconds(config.fetcher)
         if keeper is not None:
             keeper.stop()
-        if stop_ingress is not None:
-            stop_ingress()
-        if keeper is not None:
             keeper.close(until)  # logs each worker that did not stop in time
         producer.close()
         log.info("fetcher stopped", extra={"stage": "fetcher"})
@@ -144,33 +136,3 @@ def start_keeper(config: Config, kafka: Kafka, pool: WorkerPool, deadline: Lease
         consumer.close()
         raise
     return keeper
-
-
-def start_ingress(
-    config: Config,
-    producer: Producer,
-    blobs: BlobStore,
-    stop: threading.Event,
-) -> Callable[[], None] | None:
-    """Start the SMTP/LMTP ingress for the ``ingress: true`` mailboxes, if there are any.
-
-    It listens on ``ingress.listen`` (and ``ingress.lmtp_listen``), writes
-    InboundMail records with source ``smtp`` through the same producer and blob
-    store, and answers 250 only after the broker acknowledged. Returns the
-    function that stops it (``stop`` is not watched: the runner calls that
-    function on shutdown). Raises ``RuntimeError`` when a port cannot be bound.
-    """
-    ingress = build_ingress(config, producer, blobs, inline_max_bytes(config))
-    if ingress is None:
-        return None
-    try:
-        ingress.start()
-    except OSError as exc:
-        where = ", ".join(f"{item.host}:{item.port} ({item.protocol})" for item in ingress.listeners)
-        raise RuntimeError(f"the ingress cannot listen on {where}: {exc.strerror or exc}") from exc
-    return ingress.stop
-
-
-def inline_max_bytes(config: Config) -> int:
-    """Raw mail up to this size travels inside the record; larger goes to the blob store."""
-    return max(0, min(config.blobs.inline_max_bytes, config.kafka.max_message_bytes - RECORD_OVERHEAD_BYTES))

@@ -41,7 +41,7 @@ DASHBOARD = REPO / "deploy" / "grafana" / "deskmail.json"
 OPERATIONS = REPO / "docs" / "operations.md"
 KUBERNETES_VERSION = "1.32"
 
-SERVICES = ("fetcher", "router", "ticketer", "sender", "api")
+SERVICES = ("fetcher", "ingress", "router", "ticketer", "sender", "api")
 CONFIG_MOUNT = "/etc/deskmail"
 CONFIG_FILE = f"{CONFIG_MOUNT}/deskmail.yaml"
 SECRET_NAME = "deskmail-secrets"
@@ -177,6 +177,12 @@ def test_base_has_a_deployment_and_service_per_process() -> None:
             assert port["targetPort"] in container_ports, f"Service {name}: no container port {port['targetPort']}"
     api_ports = {p["name"]: p["port"] for p in service_docs["deskmail-api"]["spec"]["ports"]}
     assert api_ports.get("http") == 8080
+    # the MTA delivers to the ingress's Service; the fetcher is IMAP only
+    ingress_ports = {p["name"]: p["port"] for p in service_docs["deskmail-ingress"]["spec"]["ports"]}
+    assert ingress_ports == {"smtp": 2525, "metrics": 9105}
+    assert {p["name"] for p in service_docs["deskmail-fetcher"]["spec"]["ports"]} == {"metrics"}
+    fetcher = deployments["deskmail-fetcher"]["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"] for p in fetcher["ports"]} == {"metrics"}
 
 
 def test_base_is_namespace_agnostic_and_uses_the_deskmail_image() -> None:
@@ -245,7 +251,7 @@ def _component_label(doc: dict[str, Any]) -> str | None:
     return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
 
 
-def test_disruption_budgets_cover_every_scaled_process_and_keep_a_fetcher() -> None:
+def test_disruption_budgets_cover_every_scaled_process_and_keep_a_fetcher_and_an_ingress() -> None:
     docs = _render("base")
     deployments = _of_kind(docs, "Deployment")
     covered = {}
@@ -256,9 +262,11 @@ def test_disruption_budgets_cover_every_scaled_process_and_keep_a_fetcher() -> N
         assert len(matched) == 1, f"PodDisruptionBudget {name} selects {matched}"
         covered[matched[0]] = pdb["spec"]
     assert covered.keys() == {f"deskmail-{s}" for s in SERVICES}
-    # the fetcher's mailboxes move to the replica left: never drain the last one
-    assert covered["deskmail-fetcher"] == {"minAvailable": 1, "selector": covered["deskmail-fetcher"]["selector"]}
-    assert all(spec.get("maxUnavailable") == 1 for d, spec in covered.items() if d != "deskmail-fetcher")
+    # the fetcher's mailboxes move to the replica left, and the MTA needs an ingress: never drain the last one
+    kept = ("deskmail-fetcher", "deskmail-ingress")
+    for name in kept:
+        assert covered[name] == {"minAvailable": 1, "selector": covered[name]["selector"]}, name
+    assert all(spec.get("maxUnavailable") == 1 for d, spec in covered.items() if d not in kept)
 
 
 # ---------------------------------------------------------------- every Deployment
@@ -367,6 +375,37 @@ def test_fetcher_runs_two_replicas_rolled_with_a_surge_and_spread_over_nodes(nam
 
     settings = FetcherSettings(**_load_yaml(BASE / "deskmail.yaml").get("fetcher", {}))
     assert pods["spec"]["terminationGracePeriodSeconds"] > stop_seconds(settings)
+
+
+@pytest.mark.parametrize("name", sorted(RENDERINGS))
+def test_ingress_runs_two_replicas_that_drain_before_the_kubelet_kills_them(name: str) -> None:
+    ingress = _of_kind(_render(name), "Deployment")["deskmail-ingress"]
+    assert ingress["spec"]["replicas"] == 2
+    assert ingress["spec"]["strategy"] == {"type": "RollingUpdate",
+                                           "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    pods = ingress["spec"]["template"]
+    spread = {c["topologyKey"]: c for c in pods["spec"]["topologySpreadConstraints"]}
+    assert {"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= spread.keys()
+    for constraint in spread.values():
+        assert constraint["labelSelector"]["matchLabels"].items() <= pods["metadata"]["labels"].items()
+    main = pods["spec"]["containers"][0]
+    # the endpoint goes first (preStop), then SIGTERM drains within drain_seconds and the goodbye
+    pre_stop = main["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= 5
+    from services.common.config import IngressSettings
+    from services.fetcher.ingress_data import GOODBYE_SECONDS
+
+    settings = IngressSettings(**_load_yaml(BASE / "deskmail.yaml").get("ingress", {}))
+    assert pods["spec"]["terminationGracePeriodSeconds"] > pre_stop + settings.drain_seconds + GOODBYE_SECONDS
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert ports["smtp"] == settings.listen.port
+    # STARTTLS: the certificate comes from a Secret, mounted read-only
+    volumes = {v["name"]: v for v in pods["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in main["volumeMounts"]}
+    tls = volumes[next(n for n, v in volumes.items() if "secret" in v)]
+    assert tls["secret"]["secretName"] == "deskmail-ingress-tls"
+    assert mounts[tls["name"]]["readOnly"] is True
+    assert f"tls_cert: {mounts[tls['name']]['mountPath']}/tls.crt" in (BASE / "deskmail.yaml").read_text()
 
 
 def test_processes_mount_the_blob_folder_of_the_config() -> None:

@@ -58,7 +58,7 @@ def test_mail_to_ingress_addresses_becomes_tickets_with_the_address_defaults(tmp
     stack = Stack(_config(unique, tmp_path / "data", port, orders, support), tmp_path, broker.bootstrap)
     try:
         stack.create_topics()
-        stack.start("ticketer", "router", "fetcher")  # no IMAP mailbox at all: the fetcher runs the ingress alone
+        stack.start("ticketer", "router", "ingress")  # no IMAP mailbox at all: no fetcher
 
         member_raw, _, member_subject = mails.mixed(0, "alice@example.com", orders)
         outsider_raw, _, _ = mails.mixed(1, "mallory@customer.test", orders)
@@ -95,11 +95,11 @@ def test_mail_to_ingress_addresses_becomes_tickets_with_the_address_defaults(tmp
         assert len(store.get_ticket(target).thread) == 1
         assert store.count_tickets() == 6
 
-        assert stack.metric("fetcher", "deskmail_fetcher_messages_total", mailbox=support, source="smtp") == 7
-        assert stack.metric("fetcher", "deskmail_fetcher_messages_total", mailbox=orders, source="smtp") == 2
-        assert stack.metric("fetcher", "deskmail_fetcher_ingress_sessions_total", outcome="accepted") == 9
-        assert stack.metric("fetcher", "deskmail_fetcher_ingress_sessions_total", outcome="unknown_recipient") == 1
+        assert stack.metric("ingress", "deskmail_fetcher_messages_total", mailbox=support, source="smtp") == 7
+        assert stack.metric("ingress", "deskmail_fetcher_messages_total", mailbox=orders, source="smtp") == 2
+        assert stack.metric("ingress", "deskmail_fetcher_ingress_sessions_total", outcome="accepted") == 9
+        assert stack.metric("ingress", "deskmail_fetcher_ingress_sessions_total", outcome="unknown_recipient") == 1
         assert stack.metric("router", "deskmail_router_rejections_total", reason="external_not_accepted") == 1
     finally:
         codes = stack.stop()
-    assert codes == {"ticketer": 0, "router": 0, "fetcher": 0}, codes
+    assert codes == {"ticketer": 0, "router": 0, "ingress": 0}, codes

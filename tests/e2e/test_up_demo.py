@@ -24,11 +24,11 @@ from tests.harness.stack import REPO, wait_for
 
 pytestmark = pytest.mark.e2e
 
-PORTS = 7  # ingress, mail sink, web, fetcher, router, ticketer, sender
+PORTS = 8  # ingress, mail sink, web, fetcher, router, ticketer, sender, ingress metrics
 
 
 def free_port_base() -> int:
-    """A base N with N..N+6 all free on 127.0.0.1."""
+    """A base N with N..N+7 all free on 127.0.0.1."""
     for _ in range(100):
         base = random.randrange(20_000, 60_000)
         sockets = []
@@ -43,7 +43,7 @@ def free_port_base() -> int:
         finally:
             for s in sockets:
                 s.close()
-    raise AssertionError("no 7 free ports in a row")
+    raise AssertionError("no 8 free ports in a row")
 
 
 def alive(pid: int) -> bool:
@@ -112,9 +112,9 @@ def test_up_without_config_runs_the_demo_and_stops_cleanly(tmp_path):
         config = data / "deskmail.yaml"
         assert f"wrote a demo configuration to {config}" in out
         pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
-        for name in ("mail sink", "fetcher", "router", "ticketer", "sender", "api"):
+        for name in ("mail sink", "fetcher", "ingress", "router", "ticketer", "sender", "api"):
             assert re.search(rf"^  {name} +pid \d+", out, re.M), f"{name} not started:\n{out}"
-        assert len(pids) == 7, out  # the broker and six children
+        assert len(pids) == 8, out  # the broker and seven children
         assert "Demo: mail to support@example.com becomes a ticket in queue SUPPORT." in out
         assert f"{data}/sent-mail/" in out and f"http://127.0.0.1:{web}/queues/SUPPORT" in out
 

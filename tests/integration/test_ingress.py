@@ -8,7 +8,6 @@ import smtplib
 import ssl
 import subprocess
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,8 @@ from services.common.codec import codec
 from services.common.config import Config, parse_text
 from services.common.kafka import Kafka, Producer
 from services.fetcher.ingress import IngressServer, build_ingress
-from services.fetcher.runner import inline_max_bytes, start_ingress
+from services.fetcher.ingress_runner import start_ingress
+from services.fetcher.records import inline_max_bytes
 from services.localbroker import LocalBroker, free_port
 from tests.harness.s3 import S3Server
 
@@ -74,7 +74,7 @@ def records(config: Config, bootstrap: str, expect: int, timeout: float = 10.0) 
 
 
 class Ingress:
-    """One ingress (through the runner's ``start_ingress``) with its own topics and producer."""
+    """One ingress (through the ingress runner's ``start_ingress``) with its own topics and producer."""
 
     def __init__(self, config: Config, bootstrap: str):
         self.config = config
@@ -82,16 +82,15 @@ class Ingress:
         self.producer: Producer = Kafka(config, [bootstrap]).producer()
         self.blobs: Any = blob_store(config)
         self.host, self.port = config.ingress.listen.host, config.ingress.listen.port
-        self._stop: Callable[[], None] | None = None
+        self.server: IngressServer | None = None
 
     def start(self) -> None:
-        self._stop = start_ingress(self.config, self.producer, self.blobs, threading.Event())
-        assert self._stop is not None
+        self.server = start_ingress(self.config, self.producer, self.blobs)
 
     def stop(self) -> None:
-        if self._stop is not None:
-            self._stop()
-            self._stop = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
         self.producer.close(timeout=2)
 
     def smtp(self) -> smtplib.SMTP:

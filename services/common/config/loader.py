@@ -23,6 +23,7 @@ from services.common.config.model import (
     Config,
     HeaderMatch,
     Imap,
+    IngressLogin,
     Mailbox,
     Queue,
     Rule,
@@ -232,6 +233,9 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         oidc_secret = _resolve(model.api.auth.oidc.client_secret, ("api", "auth", "oidc", "client_secret"), lines,
                                problems)
     blob_s3 = _s3_blobs(model, lines, problems)
+    ingress_logins = tuple(
+        IngressLogin(u.login, _resolve(u.password, ("ingress", "auth", "users", i, "password"), lines, problems))
+        for i, u in enumerate(model.ingress.auth.users))
     fetcher = _fetcher(model, lines, problems)
     blob_path = Path(model.blobs.path) if model.blobs.path else data_dir / "blobs"
     if not blob_path.is_absolute():
@@ -258,6 +262,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         api_session_secret=session_secret,
         api_oidc_client_secret=oidc_secret,
         suspended=model.suspended,
+        ingress_logins=ingress_logins,
         automatic_mail=model.automatic_mail,
         blob_s3=blob_s3,
     )

@@ -155,6 +155,14 @@ class S3Blobs:
 
 
 @dataclass(frozen=True)
+class IngressLogin:
+    """One ``ingress.auth.users`` account, its password resolved."""
+
+    login: str
+    password: Secret
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     kafka: KafkaSettings
@@ -180,6 +188,7 @@ class Config:
     suspended: SuspendedSettings = SuspendedSettings()
     automatic_mail: AutomaticMailSettings = AutomaticMailSettings()
     blob_s3: S3Blobs | None = None  # blobs.backend s3, resolved; None: the folder backend
+    ingress_logins: tuple[IngressLogin, ...] = ()  # ingress.auth.users, passwords resolved
 
     # Lookups run for every mail on the router's hot path: index once, lazily.
     @cached_property

@@ -8,6 +8,7 @@ sections are applied when the loader freezes the result into ``model.Config``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from typing import Literal
@@ -96,6 +97,39 @@ class DatabaseSettings(_Model):
 
 DEFAULT_INFLIGHT_BYTES = 128 * 1024 * 1024
 
+# Who may hand mail to the ingress without AUTH: loopback, the RFC 1918 private ranges and
+# IPv6 unique local addresses (where an MTA in the same cluster or network connects from).
+DEFAULT_ALLOWED_NETWORKS: tuple[str, ...] = (
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+_LOGIN = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
+
+
+class IngressUser(_Model):
+    """One SMTP AUTH account of the ingress: a login and a secret reference for its password."""
+
+    login: str
+    password: SecretRef
+
+    @field_validator("login")
+    @classmethod
+    def _login(cls, v: str) -> str:
+        if not _LOGIN.match(v):
+            raise ValueError("a login is 1 to 256 characters without spaces or control characters")
+        return v
+
+
+class IngressAuth(_Model):
+    users: list[IngressUser] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> "IngressAuth":
+        seen: set[str] = set()
+        for user in self.users:
+            if user.login.lower() in seen:
+                raise ValueError(f"the login {user.login!r} is listed twice")
+            seen.add(user.login.lower())
+        return self
+
 
 class IngressSettings(_Model):
     listen: ListenAddress = HostPort("127.0.0.1", 2525)
@@ -114,6 +148,36 @@ class IngressSettings(_Model):
     authserv_id: str = Field(default_factory=socket.getfqdn, min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     dns_timeout_seconds: float = Field(5.0, gt=0, le=60)  # per lookup; beyond it the result is temperror
     dns_servers: list[str] = []  # host or host:port; empty: the system's resolvers
+    # Clients allowed to hand over mail without AUTH (CIDR); any other client gets 554 5.7.1
+    # at connect, unless `auth.users` are set: then it may send after AUTH (SMTP only).
+    allowed_networks: tuple[str, ...] = DEFAULT_ALLOWED_NETWORKS
+    auth: IngressAuth = IngressAuth()  # SMTP AUTH PLAIN/LOGIN, offered after STARTTLS or on loopback
+    # On SIGTERM: how long transactions in flight may take before their sessions get 421.
+    drain_seconds: float = Field(30.0, gt=0, le=600)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for text in v:
+            try:
+                ipaddress.ip_network(text, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{text!r} is not a network in CIDR notation (e.g. 10.0.0.0/8): {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _someone_may_deliver(self) -> "IngressSettings":
+        if not self.allowed_networks and not self.auth.users:
+            raise ValueError("ingress.allowed_networks is empty and ingress.auth has no users: nobody could "
+                             "deliver mail")
+        return self
+
+    @model_validator(mode="after")
+    def _auth_over_tls(self) -> "IngressSettings":
+        if self.auth.users and self.tls_cert is None and not _loopback(self.listen.host):
+            raise ValueError("ingress.auth needs ingress.tls_cert and tls_key: AUTH is offered only after "
+                             "STARTTLS (or on loopback), so passwords never cross the network in clear")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -135,6 +199,15 @@ class IngressSettings(_Model):
         if self.max_inflight_bytes < self.max_message_bytes:  # such a message would be deferred forever
             raise ValueError("ingress.max_inflight_bytes must be at least ingress.max_message_bytes")
         return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class MarkSettings(_Model):
