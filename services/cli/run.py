@@ -91,7 +91,7 @@ def _report(service: str, exc: Exception) -> int:
     """Log why the process stops as one JSON line; returns the exit code."""
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-    from services.common.errors import DeadLetterFlood, Unavailable
+    from services.common.errors import DeadLetterFlood, Unavailable, UnsafeTopics
     from services.tickets import SchemaAhead, SchemaNotCurrent, StoreUnavailable
 
     if isinstance(exc, SchemaAhead):
@@ -100,7 +100,7 @@ def _report(service: str, exc: Exception) -> int:
     if isinstance(exc, (StoreUnavailable, SchemaNotCurrent, KafkaConnectionError, KafkaTimeoutError, Unavailable)):
         log.error("stopped: a dependency is unavailable", extra={"stage": service, "error": str(exc)})
         return UNAVAILABLE
-    if isinstance(exc, Refused):
+    if isinstance(exc, (Refused, UnsafeTopics)):
         log.error("refused to start", extra={"stage": service, "reason": str(exc)})
         return USAGE
     if isinstance(exc, DeadLetterFlood):

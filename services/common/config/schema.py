@@ -51,6 +51,13 @@ class ConsumerSettings(_Model):
     max_poll_records: int = Field(500, ge=1)
 
 
+class ProducerSettings(_Model):
+    # Broker-side deduplication of the producer's retries (acks=all is fixed). Off only
+    # for a broker that forgets producer ids when it restarts (the local in-memory
+    # broker): an idempotent producer fails for good there; a warning says so at start.
+    idempotence: bool = True
+
+
 class KafkaSettings(_Model):
     bootstrap_servers: tuple[str, ...] = ()
     client_id: str = "deskmail"
@@ -69,6 +76,7 @@ class KafkaSettings(_Model):
     # Days each topic keeps its records (0: forever); keys as in `topics`.
     retention_days: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
     consumer: ConsumerSettings = ConsumerSettings()
+    producer: ProducerSettings = ProducerSettings()
     topics: dict[TopicKey, str] = {}
 
     @field_validator("retention_days")
