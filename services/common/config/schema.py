@@ -66,7 +66,8 @@ class KafkaSettings(_Model):
     replication_factor: int = Field(1, ge=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
+    # Plain, or {env: NAME} so each Deployment can log in as its own user from one file.
+    sasl_username: str | SecretRef | None = None
     sasl_password: SecretRef | None = None
     ssl_cafile: str | None = None
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
