@@ -17,7 +17,7 @@ ACLs (all ``allow``, literal names unless said):
 - the fetcher: the lease topic (Read, Describe) and its group ``<prefix>-fetcher``;
 - the api: Describe on every stage's group and input topics (``api/lag.py``) and
   Read on the dead-letter topic (it reads dead letters without a group);
-- keda: Describe on the stages' groups and inputs (the ScaledObjects' lag);
+- KEDA's lag triggers log in as the stage they scale (Read implies Describe);
 - ops (the CLI: `topics create`, `replay`, `deadletters replay`): All on every
   declared topic and on the groups whose names begin with ``<prefix>-``, and
   Describe, DescribeConfigs on the cluster.
@@ -37,7 +37,7 @@ from services.common.stage import STAGES, group_id
 
 ApiVersion = Literal["v1", "v1beta2"]
 API_VERSIONS: tuple[ApiVersion, ...] = ("v1", "v1beta2")
-PROCESSES = ("fetcher", "ingress", "router", "ticketer", "sender", "api", "keda", "ops")
+PROCESSES = ("fetcher", "ingress", "router", "ticketer", "sender", "api", "ops")
 _ORDER = ("Read", "Write", "Create", "Delete", "Alter", "Describe", "DescribeConfigs", "AlterConfigs",
           "IdempotentWrite", "ClusterAction", "All")
 
@@ -112,7 +112,7 @@ def acls(config: Config, process: str) -> list[Acl]:
     if process == "api":
         on_topics(durability.API_WRITES, "Write", "Describe", "DescribeConfigs")
         on_topics(["deadletter"], "Read", "Describe")
-    if process in ("api", "keda"):
+    if process == "api":
         on_topics(stages_inputs, "Describe")
         for stage in STAGES:
             on_group(group_id(config, stage), "Describe")
