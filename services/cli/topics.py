@@ -104,7 +104,7 @@ def manifests(config_path: str | None, namespace: str | None, cluster: str, what
     from services.common import strimzi
 
     cfg = load_config(config_path)
-    version = "v1beta2" if api_version == "v1beta2" else "v1"
+    version: strimzi.ApiVersion = "v1beta2" if api_version == "v1beta2" else "v1"
     if what in ("all", "topics"):
         click.echo(strimzi.dump(strimzi.topics_resources(cfg, cluster, namespace, version), strimzi.TOPICS_HEADER),
                    nl=False)

@@ -83,3 +83,8 @@ def test_a_broker_without_configs_is_not_refused_and_the_log_says_so(caplog: pyt
 def test_a_broker_that_cannot_be_described_is_unavailable() -> None:
     with pytest.raises(Unavailable):
         check_writes(CONFIG, Cluster(OSError("no brokers")).describe, FETCHER_WRITES, "fetcher")
+
+
+def test_the_producer_is_idempotent_unless_the_config_says_otherwise() -> None:
+    assert parse_text("{}").kafka.producer.idempotence is True
+    assert parse_text("kafka: {producer: {idempotence: false}}").kafka.producer.idempotence is False
