@@ -53,6 +53,7 @@ def demo_config(ports: DemoPorts) -> str:
 data_dir: .                       # database, blobs, logs and sent mail live next to this file
 kafka:
   consumer: {{session_timeout_ms: 6000, heartbeat_interval_ms: 2000}}   # quick group joins on the local broker
+  producer: {{idempotence: false}}  # the local broker forgets producer ids when it restarts
 ingress:
   listen: 127.0.0.1:{ports.ingress}         # SMTP ingress for own-domain addresses
 api:

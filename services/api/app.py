@@ -52,6 +52,7 @@ from services.api.csrf import CsrfTokens
 from services.api.relay import OutboxRelay
 from services.api.security import BrowserGuard, SitePolicy
 from services.api.lag import LagWatch
+from services.common import durability
 from services.common.blobs import blob_store
 from services.common.metrics import API_REQUEST_SECONDS, API_REQUESTS
 from services.common.config import Config
@@ -208,6 +209,11 @@ def run_api(
         store.close()
         return
     kafka = Kafka(config, bootstrap)
+    try:
+        durability.check_writes(config, kafka.describe_topics, durability.API_WRITES, "api")
+    except BaseException:
+        store.close()
+        raise
     producer = kafka.producer()
     relay = OutboxRelay(store, producer, config.topics["outbound"])
     # The relay's producer also releases suspended mail (thread-safe, acks=all).

@@ -95,7 +95,7 @@ def _report(service: str, exc: Exception) -> int:
     """Log why the process stops as one JSON line; returns the exit code."""
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-    from services.common.errors import DeadLetterFlood, Unavailable
+    from services.common.errors import DeadLetterFlood, Unavailable, UnsafeTopics
     from services.fetcher.ingress_runner import NothingToServe
     from services.tickets import SchemaAhead, SchemaNotCurrent, StoreUnavailable
 
@@ -105,7 +105,7 @@ def _report(service: str, exc: Exception) -> int:
     if isinstance(exc, (StoreUnavailable, SchemaNotCurrent, KafkaConnectionError, KafkaTimeoutError, Unavailable)):
         log.error("stopped: a dependency is unavailable", extra={"stage": service, "error": str(exc)})
         return UNAVAILABLE
-    if isinstance(exc, (Refused, NothingToServe)):
+    if isinstance(exc, (Refused, NothingToServe, UnsafeTopics)):
         log.error("refused to start", extra={"stage": service, "reason": str(exc)})
         return USAGE
     if isinstance(exc, DeadLetterFlood):

@@ -1,9 +1,10 @@
-"""`deskmail topics create|describe|diff`: the topics.
+"""`deskmail topics create|describe|diff|manifests`: the topics.
 
 The topics are declared once (services/common/topics.py): ``create`` makes the
 missing ones with their configs, ``describe`` shows the declaration beside what
-the cluster has, and ``diff`` exits 1 when the cluster differs (for CI or a
-deploy pipeline's check)."""
+the cluster has, ``diff`` exits 1 when the cluster differs (for CI or a
+deploy pipeline's check), and ``manifests`` prints them (and a user per process)
+as Strimzi resources (services/common/strimzi.py), without a broker."""
 
 from __future__ import annotations
 
@@ -86,3 +87,29 @@ def diff(config_path: str | None, bootstrap: str | None) -> None:
     if found:
         raise SystemExit(FAILED)
     click.echo("the topics match their declaration")
+
+
+@group.command("manifests")
+@config_option
+@click.option("--namespace", default=None, help="metadata.namespace of every resource (default: none, so "
+              "kubectl or kustomize sets it).")
+@click.option("--cluster", default="my-cluster", show_default=True,
+              help="The Strimzi Kafka resource's name (the label strimzi.io/cluster).")
+@click.option("--kind", "what", type=click.Choice(["all", "topics", "users"]), default="all", show_default=True,
+              help="KafkaTopics, KafkaUsers, or both.")
+@click.option("--api-version", type=click.Choice(["v1", "v1beta2"]), default="v1", show_default=True,
+              help="kafka.strimzi.io version: v1 for Strimzi 0.49 and later (1.x serves only it), v1beta2 before.")
+def manifests(config_path: str | None, namespace: str | None, cluster: str, what: str, api_version: str) -> None:
+    """Print KafkaTopic and KafkaUser resources for the Strimzi operators."""
+    from services.common import strimzi
+
+    cfg = load_config(config_path)
+    version: strimzi.ApiVersion = "v1beta2" if api_version == "v1beta2" else "v1"
+    if what in ("all", "topics"):
+        click.echo(strimzi.dump(strimzi.topics_resources(cfg, cluster, namespace, version), strimzi.TOPICS_HEADER),
+                   nl=False)
+    if what == "all":
+        click.echo("---")
+    if what in ("all", "users"):
+        click.echo(strimzi.dump(strimzi.users_resources(cfg, cluster, namespace, version), strimzi.USERS_HEADER),
+                   nl=False)

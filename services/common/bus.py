@@ -96,6 +96,11 @@ class Source(Protocol):
 
     def assignment(self) -> set[Partition]: ...
 
+    def member(self) -> bool:
+        """True once the consumer is a member of its group's current generation, with
+        or without partitions (a replica beyond the partition count is one, idle)."""
+        ...
+
     def seek(self, tp: Partition, offset: int) -> None: ...
 
     def pause(self, partitions: set[Partition]) -> None: ...
@@ -169,7 +174,7 @@ class ConsumeLoop:
         *,
         clock: Clock = SYSTEM_CLOCK,
         on_alive: Callable[[], None] = lambda: None,
-        on_ready: Callable[[bool], None] = lambda ready: None,
+        on_ready: Callable[[bool, str | None], None] = lambda ready, reason: None,
     ):
         self.source = source
         self.sink = sink
@@ -195,7 +200,7 @@ class ConsumeLoop:
                 self.on_alive()
                 self._pause_or_resume()
                 batches = self.source.poll(self.settings.poll_ms)
-                self.on_ready(bool(self.source.assignment()))
+                self.on_ready(*self._readiness())
                 if batches:
                     started = self.clock.monotonic()
                     self._handle(batches)
@@ -203,6 +208,16 @@ class ConsumeLoop:
                 self._report_lag()
         finally:
             self.source.close()
+
+    def _readiness(self) -> tuple[bool, str | None]:
+        """Ready means able to work: a member of the group (holding partitions or not:
+        a replica beyond the partition count is ready and idle) and not paused for a
+        dependency that is down."""
+        if not self.source.member():
+            return False, "not a member of its consumer group yet (broker unreachable or rebalancing)"
+        if self.paused_until is not None:
+            return False, "paused: a dependency is unavailable"
+        return True, None
 
     # ------------------------------------------------------------ one batch
 

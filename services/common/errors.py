@@ -34,6 +34,12 @@ class Unavailable(RuntimeError):
     stops with exit code 3, and the supervisor starts it again later."""
 
 
+class UnsafeTopics(RuntimeError):
+    """A topic this process writes could lose acknowledged records (replication or
+    ``min.insync.replicas`` below the declaration, unclean leader election on): it
+    refuses to start with exit code 2 until the topic is fixed."""
+
+
 class Stopping(Exception):
     """The process is stopping while this record is unfinished: leave it uncommitted.
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from services.common import durability
 from services.common.bus import ConsumeLoop, LoopSettings, Step
 from services.common.config import Config
 from services.common.dlq import DeadLetterLimit
@@ -28,13 +29,14 @@ from services.common.runtime import Health
 class StageSpec:
     name: str
     inputs: Sequence[str]  # keys of ``config.topics``
+    outputs: Sequence[str] = ()  # what the step produces, besides the dead-letter topic every stage writes
     max_poll_records: int | None = None  # None: kafka.consumer.max_poll_records
 
 
 # One record per poll for the sender: services/sender/runner.py says why.
-ROUTER = StageSpec("router", inputs=("inbound",))
+ROUTER = StageSpec("router", inputs=("inbound",), outputs=("commands",))
 TICKETER = StageSpec("ticketer", inputs=("commands", "events"))
-SENDER = StageSpec("sender", inputs=("outbound",), max_poll_records=1)
+SENDER = StageSpec("sender", inputs=("outbound",), outputs=("events",), max_poll_records=1)
 STAGES = {spec.name: spec for spec in (ROUTER, TICKETER, SENDER)}
 
 
@@ -77,10 +79,13 @@ def run_stage(
 ) -> None:
     """Run ``spec``'s consume loop until ``stop``; see the module docstring.
 
-    Raises what the loop raises (a programming error, ``DeadLetterFlood``): the
-    process stops and its supervisor restarts it.
+    Raises ``UnsafeTopics`` before anything else when a topic it writes could lose
+    records (``services/common/durability.py``), and what the loop raises (a
+    programming error, ``DeadLetterFlood``): the process stops and its supervisor
+    restarts it.
     """
     kafka = Kafka(config, bootstrap)
+    durability.check_writes(config, kafka.describe_topics, [*spec.outputs, "deadletter"], spec.name)
     with ExitStack() as closing:
         producer = kafka.producer()
         closing.callback(producer.close)

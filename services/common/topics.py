@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from services.common.config import Config
 
-__all__ = ["ActualTopic", "TopicSpec", "declared", "differences", "DAY_MS", "PURPOSES"]
+__all__ = ["ActualTopic", "TopicSpec", "declared", "differences", "refusals", "DAY_MS", "PURPOSES"]
 
 DAY_MS = 24 * 60 * 60 * 1000
 PURPOSES = {
@@ -114,4 +114,34 @@ def differences(spec: TopicSpec, actual: ActualTopic | None) -> list[str]:
         have = actual.configs.get(name)
         if have != value:
             found.append(f"{spec.name}: {name} is {have if have is not None else 'unset'}, declared {value}")
+    return found
+
+
+def refusals(spec: TopicSpec, actual: ActualTopic | None) -> list[str]:
+    """Why acknowledged records written to ``actual`` could be lost, one line each; []
+    when nothing says so. A producing process refuses to start on any (see
+    ``services/common/durability.py``).
+
+    Lost means: a replication factor below the declared one, a ``min.insync.replicas``
+    below the declared one (an acks=all write acknowledged by fewer disks), or
+    ``unclean.leader.election.enable=true`` (an out-of-sync replica may become leader
+    and drop what the others acknowledged). A missing topic is not refused here, and
+    a broker that reports no configs (``configs`` empty) has only its replication
+    compared. A ``min.insync.replicas`` the broker does not report counts as Kafka's
+    default, 1.
+    """
+    if actual is None:
+        return []
+    found = []
+    if actual.replication_factor < spec.replication_factor:
+        found.append(f"{spec.name}: replication factor {actual.replication_factor}, declared "
+                     f"{spec.replication_factor}")
+    if not actual.configs:
+        return found
+    declared_insync = int(spec.configs.get("min.insync.replicas", "1"))
+    have = actual.configs.get("min.insync.replicas", "1")
+    if not have.isdigit() or int(have) < declared_insync:
+        found.append(f"{spec.name}: min.insync.replicas is {have}, declared {declared_insync}")
+    if actual.configs.get("unclean.leader.election.enable", "false").strip().lower() == "true":
+        found.append(f"{spec.name}: unclean.leader.election.enable is true")
     return found

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from services.common import durability
 from services.common.blobs import BlobStore, blob_store
 from services.common.config import Config
 from services.common.kafka import BrokerProbe, Kafka, Producer
@@ -49,12 +50,14 @@ def run_ingress(
     """Serve SMTP/LMTP until ``stop`` is set; then drain and return.
 
     Ticks ``health`` every second. Raises ``NothingToServe`` when no mailbox has
-    ``ingress: true``, ``RuntimeError`` when a listener cannot be bound.
+    ``ingress: true``, ``UnsafeTopics`` before listening if the inbound topic could
+    lose records, ``RuntimeError`` when a listener cannot be bound.
     """
     if not any(m.ingress for m in config.mailboxes):
         raise NothingToServe("no mailbox has `ingress: true`: the ingress has nothing to listen for")
     servers = [bootstrap] if isinstance(bootstrap, str) else bootstrap
     kafka = Kafka(config, servers)
+    durability.check_writes(config, kafka.describe_topics, durability.FETCHER_WRITES, STAGE)
     producer = kafka.producer()
     probe = kafka.probe()
     watch = BrokerWatch(probe, config.topics["inbound"])

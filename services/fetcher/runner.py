@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from services.common import durability
 from services.common.blobs import blob_store
 from services.common.config import Config
 from services.common.errors import Transient, Unavailable
@@ -57,10 +58,12 @@ def run_fetcher(
     flight (produced, acknowledged and marked, or left unmarked) before the replica
     leaves the lease group and the producer is closed. Raises ``RuntimeError`` if a
     worker or the lease keeper died of an unexpected error (after stopping the
-    others), ``Unavailable`` if the lease topic does not exist.
+    others), ``Unavailable`` if the lease topic does not exist, ``UnsafeTopics``
+    before anything starts if the inbound topic could lose records.
     """
     servers = [bootstrap] if isinstance(bootstrap, str) else bootstrap
     kafka = Kafka(config, servers)
+    durability.check_writes(config, kafka.describe_topics, durability.FETCHER_WRITES, "fetcher")
     producer = kafka.producer()
     blobs = blob_store(config)
     inline_max = inline_max_bytes(config)

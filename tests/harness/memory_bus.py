@@ -49,6 +49,7 @@ class MemorySource:
         self.paused: set[Partition] = set()
         self.polls = 0
         self.closed = False
+        self.joined = True  # a member of its group (``member()``), with or without partitions
         self._on_revoked: Callable[[set[Partition]], None] = lambda tps: None
 
     def subscribe(self, topics: Sequence[str], on_revoked: Callable[[set[Partition]], None]) -> None:
@@ -81,6 +82,9 @@ class MemorySource:
 
     def assignment(self) -> set[Partition]:
         return set(self.positions)
+
+    def member(self) -> bool:
+        return self.joined
 
     def seek(self, tp: Partition, offset: int) -> None:
         self.positions[tp] = offset

@@ -63,6 +63,8 @@ class Harness:
         self.sink = MemorySink(self.broker)
         self.settings = settings
 
+        self.readiness: list[tuple[bool, str | None]] = []
+
     def run(self, step: Echo, until: Callable[[], bool], max_iterations: int = 1000) -> None:
         iterations = 0
 
@@ -73,7 +75,8 @@ class Harness:
                 self.stop.set()
 
         loop = ConsumeLoop(self.source, self.sink, step, self.stage, [IN], DLQ, self.stop, self.settings,
-                           clock=self.clock, on_alive=alive)
+                           clock=self.clock, on_alive=alive,
+                           on_ready=lambda ready, reason: self.readiness.append((ready, reason)))
         self.loop = loop
         loop.run()
         assert iterations <= max_iterations, "the loop never reached the condition"
@@ -266,3 +269,37 @@ def test_consume_settings_come_from_the_config_with_a_per_stage_override() -> No
     assert ticketer.deadletter_limit == DeadLetterLimit(percent=5, of_last=1000)
     defaults = loop_settings(parse_text(""), "sender")
     assert defaults.deadletter_limit == DeadLetterLimit(percent=50, of_last=100)
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def test_a_member_without_partitions_is_ready_and_idle() -> None:
+    """More replicas than partitions: the ones without a partition can work and wait for one."""
+    h = Harness(partitions=0)  # the group has given this member nothing
+    h.run(Echo(h.broker), until=lambda: h.source.polls >= 3)
+    assert h.source.assignment() == set() and not h.broker.committed
+    assert h.readiness and all(ready for ready, _ in h.readiness)
+
+
+def test_not_ready_until_a_member_of_the_group() -> None:
+    h = Harness(n=1)
+    h.source.joined = False
+
+    def until() -> bool:
+        if h.source.polls >= 2:
+            h.source.joined = True
+        return h.committed() == 1 and h.source.polls >= 3
+
+    h.run(Echo(h.broker), until)
+    assert h.readiness[0] == (False, "not a member of its consumer group yet (broker unreachable or rebalancing)")
+    assert h.readiness[-1] == (True, None)
+
+
+def test_not_ready_while_paused_for_a_dependency_and_ready_again_after() -> None:
+    h = Harness(n=1)
+    down_until = 1000 + 40.0
+    step = Echo(h.broker, fail=lambda r: Transient("db down") if h.clock.now < down_until else None)
+    h.run(step, until=lambda: h.committed() == 1 and h.source.polls > 1 and h.readiness[-1][0])
+    assert (False, "paused: a dependency is unavailable") in h.readiness
+    assert h.readiness[-1] == (True, None)

@@ -213,6 +213,10 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         rules = _rules(q.key, q.rules, ("queues", qi), seen_queues, member_emails, assignees, lines, problems)
         queues[qi] = replace(queues[qi], rules=rules)
 
+    kafka_settings = model.kafka
+    if isinstance(kafka_settings.sasl_username, SecretRef):
+        username = _resolve(kafka_settings.sasl_username, ("kafka", "sasl_username"), lines, problems)
+        kafka_settings = kafka_settings.model_copy(update={"sasl_username": username.reveal()})
     kafka_password = None
     if model.kafka.sasl_password is not None:
         kafka_password = _resolve(model.kafka.sasl_password, ("kafka", "sasl_password"), lines, problems)
@@ -242,7 +246,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         blob_path = base / blob_path
     config = Config(
         path=path,
-        kafka=model.kafka,
+        kafka=kafka_settings,
         kafka_password=kafka_password,
         topics={**TOPIC_NAMES, **{str(k): v for k, v in model.kafka.topics.items()}},
         database_url=model.database.url or f"sqlite:///{data_dir / 'deskmail.db'}",

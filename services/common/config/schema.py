@@ -52,6 +52,13 @@ class ConsumerSettings(_Model):
     max_poll_records: int = Field(500, ge=1)
 
 
+class ProducerSettings(_Model):
+    # Broker-side deduplication of the producer's retries (acks=all is fixed). Off only
+    # for a broker that forgets producer ids when it restarts (the local in-memory
+    # broker): an idempotent producer fails for good there; a warning says so at start.
+    idempotence: bool = True
+
+
 class KafkaSettings(_Model):
     bootstrap_servers: tuple[str, ...] = ()
     client_id: str = "deskmail"
@@ -60,7 +67,8 @@ class KafkaSettings(_Model):
     replication_factor: int = Field(1, ge=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
+    # Plain, or {env: NAME} so each Deployment can log in as its own user from one file.
+    sasl_username: str | SecretRef | None = None
     sasl_password: SecretRef | None = None
     ssl_cafile: str | None = None
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
@@ -70,6 +78,7 @@ class KafkaSettings(_Model):
     # Days each topic keeps its records (0: forever); keys as in `topics`.
     retention_days: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS))
     consumer: ConsumerSettings = ConsumerSettings()
+    producer: ProducerSettings = ProducerSettings()
     topics: dict[TopicKey, str] = {}
 
     @field_validator("retention_days")
