@@ -729,6 +729,22 @@ def scripted(fail_at: str | None = None, exc: BaseException | None = None) -> tu
     return build, calls
 
 
+def test_connect_turns_off_imaplibs_debug_output_before_login():
+    build, calls = scripted()
+
+    class Inner:
+        debug = 5  # what imapclient sets
+
+    def with_inner(*args: Any, **kwargs: Any) -> ScriptedClient:
+        client = build(*args, **kwargs)
+        client._imap = Inner()  # type: ignore[attr-defined]
+        return client
+
+    client = connect(make_mailbox("ssl").imap, 7.0, client_class=with_inner)
+    assert client._imap.debug == 0  # type: ignore[attr-defined]
+    assert calls[-1][0] == "login"
+
+
 @pytest.mark.parametrize("security", ["ssl", "starttls", "none"])
 def test_connect_uses_tls_as_configured_and_logs_in(security):
     build, calls = scripted()
