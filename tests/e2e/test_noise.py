@@ -66,7 +66,7 @@ def stack(tmp_path: Path, broker: Any, unique: Callable[[str], str]) -> Iterator
 def test_a_burst_is_rate_limited_and_auto_replies_change_nothing(stack: tuple[Stack, int]) -> None:
     processes, port = stack
     store = TicketStore(processes.config.database_url)
-    processes.start("ticketer", "router", "fetcher")
+    processes.start("ticketer", "router", "ingress")
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
         for n in range(BURST):
             assert client.sendmail("flood@customer.test", ["support@example.com"], _mail(n)) == {}
@@ -115,4 +115,4 @@ def test_a_burst_is_rate_limited_and_auto_replies_change_nothing(stack: tuple[St
     assert store.count_tickets() == 21
     store.close()
     codes = processes.stop()
-    assert codes == {"ticketer": 0, "router": 0, "fetcher": 0}, codes
+    assert codes == {"ticketer": 0, "router": 0, "ingress": 0}, codes

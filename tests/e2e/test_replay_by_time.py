@@ -72,7 +72,7 @@ def test_a_replay_from_a_time_makes_tickets_of_the_mail_refused_since(tmp_path: 
     store = TicketStore(stack.config.database_url)
     try:
         stack.create_topics()
-        stack.start("ticketer", "router", "fetcher")
+        stack.start("ticketer", "router", "ingress")
         before = [("ann@customer.test", 1), ("bob@customer.test", 2), ("alice@example.com", 3)]
         after = [("cat@customer.test", 4), ("dan@customer.test", 5), ("eve@customer.test", 6),
                  ("alice@example.com", 7)]
@@ -132,4 +132,4 @@ def test_a_replay_from_a_time_makes_tickets_of_the_mail_refused_since(tmp_path: 
     finally:
         store.close()
         codes = stack.stop()
-    assert codes == {"ticketer": 0, "router": 0, "fetcher": 0}, codes
+    assert codes == {"ticketer": 0, "router": 0, "ingress": 0}, codes

@@ -73,7 +73,7 @@ def stack(tmp_path: Path, broker: Any, unique: Callable[[str], str]) -> Iterator
 def test_a_strangers_mail_is_suspended_released_once_and_becomes_one_ticket(stack: tuple[Stack, int]) -> None:
     processes, port = stack
     store = TicketStore(processes.config.database_url)
-    processes.start("ticketer", "router", "fetcher", "api")
+    processes.start("ticketer", "router", "ingress", "api")
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
         assert client.sendmail("mallory@stranger.test", ["ops@example.com"], MAIL) == {}
     [item] = wait_for(lambda: store.list_suspended().items, 60, "the refused mail in the suspended list")
@@ -118,4 +118,4 @@ def test_a_strangers_mail_is_suspended_released_once_and_becomes_one_ticket(stac
     assert processes.metric("api", "deskmail_suspended", queue="OPS", reason="external_not_accepted") == 0
     store.close()
     codes = processes.stop()
-    assert codes == {"ticketer": 0, "router": 0, "fetcher": 0, "api": 0}, codes
+    assert codes == {"ticketer": 0, "router": 0, "ingress": 0, "api": 0}, codes

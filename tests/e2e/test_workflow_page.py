@@ -106,7 +106,7 @@ def test_take_reply_and_set_waiting_then_the_customer_reopens_it_live(
 ) -> None:
     processes, ingress = stack
     store = TicketStore(processes.config.database_url)
-    processes.start("ticketer", "router", "fetcher", "api", "sender")
+    processes.start("ticketer", "router", "ingress", "api", "sender")
     raw, _ = _customer_mail()
     _deliver(ingress, "carol@customer.test", raw)
     wait_for(lambda: store.get_ticket("SUPPORT-1"), 60, "the customer's ticket")
