@@ -36,6 +36,7 @@ from services.common.errors import BadRecord, Transient
 from services.common.runtime import Health
 from services.common.stage import TICKETER, StageContext, run_stage
 from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore, VersionConflict
+from services.tickets import pending
 from services.tickets.apply import ClosedReply
 from services.common.suspended import released_of
 from services.tickets.commands import command_key
@@ -52,6 +53,7 @@ ARRIVALS_KEPT = timedelta(days=1)  # longer than any rate limit's window (at mos
 AUTO_CLOSE_BATCH = 500  # tickets per transaction (TicketStore.auto_close's limit)
 RETENTION_INTERVAL = 3600.0  # seconds between rounds of suspended mail retention (counted in days)
 RETENTION_BATCH = 500  # rejections per transaction
+DUE_INTERVAL = 1.0  # seconds between rounds of held replies whose wait is over
 
 
 class TicketerStep:
@@ -59,8 +61,11 @@ class TicketerStep:
 
     def __init__(self, store: TicketStore, commands_topic: str, events_topic: str,
                  closed_reply: Mapping[str, ClosedReply] | None = None, limits: Limits = NO_LIMITS,
-                 blobs: BlobStore | None = None):
+                 blobs: BlobStore | None = None, reply_wait_seconds: float = 0.0):
         self.store = store
+        # A reply to mail not known yet is held back this long (services/tickets/pending.py).
+        self.reply_wait = timedelta(seconds=reply_wait_seconds)
+        self._applying = threading.Lock()  # the consume loop and the due replies' thread
         self.blobs = blobs  # None: rate-limited mail is listed without its original
         self.closed_reply = dict(closed_reply or {})
         self.limits = limits
@@ -83,14 +88,41 @@ class TicketerStep:
             command = self.commands.decode(record.value)
         except CodecError as exc:
             raise BadRecord(str(exc)) from exc
-        started = time.perf_counter()
+        hold = None
+        if self.reply_wait:
+            hold = pending.Hold(bytes(record.value), datetime.now(timezone.utc) + self.reply_wait)
         try:
-            with _transient_db_errors():
-                applied = self.store.apply(
-                    command, closed_reply=self.closed_reply.get(command.get("queue") or "", "follow_up"),
-                    limits=self.limits)
+            self.apply_command(command, hold)
         except InvalidCommand as exc:
             raise BadRecord(f"{command.get('id')}: {exc}") from exc
+
+    def apply_due(self, now: datetime | None = None) -> int:
+        """Apply the held replies whose wait is over; how many. Raises Transient."""
+        with _transient_db_errors():
+            due = self.store.due_replies(now)
+        for payload in due:
+            try:
+                self.apply_command(self.commands.decode(payload), None)
+            except (CodecError, InvalidCommand) as exc:  # was applied as valid once; a schema removed since?
+                log.error("held reply cannot be applied", extra={"stage": STAGE, "error": str(exc)})
+        return len(due)
+
+    def apply_command(self, command: Mapping[str, Any], hold: pending.Hold | None) -> None:
+        """Apply one command (``hold``: a reply to unknown mail may wait), then the held
+        replies its mail released, in order. Raises Transient, InvalidCommand."""
+        queue: list[tuple[Mapping[str, Any], pending.Hold | None]] = [(command, hold)]
+        while queue:
+            current, current_hold = queue.pop(0)
+            with self._applying:
+                applied = self._apply_one(current, current_hold)
+            queue.extend((self.commands.decode(payload), None) for payload in applied.released)
+
+    def _apply_one(self, command: Mapping[str, Any], hold: pending.Hold | None) -> Any:
+        started = time.perf_counter()
+        with _transient_db_errors():
+            applied = self.store.apply(
+                command, closed_reply=self.closed_reply.get(command.get("queue") or "", "follow_up"),
+                limits=self.limits, hold=hold)
         metrics.TICKETER_APPLY_SECONDS.observe(time.perf_counter() - started)
         metrics.TICKETER_APPLIED.labels(applied.outcome).inc()
         _observe_latency(command, applied.outcome)
@@ -112,6 +144,7 @@ class TicketerStep:
             extra={"stage": STAGE, "command": command["id"], "outcome": applied.outcome,
                    "ticket": applied.ticket_key, "queue": command["queue"]},
         )
+        return applied
 
     def _may_lack_original(self, command: Mapping[str, Any]) -> bool:
         if self.blobs is None or command.get("raw_ref") or command["author"].get("member"):
@@ -178,6 +211,29 @@ def _transient_db_errors() -> Iterator[None]:
         if exc.connection_invalidated:
             raise Transient(f"database connection lost: {exc.orig!r}") from exc
         raise
+
+
+class DueReplies:
+    """Applies held-back replies whose wait is over, every ``interval`` seconds, in a
+    thread of the ticketer (services/tickets/pending.py). Several ticketers may run
+    it: a reply applied twice is a duplicate by its command id. A database outage is
+    logged and waits for the next round."""
+
+    def __init__(self, step: TicketerStep, stop: threading.Event, interval: float = DUE_INTERVAL):
+        self.step = step
+        self.stop = stop
+        self.interval = interval
+        self.thread = threading.Thread(target=self._run, name="due-replies", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.step.apply_due()
+            except Transient as exc:
+                log.warning("held replies postponed", extra={"stage": STAGE, "error": str(exc)})
 
 
 class AutoClose:
@@ -305,7 +361,9 @@ def run_ticketer(config: Config, stop: threading.Event, health: Health, bootstra
 
     def build(ctx: StageContext) -> TicketerStep:
         ctx.on_close(store.close)
-        return TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"], closed_reply, limits,
-                            blobs)
+        step = TicketerStep(store, ctx.config.topics["commands"], ctx.config.topics["events"], closed_reply, limits,
+                            blobs, reply_wait_seconds=config.ticketer.reply_wait_seconds)
+        DueReplies(step, stop).start()
+        return step
 
     run_stage(config, SPEC, build, stop, health, bootstrap)

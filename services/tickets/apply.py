@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from services.common.mailrules import format_ticket_key
 from services.common.suspended import released_by
 from services.tickets import statements as st
-from services.tickets import ratelimit, suspended, workflow
+from services.tickets import pending, ratelimit, suspended, workflow
 from services.tickets.commands import AttachmentFile, Command
 from services.tickets.rows import inserted_id
 from services.tickets.views import Applied, Role
@@ -36,6 +36,7 @@ from services.tickets.views import Applied, Role
 # Only the newest References are searched: real threads are short, and a
 # hostile header must not turn into a huge IN list.
 _MAX_THREAD_CANDIDATES = 200
+_MAX_AWAITED = 50  # Message-IDs one mail may make its ticket await (References keeps at most 50)
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,25 @@ _MACHINE_WORDS = {"auto_reply": "an automatic reply", "bounce": "a delivery stat
 
 
 def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "follow_up",
-                  limits: ratelimit.Limits = ratelimit.NONE) -> Applied:
+                  limits: ratelimit.Limits = ratelimit.NONE, hold: pending.Hold | None = None) -> Applied:
     """Apply ``c`` on ``conn``'s transaction (the caller commits). Mail that threads
     onto a closed ticket opens a follow-up ticket linked to it, or with
     ``closed_reply="reopen"`` reopens it (the queue's ``closed_reply`` setting).
     Mail from outside the organization past ``limits`` is a rejection
     (``rate_limited``).
     A release of suspended mail marks its rejection released with the ticket it
-    became or wrote into (also when that mail turns out to be known already)."""
-    applied = _apply(conn, c, closed_reply, limits)
+    became or wrote into (also when that mail turns out to be known already).
+    With ``hold``, a reply to mail not known yet is held back (``deferred``,
+    services/tickets/pending.py); without it, ``c`` is applied now (a held reply
+    whose mail came, or whose wait is over). A mail that is applied hands back the
+    held replies that awaited it (``Applied.released``)."""
+    if hold is None:
+        pending.release(conn, c.id)
+    applied = _apply(conn, c, closed_reply, limits, hold)
+    if applied.outcome in ("created", "commented"):
+        released = pending.arrived(conn, c.queue or "", c.message_id)
+        if released:
+            applied = replace(applied, released=tuple(released))
     if c.classification == "bounce" and applied.outcome != "duplicate" and applied.bounce is None:
         applied = replace(applied, bounce="unmatched")
     if c.release_of is not None and applied.ticket_key is not None:
@@ -70,7 +81,8 @@ def apply_command(conn: Connection, c: Command, closed_reply: ClosedReply = "fol
     return applied
 
 
-def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: ratelimit.Limits) -> Applied:
+def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: ratelimit.Limits,
+           hold: pending.Hold | None) -> Applied:
     duplicate = _find_duplicate(conn, c)
     if duplicate is not None:
         return duplicate
@@ -85,6 +97,16 @@ def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: rate
         ticket = _resolve_thread(conn, c) if c.action == "comment" else None
     # An admin's release overrides the refusal of machine mail too (services/common/suspended.py).
     machine = c.classification in MACHINE_MAIL and c.release_of is None
+    if ticket is None and reported is None and not c.reply_only:
+        # The mail a ticket's opening reply answered, come later from another
+        # partition (or another answer to that same mail): it joins that ticket.
+        ticket = _awaiting(conn, c)
+    if (ticket is None and hold is not None and c.action == "comment" and not c.reply_only and not machine
+            and c.release_of is None and _thread_candidates(c)):
+        # It answers mail deskmail does not know yet, which may be on its way.
+        if not pending.is_held(conn, c.id):
+            pending.hold(conn, c.id, c.queue or "", _thread_candidates(c), hold)
+        return Applied("deferred", None)
     if ticket is None and (c.reply_only or machine):
         # An outsider may answer a known thread, not open a ticket; an
         # auto-reply or a bounce opens none either.
@@ -116,6 +138,8 @@ def _apply(conn: Connection, c: Command, closed_reply: ClosedReply, limits: rate
         ticket_id, applied = _create_ticket(conn, c, follow_up_of=ticket)
     elif ticket is None:
         ticket_id, applied = _create_ticket(conn, c)
+        if c.action == "comment":  # a reply to mail not known (yet): await it
+            _await(conn, c, ticket_id)
     else:
         if ticket.status == "closed":
             workflow.reopen(conn, ticket.id, _event_time(c))
@@ -231,6 +255,51 @@ def _record(conn: Connection, c: Command, ticket_id: int, applied: Applied) -> N
         )
 
 
+def _thread_candidates(c: Command) -> list[str]:
+    """The Message-IDs ``c`` answers: In-Reply-To, then References newest first."""
+    candidates: list[str] = []
+    for message_id in (c.in_reply_to, *reversed(c.references)):
+        if message_id and message_id not in candidates:
+            candidates.append(message_id)
+    return candidates[:_MAX_THREAD_CANDIDATES]
+
+
+def _awaiting(conn: Connection, c: Command) -> _Ticket | None:
+    """The ticket that awaits ``c``: opened by a reply to ``c`` that was applied
+    first (partitions deliver out of order: a reply whose References name only its
+    parent is keyed by the parent, the parent by its own root), or by another reply
+    to a mail ``c`` answers too. Without it, the order the partitions happened to
+    deliver in would decide whether the thread is one ticket or two. ``c``'s own
+    Message-ID is then no longer awaited; the Message-IDs it answers that are not
+    known yet become awaited by the ticket in turn."""
+    wanted = [c.message_id, *_thread_candidates(c)]
+    # Like a key in a subject, an awaited Message-ID admits only the ticket's
+    # participants and members: a stranger's reply naming a Message-ID to come
+    # does not pull someone else's mail into the stranger's ticket.
+    rows = [r for r in conn.execute(st.AWAITING, {"queue": c.queue, "message_ids": wanted})
+            if _may_name(conn, c, r.id)]
+    if not rows:
+        return None
+    row = next((r for r in rows if r.message_id == c.message_id), rows[0])
+    conn.execute(st.ARRIVED, {"queue": c.queue, "message_id": c.message_id})
+    if c.action == "create" or row.message_id == c.message_id:
+        _await(conn, c, row.id)
+    return _Ticket(id=row.id, key=row.key, updated_at=row.updated_at, status=row.status)
+
+
+def _await(conn: Connection, c: Command, ticket_id: int) -> None:
+    """Record that ``ticket_id`` awaits the mails ``c`` answers which deskmail does not know."""
+    candidates = _thread_candidates(c)[:_MAX_AWAITED]
+    if not candidates:
+        return
+    known = {r.message_id for r in conn.execute(st.THREAD_MATCHES, {"message_ids": candidates, "queue": c.queue})}
+    known |= {r.message_id for r in conn.execute(st.AWAITING, {"queue": c.queue, "message_ids": candidates})
+              if r.id == ticket_id}
+    rows = [{"queue": c.queue, "message_id": m, "ticket_id": ticket_id} for m in candidates if m not in known]
+    if rows:
+        conn.execute(st.INSERT_AWAITED, rows)
+
+
 def _resolve_thread(conn: Connection, c: Command) -> _Ticket | None:
     """The ticket ``c`` writes into, or None (see "Threading: who may write into
     a ticket" in docs/security.md):
@@ -243,11 +312,7 @@ def _resolve_thread(conn: Connection, c: Command) -> _Ticket | None:
       into that ticket by name (``_may_name``). A ``reply_only`` command never
       threads by key.
     """
-    candidates: list[str] = []
-    for message_id in (c.in_reply_to, *reversed(c.references)):
-        if message_id and message_id not in candidates:
-            candidates.append(message_id)
-    candidates = candidates[:_MAX_THREAD_CANDIDATES]
+    candidates = _thread_candidates(c)
     row: Any = None  # a Row from either query below
     if candidates:
         matches = conn.execute(st.THREAD_MATCHES, {"message_ids": candidates, "queue": c.queue}).all()

@@ -8,11 +8,12 @@ pages and the CLI (``queries``) build theirs inline: they run far less often.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, insert, literal, select, union_all, update
+from sqlalchemy import bindparam, delete, func, insert, literal, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from services.tickets.tables import (
     attachments,
+    awaited_messages,
     comments,
     messages,
     outbox,
@@ -77,6 +78,22 @@ THREAD_MATCHES = (
         tickets.c.queue == bindparam("queue"),
     )
 )
+# The tickets awaiting one of these Message-IDs in the queue (a reply to them opened
+# the ticket before they came), oldest first.
+AWAITING = (
+    select(awaited_messages.c.id.label("awaited_id"), awaited_messages.c.message_id, tickets.c.id, tickets.c.key,
+           tickets.c.updated_at, tickets.c.status)
+    .select_from(awaited_messages.join(tickets, tickets.c.id == awaited_messages.c.ticket_id))
+    .where(
+        awaited_messages.c.queue == bindparam("queue"),
+        awaited_messages.c.message_id.in_(bindparam("message_ids", expanding=True)),
+    )
+    .order_by(awaited_messages.c.id)
+)
+INSERT_AWAITED = insert(awaited_messages)
+ARRIVED = delete(awaited_messages).where(
+    awaited_messages.c.queue == bindparam("queue"), awaited_messages.c.message_id == bindparam("message_id"),
+    awaited_messages.c.ticket_id.is_not(None))
 # The outgoing mail a bounce reports on: mail deskmail sent from the command's queue,
 # by its Message-ID, and the ticket it belongs to.
 OUTGOING_BY_MESSAGE_ID = (

@@ -33,6 +33,7 @@ from services.tickets import engine as db
 from services.tickets import listing, outgoing, queries, ratelimit, search, suspended, tokens, workflow
 from services.tickets.apply import ClosedReply, apply_command
 from services.tickets.checks import check_page
+from services.tickets import pending
 from services.tickets.commands import Command
 from services.tickets.errors import InvalidReply
 from services.tickets.listing import Count, Page, View
@@ -128,24 +129,33 @@ class TicketStore:
     # -- applying commands ---------------------------------------------------
 
     def apply(self, cmd: Mapping[str, Any], *, closed_reply: ClosedReply = "follow_up",
-              limits: ratelimit.Limits = ratelimit.NONE) -> Applied:
+              limits: ratelimit.Limits = ratelimit.NONE, hold: pending.Hold | None = None) -> Applied:
         """Apply one TicketCommand (the dict fastavro decodes) in one transaction:
         tickets, comments, participants and attachments (and, for a bounce of
         mail deskmail sent, that comment's ``bounced`` status), or nothing for a
         duplicate. ``closed_reply`` is the queue's rule for mail on a closed
         ticket (``follow_up``: a new linked ticket; ``reopen``); ``limits``
-        the rate limits on mail from outside. Raises InvalidCommand."""
+        the rate limits on mail from outside; ``hold``: a reply to mail not known
+        yet is held back (``deferred``, services/tickets/pending.py) instead of
+        opening a ticket now. Raises InvalidCommand."""
         command = Command.parse(cmd)
         try:
-            return self._apply_once(command, closed_reply, limits)
+            return self._apply_once(command, closed_reply, limits, hold)
         except IntegrityError:
             # A concurrent ticketer committed the same command, mail or participant
             # first. Our transaction was rolled back; the re-run sees its effect.
-            return self._apply_once(command, closed_reply, limits)
+            return self._apply_once(command, closed_reply, limits, hold)
 
-    def _apply_once(self, c: Command, closed_reply: ClosedReply, limits: ratelimit.Limits) -> Applied:
+    def _apply_once(self, c: Command, closed_reply: ClosedReply, limits: ratelimit.Limits,
+                    hold: pending.Hold | None) -> Applied:
         with db.write(self._engine) as conn:
-            return apply_command(conn, c, closed_reply, limits)
+            return apply_command(conn, c, closed_reply, limits, hold)
+
+    def due_replies(self, now: datetime | None = None, limit: int = 100) -> list[bytes]:
+        """Held-back replies whose wait is over (TicketCommand records), oldest first:
+        apply each without a hold."""
+        with self._engine.connect() as conn:
+            return pending.due(conn, now or datetime.now(timezone.utc), limit)
 
     def prune_arrivals(self, before: datetime) -> int:
         """Forget the rate limits' arrivals older than ``before``; returns how many."""

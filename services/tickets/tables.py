@@ -289,6 +289,38 @@ messages = Table(
     Index(None, "ticket_id"),  # a ticket page's Message-IDs
 )
 
+# Replies to mail deskmail does not know yet, held back for a few seconds: the mail
+# they answer comes from another partition and may be applied after them
+# (services/tickets/pending.py). ``payload`` is the TicketCommand record as consumed.
+pending_replies = Table(
+    "pending_replies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("command_id", String(COMMAND_ID), nullable=False),
+    Column("queue", String(QUEUE), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("due_at", UtcDateTime, nullable=False),
+    UniqueConstraint("command_id"),
+    Index(None, "due_at"),
+)
+
+# Message-IDs deskmail does not know yet that something awaits: a held-back reply
+# (``pending_id``), or a ticket a reply opened once its wait was over (``ticket_id``).
+# When a mail with such a Message-ID comes, the reply is applied after it, and a mail
+# awaited by a ticket joins that ticket instead of opening a second one.
+awaited_messages = Table(
+    "awaited_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("queue", String(QUEUE), nullable=False),
+    Column("message_id", String(MESSAGE_ID), nullable=False),
+    Column("ticket_id", Integer, ForeignKey("tickets.id"), nullable=True),
+    Column("pending_id", Integer, ForeignKey("pending_replies.id"), nullable=True),
+    Index(None, "queue", "message_id"),
+    Index(None, "ticket_id"),
+    Index(None, "pending_id"),
+)
+
 # IMAP idempotency: one row per fetched (mailbox, UIDVALIDITY, UID), only for uid > 0.
 receipts = Table(
     "receipts",

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-Outcome = Literal["created", "commented", "duplicate", "rejected"]
+# deferred: a reply to mail not known yet, held back until it comes (services/tickets/pending.py)
+Outcome = Literal["created", "commented", "duplicate", "rejected", "deferred"]
 Action = Literal["create", "comment", "reject"]
 Role = Literal["author", "participant"]
 CommentKind = Literal["mail_in", "mail_out", "note"]
@@ -56,6 +57,8 @@ class Applied:
     comment_id: int | None = None
     reason: str | None = None  # a rejection decided here (rate_limited), not by the router
     bounce: BounceOutcome | None = None  # set for a bounce that was applied (not a duplicate)
+    # Held-back replies that awaited this mail (TicketCommand records): apply them next.
+    released: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

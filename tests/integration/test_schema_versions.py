@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 DATABASE_NEWER = 4
 FUTURE = "9999_future"
-HEAD = "0010"
+HEAD = "0011"
 NEWER = (f"the tickets database is at revision {FUTURE}, newer than this deskmail {build.version()} "
          f"(knows up to {HEAD}): roll forward to the release that migrated it, or restore the database "
          "from the backup taken before that migration")

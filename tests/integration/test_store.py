@@ -103,7 +103,7 @@ def test_migrated_schema_matches_tables(store: TicketStore) -> None:
             conn,
             opts={"compare_type": True, "compare_server_default": True, "include_object": include_object},
         )
-        assert context.get_current_revision() == "0010"
+        assert context.get_current_revision() == "0011"
         assert compare_metadata(context, metadata) == []
         # The comparison does see differences: one extra column is reported.
         changed = MetaData(naming_convention=metadata.naming_convention)
@@ -137,7 +137,7 @@ def test_migrate_from_several_processes_at_once(db_url: str) -> None:
         stores[0].migrate()  # a later start finds the schema current
         with stores[0].engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"include_object": include_object})
-            assert context.get_current_revision() == "0010"
+            assert context.get_current_revision() == "0011"
             assert compare_metadata(context, metadata) == []
     finally:
         for s in stores:
@@ -209,6 +209,8 @@ def test_create_writes_ticket_participants_attachments(store: TicketStore) -> No
         "ticket_counts": 1,
         "ticket_events": 0,
         "mail_arrivals": 1,  # the rate limits count the customer's mail
+        "pending_replies": 0,
+        "awaited_messages": 0,
     }
 
 

@@ -92,7 +92,7 @@ def test_schema_at_head_matches_tables(store: TicketStore) -> None:
     with store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True,
                                                          "include_object": include_object})
-        assert context.get_current_revision() == head == "0010"
+        assert context.get_current_revision() == head == "0011"
         assert compare_metadata(context, metadata) == []
 
 

@@ -23,7 +23,7 @@ from tests.harness.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration
 
-HEAD = "0010"
+HEAD = "0011"
 
 
 @pytest.fixture
@@ -72,15 +72,15 @@ def test_a_migrated_database_is_current(store: TicketStore) -> None:
 def test_a_database_one_revision_behind_is_behind(store: TicketStore) -> None:
     store.migrate()
     alembic_on_store(store, "downgrade", "-1")
-    assert revision(store) == "0009"
+    assert revision(store) == "0010"
     assert store.schema_state() == "behind"
     error = not_current(store)
     assert str(error) == (
-        "the tickets database is at revision 0009, older than this deskmail's 0010: "
+        "the tickets database is at revision 0010, older than this deskmail's 0011: "
         "run `deskmail db migrate`"
     )
-    assert (error.state, error.revision, error.head) == ("behind", "0009", HEAD)
-    assert revision(store) == "0009"
+    assert (error.state, error.revision, error.head) == ("behind", "0010", HEAD)
+    assert revision(store) == "0010"
     store.migrate()
     assert store.schema_state() == "current"
 

@@ -268,6 +268,7 @@ def _freeze(model: ConfigModel, path: str, lines: dict[tuple[Any, ...], int]) ->
         suspended=model.suspended,
         ingress_logins=ingress_logins,
         automatic_mail=model.automatic_mail,
+        ticketer=model.ticketer,
         blob_s3=blob_s3,
     )
     _check_assignees(config, assignees, lines, problems)

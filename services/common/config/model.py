@@ -29,6 +29,7 @@ from services.common.config.schema import (
     SenderSettings,
     Signature,
     SuspendedSettings,
+    TicketerSettings,
 )
 from services.common.config.secrets import Secret
 
@@ -187,6 +188,7 @@ class Config:
     api_oidc_client_secret: Secret | None = None  # api.auth.oidc.client_secret, resolved
     suspended: SuspendedSettings = SuspendedSettings()
     automatic_mail: AutomaticMailSettings = AutomaticMailSettings()
+    ticketer: TicketerSettings = TicketerSettings()
     blob_s3: S3Blobs | None = None  # blobs.backend s3, resolved; None: the folder backend
     ingress_logins: tuple[IngressLogin, ...] = ()  # ingress.auth.users, passwords resolved
 

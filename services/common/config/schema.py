@@ -258,6 +258,12 @@ class SenderSettings(_Model):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
+class TicketerSettings(_Model):
+    # A reply to mail deskmail does not know yet waits this long for that mail (it may
+    # be on another partition) before it opens a ticket of its own; 0: never waits.
+    reply_wait_seconds: float = Field(10.0, ge=0, le=600)
+
+
 class DeadLetterLimitSettings(_Model):
     percent: float = Field(50.0, ge=0, le=100)  # more than this share ...
     of_last: int = Field(100, ge=1, le=100_000)  # ... of the last N records stops the stage
@@ -464,6 +470,7 @@ class ConfigModel(_Model):
     ingress: IngressSettings = IngressSettings()
     fetcher: FetcherSettings = FetcherSettings()
     sender: SenderSettings = SenderSettings()
+    ticketer: TicketerSettings = TicketerSettings()
     consume: ConsumeSettings = ConsumeSettings()
     api: ApiSettings = ApiSettings()
     metrics: MetricsSettings = MetricsSettings()
