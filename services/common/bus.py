@@ -19,6 +19,11 @@ What a step may raise decides what happens to the record:
   resumes them after a growing backoff and tries again. A record the broker
   would not take or acknowledge is handled the same way (nothing unacknowledged
   is committed; the batch is processed again, idempotently).
+* ``Later``: this record cannot be finished yet (the sender's mail waiting out a
+  retry window). The loop produces the exception's ``outs``, commits what came
+  before it in its partition, rewinds that partition to it and pauses that
+  partition alone for the exception's delay; the other partitions go on, and the
+  record is processed again when the delay has passed.
 * ``Stopping`` (or a stop requested during a retry): commit what came before,
   leave this record uncommitted, return.
 * anything else: propagates and stops the process; nothing of the batch is
@@ -41,7 +46,7 @@ from typing import Any, NamedTuple, Protocol
 from services.common import metrics
 from services.common.codec import codec
 from services.common.dlq import DeadLetterLimit, DeadLetterWindow
-from services.common.errors import BadRecord, Stopping, Transient
+from services.common.errors import BadRecord, Later, Stopping, Transient
 from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
 
 log = logging.getLogger("deskmail.bus")
@@ -190,6 +195,7 @@ class ConsumeLoop:
         self.deadletters = DeadLetterWindow(settings.deadletter_limit, stage)
         self.pauses = Retry(settings.pause, clock=clock)
         self.paused_until: float | None = None
+        self.waiting: dict[Partition, float] = {}  # partitions paused by Later, until when
         self._lag_reported: set[Partition] = set()
 
     def run(self) -> None:
@@ -227,7 +233,13 @@ class ConsumeLoop:
         try:
             for tp, records in batches.items():
                 for record in records:
-                    outs = self._process_one(record)
+                    try:
+                        outs = self._process_one(record)
+                    except Later as later:
+                        # Only this partition waits; what came before it in the batch is committed.
+                        pending.extend((out, self.sink.send(out)) for out in later.outs)
+                        self._wait(tp, record, later)
+                        break
                     pending.extend((out, self.sink.send(out)) for out in outs)
                     done[tp] = record.offset + 1
                     metrics.BUS_RECORDS.labels(self.stage, record.topic).inc()
@@ -246,6 +258,16 @@ class ConsumeLoop:
             raise
         if self._commit(pending, done, batches):
             self.pauses.reset()
+
+    def _wait(self, tp: Partition, record: Record, later: Later) -> None:
+        """Rewind ``tp`` to ``record`` and pause it alone for ``later.delay`` seconds."""
+        self.source.seek(tp, record.offset)
+        self.source.pause({tp})
+        self.waiting[tp] = self.clock.monotonic() + max(0.0, later.delay)
+        metrics.BUS_WAITING.labels(self.stage).set(len(self.waiting))
+        log.info("partition waiting", extra={"stage": self.stage, "topic": tp.topic, "partition": tp.partition,
+                                             "offset": record.offset, "delay": round(later.delay, 2),
+                                             "reason": str(later)})
 
     def _commit(self, pending: Sequence[tuple[Out, Any]], done: dict[Partition, int],
                 batches: Mapping[Partition, Sequence[Record]]) -> bool:
@@ -309,6 +331,7 @@ class ConsumeLoop:
                                                 "delay": round(delay, 2)})
 
     def _pause_or_resume(self) -> None:
+        self._resume_waiting()
         if self.paused_until is None:
             return
         assigned = self.source.assignment()
@@ -316,13 +339,29 @@ class ConsumeLoop:
             self.source.pause(assigned)  # partitions assigned meanwhile start paused too
             return
         self.paused_until = None
-        self.source.resume(assigned)
+        self.source.resume(assigned - set(self.waiting))
         metrics.BUS_PAUSED.labels(self.stage).set(0)
         log.info("partitions resumed", extra={"stage": self.stage, "count": len(assigned)})
+
+    def _resume_waiting(self) -> None:
+        """Resume each waiting partition whose delay has passed (unless all are paused);
+        forget those no longer assigned (their next owner reads the record again)."""
+        if not self.waiting:
+            return
+        assigned = self.source.assignment()
+        now = self.clock.monotonic()
+        due = {tp for tp, until in self.waiting.items() if until <= now or tp not in assigned}
+        for tp in due:
+            del self.waiting[tp]
+        if self.paused_until is None:
+            self.source.resume(due & assigned)
+        metrics.BUS_WAITING.labels(self.stage).set(len(self.waiting))
 
     # ------------------------------------------------------------ lag
 
     def _revoked(self, partitions: set[Partition]) -> None:
+        for tp in partitions & set(self.waiting):
+            del self.waiting[tp]
         for tp in partitions & self._lag_reported:
             metrics.BUS_LAG.remove(self.stage, tp.topic, str(tp.partition))
         self._lag_reported -= partitions

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class BadRecord(Exception):
     """This record can never be processed: dead-letter it with this reason and go on.
@@ -54,3 +57,18 @@ class DeadLetterFlood(RuntimeError):
     After a bad deploy or config change every record may fail; stopping (and
     alerting) beats draining the whole input topic into the dead-letter topic.
     """
+
+
+class Later(Exception):
+    """This record cannot be finished yet: come back to it after ``delay`` seconds.
+
+    The consume loop commits what came before it in its partition, rewinds that
+    partition to this record and pauses only that partition until the delay has
+    passed; the other partitions go on. ``outs`` are produced (and acknowledged)
+    with the batch, like a step's output: the sender's ``retrying`` event.
+    """
+
+    def __init__(self, message: str, delay: float, outs: Sequence[Any] = ()):
+        super().__init__(message)
+        self.delay = delay
+        self.outs = tuple(outs)

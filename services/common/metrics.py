@@ -51,6 +51,11 @@ BUS_PAUSED = Gauge(
     "1 while a stage has paused its partitions because a dependency stayed unavailable.",
     ["stage"],
 )
+BUS_WAITING = Gauge(
+    "deskmail_bus_waiting_partitions",
+    "Partitions a stage paused alone until a record's retry is due (the sender's mail waiting out a 4xx).",
+    ["stage"],
+)
 BUS_PRODUCED = Counter(
     "deskmail_bus_records_produced_total",
     "Records acknowledged by the broker, by topic.",

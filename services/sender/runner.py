@@ -1,22 +1,34 @@
 """Wires the sender's pure core (compose) to Kafka, the blob store and SMTP.
 
-One OutboundMail in, one final DeliveryEvent out (``sent`` or ``failed``), plus a
-``retrying`` event per failed attempt, produced at once so the ticket page shows
-it while the sender waits. Events go to the events topic keyed by ticket key (the
-outbound id for a test mail). The final event is the step's output: ConsumeLoop
-commits the offset only after the broker acknowledged it, and the SMTP server's
-250 came before that. In the normal path nothing is sent twice: the next record
-is taken only after this one's offset is committed.
+The consume loop hands the step the records of a polled batch (up to
+``SENDER.max_poll_records``) one by one; SMTP sessions are pooled per server and
+login, so a batch goes out over one open session. One OutboundMail gives one final
+DeliveryEvent (``sent`` or ``failed``), plus a ``retrying`` event per failed
+attempt. Events go to the events topic keyed by ticket key (the outbound id for a
+test mail). The final event is the step's output: ConsumeLoop commits the batch's
+offsets only after the broker acknowledged every event of it, and each SMTP 250
+came before that. In the normal path nothing is sent twice: a record is sent only
+once its partition's earlier records are final, and the offsets are committed
+before the next batch is polled.
 
-A stop requested while waiting between attempts is the one planned window for a
-duplicate: the step gives the record up uncommitted (
-it raises ``Stopping``; ConsumeLoop commits only what came before), and the mail is
-tried again after the restart, from attempt 1. What repeats then is the
-``retrying`` events (same ids, so recording them is idempotent) and, only if the
-last attempt broke off after DATA was sent, the mail itself (the event's reply
-says "the server may have taken it"; the Message-ID is the same, so mail programs
-and deskmail's own ingress can drop the copy). Apart from that, only a crash
-between the server's 250 and the commit re-sends a mail (at-least-once delivery).
+A temporary failure (4xx, connection refused, timeout) does not wait in place: the
+step raises ``Later`` with the backoff delay and the ``retrying`` event. The loop
+commits what came before in that partition, rewinds the partition to this mail and
+pauses that partition alone until the delay has passed, while the other partitions
+go on; the attempts are counted per partition here, so the record comes back as
+attempt 2, 3, ... until ``give_up_after_seconds`` is used up (then ``failed``). Mail
+behind it in the same partition waits with it, so the mails of one ticket (one
+partition key) still go out in order. While a server is unreachable, the other
+mails for it wait the same delay without spending a timeout each.
+
+A stop (or a rebalance) while a mail waits leaves its record uncommitted; it is
+tried again after the restart (or by the partition's new owner), from attempt 1.
+What repeats then is the ``retrying`` events (same ids, so recording them is
+idempotent) and, only if the last attempt broke off after DATA was sent, the mail
+itself (the event's reply says "the server may have taken it"; the Message-ID is
+the same, so mail programs and deskmail's own ingress can drop the copy). Apart
+from that, only a crash between the server's 250 and the commit of its batch
+re-sends a mail (at-least-once delivery).
 
 A mail that cannot be composed or encoded (a line break in a name, an id that
 is not a msg-id, anything the email package refuses) gets a ``failed`` event
@@ -40,7 +52,7 @@ from services.common.bus import Out, Record
 from services.common.codec import CodecError, codec
 from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
 from services.common.config import Config, Mailbox
-from services.common.errors import BadRecord, Stopping, Transient
+from services.common.errors import BadRecord, Later, Transient
 from services.common.kafka import Producer
 from services.common.mailrules import blocked_recipients
 from services.common.retry import SYSTEM_CLOCK, Backoff, Clock, Retry
@@ -51,11 +63,7 @@ from services.common.stage import SENDER, StageContext, run_stage
 
 log = logging.getLogger("deskmail.sender")
 STAGE = "sender"
-# SENDER polls one record at a time (max_poll_records=1): a mail may block for the whole retry window
-# (``give_up_after_seconds``, kept below the consumer's max poll interval); with a
-# batch of several such mails the consumer would miss its poll deadline, leave the
-# group, and the mails sent since the last commit would be sent again by the next
-# owner of the partition.
+# Batches of SENDER.max_poll_records; a mail waiting for a retry pauses only its partition.
 SPEC = SENDER
 
 Status = Literal["sent", "retrying", "failed"]
@@ -67,6 +75,10 @@ Status = Literal["sent", "retrying", "failed"]
 # as_bytes, so a bug in SMTP or Kafka handling still stops the process. A record
 # that fails here gets a ``failed`` event and the next record is sent: one
 # crafted mail never holds up the queue.
+# Failures that say the server, not this mail, is the problem: the other mails for
+# that server wait out the same delay without spending a timeout each.
+_SERVER_DOWN = frozenset({"connect", "timeout", "disconnected", "tls", "dns"})
+
 _COMPOSE_ERRORS = (ComposeError, UnicodeError, ValueError, TypeError, MessageError)
 
 
@@ -99,6 +111,10 @@ class SenderStep:
         self.outbound = codec("OutboundMail")
         self.events = codec("DeliveryEvent")
         self.topic = config.topics["events"]
+        # Per input partition: the offset of the record being retried and its attempts.
+        self.attempts: dict[tuple[str, int], tuple[int, Retry]] = {}
+        # Per SMTP server (host, port) that could not be reached: until when, and why.
+        self.down: dict[tuple[str, int], tuple[float, SmtpFailure]] = {}
 
     def process(self, record: Record) -> Sequence[Out]:
         try:
@@ -107,21 +123,21 @@ class SenderStep:
             raise BadRecord(str(exc)) from exc
         mailbox = self.config.mailbox(mail["mailbox"])
         if mailbox is None:
-            return [self._final(mail, 1, None, f"mailbox {mail['mailbox']} is not configured")]
+            return [self._final(record, mail, 1, None, f"mailbox {mail['mailbox']} is not configured")]
         if mailbox.smtp is None:
-            return [self._final(mail, 1, None, f"mailbox {mailbox.address} has no outgoing mail (smtp:) settings")]
+            return [self._final(record, mail, 1, None, f"mailbox {mailbox.address} has no outgoing mail (smtp:) settings")]
         try:
             rcpts = recipients(mail)
             if not rcpts:
-                return [self._final(mail, 1, None, "the mail has no recipients")]
+                return [self._final(record, mail, 1, None, "the mail has no recipients")]
             blocked = blocked_recipients(self.config, mailbox, rcpts)
             if blocked:
-                return [self._final(mail, 1, None, (
+                return [self._final(record, mail, 1, None, (
                     f"queue {mailbox.queue} does not allow sending mail outside the organization; "
                     f"not members: {', '.join(blocked)}"))]
             attachments = self._attachments(mail)
         except (ComposeError, BlobMissing) as exc:
-            return [self._final(mail, 1, None, f"cannot compose the mail: {exc}")]
+            return [self._final(record, mail, 1, None, f"cannot compose the mail: {exc}")]
         try:
             message = compose(mail, attachments=attachments)
             envelope_from = envelope_address(mail["from_address"])
@@ -129,8 +145,8 @@ class SenderStep:
         except _COMPOSE_ERRORS as exc:
             # This mail's content cannot become a mail; the next one may.
             reason = str(exc) if isinstance(exc, ComposeError) else f"{type(exc).__name__}: {exc}"
-            return [self._final(mail, 1, None, f"cannot compose the mail: {reason}")]
-        return [self._send(mail, mailbox, envelope_from, rcpts, data, needs_smtputf8(message))]
+            return [self._final(record, mail, 1, None, f"cannot compose the mail: {reason}")]
+        return [self._send(record, mail, mailbox, envelope_from, rcpts, data, needs_smtputf8(message))]
 
     def _attachments(self, mail: dict[str, Any]) -> dict[str, bytes]:
         try:
@@ -140,48 +156,66 @@ class SenderStep:
         except OSError as exc:
             raise Transient(f"blob store unavailable: {exc}") from exc
 
-    def _send(self, mail: dict[str, Any], mailbox: Mailbox, envelope_from: str, rcpts: list[str],
+    def _send(self, record: Record, mail: dict[str, Any], mailbox: Mailbox, envelope_from: str, rcpts: list[str],
               data: bytes, smtputf8: bool) -> Out:
+        """One SMTP attempt. A temporary failure raises ``Later`` (this record's partition
+        waits out the backoff while the others go on) until the window is used up."""
         assert mailbox.smtp is not None
-        # Another attempt only if it can finish (one timeout) inside the window,
-        # which is kept below the consumer's max poll interval.
-        retry = Retry(self.backoff, clock=self.clock, budget=self.settings.give_up_after_seconds,
-                      heartbeat=self.health.tick)
-        retry.start()
-        attempt = 1
-        while True:
-            started = self.clock.monotonic()
-            try:
-                result = self.pool.send(mailbox.smtp, envelope_from, rcpts, data, smtputf8=smtputf8)
-            except SmtpFailure as failure:
-                metrics.SENDER_SEND_SECONDS.observe(self.clock.monotonic() - started)
-                metrics.SENDER_SMTP_ERRORS.labels(failure.kind).inc()
-                if isinstance(failure, PermanentFailure):
-                    return self._final(mail, attempt, failure.code, failure.reply)
-                assert isinstance(failure, TemporaryFailure)
-                delay = retry.next_delay(margin=self.settings.timeout_seconds)
-                if delay is None:
-                    return self._final(mail, attempt, failure.code,
-                                       f"gave up after {attempt} attempt(s) in {retry.elapsed():.0f}s: {failure.reply}")
-                self._retrying(mail, attempt, failure, delay)
-                if retry.sleep(self.stop, delay=delay) == "stopped":
-                    raise Stopping(f"stopping while outbound mail {mail['id']} waits for a retry; "
-                                   "it stays uncommitted and is sent after the restart")
-                attempt += 1
-                continue
+        server = (mailbox.smtp.host, mailbox.smtp.port)
+        attempts = self._attempts(record)
+        down = self.down.get(server)
+        now = self.clock.monotonic()
+        if down is not None and down[0] > now and \
+                attempts.elapsed() + (down[0] - now) + self.settings.timeout_seconds <= self.settings.give_up_after_seconds:
+            # The server was unreachable a moment ago: do not spend a timeout per mail on it.
+            raise Later(f"{mailbox.smtp.host}:{mailbox.smtp.port} is down: {down[1].reply}",
+                        down[0] - self.clock.monotonic())
+        started = self.clock.monotonic()
+        try:
+            result = self.pool.send(mailbox.smtp, envelope_from, rcpts, data, smtputf8=smtputf8)
+        except SmtpFailure as failure:
             metrics.SENDER_SEND_SECONDS.observe(self.clock.monotonic() - started)
-            return self._sent(mail, attempt, result)
+            metrics.SENDER_SMTP_ERRORS.labels(failure.kind).inc()
+            attempt = attempts.attempts + 1
+            if isinstance(failure, PermanentFailure):
+                return self._final(record, mail, attempt, failure.code, failure.reply)
+            assert isinstance(failure, TemporaryFailure)
+            # Another attempt only if it can finish (one timeout) inside the window.
+            delay = attempts.next_delay(margin=self.settings.timeout_seconds)
+            if delay is None:
+                return self._final(record, mail, attempt, failure.code,
+                                   f"gave up after {attempt} attempt(s) in {attempts.elapsed():.0f}s: {failure.reply}")
+            attempts.schedule()
+            if failure.kind in _SERVER_DOWN:
+                self.down[server] = (self.clock.monotonic() + delay, failure)
+            raise Later(f"outbound mail {mail['id']} waits {delay:.1f}s for attempt {attempt + 1}", delay,
+                        [self._retrying(mail, attempt, failure, delay)])
+        metrics.SENDER_SEND_SECONDS.observe(self.clock.monotonic() - started)
+        self.down.pop(server, None)
+        return self._sent(record, mail, attempts.attempts + 1, result)
 
-    def _retrying(self, mail: dict[str, Any], attempt: int, failure: SmtpFailure, delay: float) -> None:
+    def _attempts(self, record: Record) -> Retry:
+        """The attempts so far at this record: kept per partition, since a partition
+        waits at its one unfinished record until it is final."""
+        tp = (record.topic, record.partition)
+        held = self.attempts.get(tp)
+        if held is None or held[0] != record.offset:
+            retry = Retry(self.backoff, clock=self.clock, budget=self.settings.give_up_after_seconds)
+            retry.start()
+            held = self.attempts[tp] = (record.offset, retry)
+        return held[1]
+
+    def _retrying(self, mail: dict[str, Any], attempt: int, failure: SmtpFailure, delay: float) -> Out:
         log.warning(
             "retrying",
             extra={"stage": STAGE, "mailbox": mail["mailbox"], "ticket": mail["ticket"], "outcome": "retrying",
                    "reason": failure.kind, "error": failure.reply, "delay": round(delay, 2)},
         )
         metrics.SENDER_MAILS.labels("retrying").inc()
-        self.producer.send_all([self._event(mail, attempt, "retrying", failure.code, failure.reply)], STAGE)
+        return self._event(mail, attempt, "retrying", failure.code, failure.reply)
 
-    def _sent(self, mail: dict[str, Any], attempt: int, result: SendResult) -> Out:
+    def _sent(self, record: Record, mail: dict[str, Any], attempt: int, result: SendResult) -> Out:
+        self._forget(record)
         metrics.SENDER_MAILS.labels("sent").inc()
         log.info(
             "sent",
@@ -190,7 +224,8 @@ class SenderStep:
         )
         return self._event(mail, attempt, "sent", result.code, result.reply)
 
-    def _final(self, mail: dict[str, Any], attempt: int, code: int | None, reply: str) -> Out:
+    def _final(self, record: Record, mail: dict[str, Any], attempt: int, code: int | None, reply: str) -> Out:
+        self._forget(record)
         metrics.SENDER_MAILS.labels("failed").inc()
         log.warning(
             "failed",
@@ -198,6 +233,12 @@ class SenderStep:
                    "error": reply},
         )
         return self._event(mail, attempt, "failed", code, reply)
+
+    def _forget(self, record: Record) -> None:
+        tp = (record.topic, record.partition)
+        held = self.attempts.get(tp)
+        if held is not None and held[0] == record.offset:
+            del self.attempts[tp]
 
     def _event(self, mail: dict[str, Any], attempt: int, status: Status, code: int | None, reply: str) -> Out:
         event = {

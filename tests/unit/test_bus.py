@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from services.common.bus import ConsumeLoop, LoopSettings, Out, Partition, Record
 from services.common.codec import codec
 from services.common.dlq import DeadLetterLimit, DeadLetterWindow
-from services.common.errors import BadRecord, DeadLetterFlood, Stopping, Transient
+from services.common.errors import BadRecord, DeadLetterFlood, Later, Stopping, Transient
 from services.common.retry import Backoff, FakeClock
 from tests.harness.memory_bus import MemoryBroker, MemorySink, MemorySource
 
@@ -303,3 +303,30 @@ def test_not_ready_while_paused_for_a_dependency_and_ready_again_after() -> None
     h.run(step, until=lambda: h.committed() == 1 and h.source.polls > 1 and h.readiness[-1][0])
     assert (False, "paused: a dependency is unavailable") in h.readiness
     assert h.readiness[-1] == (True, None)
+
+
+def test_later_pauses_only_its_partition_commits_what_came_before_and_comes_back_after_the_delay() -> None:
+    h = Harness(n=8, partitions=2)  # partition 0: offsets 0-3 (values 0, 2, 4, 6); partition 1: the odd ones
+    waits = {1: 2}  # partition 0's offset 1 raises Later twice
+
+    def fail(record: Record) -> BaseException | None:
+        if record.partition == 0 and record.offset == 1 and waits[1] > 0:
+            waits[1] -= 1
+            return Later("not yet", 7.0, [Out(OUT, b"k", b"waiting:%d" % record.offset)])
+        return None
+
+    step = Echo(h.broker, fail)
+    started = h.clock.now
+    h.run(step, until=lambda: h.committed(0) == 4)
+    commits = [e[2:] for e in h.broker.events if e[0] == "commit"]
+    assert commits[:2] == [(0, 1), (1, 4)]  # the record before the waiting one; partition 1 went on meanwhile
+    assert commits[-1] == (0, 4)
+    assert h.clock.now - started >= 14.0  # both waits passed before the record came again
+    assert step.seen.count(1) == 3 + 1 and step.seen.count(0) == 1 + 1  # (both partitions) only the waiting one again
+    assert h.values(OUT).count(b"waiting:1") == 2
+    assert sorted(v for v in h.values(OUT) if v.startswith(b"out:")) == [b"out:%d" % i for i in range(8)]
+    assert metric("deskmail_bus_waiting_partitions", stage="test") == 0
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0

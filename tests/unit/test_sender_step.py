@@ -14,7 +14,7 @@ import pytest
 from services.common.bus import Out
 from services.common.codec import codec
 from services.common.config import Config, Smtp, parse_text
-from services.common.errors import BadRecord, Stopping
+from services.common.errors import BadRecord, Later
 from services.common.retry import FakeClock
 from services.common.runtime import Health
 from services.common.smtp import SendResult
@@ -128,32 +128,78 @@ def test_sent_at_the_first_attempt() -> None:
     assert b"Message-ID: <deskmail.out-1@example.com>" in data
 
 
+def drive(step: SenderStep, rec: Any, clock: FakeClock) -> tuple[list[Out], list[Out], list[float]]:
+    """Process ``rec`` as the consume loop does: after each ``Later`` its partition
+    waits the delay (the fake clock advances) and the record comes again.
+    Returns (final outs, retrying outs, delays)."""
+    retrying: list[Out] = []
+    delays: list[float] = []
+    while True:
+        try:
+            return list(step.process(rec)), retrying, delays
+        except Later as later:
+            retrying.extend(later.outs)
+            delays.append(later.delay)
+            clock.advance(later.delay)
+
+
 def test_temporary_failures_are_retried_with_a_retrying_event_each_then_sent() -> None:
     refused = TemporaryFailure("connect", "connect", "cannot connect to smtp.example.com:587: connection refused")
     step, pool, producer, clock = make([refused, refused, SendResult(250, "ok")])
-    outs = step.process(record())
-    retrying = events(producer.sent)
+    outs, retrying_outs, delays = drive(step, record(), clock)
+    retrying = events(retrying_outs)
     assert [(e["id"], e["status"], e["smtp_code"], e["smtp_reply"]) for e in retrying] == [
         ("out-1:1:retrying", "retrying", None, refused.reply),
         ("out-1:2:retrying", "retrying", None, refused.reply),
     ]
     assert [(e["id"], e["attempt"]) for e in events(outs)] == [("out-1:3:sent", 3)]
-    assert len(pool.calls) == 3
-    assert 0.5 <= sum(clock.waits) <= 3  # backoff 1 s then 2 s, with jitter down to half
+    assert len(pool.calls) == 3 and producer.sent == [] and clock.waits == []  # nothing sleeps in place
+    assert 0.5 <= sum(delays) <= 3  # backoff 1 s then 2 s, with jitter down to half
+
+
+def test_a_waiting_mail_does_not_hold_up_mail_of_other_partitions() -> None:
+    greylisted = TemporaryFailure("recipients", "send", "smtp.example.com refused every recipient: 451", 451)
+    step, pool, _, clock = make([greylisted, SendResult(250, "ok"), SendResult(250, "ok")])
+    waiting = record()
+    with pytest.raises(Later):
+        step.process(waiting)
+    other = record(id="out-2")
+    other.partition, other.offset = 1, 3
+    [event] = events(step.process(other))  # a recipient's 4xx: the server is not down, no delay for others
+    assert (event["id"], event["status"]) == ("out-2:1:sent", "sent")
+    clock.advance(2)
+    [event] = events(step.process(waiting))
+    assert (event["id"], event["attempt"]) == ("out-1:2:sent", 2)
+
+
+def test_an_unreachable_server_makes_the_other_mails_wait_without_trying() -> None:
+    down = TemporaryFailure("connect", "connect", "cannot connect to smtp.example.com:587: connection refused")
+    step, pool, _, clock = make([down, SendResult(250, "ok"), SendResult(250, "ok")])
+    with pytest.raises(Later):
+        step.process(record())
+    other = record(id="out-2")
+    other.partition = 1
+    with pytest.raises(Later, match="is down") as later:
+        step.process(other)
+    assert later.value.outs == () and len(pool.calls) == 1  # no timeout spent, no attempt counted
+    clock.advance(later.value.delay)
+    [event] = events(step.process(other))
+    assert (event["id"], event["attempt"]) == ("out-2:1:sent", 1)
 
 
 def test_temporary_failures_give_up_after_the_window() -> None:
     greylisted = TemporaryFailure("recipients", "send", "smtp.example.com refused every recipient: 451", 451)
     step, pool, producer, clock = make([greylisted] * 50)
     started = clock.now
-    [event] = events(step.process(record()))
+    outs, retrying, delays = drive(step, record(), clock)
+    [event] = events(outs)
     assert event["status"] == "failed" and event["smtp_code"] == 451
     assert event["smtp_reply"].startswith(f"gave up after {event['attempt']} attempt(s) in ")
     assert event["smtp_reply"].endswith(greylisted.reply)
     assert clock.now - started <= 30  # the last attempt still ends inside give_up_after_seconds
     assert clock.now - started + 8 + 2 > 30  # and no further one would have
-    assert len(producer.sent) == event["attempt"] - 1 == len(pool.calls) - 1
-    assert max(clock.waits) <= 1.0  # waits in small slices so health ticks and stop is seen
+    assert len(retrying) == event["attempt"] - 1 == len(pool.calls) - 1
+    assert step.attempts == {}  # a final outcome forgets the attempts
 
 
 def test_permanent_failure_fails_at_once() -> None:
@@ -165,12 +211,17 @@ def test_permanent_failure_fails_at_once() -> None:
     assert producer.sent == [] and len(pool.calls) == 1
 
 
-def test_stop_during_the_retry_wait_leaves_the_record_uncommitted() -> None:
-    down = TemporaryFailure("connect", "connect", "connection refused")
-    step, pool, producer, _ = make([down, SendResult(250, "ok")], stop_after_seconds=0.2)
-    with pytest.raises(Stopping, match="stays uncommitted"):
+def test_another_record_at_the_same_partition_starts_from_attempt_one() -> None:
+    """After a rebalance or restart the waiting record may come back at another
+    offset's turn; attempts are kept only for the record the partition waits at."""
+    down = TemporaryFailure("recipients", "send", "451 later", 451)
+    step, pool, _, clock = make([down, SendResult(250, "ok")])
+    with pytest.raises(Later):
         step.process(record())
-    assert len(pool.calls) == 1 and len(events(producer.sent)) == 1
+    nxt = record(id="out-2")
+    nxt.offset = 8
+    [event] = events(step.process(nxt))
+    assert event["attempt"] == 1
 
 
 def test_no_smtp_settings_or_unknown_mailbox_is_a_failed_event_not_a_crash() -> None:

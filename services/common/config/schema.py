@@ -254,7 +254,7 @@ class FetcherSettings(_Model):
 class SenderSettings(_Model):
     retry_initial_seconds: float = Field(2.0, gt=0)
     retry_max_seconds: float = Field(60.0, gt=0)
-    give_up_after_seconds: float = Field(240.0, gt=0)  # then the mail is failed; below max.poll.interval
+    give_up_after_seconds: float = Field(240.0, gt=0)  # then the mail is failed; its partition waits meanwhile
     timeout_seconds: float = Field(30.0, gt=0)
 
 
