@@ -38,7 +38,7 @@ OTHER = "other"
 # out, but on a busy machine a thread that was woken and waits for a core looks running.
 WAITING = "waiting (blocked threads)"
 _WAITS = re.compile(r"^(\S+\.select \(.*selectors\.py|(Condition|Event|Semaphore)\.(wait|acquire) \(.*threading\.py"
-                    r"|_wait_for_tstate_lock |sleep |.*\.accept \(.*socket\.py)")
+                    r"|_wait_for_tstate_lock |sleep |.*\.accept \(.*socket\.py|IMAPClient\._poll_socket )")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -181,3 +181,22 @@ def _kafka_file_side(filename: str) -> str:
 def print_report(lines: Iterable[str]) -> None:
     for line in lines:
         print(line)
+
+
+def main() -> None:
+    """Print the breakdown of a saved profile again (py-spy raw, or cProfile with --cprofile)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--cpu", type=float, default=None, help="the stage's measured CPU-seconds")
+    parser.add_argument("--mails", type=int, default=None, help="mails in the window")
+    parser.add_argument("--top", type=int, default=5)
+    args = parser.parse_args()
+    breakdown = from_cprofile(args.file) if args.cprofile else from_pyspy(args.file)
+    print_report(breakdown.report(args.cpu, args.mails, args.top))
+
+
+if __name__ == "__main__":
+    main()
