@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,14 +82,16 @@ class Stack:
         for name in services:
             self.wait_ready(name)
 
-    def launch(self, name: str, service: str | None = None) -> None:
+    def launch(self, name: str, service: str | None = None, python_args: Sequence[str] = ()) -> None:
         """Start `deskmail run SERVICE` under ``name`` (default: the service's own), with its
-        own metrics port and log file, so one service can run as several replicas."""
+        own metrics port and log file, so one service can run as several replicas.
+        ``python_args`` go to the interpreter before ``-m services.cli`` (a profiler:
+        ``("-m", "cProfile", "-o", FILE)``)."""
         self.ports.setdefault(name, free_port())
         log = open(self.log_path(name), "ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run", service or name, "--config", str(self.config_path),
-             "--bootstrap", self.bootstrap, "--metrics-port", str(self.ports[name])],
+            [sys.executable, *python_args, "-m", "services.cli", "run", service or name,
+             "--config", str(self.config_path), "--bootstrap", self.bootstrap, "--metrics-port", str(self.ports[name])],
             cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )
         log.close()
