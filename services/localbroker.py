@@ -23,6 +23,7 @@ import contextlib
 import errno
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -80,12 +81,36 @@ def broker_binary() -> str:
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that was free a moment ago.
 
-    The port is found by binding to port 0 and closing the socket, so another
-    process may still grab it before the caller binds it.
+    Another process may still grab it before the caller binds it. The port is
+    taken below the kernel's ephemeral range (net.ipv4.ip_local_port_range), where
+    no outgoing connection is ever given a local port: a port from binding to 0
+    lies inside it, and any client connecting anywhere in between (a broker client,
+    a browser) could take it first. Binding to 0 is the fallback.
     """
+    low = _ephemeral_low()
+    if low > _LOWEST_PORT + 1000:
+        for _ in range(100):
+            port = random.randrange(_LOWEST_PORT, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+_LOWEST_PORT = 10_000  # above the well-known and most registered services' ports
+
+
+def _ephemeral_low() -> int:
+    """The first port of the ephemeral range (Linux's default when it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _port_bindable(host: str, port: int) -> bool:

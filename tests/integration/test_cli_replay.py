@@ -151,22 +151,27 @@ def test_replay_refuses_while_the_stage_runs_and_for_the_sender(setup: Any, brok
     inbound = topics["inbound"]
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     for partition in range(3):
-        producer.send(inbound, value=b"x", partition=partition)
+        producer.send(inbound, value=b"x", partition=partition).get(timeout=30)
     producer.close()
-    # A longer session than FAST_CONSUMER's: the member must stay in the group while the
-    # commands below run, even when a loaded machine delays its heartbeats.
+    # The group stands at the end of every partition (committed without joining it) ...
+    committer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(inbound, p) for p in range(3)]
+        committer.assign(tps)
+        committer.commit({tp: OffsetAndMetadata(1, None, -1) for tp in tps})
+    finally:
+        committer.close(autocommit=False)
+    # ... and then has a live member. A longer session than FAST_CONSUMER's: the member
+    # must stay in the group while the commands below run, on a loaded machine too.
     running = KafkaConsumer(inbound, bootstrap_servers=broker.bootstrap, group_id=group,
                             **{**FAST_CONSUMER, "session_timeout_ms": 10000,
                                "heartbeat_interval_ms": 1000})  # type: ignore[arg-type]
     try:
-        seen: set[int] = set()
+        def joined() -> bool:
+            running.poll(timeout_ms=200)
+            return bool(running.assignment())
 
-        def read() -> bool:
-            seen.update(tp.partition for tp in running.poll(timeout_ms=200))
-            return len(seen) == 3
-
-        wait_for(read, 90, "the member to read every partition")
-        running.commit()
+        wait_for(joined, 90, "the member to join the group")
         before = committed(broker.bootstrap, group, inbound)
         assert before == {0: 1, 1: 1, 2: 1}
         for target in (["--to-beginning"], ["--offset", "0"], ["--from", "1h"]):
