@@ -91,18 +91,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     if low > _LOWEST_PORT + 1000:
         for _ in range(100):
             port = random.randrange(_LOWEST_PORT, low)
+            if port in _GIVEN:  # handed out already, perhaps not bound yet
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 try:
                     s.bind((host, port))
                 except OSError:
                     continue
-                return port
+            _GIVEN.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 _LOWEST_PORT = 10_000  # above the well-known and most registered services' ports
+_GIVEN: set[int] = set()  # never the same port twice from one process
 
 
 def _ephemeral_low() -> int:
