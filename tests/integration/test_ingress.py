@@ -203,45 +203,6 @@ def test_an_address_that_is_not_an_ingress_mailbox_is_refused_with_550(ingress):
     assert server.records(1, timeout=2) == []
 
 
-# ---------------------------------------------------------------- into an S3 bucket
-
-
-@pytest.fixture
-def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    for name, value in S3Server.env().items():
-        monkeypatch.setenv(name, value)
-    return s3.bucket()
-
-
-def test_a_large_message_is_streamed_to_an_s3_bucket_in_parts(ingress, s3: S3Server, bucket: str):
-    server, support, _ = ingress(extra=s3.config_yaml(bucket) + "  inline_max_bytes: 65536")
-    raw = mail(30, support, size=12_000_000)  # more than one part of 8 MiB
-    with server.smtp() as client:
-        assert client.sendmail("c@customer.test", [support], raw) == {}
-    [(_, record)] = server.records(1)
-    stored = server.blobs.get(record["blob_ref"])
-    assert record["raw"] is None and as_sent(stored) == raw
-    assert (record["size"], record["sha256"]) == (len(stored), hashlib.sha256(stored).hexdigest())
-    digest = record["sha256"]
-    # the message as sent, and as stored with deskmail's Authentication-Results on top
-    assert f"deskmail/{digest[:2]}/{digest[2:4]}/{digest}" in s3.keys(bucket) and len(s3.keys(bucket)) == 2
-    assert s3.uploads(bucket) == []  # no upload left open, no temporary object
-    assert not server.config.blob_path.exists()
-
-
-def test_a_connection_dropped_in_the_middle_of_data_aborts_its_s3_upload(ingress, s3: S3Server, bucket: str):
-    server, support, _ = ingress(extra=s3.config_yaml(bucket) + "  inline_max_bytes: 1024")
-    client = server.smtp()
-    start_data(client, "c@customer.test", support)
-    client.send(lines(9_000_000))  # a part is sent: the multipart upload is open
-    wait_until(lambda: bool(s3.uploads(bucket)), "the first part to be uploaded", timeout=30)
-    client.sock.close()
-    client.close()
-    wait_until(lambda: s3.uploads(bucket) == [] and metric("deskmail_fetcher_ingress_inflight_bytes") == 0
-               and metric("deskmail_fetcher_ingress_open_sessions") == 0, "the upload to be aborted")
-    assert s3.keys(bucket) == [] and server.records(1, timeout=2) == []
-
-
 def test_oversize_mail_is_refused_with_552_whether_announced_or_not(ingress):
     server, support, _ = ingress(ingress_yaml="max_message_bytes: 4096")
     too_big = metric("deskmail_fetcher_ingress_sessions_total", outcome="too_big")
