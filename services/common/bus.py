@@ -29,6 +29,12 @@ What a step may raise decides what happens to the record:
 * anything else: propagates and stops the process; nothing of the batch is
   committed, so the next owner processes it again.
 
+A step may also take a polled batch at once (``BatchStep.process_batch``: the
+ticketer applies it in one database transaction). It answers each record with its
+outputs or its ``BadRecord``, and its effects are durable when it returns. If it
+raises ``Transient``, nothing of it took effect, and the loop processes that batch
+again record by record as above, with the retries and pauses that path has.
+
 The loop knows no Kafka client: it talks to a ``Source`` and a ``Sink``
 (``services.common.kafka`` adapts kafka-python to both; tests use an in-memory
 pair), so its contract is pinned by ``tests/unit/test_bus.py``.
@@ -41,7 +47,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from services.common import metrics
 from services.common.codec import codec
@@ -86,6 +92,16 @@ class Step(Protocol):
     """One stage's processing of one consumed record. May raise BadRecord, Transient or Stopping."""
 
     def process(self, record: Record) -> Sequence[Out]: ...
+
+
+@runtime_checkable
+class BatchStep(Step, Protocol):
+    """A step that takes a polled batch at once; see the module docstring."""
+
+    def process_batch(self, records: Sequence[Record]) -> Sequence[Sequence[Out] | BadRecord]:
+        """Each record's outputs, or the BadRecord it is dead-lettered with, in order;
+        all effects durable on return. Raises Transient when none took effect."""
+        ...
 
 
 class Source(Protocol):
@@ -228,6 +244,8 @@ class ConsumeLoop:
     # ------------------------------------------------------------ one batch
 
     def _handle(self, batches: Mapping[Partition, Sequence[Record]]) -> None:
+        if isinstance(self.step, BatchStep) and self._handle_batch(self.step, batches):
+            return
         pending: list[tuple[Out, Any]] = []
         done: dict[Partition, int] = {}
         try:
@@ -258,6 +276,40 @@ class ConsumeLoop:
             raise
         if self._commit(pending, done, batches):
             self.pauses.reset()
+
+    def _handle_batch(self, step: BatchStep, batches: Mapping[Partition, Sequence[Record]]) -> bool:
+        """The batch through ``step.process_batch``; False when it raised Transient
+        (nothing took effect: the caller processes the batch record by record)."""
+        records = [record for part in batches.values() for record in part]
+        try:
+            results = step.process_batch(records)
+        except Transient as exc:
+            metrics.BUS_BATCH_FALLBACKS.labels(self.stage).inc()
+            log.info("batch processed record by record", extra={"stage": self.stage, "count": len(records),
+                                                                 "error": str(exc)})
+            return False
+        pending: list[tuple[Out, Any]] = []
+        done: dict[Partition, int] = {}
+        try:
+            for record, result in zip(records, results, strict=True):
+                if isinstance(result, BadRecord):
+                    outs: Sequence[Out] = [self._dead_lettered(record, result)]
+                else:
+                    self.deadletters.check(dead=False)
+                    outs = result
+                pending.extend((out, self.sink.send(out)) for out in outs)
+                done[record.tp] = record.offset + 1
+                metrics.BUS_RECORDS.labels(self.stage, record.topic).inc()
+        except (Transient, _GiveUp):  # the broker would not take a record
+            if self._commit(pending, done, batches):
+                self._pause(batches, done)
+            return True
+        except BaseException:
+            self._commit(pending, done, batches)
+            raise
+        if self._commit(pending, done, batches):
+            self.pauses.reset()
+        return True
 
     def _wait(self, tp: Partition, record: Record, later: Later) -> None:
         """Rewind ``tp`` to ``record`` and pause it alone for ``later.delay`` seconds."""
@@ -291,13 +343,7 @@ class ConsumeLoop:
             try:
                 outs = self.step.process(record)
             except BadRecord as exc:
-                self.deadletters.check(dead=True)
-                log.warning(
-                    "dead-lettered",
-                    extra={"stage": self.stage, "topic": record.topic, "partition": record.partition,
-                           "offset": record.offset, "reason": exc.error_class, "error": str(exc)},
-                )
-                return [dead_letter(self.deadletter_topic, self.stage, record, record.key, record.value, exc)]
+                return [self._dead_lettered(record, exc)]
             except Transient as exc:
                 metrics.BUS_RETRIES.labels(self.stage).inc()
                 delay = retry.next_delay()
@@ -314,6 +360,16 @@ class ConsumeLoop:
                 continue
             self.deadletters.check(dead=False)
             return outs
+
+    def _dead_lettered(self, record: Record, exc: BadRecord) -> Out:
+        """The dead letter of ``record``; raises DeadLetterFlood past the stage's limit."""
+        self.deadletters.check(dead=True)
+        log.warning(
+            "dead-lettered",
+            extra={"stage": self.stage, "topic": record.topic, "partition": record.partition,
+                   "offset": record.offset, "reason": exc.error_class, "error": str(exc)},
+        )
+        return dead_letter(self.deadletter_topic, self.stage, record, record.key, record.value, exc)
 
     # ------------------------------------------------------------ pausing
 

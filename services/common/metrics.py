@@ -35,6 +35,11 @@ BUS_RETRIES = Counter(
     "Transient failures a stage retried (broker, database or blob store unavailable).",
     ["stage"],
 )
+BUS_BATCH_FALLBACKS = Counter(
+    "deskmail_bus_batch_fallbacks_total",
+    "Polled batches a batch step could not process at once (a dependency failed), processed record by record.",
+    ["stage"],
+)
 BUS_BATCH_SECONDS = Histogram(
     "deskmail_bus_batch_seconds",
     "Time to process one polled batch, from poll to offset commit.",

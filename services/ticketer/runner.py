@@ -1,5 +1,7 @@
 """Wires the ticket store to its two input topics: one DB transaction per
-record, offsets committed after the transaction.
+polled batch, a savepoint per record, offsets committed after the transaction
+(a batch that cannot commit is applied again record by record, a transaction
+each).
 
 - commands (TicketCommand from the router): ``TicketStore.apply`` (a bounce of
   mail deskmail sent also marks that outgoing comment ``bounced``);
@@ -20,8 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
@@ -38,6 +40,7 @@ from services.common.stage import TICKETER, StageContext, run_stage
 from services.tickets import InvalidCommand, InvalidDeliveryEvent, TicketStore, VersionConflict
 from services.tickets import pending
 from services.tickets.apply import ClosedReply
+from services.tickets.views import Applied
 from services.common.suspended import released_of
 from services.tickets.commands import command_key
 from services.tickets.gate import await_schema
@@ -57,7 +60,8 @@ DUE_INTERVAL = 1.0  # seconds between rounds of held replies whose wait is over
 
 
 class TicketerStep:
-    """Dispatches each record by its topic; see the module docstring."""
+    """Dispatches each record by its topic; see the module docstring. A polled batch
+    is one transaction (``process_batch``), each record in a savepoint of its own."""
 
     def __init__(self, store: TicketStore, commands_topic: str, events_topic: str,
                  closed_reply: Mapping[str, ClosedReply] | None = None, limits: Limits = NO_LIMITS,
@@ -65,7 +69,9 @@ class TicketerStep:
         self.store = store
         # A reply to mail not known yet is held back this long (services/tickets/pending.py).
         self.reply_wait = timedelta(seconds=reply_wait_seconds)
-        self._applying = threading.Lock()  # the consume loop and the due replies' thread
+        # The consume loop and the due replies' thread; re-entered by a batch's commands.
+        self._applying = threading.RLock()
+        self._committed: list[Callable[[], None]] | None = None  # in a batch: what to report once it commits
         self.blobs = blobs  # None: rate-limited mail is listed without its original
         self.closed_reply = dict(closed_reply or {})
         self.limits = limits
@@ -75,15 +81,40 @@ class TicketerStep:
         self.events = codec("DeliveryEvent")
 
     def process(self, record: Record) -> Sequence[Out]:
-        if record.topic == self.commands_topic:
-            self._apply(record)
-        elif record.topic == self.events_topic:
-            self._record_delivery(record)
-        else:
-            raise BadRecord(f"the ticketer does not consume topic {record.topic}", error_class="UnexpectedTopic")
+        self._dispatch(record, self.store)
         return []
 
-    def _apply(self, record: Record) -> None:
+    def process_batch(self, records: Sequence[Record]) -> list[Sequence[Out] | BadRecord]:
+        """The records in one transaction: each one's BadRecord, or no outputs. Raises
+        Transient, with nothing of the batch committed (the loop then goes record by record)."""
+        results: list[Sequence[Out] | BadRecord] = []
+        committed: list[Callable[[], None]] = []
+        with self._applying:
+            self._committed = committed
+            try:
+                with _transient_db_errors(), self.store.batch() as batch:
+                    for record in records:
+                        try:
+                            self._dispatch(record, batch)
+                        except BadRecord as exc:
+                            results.append(exc)
+                        else:
+                            results.append(())
+            finally:
+                self._committed = None
+        for report in committed:
+            report()
+        return results
+
+    def _dispatch(self, record: Record, writer: Writer) -> None:
+        if record.topic == self.commands_topic:
+            self._apply(record, writer)
+        elif record.topic == self.events_topic:
+            self._record_delivery(record, writer)
+        else:
+            raise BadRecord(f"the ticketer does not consume topic {record.topic}", error_class="UnexpectedTopic")
+
+    def _apply(self, record: Record, writer: Writer) -> None:
         try:
             command = self.commands.decode(record.value)
         except CodecError as exc:
@@ -92,7 +123,7 @@ class TicketerStep:
         if self.reply_wait:
             hold = pending.Hold(bytes(record.value), datetime.now(timezone.utc) + self.reply_wait)
         try:
-            self.apply_command(command, hold)
+            self.apply_command(command, hold, writer)
         except InvalidCommand as exc:
             raise BadRecord(f"{command.get('id')}: {exc}") from exc
 
@@ -107,52 +138,47 @@ class TicketerStep:
                 log.error("held reply cannot be applied", extra={"stage": STAGE, "error": str(exc)})
         return len(due)
 
-    def apply_command(self, command: Mapping[str, Any], hold: pending.Hold | None) -> None:
+    def apply_command(self, command: Mapping[str, Any], hold: pending.Hold | None,
+                      writer: Writer | None = None) -> None:
         """Apply one command (``hold``: a reply to unknown mail may wait), then the held
-        replies its mail released, in order. Raises Transient, InvalidCommand."""
+        replies its mail released, in order; with ``writer``, on a batch's transaction.
+        Raises Transient, InvalidCommand."""
         queue: list[tuple[Mapping[str, Any], pending.Hold | None]] = [(command, hold)]
         while queue:
             current, current_hold = queue.pop(0)
             with self._applying:
-                applied = self._apply_one(current, current_hold)
+                applied = self._apply_one(current, current_hold, writer or self.store)
             queue.extend((self.commands.decode(payload), None) for payload in applied.released)
 
-    def _apply_one(self, command: Mapping[str, Any], hold: pending.Hold | None) -> Any:
+    def _apply_one(self, command: Mapping[str, Any], hold: pending.Hold | None, writer: Writer) -> Any:
         started = time.perf_counter()
         with _transient_db_errors():
-            applied = self.store.apply(
+            applied = writer.apply(
                 command, closed_reply=self.closed_reply.get(command.get("queue") or "", "follow_up"),
                 limits=self.limits, hold=hold)
-        metrics.TICKETER_APPLY_SECONDS.observe(time.perf_counter() - started)
-        metrics.TICKETER_APPLIED.labels(applied.outcome).inc()
-        _observe_latency(command, applied.outcome)
-        if applied.bounce is not None:
-            metrics.TICKETER_BOUNCES.labels(applied.bounce).inc()
-            if applied.bounce == "bounced":
-                log.info("outgoing mail bounced", extra={"stage": STAGE, "command": command["id"],
-                                                         "queue": command["queue"], "ticket": applied.ticket_key})
-        if applied.reason is not None:  # a flood set aside here: counted and said, every one
-            metrics.TICKETER_RATE_LIMITED.labels("ticket" if " mails on " in applied.reason else "sender").inc()
-            log.warning("rate limited", extra={"stage": STAGE, "command": command["id"], "queue": command["queue"],
-                                               "reason": applied.reason})
-            self._keep_original(command, applied.reason)
-        elif applied.outcome == "duplicate" and self._may_lack_original(command):
+        seconds = time.perf_counter() - started
+        self._once_committed(lambda: _report(command, applied, seconds))
+        if applied.reason is not None:  # a flood set aside here: its original is kept with it
+            self._keep_original(command, applied.reason, writer)
+        elif applied.outcome == "duplicate" and self._may_lack_original(command, writer):
             # A restart between the rejection's commit and its original: finish it now.
-            self._keep_original(command, "set aside by the ticketer")
-        log.debug(
-            "applied",
-            extra={"stage": STAGE, "command": command["id"], "outcome": applied.outcome,
-                   "ticket": applied.ticket_key, "queue": command["queue"]},
-        )
+            self._keep_original(command, "set aside by the ticketer", writer)
         return applied
 
-    def _may_lack_original(self, command: Mapping[str, Any]) -> bool:
+    def _once_committed(self, report: Callable[[], None]) -> None:
+        """Metrics and logs of an effect: now, or after the batch's commit."""
+        if self._committed is None:
+            report()
+        else:
+            self._committed.append(report)
+
+    def _may_lack_original(self, command: Mapping[str, Any], writer: Writer) -> bool:
         if self.blobs is None or command.get("raw_ref") or command["author"].get("member"):
             return False
         with _transient_db_errors():
-            return self.store.lacks_original(command_key(command["id"]))
+            return writer.lacks_original(command_key(command["id"]))
 
-    def _keep_original(self, command: Mapping[str, Any], why: str) -> None:
+    def _keep_original(self, command: Mapping[str, Any], why: str, writer: Writer) -> None:
         """Rebuild the mail of a command the ticketer set aside and name it as the
         rejection's original, so an admin can open and release it. Raises Transient."""
         if self.blobs is None or command.get("raw_ref"):
@@ -170,22 +196,56 @@ class TicketerStep:
         except OSError as exc:
             raise Transient(f"blob store unavailable: {exc}") from exc
         with _transient_db_errors():
-            self.store.keep_original(command_key(command["id"]), ref)
+            writer.keep_original(command_key(command["id"]), ref)
 
-    def _record_delivery(self, record: Record) -> None:
+    def _record_delivery(self, record: Record, writer: Writer) -> None:
         try:
             event = self.events.decode(record.value)
         except CodecError as exc:
             raise BadRecord(str(exc)) from exc
         try:
             with _transient_db_errors():
-                changed = self.store.record_delivery(event)
+                changed = writer.record_delivery(event)
         except InvalidDeliveryEvent as exc:
             raise BadRecord(f"{event.get('id')}: {exc}") from exc
         log.debug(
             "delivery recorded" if changed else "delivery event ignored",
             extra={"stage": STAGE, "ticket": event.get("ticket"), "outcome": event["status"]},
         )
+
+
+class Writer(Protocol):
+    """Where the step writes: the store (a transaction per call) or a batch (one for all)."""
+
+    def apply(self, cmd: Mapping[str, Any], *, closed_reply: ClosedReply = ..., limits: Limits = ...,
+              hold: pending.Hold | None = ...) -> Applied: ...
+
+    def record_delivery(self, event: Mapping[str, Any]) -> bool: ...
+
+    def keep_original(self, command_id: str, raw_ref: str) -> bool: ...
+
+    def lacks_original(self, command_id: str) -> bool: ...
+
+
+def _report(command: Mapping[str, Any], applied: Applied, seconds: float) -> None:
+    """The metrics and log lines of one committed command."""
+    metrics.TICKETER_APPLY_SECONDS.observe(seconds)
+    metrics.TICKETER_APPLIED.labels(applied.outcome).inc()
+    _observe_latency(command, applied.outcome)
+    if applied.bounce is not None:
+        metrics.TICKETER_BOUNCES.labels(applied.bounce).inc()
+        if applied.bounce == "bounced":
+            log.info("outgoing mail bounced", extra={"stage": STAGE, "command": command["id"],
+                                                     "queue": command["queue"], "ticket": applied.ticket_key})
+    if applied.reason is not None:  # a flood set aside here: counted and said, every one
+        metrics.TICKETER_RATE_LIMITED.labels("ticket" if " mails on " in applied.reason else "sender").inc()
+        log.warning("rate limited", extra={"stage": STAGE, "command": command["id"], "queue": command["queue"],
+                                           "reason": applied.reason})
+    log.debug(
+        "applied",
+        extra={"stage": STAGE, "command": command["id"], "outcome": applied.outcome,
+               "ticket": applied.ticket_key, "queue": command["queue"]},
+    )
 
 
 def _observe_latency(command: Mapping[str, Any], outcome: str) -> None:

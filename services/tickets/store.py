@@ -20,7 +20,8 @@ re-running the command once, which then sees the other side's effect.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy.pool import StaticPool
 from services.tickets import engine as db
 from services.tickets import listing, outgoing, queries, ratelimit, search, suspended, tokens, workflow
 from services.tickets.apply import ClosedReply, apply_command
+from services.tickets.batch import Batch
 from services.tickets.checks import check_page
 from services.tickets import pending
 from services.tickets.commands import Command
@@ -150,6 +152,14 @@ class TicketStore:
                     hold: pending.Hold | None) -> Applied:
         with db.write(self._engine) as conn:
             return apply_command(conn, c, closed_reply, limits, hold)
+
+    @contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """One write transaction for many commands and delivery events, each in a
+        savepoint of its own (``services/tickets/batch.py``): committed when the
+        block returns, rolled back when it raises."""
+        with db.write(self._engine) as conn:
+            yield Batch(conn)
 
     def due_replies(self, now: datetime | None = None, limit: int = 100) -> list[bytes]:
         """Held-back replies whose wait is over (TicketCommand records), oldest first:

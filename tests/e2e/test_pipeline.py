@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,12 @@ def setup(tmp_path, dovecot, broker, unique):
     yield make
     for stack in stacks:
         stack.stop()
+
+
+def _append_slowly(dovecot, address: str, raws: list[bytes]) -> None:
+    for start in range(0, len(raws), 50):
+        dovecot.append_many(address, "pw-good", raws[start:start + 50])
+        time.sleep(0.25)
 
 
 def _tickets(stack: Stack) -> list:
@@ -170,13 +178,19 @@ def test_mixed_mail_becomes_tickets_and_a_reply_becomes_a_comment(setup, dovecot
 def test_ticketer_killed_mid_batch_ends_with_exactly_500_tickets(setup, dovecot, postgres_url):
     stack, support, _ = setup(db_url=postgres_url)
     raws = [mails.mixed(i, f"c{i}@customer.test", support)[0] for i in range(500)]
-    dovecot.append_many(support, "pw-good", raws)
+    dovecot.append_many(support, "pw-good", raws[:100])
     stack.start("ticketer", "router", "fetcher")
     store = TicketStore(stack.config.database_url)
-    wait_for(lambda: store.count_tickets(queue="SUPPORT") >= 60, 90, "the ticketer to be mid-batch")
+    wait_for(lambda: store.count_tickets(queue="SUPPORT") >= 60, 90, "the ticketer to be at work")
+    # The rest comes while the ticketer works: a polled batch is one transaction, so
+    # mail all in the topic at once would be applied in a few commits.
+    rest = threading.Thread(target=_append_slowly, args=(dovecot, support, raws[100:]))
+    rest.start()
+    time.sleep(0.5)
     assert stack.signal("ticketer", signal.SIGKILL) == -signal.SIGKILL
     killed_at = store.count_tickets(queue="SUPPORT")
-    assert killed_at < 500, "the kill must land mid-batch for this test to mean anything"
+    rest.join()
+    assert killed_at < 500, "the kill must land mid-stream for this test to mean anything"
     stack.start("ticketer")
     wait_for(lambda: store.count_tickets(queue="SUPPORT") == 500, 120, "500 tickets")
     wait_for(lambda: stack.metric("ticketer", "deskmail_bus_consumer_lag_records") == 0, 30, "no lag")

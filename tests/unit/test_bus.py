@@ -330,3 +330,67 @@ def test_later_pauses_only_its_partition_commits_what_came_before_and_comes_back
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class Batched(Echo):
+    """A batch step: ``process_batch`` answers each record at once, or raises
+    Transient for a whole batch while ``batch_down()`` (nothing of it took effect)."""
+
+    def __init__(self, broker: MemoryBroker, fail: Callable[[Record], BaseException | None] = lambda r: None,
+                 batch_down: Callable[[], bool] = lambda: False):
+        super().__init__(broker, fail)
+        self.batch_down = batch_down
+        self.batches: list[list[int]] = []
+
+    def process_batch(self, records: Sequence[Record]) -> list[Sequence[Out] | BadRecord]:
+        self.batches.append([r.offset for r in records])
+        if self.batch_down():
+            raise Transient("database unavailable")
+        results: list[Sequence[Out] | BadRecord] = []
+        for record in records:
+            try:
+                results.append(self.process(record))
+            except BadRecord as exc:
+                results.append(exc)
+        return results
+
+
+def test_a_batch_step_gets_each_polled_batch_at_once_and_its_offsets_follow_the_acks() -> None:
+    h = Harness(n=5, max_records=2)
+    step = Batched(h.broker)
+    h.run(step, until=lambda: h.committed() == 5)
+    assert step.batches == [[0, 1], [2, 3], [4]]
+    assert h.values(OUT) == [b"out:%d" % i for i in range(5)]
+    assert [c[3] for c in h.broker.events if c[0] == "commit"] == [2, 4, 5]
+
+
+def test_a_bad_record_of_a_batch_is_dead_lettered_alone() -> None:
+    h = Harness(n=4)
+    step = Batched(h.broker, fail=lambda r: BadRecord("bad mail", error_class="BadMail") if r.offset == 1 else None)
+    h.run(step, until=lambda: h.committed() == 4)
+    assert h.values(OUT) == [b"out:0", b"out:2", b"out:3"]
+    [letter] = [codec("DeadLetter").decode(v) for v in h.values(DLQ)]
+    assert (letter["offset"], letter["error_class"]) == (1, "BadMail")
+    assert step.batches == [[0, 1, 2, 3]]
+
+
+def test_a_batch_that_fails_transiently_is_processed_record_by_record() -> None:
+    h = Harness(n=3)
+    before = REGISTRY.get_sample_value("deskmail_bus_batch_fallbacks_total", {"stage": "batch-fallback"}) or 0
+    h.stage = "batch-fallback"
+    step = Batched(h.broker, batch_down=lambda: True)
+    h.run(step, until=lambda: h.committed() == 3)
+    assert step.batches == [[0, 1, 2]]
+    assert step.seen == [0, 1, 2]  # then one by one, through process()
+    assert h.values(OUT) == [b"out:0", b"out:1", b"out:2"]
+    assert REGISTRY.get_sample_value("deskmail_bus_batch_fallbacks_total", {"stage": "batch-fallback"}) == before + 1
+
+
+def test_a_dead_letter_flood_in_a_batch_commits_what_came_before_and_stops() -> None:
+    settings = LoopSettings(poll_ms=100, deadletter_limit=DeadLetterLimit(percent=50, of_last=2))
+    h = Harness(n=4, settings=settings)
+    step = Batched(h.broker, fail=lambda r: BadRecord("bad") if r.offset >= 1 else None)
+    with pytest.raises(DeadLetterFlood):
+        h.run(step, until=lambda: False)
+    assert h.committed() is not None and h.committed() < 4
+    assert h.values(OUT) == [b"out:0"]
