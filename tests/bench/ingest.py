@@ -1,7 +1,8 @@
 """End-to-end ingest benchmark: N realistic mails in Dovecot -> tickets and comments.
 
     .venv/bin/python tests/bench/ingest.py [--n 10000] [--repeat 5] [--db sqlite|postgres]
-        [--partitions 4] [--replies 0.1] [--profile fetcher|router|ticketer [--profiler py-spy|cprofile]]
+        [--partitions 4] [--replies 0.1] [--routers 1] [--ticketers 1]
+        [--profile fetcher|router|ticketer [--profiler py-spy|cprofile]]
 
 Each run has a fresh broker (so fresh topics and groups), a fresh Dovecot, a fresh
 database and a fresh blob folder. All mail is APPENDed while the fetcher is stopped;
@@ -13,6 +14,11 @@ and PostgreSQL with their children) and, after it, each one's peak memory (VmHWM
 Prints each run and min/median/max over the runs; warns when the ticket count
 differs between runs. Blobs and Dovecot's mail live on tmpfs (/dev/shm) when there is
 one, the SQLite database in the temporary folder.
+
+``--routers K`` and ``--ticketers K`` run K processes of that stage in its consumer
+group (scale-out); their CPU is added up per stage, and after the run the script
+checks that every queue's ticket numbers run 1..count with no gap and no number
+twice, and that no Message-ID was stored twice.
 
 ``--profile STAGE`` samples that stage over the measured window with py-spy (all
 threads; ``pip install py-spy``) or runs it under cProfile (main thread only, start-up
@@ -73,6 +79,7 @@ class Run:
     rss_mb: dict[str, float]
     tickets: int
     outcomes: dict[str, float]
+    numbering: str = ""  # "gap-free" or what is wrong with the ticket numbers
     finished: dict[str, float] = field(default_factory=dict)  # seconds after the clock started
     raw_fetch: float = 0.0  # mails/s
     machine_busy: float = 0.0  # cores busy on the whole machine, on average over the window
@@ -147,15 +154,39 @@ def ready(port: int) -> bool:
         return False
 
 
-def outcomes(stack: Stack) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['ticketer']}/metrics", timeout=5) as r:
-        text = r.read().decode()
+def replicas(args: argparse.Namespace, stage: str) -> list[str]:
+    """The process names of ``stage``: the stage's own, then ``router-2`` and so on."""
+    count = {"router": args.routers, "ticketer": args.ticketers}.get(stage, 1)
+    return [stage, *(f"{stage}-{i}" for i in range(2, count + 1))]
+
+
+def outcomes(stack: Stack, ticketers: list[str]) -> dict[str, float]:
     found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith('deskmail_ticketer_commands_applied_total{outcome="'):
-            label = line.split('"')[1]
-            found[label] = float(line.rsplit(" ", 1)[1])
+    for name in ticketers:
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports[name]}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for line in text.splitlines():
+            if line.startswith('deskmail_ticketer_commands_applied_total{outcome="'):
+                label = line.split('"')[1]
+                found[label] = found.get(label, 0.0) + float(line.rsplit(" ", 1)[1])
     return found
+
+
+def numbering(store: TicketStore) -> str:
+    """"gap-free" when every queue's numbers are 1..count, each once, and no
+    Message-ID is stored twice in a queue; else what is wrong."""
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT queue, COUNT(*), COUNT(DISTINCT number), MIN(number), MAX(number) "
+                                 "FROM tickets GROUP BY queue")).all()
+        twice = conn.execute(text("SELECT COUNT(*) FROM (SELECT queue, message_id FROM messages "
+                                  "GROUP BY queue, message_id HAVING COUNT(*) > 1) AS d")).scalar_one()
+    wrong = [f"{q}: {n} tickets, {distinct} numbers, {low}..{high}" for q, n, distinct, low, high in rows
+             if not (n == distinct == high and low == 1)]
+    if twice:
+        wrong.append(f"{twice} Message-IDs stored twice")
+    return "; ".join(wrong) or "gap-free"
 
 
 def machine_busy_seconds() -> float:
@@ -244,7 +275,7 @@ def one_run(index: int, args: argparse.Namespace, corpus: Corpus, pg: object | N
             stack.create_topics()
             stack.migrate()
             try:
-                return measure(stack, n, server_pids(broker, dovecot, pg), db_url, raw_rate, profiler)
+                return measure(stack, args, n, server_pids(broker, dovecot, pg), db_url, raw_rate, profiler)
             finally:
                 codes = stack.stop()
                 if profiler is not None and codes.get(profiler.stage) != 0:
@@ -254,15 +285,18 @@ def one_run(index: int, args: argparse.Namespace, corpus: Corpus, pg: object | N
         shutil.rmtree(fast, ignore_errors=True)
 
 
-def measure(stack: Stack, n: int, servers: dict[str, int], db_url: str, raw_rate: float,
+def measure(stack: Stack, args: argparse.Namespace, n: int, servers: dict[str, int], db_url: str, raw_rate: float,
             profiler: Profiler | None) -> Run:
     def python_args(name: str) -> tuple[str, ...]:
         return profiler.python_args(name) if profiler is not None else ()
 
-    for name in ("ticketer", "router"):
-        stack.launch(name, python_args=python_args(name))
-    for name in ("ticketer", "router"):
-        stack.wait_ready(name)
+    names = {stage: replicas(args, stage) for stage in STAGES}
+    for stage in ("ticketer", "router"):
+        for name in names[stage]:
+            stack.launch(name, service=stage, python_args=python_args(name))
+    for stage in ("ticketer", "router"):
+        for name in names[stage]:
+            stack.wait_ready(name)
     stack.launch("fetcher", python_args=python_args("fetcher"))
     deadline = time.monotonic() + 120
     while not ready(stack.ports["fetcher"]):
@@ -270,12 +304,18 @@ def measure(stack: Stack, n: int, servers: dict[str, int], db_url: str, raw_rate
             raise SystemExit(f"the fetcher did not get ready:\n{stack.log('fetcher')[-3000:]}")
         time.sleep(0.01)
 
-    pids = {**{name: stack.procs[name].pid for name in STAGES}, **servers}
+    pids = {**{name: stack.procs[name].pid for stage in STAGES for name in names[stage]}, **servers}
+    stage_of = {name: stage for stage in STAGES for name in names[stage]}
 
     def cpu_now() -> dict[str, float]:
-        # the Python processes and the broker do not fork; Dovecot and PostgreSQL do
-        return {name: procstat.cpu_seconds(pid) if name in (*STAGES, "broker") else procstat.tree_cpu_seconds(pid)
-                for name, pid in pids.items()}
+        # the Python processes and the broker do not fork; Dovecot and PostgreSQL do;
+        # the replicas of a stage are added up
+        cpu: dict[str, float] = {}
+        for name, pid in pids.items():
+            stage = stage_of.get(name, name)
+            single = stage in (*STAGES, "broker")
+            cpu[stage] = cpu.get(stage, 0.0) + (procstat.cpu_seconds(pid) if single else procstat.tree_cpu_seconds(pid))
+        return cpu
 
     load = os.getloadavg()
     before, busy_before, bench_before = cpu_now(), machine_busy_seconds(), self_cpu()
@@ -293,7 +333,7 @@ def measure(stack: Stack, n: int, servers: dict[str, int], db_url: str, raw_rate
         for name in STAGES:
             # the ticketer at every poll (it ends the window), the others every fifth
             if name not in finished and (name == "ticketer" or polls % 5 == 0):
-                if stack.metric(name, counters[name]) >= n:
+                if sum(stack.metric(replica, counters[name]) for replica in names[name]) >= n:
                     finished[name] = time.perf_counter() - started
         polls += 1
         if time.perf_counter() - started > RUN_TIMEOUT:
@@ -303,16 +343,20 @@ def measure(stack: Stack, n: int, servers: dict[str, int], db_url: str, raw_rate
     after, busy_after, bench_after = cpu_now(), machine_busy_seconds(), self_cpu()
     if profiler is not None:
         profiler.stop()
-    cpu = {name: after[name] - before[name] for name in pids}
+    cpu = {name: after[name] - before[name] for name in after}
     cpu[BENCH] = bench_after - bench_before
-    rss = {name: procstat.peak_rss_mb(pid) if name in (*STAGES, "broker") else procstat.tree_peak_rss_mb(pid)
-           for name, pid in pids.items()}
+    rss: dict[str, float] = {}  # the largest replica's
+    for name, pid in pids.items():
+        stage = stage_of.get(name, name)
+        peak = procstat.peak_rss_mb(pid) if stage in (*STAGES, "broker") else procstat.tree_peak_rss_mb(pid)
+        rss[stage] = max(rss.get(stage, 0.0), peak)
     store = TicketStore(db_url)
     try:
         tickets = store.count_tickets()
+        gaps = numbering(store)
     finally:
         store.close()
-    return Run(seconds, cpu, rss, tickets, outcomes(stack), finished, raw_rate,
+    return Run(seconds, cpu, rss, tickets, outcomes(stack, names["ticketer"]), gaps, finished, raw_rate,
                (busy_after - busy_before) / seconds, load)
 
 
@@ -327,7 +371,7 @@ def per_thousand(run: Run, name: str, n: int) -> float:
 
 def print_run(index: int, run: Run, n: int) -> None:
     print(f"run {index}: {n:,} mails in {run.seconds:.1f} s = {run.mails_per_second(n):,.0f} mails/s; "
-          f"{run.tickets:,} tickets; outcomes {dict(sorted(run.outcomes.items()))}; "
+          f"{run.tickets:,} tickets, numbers {run.numbering}; outcomes {dict(sorted(run.outcomes.items()))}; "
           f"raw IMAP fetch {run.raw_fetch:,.0f} mails/s")
     print("  stage done after: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.finished.items()))
     print("  CPU-s per 1,000 mails: " + ", ".join(f"{k} {per_thousand(run, k, n):.2f}" for k in run.cpu)
@@ -366,6 +410,8 @@ def main() -> None:
     parser.add_argument("--replies", type=float, default=0.1, help="share of mails that reply to an earlier one")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--routers", type=int, default=1, help="router processes in the group")
+    parser.add_argument("--ticketers", type=int, default=1, help="ticketer processes in the group")
     parser.add_argument("--repeat", type=int, default=5, help="runs, each on a fresh broker, Dovecot and database")
     parser.add_argument("--profile", choices=STAGES, default=None, help="profile this stage (in the last run)")
     parser.add_argument("--profiler", choices=["py-spy", "cprofile"], default=None,
