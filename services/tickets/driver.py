@@ -140,7 +140,7 @@ class _Prepared:
             columns, keys_ = returning, [c.key for c in returning]
         explicit = bool(getattr(statement, "_returning", ()))  # an INSERT's own RETURNING, not the id Core adds
         self.implicit_id = isinstance(statement, Insert) and bool(returning) and not explicit
-        self.lastrowid = isinstance(statement, Insert) and not returning and bool(dialect.postfetch_lastrowid)
+        self.lastrowid = isinstance(statement, Insert) and not returning and bool(getattr(dialect, "postfetch_lastrowid", False))
         self.returns_rows = bool(columns) and not self.implicit_id
         self.types = [c.type for c in columns]
         if len(set(keys_)) != len(keys_):
@@ -294,7 +294,7 @@ class Executor:
         return self._cursor
 
     def _wrapped(self, error: Exception, sql: str | None, values: Any, cursor: Any) -> BaseException:
-        lost = bool(self.dialect.is_disconnect(error, self._dbapi_connection, cursor))
+        lost = bool(self.dialect.is_disconnect(error, self._dbapi_connection, cursor))  # type: ignore[arg-type]
         if lost:
             self._cursor = None
             self._conn.invalidate(error)
