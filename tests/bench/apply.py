@@ -7,6 +7,10 @@ rate limits on) to a fresh, migrated database, twice: one transaction per comman
 command (as a batch transaction does). Commands are parsed before the clock starts.
 
     .venv/bin/python tests/bench/apply.py [--n 5000] [--db sqlite|postgres] [--repeat 3]
+        [--prepare-threshold N|none]
+
+``--prepare-threshold`` sets psycopg's (default 5: a statement is prepared on the
+server from its 5th execution on a connection; ``none``: never prepared).
 
 CPU is this process's (``time.process_time``); on PostgreSQL the server's CPU is
 not in it, so the wall time is printed too. The server is a throwaway cluster
@@ -25,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sqlalchemy import event  # noqa: E402
 
 from services.tickets import TicketStore  # noqa: E402
 from services.tickets import engine as db  # noqa: E402
@@ -50,12 +56,15 @@ def databases(kind: str) -> Iterator[Callable[[str], str]]:
             yield cluster.create_database
 
 
-def run(url: str, commands: list[Command], batch: int) -> tuple[float, float]:
+def run(url: str, commands: list[Command], batch: int, prepare: str | None) -> tuple[float, float]:
     """(CPU seconds, wall seconds) to apply ``commands``, ``batch`` per transaction
     (1: no savepoints)."""
     with TicketStore(url) as store:
-        store.migrate()
         engine = store.engine
+        if prepare is not None:
+            threshold = None if prepare == "none" else int(prepare)
+            event.listen(engine, "connect", lambda dbapi_conn, _: setattr(dbapi_conn, "prepare_threshold", threshold))
+        store.migrate()
         cpu, wall = time.process_time(), time.perf_counter()
         for start in range(0, len(commands), batch):
             with db.write(engine) as conn:
@@ -73,6 +82,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--prepare-threshold", default=None)
     args = parser.parse_args()
     commands = [Command.parse(cmd) for cmd in stream(args.n)]
     print(f"{args.n} commands on {args.db}, {args.repeat} runs each; median (min-max) per command")
@@ -80,7 +90,7 @@ def main() -> None:
         for batch in (1, BATCH):
             cpu, wall = [], []
             for r in range(args.repeat):
-                c, w = run(fresh(f"b{batch}_r{r}"), commands, batch)
+                c, w = run(fresh(f"b{batch}_r{r}"), commands, batch, args.prepare_threshold)
                 cpu.append(c * 1000 / args.n)
                 wall.append(w * 1000 / args.n)
             label = "one transaction per command" if batch == 1 else f"one per {batch}, savepoint per command"
