@@ -26,14 +26,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 
+from services.tickets.driver import Executor
 from services.tickets.tables import awaited_messages, pending_replies
 
 __all__ = ["Hold", "arrived", "due", "hold", "is_held", "release"]
 
 MAX_AWAITED = 50  # Message-IDs one reply may wait for (References keeps at most 50)
+
+_HELD = select(pending_replies.c.id).where(pending_replies.c.command_id == bindparam("command_id"))
+_INSERT_HELD = insert(pending_replies)
+_INSERT_AWAITED = insert(awaited_messages)
+_AWAITED_BY_HELD = (
+    select(pending_replies.c.id, pending_replies.c.payload)
+    .select_from(awaited_messages.join(pending_replies, pending_replies.c.id == awaited_messages.c.pending_id))
+    .where(awaited_messages.c.queue == bindparam("queue"), awaited_messages.c.message_id == bindparam("message_id"))
+    .order_by(pending_replies.c.id)
+)
+_FORGET_AWAITED = delete(awaited_messages).where(
+    awaited_messages.c.pending_id.in_(bindparam("pending_ids", expanding=True)))
+_FORGET_HELD = delete(pending_replies).where(pending_replies.c.id == bindparam("pending_id"))
 
 
 @dataclass(frozen=True)
@@ -44,43 +58,37 @@ class Hold:
     until: datetime
 
 
-def is_held(conn: Connection, command_id: str) -> bool:
-    return conn.execute(select(pending_replies.c.id).where(pending_replies.c.command_id == command_id)).first() \
-        is not None
+def is_held(sql: Executor, command_id: str) -> bool:
+    return sql.execute(_HELD, {"command_id": command_id}).first() is not None
 
 
-def hold(conn: Connection, command_id: str, queue: str, message_ids: Sequence[str], how: Hold) -> None:
+def hold(sql: Executor, command_id: str, queue: str, message_ids: Sequence[str], how: Hold) -> None:
     """Keep the reply ``command_id`` until one of ``message_ids`` arrives or ``how.until``."""
-    result = conn.execute(insert(pending_replies).values(command_id=command_id, queue=queue, payload=how.payload,
-                                                         due_at=how.until))
+    result = sql.execute(_INSERT_HELD, {"command_id": command_id, "queue": queue, "payload": how.payload,
+                                        "due_at": how.until})
     pending_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
-    conn.execute(insert(awaited_messages), [
+    sql.execute(_INSERT_AWAITED, [
         {"queue": queue, "message_id": m, "ticket_id": None, "pending_id": pending_id}
         for m in dict.fromkeys(message_ids[:MAX_AWAITED])
     ])
 
 
-def arrived(conn: Connection, queue: str, message_id: str) -> list[bytes]:
+def arrived(sql: Executor, queue: str, message_id: str) -> list[bytes]:
     """The held replies that await ``message_id`` in ``queue``, oldest first; they
     await nothing else from now on (they are applied next)."""
-    rows = conn.execute(
-        select(pending_replies.c.id, pending_replies.c.payload)
-        .select_from(awaited_messages.join(pending_replies, pending_replies.c.id == awaited_messages.c.pending_id))
-        .where(awaited_messages.c.queue == queue, awaited_messages.c.message_id == message_id)
-        .order_by(pending_replies.c.id)
-    ).all()
+    rows = sql.execute(_AWAITED_BY_HELD, {"queue": queue, "message_id": message_id}).all()
     if rows:
-        conn.execute(delete(awaited_messages).where(awaited_messages.c.pending_id.in_([r.id for r in rows])))
+        sql.execute(_FORGET_AWAITED, {"pending_ids": [r.id for r in rows]})
     return [bytes(r.payload) for r in dict((r.id, r) for r in rows).values()]
 
 
-def release(conn: Connection, command_id: str) -> None:
+def release(sql: Executor, command_id: str) -> None:
     """The held reply ``command_id`` is being applied: forget it (in that transaction)."""
-    row = conn.execute(select(pending_replies.c.id).where(pending_replies.c.command_id == command_id)).first()
+    row = sql.execute(_HELD, {"command_id": command_id}).first()
     if row is None:
         return
-    conn.execute(delete(awaited_messages).where(awaited_messages.c.pending_id == row.id))
-    conn.execute(delete(pending_replies).where(pending_replies.c.id == row.id))
+    sql.execute(_FORGET_AWAITED, {"pending_ids": [row.id]})
+    sql.execute(_FORGET_HELD, {"pending_id": row.id})
 
 
 def due(conn: Connection, now: datetime, limit: int) -> list[bytes]:

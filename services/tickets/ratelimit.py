@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
+from services.tickets.driver import Executor
 from services.tickets.tables import mail_arrivals
 
 __all__ = ["Limit", "Limits", "check_sender", "check_ticket", "prune", "record"]
@@ -41,45 +42,55 @@ class Limits:
 NONE = Limits(Limit(0, 1), Limit(0, 1))
 
 
-def check_sender(conn: Connection, limits: Limits, email: str, at: datetime) -> str | None:
+def _arrivals(who: ColumnElement[bool]) -> object:
+    """How many arrivals of ``who`` lie between ``after`` and ``before``, counting up to ``mails``."""
+    window = (mail_arrivals.c.received_at > bindparam("after"), mail_arrivals.c.received_at < bindparam("before"))
+    return select(func.count()).select_from(
+        select(mail_arrivals.c.id).where(who, *window).limit(bindparam("mails")).subquery())
+
+
+_BY_SENDER = _arrivals(mail_arrivals.c.author_email == bindparam("email"))
+_BY_TICKET = _arrivals(mail_arrivals.c.ticket_id == bindparam("ticket_id"))
+_RECORD = insert(mail_arrivals)
+
+
+def check_sender(sql: Executor, limits: Limits, email: str, at: datetime) -> str | None:
     """The rejection reason when ``email`` sent more than the limit allows
     in the window before ``at``; None otherwise."""
     limit = limits.per_sender
     if limit.mails <= 0 or not email:
         return None
-    n = _count(conn, mail_arrivals.c.author_email == email.lower(), limit, at)
+    n = _count(sql, _BY_SENDER, {"email": email.lower()}, limit, at)
     if n < limit.mails:
         return None
     return f"rate_limited: more than {limit.mails} mails from {email} in {limit.minutes} minutes"
 
 
-def check_ticket(conn: Connection, limits: Limits, ticket_id: int, ticket_key: str, at: datetime) -> str | None:
+def check_ticket(sql: Executor, limits: Limits, ticket_id: int, ticket_key: str, at: datetime) -> str | None:
     """The rejection reason when the ticket got more mail from outside than
     the limit allows in the window before ``at``; None otherwise."""
     limit = limits.per_ticket
     if limit.mails <= 0:
         return None
-    n = _count(conn, mail_arrivals.c.ticket_id == ticket_id, limit, at)
+    n = _count(sql, _BY_TICKET, {"ticket_id": ticket_id}, limit, at)
     if n < limit.mails:
         return None
     return f"rate_limited: more than {limit.mails} mails on {ticket_key} in {limit.minutes} minutes"
 
 
-def _count(conn: Connection, who: object, limit: Limit, at: datetime) -> int:
+def _count(sql: Executor, query: object, who: dict[str, object], limit: Limit, at: datetime) -> int:
     # Both sides of ``at``: mails are applied in the order their partitions
     # deliver them, not by arrival time. Counting only the earlier ones would
     # let a later mail applied first make room for earlier ones; counting a
     # window either side keeps any span of ``minutes`` at ``mails`` at most,
     # whatever the order.
     window = timedelta(minutes=limit.minutes)
-    query = select(func.count()).select_from(
-        select(mail_arrivals.c.id).where(who, mail_arrivals.c.received_at > at - window,  # type: ignore[arg-type]
-                                         mail_arrivals.c.received_at < at + window).limit(limit.mails).subquery())
-    return int(conn.execute(query).scalar_one())
+    params = {**who, "after": at - window, "before": at + window, "mails": limit.mails}
+    return int(sql.execute(query, params).scalar_one())  # type: ignore[arg-type]
 
 
-def record(conn: Connection, email: str, ticket_id: int, at: datetime) -> None:
-    conn.execute(insert(mail_arrivals).values(author_email=email.lower(), ticket_id=ticket_id, received_at=at))
+def record(sql: Executor, email: str, ticket_id: int, at: datetime) -> None:
+    sql.execute(_RECORD, {"author_email": email.lower(), "ticket_id": ticket_id, "received_at": at})
 
 
 def prune(conn: Connection, before: datetime) -> int:

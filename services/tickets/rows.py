@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, TypeVar
-
-from sqlalchemy.engine import CursorResult
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from services.tickets.views import Recipient, ThreadEntry
 
@@ -47,7 +45,13 @@ def recipients(value: Any) -> tuple[Recipient, ...]:
     )
 
 
-def inserted_id(result: CursorResult[Any]) -> int:
+class _Inserted(Protocol):
+    @property
+    def inserted_primary_key(self) -> Any: ...
+
+
+def inserted_id(result: _Inserted) -> int:
+    """The new row's id, from Core's result or the executor's (services/tickets/driver.py)."""
     key = result.inserted_primary_key
     assert key is not None, "INSERT did not report its primary key"
     return int(key[0])

@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, func, literal, select, tuple_, update
+from sqlalchemy import bindparam, delete, func, literal, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from services.common.suspended import reason_code
+from services.tickets.driver import Executor
 from services.tickets.listing import BadCursor
 from services.tickets.rows import build
 from services.tickets.tables import REASON_CODE, UtcDateTime, rejections
@@ -33,6 +34,11 @@ from services.tickets.tables import REASON_CODE, UtcDateTime, rejections
 MAX_LIMIT = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _CURSOR = re.compile(r"(-?\d{1,20})\.(\d{1,18})")
+_MARK_RELEASED = (
+    update(rejections)
+    .where(rejections.c.command_id == bindparam("rejected_command"), rejections.c.released_at.is_(None))
+    .values(released_at=bindparam("at"), released_by=bindparam("by"), released_ticket=bindparam("ticket_key"))
+)
 
 
 @dataclass(frozen=True)
@@ -103,16 +109,16 @@ def get(conn: Connection, rejection_id: int) -> SuspendedMail | None:
     return None if row is None else build(SuspendedMail, row)
 
 
-def mark_released(conn: Connection, command_id: str, ticket_key: str, by: str | None, now: datetime) -> bool:
+def mark_released(conn: Connection | Executor, command_id: str, ticket_key: str, by: str | None,
+                  now: datetime) -> bool:
     """Record on ``conn``'s transaction that the rejection ``command_id`` became (or
     wrote into) ``ticket_key``. True when it was not marked before; a second
     release's duplicate changes nothing."""
-    result = conn.execute(
-        update(rejections)
-        .where(rejections.c.command_id == command_id, rejections.c.released_at.is_(None))
-        .values(released_at=now, released_by=by, released_ticket=ticket_key)
-    )
-    return bool(result.rowcount)
+    params = {"rejected_command": command_id, "at": now, "by": by, "ticket_key": ticket_key}
+    if isinstance(conn, Executor):
+        return bool(conn.execute(_MARK_RELEASED, params).rowcount)
+    with Executor(conn) as sql:
+        return bool(sql.execute(_MARK_RELEASED, params).rowcount)
 
 
 def keep_original(conn: Connection, command_id: str, raw_ref: str) -> bool:

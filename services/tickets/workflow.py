@@ -27,12 +27,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from services.common import routing
 from services.tickets import checks
+from services.tickets.driver import Executor
 from services.tickets.errors import InvalidChange, InvalidCommand, UnknownTicket, VersionConflict
 from services.tickets.rows import build, inserted_id
 from services.tickets.tables import EMAIL, ticket_components, ticket_counts, ticket_events, tickets
@@ -48,6 +49,19 @@ from services.tickets.views import (
 REOPENED_BY_CUSTOMER = "reopened by customer reply"
 _MAX_COMPONENTS = 50
 _MAX_FIELD = 255
+
+# The statements of mail's changes, built once (services/tickets/driver.py runs them).
+_TICKET = select(tickets).where(tickets.c.id == bindparam("ticket_id"))
+_AWAITING_REPLY = update(tickets).where(tickets.c.id == bindparam("ticket_id")).values(awaiting_reply=True)
+# The columns set are the parameters given besides these two, as Core does for an UPDATE.
+_CHANGE = update(tickets).where(tickets.c.id == bindparam("ticket_id"),
+                                tickets.c.version == bindparam("expected_version"))
+_VERSION = select(tickets.c.version).where(tickets.c.id == bindparam("ticket_id"))
+_INSERT_EVENT = insert(ticket_events)
+_INSERT_COMPONENT = insert(ticket_components)
+_DELETE_COMPONENTS = delete(ticket_components).where(
+    ticket_components.c.ticket_id == bindparam("ticket_id"),
+    ticket_components.c.component.in_(bindparam("components", expanding=True)))
 
 
 def check_change(change: TicketChange) -> TicketChange:
@@ -85,28 +99,29 @@ def change(conn: Connection, key: str, c: TicketChange, *, actor: str, expected_
         raise UnknownTicket(key)
     if expected_version is not None and row.version != expected_version:
         raise VersionConflict(key, expected_version, row.version)
-    return _apply(conn, row, c, actor=actor, reason=None, now=now)
+    with Executor(conn) as sql:
+        return _apply(sql, row, c, actor=actor, reason=None, now=now)
 
 
-def after_customer_mail(conn: Connection, ticket_id: int, now: datetime) -> Changed | None:
+def after_customer_mail(sql: Executor, ticket_id: int, now: datetime) -> Changed | None:
     """A customer's mail arrived on a ticket that is not closed: ``waiting`` and
     ``resolved`` become ``open`` again, and the customer now waits for an answer."""
-    row = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).one()
-    conn.execute(update(tickets).where(tickets.c.id == ticket_id).values(awaiting_reply=True))
+    row = sql.execute(_TICKET, {"ticket_id": ticket_id}).one()
+    sql.execute(_AWAITING_REPLY, {"ticket_id": ticket_id})
     if row.status in ("waiting", "resolved"):
-        return _apply(conn, row, TicketChange(status="open"), actor=None, reason=REOPENED_BY_CUSTOMER, now=now)
+        return _apply(sql, row, TicketChange(status="open"), actor=None, reason=REOPENED_BY_CUSTOMER, now=now)
     return None
 
 
-def reopen(conn: Connection, ticket_id: int, now: datetime) -> Changed:
+def reopen(sql: Executor, ticket_id: int, now: datetime) -> Changed:
     """A closed ticket of a ``closed_reply: reopen`` queue gets mail: open again."""
-    row = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).one()
-    return _apply(conn, row, TicketChange(status="open"), actor=None, reason=REOPENED_BY_CUSTOMER, now=now)
+    row = sql.execute(_TICKET, {"ticket_id": ticket_id}).one()
+    return _apply(sql, row, TicketChange(status="open"), actor=None, reason=REOPENED_BY_CUSTOMER, now=now)
 
 
-def record_follow_up(conn: Connection, closed_id: int, follow_up_key: str, now: datetime) -> None:
+def record_follow_up(sql: Executor, closed_id: int, follow_up_key: str, now: datetime) -> None:
     """On the closed ticket: "follow-up KEY opened" (its fields do not change)."""
-    _event(conn, closed_id, "follow_up", None, None, follow_up_key, "customer mail on a closed ticket", now)
+    _event(sql, closed_id, "follow_up", None, None, follow_up_key, "customer mail on a closed ticket", now)
 
 
 def auto_close(conn: Connection, queue: str, days: int, now: datetime, limit: int = 500) -> list[str]:
@@ -123,26 +138,27 @@ def auto_close(conn: Connection, queue: str, days: int, now: datetime, limit: in
         .limit(limit)
     ).all()
     closed = []
-    for row in rows:
-        reason = f"closed automatically {days} day{'s' if days != 1 else ''} after it was resolved"
-        _apply(conn, row, TicketChange(status="closed"), actor=None, reason=reason, now=now)
-        closed.append(row.key)
+    with Executor(conn) as sql:
+        for row in rows:
+            reason = f"closed automatically {days} day{'s' if days != 1 else ''} after it was resolved"
+            _apply(sql, row, TicketChange(status="closed"), actor=None, reason=reason, now=now)
+            closed.append(row.key)
     return closed
 
 
-def count_new_ticket(conn: Connection, queue: str, ticket_id: int, components: Sequence[str],
+def count_new_ticket(sql: Executor, queue: str, ticket_id: int, components: Sequence[str],
                      assignee: str | None = None) -> None:
     """A ticket was just created (open; unassigned, or assigned by a routing rule):
     count it and index its components."""
-    _count(conn, queue, "open", assignee or "", +1)
-    _set_components(conn, ticket_id, (), tuple(components))
+    _count(sql, queue, "open", assignee or "", +1)
+    _set_components(sql, ticket_id, (), tuple(components))
 
 
-def record_rule_assignee(conn: Connection, ticket_id: int, assignee: str, rule: str | None, now: datetime) -> None:
+def record_rule_assignee(sql: Executor, ticket_id: int, assignee: str, rule: str | None, now: datetime) -> None:
     """On a new ticket: deskmail assigned it, by routing rule ``rule`` (the
     ticket row already holds the assignee, and its version stays 1)."""
     reason = routing.assigned_reason(rule) if rule else "routing rule"
-    _event(conn, ticket_id, "assignee", None, "", assignee, reason, now)
+    _event(sql, ticket_id, "assignee", None, "", assignee, reason, now)
 
 
 def events_of(conn: Connection, ticket_id: int) -> tuple[TicketEvent, ...]:
@@ -161,7 +177,7 @@ def counts(conn: Connection, queues: Sequence[str] | None = None) -> dict[tuple[
     return {(r.queue, r.status, r.assignee): int(r.n) for r in conn.execute(query)}
 
 
-def _apply(conn: Connection, row: Any, c: TicketChange, *, actor: str | None, reason: str | None,
+def _apply(sql: Executor, row: Any, c: TicketChange, *, actor: str | None, reason: str | None,
            now: datetime) -> Changed:
     values: dict[str, Any] = {}
     new_events: list[TicketEvent] = []
@@ -176,68 +192,67 @@ def _apply(conn: Connection, row: Any, c: TicketChange, *, actor: str | None, re
             values["resolved_at"] = None
         if c.status == "resolved" and row.status == "closed":
             values["resolved_at"] = now  # auto-close counts from the newest resolution
-        new_events.append(_event(conn, row.id, "status", actor, row.status, c.status, reason, now))
+        new_events.append(_event(sql, row.id, "status", actor, row.status, c.status, reason, now))
     if c.assignee is not None and c.assignee != old_assignee:
         values["assignee"] = c.assignee or None
-        new_events.append(_event(conn, row.id, "assignee", actor, old_assignee, c.assignee, reason, now))
+        new_events.append(_event(sql, row.id, "assignee", actor, old_assignee, c.assignee, reason, now))
     if c.type is not None and c.type != (row.type or ""):
         values["type"] = c.type
-        new_events.append(_event(conn, row.id, "type", actor, row.type or "", c.type, reason, now))
+        new_events.append(_event(sql, row.id, "type", actor, row.type or "", c.type, reason, now))
     old_components = tuple(row.components or ())
     if c.components is not None and c.components != old_components:
         values["components"] = list(c.components)
-        _set_components(conn, row.id, old_components, c.components)
-        new_events.append(_event(conn, row.id, "components", actor, ", ".join(old_components),
+        _set_components(sql, row.id, old_components, c.components)
+        new_events.append(_event(sql, row.id, "components", actor, ", ".join(old_components),
                                  ", ".join(c.components), reason, now))
     if not values:
         return Changed(row.key, row.queue, row.version, ())
     values["version"] = row.version + 1
     if now > row.updated_at:
         values["updated_at"] = now
-    done = conn.execute(
-        update(tickets).where(and_(tickets.c.id == row.id, tickets.c.version == row.version)).values(**values)
-    )
+    done = sql.execute(_CHANGE, {**values, "ticket_id": row.id, "expected_version": row.version})
     if done.rowcount != 1:  # changed between our read and this write
-        current = conn.execute(select(tickets.c.version).where(tickets.c.id == row.id)).scalar_one()
+        current = sql.execute(_VERSION, {"ticket_id": row.id}).scalar_one()
         raise VersionConflict(row.key, row.version, int(current))
     new_status = values.get("status", row.status)
     new_assignee = values.get("assignee", row.assignee) or ""
     if (new_status, new_assignee) != (row.status, old_assignee):
-        _count(conn, row.queue, row.status, old_assignee, -1)
-        _count(conn, row.queue, new_status, new_assignee, +1)
+        _count(sql, row.queue, row.status, old_assignee, -1)
+        _count(sql, row.queue, new_status, new_assignee, +1)
     return Changed(row.key, row.queue, row.version + 1, tuple(new_events), resolved_after)
 
 
-def _event(conn: Connection, ticket_id: int, kind: str, actor: str | None, old: str | None, new: str | None,
+def _event(sql: Executor, ticket_id: int, kind: str, actor: str | None, old: str | None, new: str | None,
            reason: str | None, now: datetime) -> TicketEvent:
     values = {"ticket_id": ticket_id, "kind": kind, "actor": actor, "old_value": old, "new_value": new,
               "reason": reason, "created_at": now}
-    event_id = inserted_id(conn.execute(insert(ticket_events), values))
+    event_id = inserted_id(sql.execute(_INSERT_EVENT, values))
     return TicketEvent(event_id, kind, actor, old, new, reason, now)  # type: ignore[arg-type]
 
 
+def _upsert_count(insert_: Any) -> Any:
+    return insert_.on_conflict_do_update(
+        index_elements=[ticket_counts.c.queue, ticket_counts.c.status, ticket_counts.c.assignee],
+        set_={"n": ticket_counts.c.n + insert_.excluded.n},
+    )
+
+
 _UPSERT_COUNT = {
-    name: dialect.insert(ticket_counts)
+    name: _upsert_count(dialect.insert(ticket_counts))
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
 
 
-def _count(conn: Connection, queue: str, status: TicketStatus | str, assignee: str, delta: int) -> None:
-    insert_ = _UPSERT_COUNT[conn.dialect.name]
-    statement = insert_.values(queue=queue, status=status, assignee=assignee, n=delta).on_conflict_do_update(
-        index_elements=[ticket_counts.c.queue, ticket_counts.c.status, ticket_counts.c.assignee],
-        set_={"n": ticket_counts.c.n + insert_.excluded.n},
-    )
-    conn.execute(statement)
+def _count(sql: Executor, queue: str, status: TicketStatus | str, assignee: str, delta: int) -> None:
+    sql.execute(_UPSERT_COUNT[sql.dialect_name], {"queue": queue, "status": status, "assignee": assignee, "n": delta})
 
 
-def _set_components(conn: Connection, ticket_id: int, old: Sequence[str], new: Sequence[str]) -> None:
+def _set_components(sql: Executor, ticket_id: int, old: Sequence[str], new: Sequence[str]) -> None:
     old = [c[:_MAX_FIELD] for c in old]
     new = list(dict.fromkeys(c[:_MAX_FIELD] for c in new))
     gone = [c for c in old if c not in new]
     added = [c for c in new if c not in old]
     if gone:
-        conn.execute(delete(ticket_components).where(
-            ticket_components.c.ticket_id == ticket_id, ticket_components.c.component.in_(gone)))
+        sql.execute(_DELETE_COMPONENTS, {"ticket_id": ticket_id, "components": gone})
     if added:
-        conn.execute(insert(ticket_components), [{"ticket_id": ticket_id, "component": c} for c in added])
+        sql.execute(_INSERT_COMPONENT, [{"ticket_id": ticket_id, "component": c} for c in added])
