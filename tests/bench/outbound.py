@@ -101,16 +101,19 @@ def main() -> None:
         try:
             stack.start("sender")
             ready = time.perf_counter()
+            cpu_at_ready = cpu_seconds(stack.procs["sender"].pid)
             wait_for(lambda: len(smtp.received()) >= args.n, 600, f"{args.n} mails at the SMTP server", 0.05)
             elapsed = time.perf_counter() - ready
+            cpu = cpu_seconds(stack.procs["sender"].pid) - cpu_at_ready
         finally:
             codes = stack.stop()
         received = smtp.received()
         ids = {m["message_id"].encode() for m in mails}
         delivered = [next(i for i in ids if i in r.data) for r in received if any(i in r.data for i in ids)]
         sent = count_sent(broker.bootstrap, stack.config.topics["events"], args.n)
-        print(f"sender (one process, {args.partitions} partitions, STARTTLS+AUTH, pooled session): "
-              f"{args.n} mails in {elapsed:.2f}s = {args.n / elapsed:,.0f} mails/s")
+        print(f"sender (one process, {args.partitions} partitions, STARTTLS+AUTH, {smtp.sessions} SMTP session(s)): "
+              f"{args.n} mails in {elapsed:.2f}s = {args.n / elapsed:,.0f} mails/s, "
+              f"{cpu * 1000 / args.n:.2f} CPU-s per 1,000 mails")
         print(f"checks: {len(received)} received, {len(set(delivered))} distinct, {sent} 'sent' events, "
               f"exit codes {codes}")
 
@@ -129,6 +132,12 @@ def main() -> None:
             as_bytes(compose(m))
         print(f"compose alone: {args.n / (time.perf_counter() - started):,.0f} mails/s")
     os.system(f"rm -rf {work}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def count_sent(bootstrap: str, topic: str, n: int) -> int:
