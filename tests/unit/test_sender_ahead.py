@@ -184,3 +184,13 @@ def test_a_record_that_was_not_polled_or_not_started_is_attempted_by_collect_its
     ahead.collect(records[1])
     assert sorted(script.started) == [0, 1, 9]
     ahead.close()
+
+
+def test_smtp_sessions_defaults_to_three_and_a_bad_value_names_its_line() -> None:
+    from services.common.config import ConfigError, parse_text
+
+    assert parse_text("organization:\n  name: x\n").sender.smtp_sessions == 3
+    with pytest.raises(ConfigError) as info:
+        parse_text("organization:\n  name: x\nsender:\n  timeout_seconds: 10\n  smtp_sessions: 0\n")
+    [problem] = [str(p) for p in info.value.problems]
+    assert problem.startswith("line 5: sender.smtp_sessions: Input should be greater than or equal to 1"), problem
