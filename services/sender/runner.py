@@ -128,7 +128,7 @@ class SenderStep:
         sessions = self.settings.smtp_sessions
         servers = {(m.smtp.host, m.smtp.port, m.smtp.login) for m in config.mailboxes if m.smtp is not None}
         self.ahead = Ahead(self.attempt, self.lane, self._forget, sessions=sessions,
-                           workers=sessions * max(1, len(servers)))
+                           workers=sessions * (len(servers) + 1))  # + mail for no server: failed at once
 
     def process(self, record: Record) -> Sequence[Out]:
         return self.ahead.collect(record)
