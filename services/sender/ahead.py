@@ -88,7 +88,7 @@ class Ahead:
 
     def polled(self, batches: Mapping[Partition, Sequence[Record]]) -> None:
         """Queue a polled batch and start what may start. Never blocks on SMTP."""
-        lanes = {(r.partition, r.offset): self.lane(r) for records in batches.values() for r in records}
+        lanes = {(r.topic, r.partition, r.offset): self.lane(r) for records in batches.values() for r in records}
         with self._lock:
             for tp, records in batches.items():
                 if not records:
@@ -103,9 +103,9 @@ class Ahead:
                         if entry.state == "done" and not entry.final:
                             self.forget(entry.record)
                 part.blocked = False
-                for record in records:
-                    if record.offset not in part.entries:
-                        part.entries[record.offset] = _Entry(record, lanes[(record.partition, record.offset)])
+                for r in records:
+                    if r.offset not in part.entries:
+                        part.entries[r.offset] = _Entry(r, lanes[(r.topic, r.partition, r.offset)])
                 part.entries = dict(sorted(part.entries.items()))
             self._start()
 
