@@ -1,8 +1,8 @@
 """The one module that talks SMTP (smtplib): opening sessions and the session pool.
 
 ``connect`` opens a logged-in session (implicit TLS, STARTTLS or plain; AUTH only
-when a password is configured). ``SmtpPool`` keeps one open session per
-(host, port, login) and reuses it for the next mail. Failures are raised as the
+when a password is configured). ``SmtpPool`` keeps up to ``sessions`` open
+sessions per (host, port, login) and reuses them for the next mails. Failures are raised as the
 ``services.common.smtp_failures`` taxonomy describes.
 
 Decisions:
@@ -117,55 +117,67 @@ class _Session:
     last_used: float
 
 
-class SmtpPool:
-    """One open session per (host, port, login), reused mail after mail.
+_Key = tuple[str, int, str | None]
 
-    Thread-safe (one send at a time per pool). ``timeout`` bounds every socket
-    operation; ``check_after`` is the idle time after which a session is probed
-    with NOOP before it is used again.
+
+class SmtpPool:
+    """Up to ``sessions`` open sessions per (host, port, login), reused mail after mail.
+
+    Thread-safe: each send takes an idle session of its server (the one used last,
+    so sequential sends keep to one session), opens a new one while fewer than
+    ``sessions`` are open, or waits for one to come back; one session carries one
+    mail at a time. ``timeout`` bounds every socket operation; ``check_after`` is
+    the idle time after which a session is probed with NOOP before it is used again.
     """
 
-    def __init__(self, timeout: float, *, check_after: float = 5.0, local_hostname: str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, timeout: float, *, sessions: int = 1, check_after: float = 5.0,
+                 local_hostname: str | None = None, clock: Callable[[], float] = time.monotonic):
+        if sessions < 1:
+            raise ValueError("an SMTP pool needs at least one session per server")
         self.timeout = timeout
+        self.sessions = sessions
         self.check_after = check_after
         self.local_hostname = local_hostname
         self.clock = clock
-        self._sessions: dict[tuple[str, int, str | None], _Session] = {}
-        self._lock = threading.Lock()
+        self._idle: dict[_Key, list[_Session]] = {}
+        self._open: dict[_Key, int] = {}  # sessions open or being opened, idle or carrying a mail
+        self._closed = False
+        self._lock = threading.Condition()
 
     def send(self, smtp: Smtp, envelope_from: str, recipients: Sequence[str], message: bytes,
              *, smtputf8: bool = False) -> SendResult:
         """Send one message; returns when the server accepted it (250 to DATA).
 
         Raises ``TemporaryFailure`` or ``PermanentFailure``. Blocks for at most a
-        few ``timeout`` periods (connect, TLS, login, each command).
+        few ``timeout`` periods (connect, TLS, login, each command), plus the wait
+        for a free session when ``sessions`` sends to this server are under way.
         """
         if not recipients:
             raise PermanentFailure("recipients", "send", "the mail has no recipients")
         key = (smtp.host, smtp.port, smtp.login)
         where = f"{smtp.host}:{smtp.port}"
         secrets = secret_forms(smtp.login or smtp.address, smtp.password.reveal() if smtp.password else None)
-        with self._lock:
-            session = self._reusable(key, smtp)
-            reused = session is not None
+        session = self._take(key, smtp)
+        reused = session is not None
+        try:
             while True:
                 if session is None:
                     session = _Session(smtp, connect(smtp, self.timeout, local_hostname=self.local_hostname),
                                        self.clock())
-                    self._sessions[key] = session
                 try:
                     result = _transact(session.client, where, envelope_from, recipients, message, smtputf8)
                 except _EarlyDrop as drop:
-                    self._drop(key)
+                    _close(session.client)
+                    session = None
                     if reused:  # a stale pooled session: nothing was sent, try a fresh one once
-                        session, reused = None, False
+                        reused = False
                         continue
                     failure = drop.failure
                 except SmtpFailure as exc:
                     failure = exc
                     if failure.kind in ("disconnected", "connect", "timeout", "tls"):
-                        self._drop(key)
+                        _close(session.client)
+                        session = None
                     else:
                         session.last_used = self.clock()
                 else:
@@ -174,33 +186,60 @@ class SmtpPool:
                 failure.reply = scrub(failure.reply, secrets)
                 failure.args = (failure.reply,)
                 raise failure
+        finally:
+            self._give_back(key, session)
 
     def close(self) -> None:
-        """QUIT every open session."""
+        """QUIT every idle session; a session still carrying a mail is closed when it comes back."""
         with self._lock:
-            for key in list(self._sessions):
-                self._drop(key)
+            self._closed = True
+            idle = [session for sessions in self._idle.values() for session in sessions]
+            for key, sessions in self._idle.items():
+                self._open[key] -= len(sessions)
+            self._idle.clear()
+            self._lock.notify_all()
+        for session in idle:
+            _close(session.client)
 
-    def _reusable(self, key: tuple[str, int, str | None], smtp: Smtp) -> _Session | None:
-        session = self._sessions.get(key)
-        if session is None:
-            return None
+    def _take(self, key: _Key, smtp: Smtp) -> _Session | None:
+        """A working idle session for ``key``, or None with a slot reserved for a new one."""
+        while True:
+            with self._lock:
+                while True:
+                    idle = self._idle.get(key)
+                    if idle:
+                        session = idle.pop()
+                        break
+                    if self._open.get(key, 0) < self.sessions:
+                        self._open[key] = self._open.get(key, 0) + 1
+                        return None
+                    self._lock.wait()
+            if self._usable(session, smtp):
+                return session
+            _close(session.client)  # its slot goes to the next idle session or a new one
+            with self._lock:
+                self._open[key] -= 1
+
+    def _usable(self, session: _Session, smtp: Smtp) -> bool:
         if session.smtp != smtp:  # other settings for the same account (a corrected password)
-            self._drop(key)
-            return None
-        if self.clock() - session.last_used >= self.check_after:
-            try:
-                code, _ = session.client.noop()
-            except (OSError, smtplib.SMTPException):
-                code = -1
-            if code != 250:
-                self._drop(key)
-                return None
-        return session
+            return False
+        if self.clock() - session.last_used < self.check_after:
+            return True
+        try:
+            code, _ = session.client.noop()
+        except (OSError, smtplib.SMTPException):
+            return False
+        return code == 250
 
-    def _drop(self, key: tuple[str, int, str | None]) -> None:
-        session = self._sessions.pop(key, None)
-        if session is not None:
+    def _give_back(self, key: _Key, session: _Session | None) -> None:
+        """Return ``session`` to the idle sessions (None: its slot is free again)."""
+        with self._lock:
+            if session is not None and not self._closed:
+                self._idle.setdefault(key, []).append(session)
+            else:
+                self._open[key] -= 1
+            self._lock.notify_all()
+        if session is not None and self._closed:
             _close(session.client)
 
 

@@ -13,12 +13,12 @@ producer), so the runners hold only what is particular to them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common import durability
-from services.common.bus import ConsumeLoop, LoopSettings, Step
+from services.common.bus import ConsumeLoop, LoopSettings, Partition, Record, Source, Step
 from services.common.config import Config
 from services.common.dlq import DeadLetterLimit
 from services.common.kafka import Kafka, Producer
@@ -52,10 +52,16 @@ class StageContext:
     stop: threading.Event
     health: Health
     closing: ExitStack
+    polled: list[Callable[[Mapping[Partition, Sequence[Record]]], None]] = field(default_factory=list)
 
     def on_close(self, close: Callable[[], object]) -> None:
         """Call ``close`` when the stage ends (before the producer is closed)."""
         self.closing.callback(close)
+
+    def on_poll(self, see: Callable[[Mapping[Partition, Sequence[Record]]], None]) -> None:
+        """Show ``see`` every polled batch before the loop hands its records to the step
+        (the sender starts the batch's mails ahead). ``see`` must not block."""
+        self.polled.append(see)
 
 
 def loop_settings(config: Config, stage: str) -> LoopSettings:
@@ -89,9 +95,13 @@ def run_stage(
     with ExitStack() as closing:
         producer = kafka.producer()
         closing.callback(producer.close)
-        step = build(StageContext(config, producer, stop, health, closing.enter_context(ExitStack())))
+        ctx = StageContext(config, producer, stop, health, closing.enter_context(ExitStack()))
+        step = build(ctx)
+        source: Source = kafka.source(group_id(config, spec.name), spec.max_poll_records)
+        if ctx.polled:
+            source = _Watched(source, ctx.polled)
         loop = ConsumeLoop(
-            kafka.source(group_id(config, spec.name), spec.max_poll_records),
+            source,
             producer,
             step,
             spec.name,
@@ -103,3 +113,46 @@ def run_stage(
             on_ready=health.set_ready,
         )
         loop.run()
+
+
+class _Watched:
+    """A ``Source`` that shows each non-empty polled batch to the ``StageContext.on_poll``
+    callbacks before returning it; everything else goes straight to the source."""
+
+    def __init__(self, source: Source, polled: Sequence[Callable[[Mapping[Partition, Sequence[Record]]], None]]):
+        self.source = source
+        self.polled = tuple(polled)
+
+    def poll(self, timeout_ms: int) -> Mapping[Partition, Sequence[Record]]:
+        batches = self.source.poll(timeout_ms)
+        if batches:
+            for see in self.polled:
+                see(batches)
+        return batches
+
+    def subscribe(self, topics: Sequence[str], on_revoked: Callable[[set[Partition]], None]) -> None:
+        self.source.subscribe(topics, on_revoked)
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        self.source.commit(offsets)
+
+    def assignment(self) -> set[Partition]:
+        return self.source.assignment()
+
+    def member(self) -> bool:
+        return self.source.member()
+
+    def seek(self, tp: Partition, offset: int) -> None:
+        self.source.seek(tp, offset)
+
+    def pause(self, partitions: set[Partition]) -> None:
+        self.source.pause(partitions)
+
+    def resume(self, partitions: set[Partition]) -> None:
+        self.source.resume(partitions)
+
+    def lag(self, tp: Partition) -> int | None:
+        return self.source.lag(tp)
+
+    def close(self) -> None:
+        self.source.close()

@@ -1,25 +1,31 @@
 """Wires the sender's pure core (compose) to Kafka, the blob store and SMTP.
 
 The consume loop hands the step the records of a polled batch (up to
-``SENDER.max_poll_records``) one by one; SMTP sessions are pooled per server and
-login, so a batch goes out over one open session. One OutboundMail gives one final
+``SENDER.max_poll_records``) one by one. The step saw the batch first
+(``services/sender/ahead.py``): its mails are composed and sent on worker threads,
+up to ``sender.smtp_sessions`` at once per SMTP server over the pooled sessions,
+while the loop is still at an earlier record, and ``process`` returns each
+record's outcome once it is there. One OutboundMail gives one final
 DeliveryEvent (``sent`` or ``failed``), plus a ``retrying`` event per failed
 attempt. Events go to the events topic keyed by ticket key (the outbound id for a
 test mail). The final event is the step's output: ConsumeLoop commits the batch's
 offsets only after the broker acknowledged every event of it, and each SMTP 250
-came before that. In the normal path nothing is sent twice: a record is sent only
-once its partition's earlier records are final, and the offsets are committed
-before the next batch is polled.
+came before that. In the normal path nothing is sent twice: a mail starts only
+once the earlier mails of its ticket in its partition are final, an outcome is
+kept until the loop collects it (also across a rewind of its partition), and the
+offsets are committed before the next batch is polled.
 
 A temporary failure (4xx, connection refused, timeout) does not wait in place: the
 step raises ``Later`` with the backoff delay and the ``retrying`` event. The loop
 commits what came before in that partition, rewinds the partition to this mail and
 pauses that partition alone until the delay has passed, while the other partitions
-go on; the attempts are counted per partition here, so the record comes back as
+go on; the attempts are counted per record here, so the record comes back as
 attempt 2, 3, ... until ``give_up_after_seconds`` is used up (then ``failed``). Mail
-behind it in the same partition waits with it, so the mails of one ticket (one
-partition key) still go out in order. While a server is unreachable, the other
-mails for it wait the same delay without spending a timeout each.
+of the same ticket behind it waits with it, so the mails of one ticket (one
+partition key) still go out in order; mail of other tickets behind it in the
+partition may have gone out meanwhile (its outcome is kept, see ahead.py). While a
+server is unreachable, the other mails for it wait the same delay without spending
+a timeout each.
 
 A stop (or a rebalance) while a mail waits leaves its record uncommitted; it is
 tried again after the restart (or by the partition's new owner), from attempt 1.
@@ -27,8 +33,9 @@ What repeats then is the ``retrying`` events (same ids, so recording them is
 idempotent) and, only if the last attempt broke off after DATA was sent, the mail
 itself (the event's reply says "the server may have taken it"; the Message-ID is
 the same, so mail programs and deskmail's own ingress can drop the copy). Apart
-from that, only a crash between the server's 250 and the commit of its batch
-re-sends a mail (at-least-once delivery).
+from that, only a crash (or a rebalance) re-sends mails: those sent and not
+committed yet, at most the batch in flight plus, per partition waiting at a
+retried mail, the mails sent ahead behind it (at-least-once delivery).
 
 A mail that cannot be composed or encoded (a line break in a name, an id that
 is not a msg-id, anything the email package refuses) gets a ``failed`` event
@@ -41,14 +48,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime, timezone
 from email.errors import MessageError
 from typing import Any, Literal
 
 from services.common import metrics
 from services.common.blobs import BlobMissing, BlobStore, blob_store
-from services.common.bus import Out, Record
+from services.common.bus import Out, Partition, Record
 from services.common.codec import CodecError, codec
 from services.common.compose import ComposeError, as_bytes, compose, envelope_address, needs_smtputf8, recipients
 from services.common.config import Config, Mailbox
@@ -60,6 +67,7 @@ from services.common.runtime import Health
 from services.common.smtp import SendResult, SmtpPool
 from services.common.smtp_failures import PermanentFailure, SmtpFailure, TemporaryFailure
 from services.common.stage import SENDER, StageContext, run_stage
+from services.sender.ahead import Ahead, Lane
 
 log = logging.getLogger("deskmail.sender")
 STAGE = "sender"
@@ -86,7 +94,9 @@ class SenderStep:
     """OutboundMail -> SMTP -> DeliveryEvent; see the module docstring.
 
     ``clock`` measures the retry window and sleeps between attempts (a
-    ``FakeClock`` in tests).
+    ``FakeClock`` in tests). ``polled`` starts a batch's mails ahead; a record
+    that was not polled through it is attempted in ``process`` itself. ``close``
+    waits for the attempts under way.
     """
 
     def __init__(
@@ -111,12 +121,43 @@ class SenderStep:
         self.outbound = codec("OutboundMail")
         self.events = codec("DeliveryEvent")
         self.topic = config.topics["events"]
-        # Per input partition: the offset of the record being retried and its attempts.
-        self.attempts: dict[tuple[str, int], tuple[int, Retry]] = {}
+        # Per record being retried (topic, partition, offset): its attempts.
+        self.attempts: dict[tuple[str, int, int], Retry] = {}
         # Per SMTP server (host, port) that could not be reached: until when, and why.
         self.down: dict[tuple[str, int], tuple[float, SmtpFailure]] = {}
+        sessions = self.settings.smtp_sessions
+        servers = {(m.smtp.host, m.smtp.port, m.smtp.login) for m in config.mailboxes if m.smtp is not None}
+        self.ahead = Ahead(self.attempt, self.lane, self._forget, sessions=sessions,
+                           workers=sessions * (len(servers) + 1))  # + mail for no server: failed at once
 
     def process(self, record: Record) -> Sequence[Out]:
+        return self.ahead.collect(record)
+
+    def polled(self, batches: Mapping[Partition, Sequence[Record]]) -> None:
+        for tp, records in batches.items():
+            if records:  # attempts of records before the poll's first were final, or another owner's
+                for at in [at for at in list(self.attempts) if at[:2] == tp and at[2] < records[0].offset]:
+                    self.attempts.pop(at, None)
+        self.ahead.polled(batches)
+
+    def close(self) -> None:
+        self.ahead.close()
+
+    def lane(self, record: Record) -> Lane | None:
+        """The record's ticket (its partition key) and SMTP server (host, port, login);
+        None when it does not decode (the loop's own attempt dead-letters it)."""
+        try:
+            mail = self.outbound.decode(record.value)
+        except CodecError:
+            return None
+        mailbox = self.config.mailbox(mail["mailbox"])
+        smtp = mailbox.smtp if mailbox is not None else None
+        server: Hashable = (smtp.host, smtp.port, smtp.login) if smtp is not None else None
+        return (record.key or mail["id"], server)
+
+    def attempt(self, record: Record) -> Sequence[Out]:
+        """One attempt at ``record``: its final event, or ``Later`` (see the module
+        docstring). Safe on several threads at once, for different records."""
         try:
             mail = self.outbound.decode(record.value)
         except CodecError as exc:
@@ -195,15 +236,14 @@ class SenderStep:
         return self._sent(record, mail, attempts.attempts + 1, result)
 
     def _attempts(self, record: Record) -> Retry:
-        """The attempts so far at this record: kept per partition, since a partition
-        waits at its one unfinished record until it is final."""
-        tp = (record.topic, record.partition)
-        held = self.attempts.get(tp)
-        if held is None or held[0] != record.offset:
-            retry = Retry(self.backoff, clock=self.clock, budget=self.settings.give_up_after_seconds)
+        """The attempts so far at this record, kept until it is final (or forgotten)."""
+        at = (record.topic, record.partition, record.offset)
+        retry = self.attempts.get(at)
+        if retry is None:
+            retry = self.attempts[at] = Retry(self.backoff, clock=self.clock,
+                                              budget=self.settings.give_up_after_seconds)
             retry.start()
-            held = self.attempts[tp] = (record.offset, retry)
-        return held[1]
+        return retry
 
     def _retrying(self, mail: dict[str, Any], attempt: int, failure: SmtpFailure, delay: float) -> Out:
         log.warning(
@@ -235,10 +275,7 @@ class SenderStep:
         return self._event(mail, attempt, "failed", code, reply)
 
     def _forget(self, record: Record) -> None:
-        tp = (record.topic, record.partition)
-        held = self.attempts.get(tp)
-        if held is not None and held[0] == record.offset:
-            del self.attempts[tp]
+        self.attempts.pop((record.topic, record.partition, record.offset), None)
 
     def _event(self, mail: dict[str, Any], attempt: int, status: Status, code: int | None, reply: str) -> Out:
         event = {
@@ -259,8 +296,11 @@ class SenderStep:
 
 def run_sender(config: Config, stop: threading.Event, health: Health, bootstrap: Sequence[str] | None = None) -> None:
     def build(ctx: StageContext) -> SenderStep:
-        pool = SmtpPool(timeout=ctx.config.sender.timeout_seconds)
+        pool = SmtpPool(timeout=ctx.config.sender.timeout_seconds, sessions=ctx.config.sender.smtp_sessions)
         ctx.on_close(pool.close)
-        return SenderStep(ctx.config, ctx.producer, pool, blob_store(ctx.config), ctx.stop, ctx.health)
+        step = SenderStep(ctx.config, ctx.producer, pool, blob_store(ctx.config), ctx.stop, ctx.health)
+        ctx.on_close(step.close)  # before the pool: the attempts under way finish on their sessions
+        ctx.on_poll(step.polled)
+        return step
 
     run_stage(config, SPEC, build, stop, health, bootstrap)

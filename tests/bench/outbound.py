@@ -4,7 +4,9 @@
 
 The records are on the outbound topic before the sender starts; the clock runs from
 the sender's readiness to the last message accepted by the SMTP server (aiosmtpd
-with STARTTLS and AUTH, keeping mail in memory). Prints mails/s end to end, checks
+with STARTTLS and AUTH, keeping mail in memory). ``--sessions N`` sets
+``sender.smtp_sessions``. Prints mails/s end to end and the sender's CPU-seconds per
+1,000 mails over that window (the figure to compare on a shared machine), checks
 that every mail arrived once and that N 'sent' DeliveryEvents were produced, and
 prints the rate of the same SMTP path without Kafka (SmtpPool alone) as the
 ceiling. Not part of CI's pass/fail.
@@ -62,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--sessions", type=int, default=None, help="sender.smtp_sessions (default: its default)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="deskmail-bench-out-"))
@@ -76,7 +79,7 @@ def main() -> None:
               consumer: {{session_timeout_ms: 2000, heartbeat_interval_ms: 500}}
               topics: {{outbound: bench-outbound-{tag}, events: bench-events-{tag}}}
             data_dir: {work / "data"}
-            sender: {{timeout_seconds: 10}}
+            sender: {{timeout_seconds: 10{f", smtp_sessions: {args.sessions}" if args.sessions else ""}}}
             queues:
               - key: SUPPORT
                 allow_outbound_mail: true
@@ -101,16 +104,19 @@ def main() -> None:
         try:
             stack.start("sender")
             ready = time.perf_counter()
+            cpu_at_ready = cpu_seconds(stack.procs["sender"].pid)
             wait_for(lambda: len(smtp.received()) >= args.n, 600, f"{args.n} mails at the SMTP server", 0.05)
             elapsed = time.perf_counter() - ready
+            cpu = cpu_seconds(stack.procs["sender"].pid) - cpu_at_ready
         finally:
             codes = stack.stop()
         received = smtp.received()
         ids = {m["message_id"].encode() for m in mails}
         delivered = [next(i for i in ids if i in r.data) for r in received if any(i in r.data for i in ids)]
         sent = count_sent(broker.bootstrap, stack.config.topics["events"], args.n)
-        print(f"sender (one process, {args.partitions} partitions, STARTTLS+AUTH, pooled session): "
-              f"{args.n} mails in {elapsed:.2f}s = {args.n / elapsed:,.0f} mails/s")
+        print(f"sender (one process, {args.partitions} partitions, STARTTLS+AUTH, {smtp.sessions} SMTP session(s)): "
+              f"{args.n} mails in {elapsed:.2f}s = {args.n / elapsed:,.0f} mails/s, "
+              f"{cpu * 1000 / args.n:.2f} CPU-s per 1,000 mails")
         print(f"checks: {len(received)} received, {len(set(delivered))} distinct, {sent} 'sent' events, "
               f"exit codes {codes}")
 
@@ -129,6 +135,12 @@ def main() -> None:
             as_bytes(compose(m))
         print(f"compose alone: {args.n / (time.perf_counter() - started):,.0f} mails/s")
     os.system(f"rm -rf {work}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def count_sent(bootstrap: str, topic: str, n: int) -> int:

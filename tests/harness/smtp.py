@@ -16,7 +16,8 @@ each recipient must have been added with :meth:`SmtpServer.add_mailbox` (the
 Dovecot login is the address) and the message is APPENDed to its INBOX before the
 server answers 250, like an LMTP hand-off. Without Dovecot, accepted mail is kept
 in :attr:`SmtpServer.messages`. :meth:`SmtpServer.refuse` makes the server answer
-a chosen recipient with a given reply (451 or 550, say).
+a chosen recipient with a given reply (451 or 550, say); :meth:`SmtpServer.drop_at_data`
+drops the session carrying a mail to one recipient at the end of its DATA.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.server._take_drop(envelope.rcpt_tos):
+            cast(asyncio.Transport, smtp.transport).abort()  # the client never sees a reply
+            return "421 4.3.0 connection dropped"
         data = envelope.original_content or envelope.content or b""
         if isinstance(data, str):
             data = data.encode("utf-8")
@@ -150,6 +154,7 @@ class SmtpServer:
         self.messages: list[Received] = []
         self._mailboxes: dict[str, str] = {}
         self._refusals: dict[str, str] = {}
+        self._drops: dict[str, int] = {}
         self._lock = threading.Lock()
         self._dir = Path(tempfile.mkdtemp(prefix="smtpd-"))
         self._cert, self._key = make_cert(self._dir)
@@ -253,6 +258,21 @@ class SmtpServer:
     def refuse(self, address: str, reply: str = "550 5.1.1 no such user") -> None:
         """Answer RCPT TO ``address`` with ``reply`` (e.g. ``451 4.7.1 try again later``)."""
         self._refusals[address.lower()] = reply
+
+    def drop_at_data(self, address: str, times: int = 1) -> None:
+        """Drop the connection that carries a mail to ``address`` at the end of its DATA,
+        without taking the mail or answering (``times`` times): one session failing
+        while the others go on."""
+        with self._lock:
+            self._drops[address.lower()] = times
+
+    def _take_drop(self, rcpt_tos: list[str]) -> bool:
+        with self._lock:
+            for rcpt in rcpt_tos:
+                if self._drops.get(rcpt.lower(), 0) > 0:
+                    self._drops[rcpt.lower()] -= 1
+                    return True
+        return False
 
     def accept(self, address: str) -> None:
         """Stop refusing ``address``."""

@@ -147,3 +147,62 @@ def test_kill_9_mid_batch_then_restart_sends_no_committed_mail_twice(broker: Loc
                 assert counts[mail["id"]] == 1, f"{mail['id']} (partition {p}, offset {offset}) sent twice"
     repeated = sum(c - 1 for c in counts.values())
     assert repeated <= 100 * partitions  # at most the uncommitted batch in flight per partition
+
+
+def test_several_sessions_at_once_and_one_dropped_mid_batch_every_mail_once_in_ticket_order(
+        world: Env, unique, start_sender, watch):  # noqa: F811
+    """30 mails over sender.smtp_sessions (3) sessions; the session carrying one of them
+    is dropped at the end of its DATA. That mail is retried and sent once, the mail of
+    its ticket behind it goes out after it, and every other mail is sent once."""
+    cfg = world.config(unique)
+    assert cfg.sender.smtp_sessions == 3
+    events = watch(cfg)
+    dropped_to = f"{unique('dropped').lower()}@customer.test"
+    world.smtp.add_mailbox(dropped_to, "dropped-pw")
+    world.smtp.drop_at_data(dropped_to)
+    victim = outbound(world, 5, to=[{"email": dropped_to, "name": None}])
+    behind = outbound(world, 5)  # the same ticket: must go out after the victim
+    mails = [outbound(world, n) for n in range(10, 20)] + [victim] + [outbound(world, n) for n in range(20, 38)]
+    mails.insert(15, behind)
+    produce(cfg, *mails)  # on the topic before the sender starts: full batches
+    sender = start_sender(cfg)
+
+    values = events.until(lambda vs: all(of(vs, m, "sent") for m in mails), 60, "every mail sent")
+    sender.shutdown()
+    retrying = of(values, victim, "retrying")
+    assert [e["attempt"] for e in retrying] == [1]
+    assert "the server may have taken it" in retrying[0]["smtp_reply"]
+    [sent] = of(values, victim, "sent")
+    assert sent["attempt"] == 2
+    assert of(values, behind, "sent")[0]["time"] >= sent["time"]  # a ticket's mails in order
+    for mail in mails:
+        assert [e["status"] for e in of(values, mail) if e["status"] != "retrying"] == ["sent"], mail["id"]
+    datas = [r.data for r in world.smtp.received()]
+    for mail in mails:
+        assert sum(mail["message_id"].encode() in data for data in datas) == 1, mail["id"]
+    # Three sessions at once, plus the one that replaced the dropped session.
+    assert 3 <= world.smtp.sessions <= 4
+
+
+def test_the_pool_opens_at_most_its_sessions_per_server_however_many_send(world: Env, unique):  # noqa: F811
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.common.compose import as_bytes, compose
+    from services.common.smtp import SmtpPool
+
+    cfg = world.config(unique)
+    mailbox = cfg.mailbox(world.address)
+    assert mailbox is not None and mailbox.smtp is not None
+    smtp = mailbox.smtp
+    pool = SmtpPool(timeout=5, sessions=3)
+    mails = [outbound(world, n) for n in range(24)]
+    try:
+        with ThreadPoolExecutor(8) as threads:
+            codes = list(threads.map(lambda m: pool.send(smtp, world.address, [world.customer],
+                                                         as_bytes(compose(m))).code, mails))
+    finally:
+        pool.close()
+    assert codes == [250] * len(mails)
+    assert world.smtp.sessions == 3
+    datas = [r.data for r in world.smtp.received()]
+    assert all(sum(m["message_id"].encode() in d for d in datas) == 1 for m in mails)

@@ -256,6 +256,9 @@ class SenderSettings(_Model):
     retry_max_seconds: float = Field(60.0, gt=0)
     give_up_after_seconds: float = Field(240.0, gt=0)  # then the mail is failed; its partition waits meanwhile
     timeout_seconds: float = Field(30.0, gt=0)
+    # The most SMTP sessions open to one server and login at once, and so the mails
+    # going out to it at once. 3 is what Exchange Online allows one mailbox (432 4.3.2 beyond).
+    smtp_sessions: int = Field(3, ge=1, le=50)
 
 
 class TicketerSettings(_Model):
