@@ -142,7 +142,9 @@ def test_an_unfinished_attempt_nobody_collected_is_forgotten_and_made_again() ->
     ahead.polled({TP: records})
     with pytest.raises(Later):
         ahead.collect(records[0])  # the loop stops the partition here: offset 1 is never collected
-    until(lambda: len(script.started) == 2, "both attempted")
+    # both attempts ended (offset 1's outcome stored), not merely started
+    until(lambda: len(script.started) == 2
+          and all(e.state == "done" for e in ahead._partitions[TP].entries.values()), "both attempts ended")
     script.outcomes.clear()
     ahead.polled({TP: records})
     assert script.forgotten == [1]
