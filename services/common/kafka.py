@@ -16,16 +16,40 @@ from services.common import kafka_patch  # noqa: F401, I001
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.partitioner import DefaultPartitioner, Partitioner
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic, OffsetSpec
 from kafka.errors import (FencedInstanceIdError, FencedMemberEpochError, IllegalGenerationError, KafkaError,
                           NoError, RebalanceInProgressError, StaleMemberEpochError, TopicAlreadyExistsError,
                           UnknownMemberIdError)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from services.common import metrics, replay, topics
+from services.common import metrics, partitioning, replay, topics
 from services.common.bus import Out, Partition, Record
 from services.common.config import Config
 from services.common.errors import Transient
+
+# The producer's batch (per partition): see Kafka.producer.
+BATCH_BYTES = 4 * 1024 * 1024
+
+
+class KeyPartitioner(Partitioner):
+    """kafka-python's default partitioning (murmur2 of the key over all partitions, a
+    random available one without a key) with the faster hash of
+    ``services/common/partitioning.py``: the same partition for every key."""
+
+    def __init__(self) -> None:
+        self.hashes = partitioning.KeyHashes()
+        self.unkeyed = DefaultPartitioner()
+
+    def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any,
+                  serialized_value: bytes | None, cluster: Any) -> int:
+        if serialized_key is None:
+            return int(self.unkeyed.partition(topic, key, serialized_key, value, serialized_value, cluster))
+        found = cluster.partitions_for_topic(topic)
+        if not found:
+            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        return int(sorted(found)[self.hashes(bytes(serialized_key)) % len(found)])
+
 
 class Kafka:
     """Builds kafka-python clients from the config; the only place they are made."""
@@ -61,17 +85,23 @@ class Kafka:
             _warn_once("kafka.producer.idempotence is false: a retried send may be written twice and, "
                        "with an unclean leader change, records may be reordered (the records' ids still "
                        "make every effect idempotent)")
+        max_bytes = self.config.kafka.max_message_bytes
         client = KafkaProducer(
             **self._common(),
             acks="all",  # fixed: an acknowledgement means every in-sync replica has the record
             linger_ms=5,
-            batch_size=262_144,  # measured: 2.5x fetcher throughput over the 16 KiB default
+            # measured (tests/bench/produce.py, docs/benchmarks.md "Router and fetcher per record"):
+            # kafka-python's cost per record falls with the records per batch, ~0.16 CPU-ms per
+            # 22 KB mail at 256 KiB, ~0.07 at 4 MiB. A batch is one request, so it never
+            # exceeds the largest request the broker takes (kafka.max_message_bytes).
+            batch_size=min(BATCH_BYTES, max_bytes),
+            partitioner=KeyPartitioner(),
             # Broker-side deduplication of retries. Off only for a broker that forgets
             # producer ids when it restarts (the local in-memory broker): an idempotent
             # producer then fails every later send with UnknownProducerIdError.
             enable_idempotence=idempotence,
             max_in_flight_requests_per_connection=1,  # keeps per-partition order across retries
-            max_request_size=self.config.kafka.max_message_bytes,
+            max_request_size=max_bytes,
             delivery_timeout_ms=120_000,
             request_timeout_ms=30_000,
             max_block_ms=60_000,
@@ -259,18 +289,28 @@ class Producer:
         self.wait(futures, stage, timeout)
 
     def wait(self, futures: Sequence[tuple[Out, Any]], stage: str, timeout: float = 120.0) -> None:
+        """One flush for the whole batch, then each record's outcome. Raises Transient
+        when the broker did not acknowledge one of them."""
         if not futures:
             return
         try:
             self.client.flush(timeout=timeout)
         except KafkaError as exc:
             raise Transient(f"broker did not acknowledge records in {timeout}s: {exc}") from exc
-        for out, future in futures:
-            try:
-                future.get(timeout=timeout)
-            except KafkaError as exc:
-                raise Transient(f"broker did not acknowledge a record on {out.topic}: {exc}") from exc
-            metrics.BUS_PRODUCED.labels(stage, out.topic).inc()
+        produced: dict[str, int] = {}  # counted per batch: no label lookup per record
+        try:
+            for out, future in futures:
+                try:
+                    if not future.is_done:  # flush returned: only a batch split and sent again
+                        future.get(timeout=timeout)
+                    if future.exception is not None:
+                        raise future.exception
+                except KafkaError as exc:
+                    raise Transient(f"broker did not acknowledge a record on {out.topic}: {exc}") from exc
+                produced[out.topic] = produced.get(out.topic, 0) + 1
+        finally:
+            for topic, count in produced.items():
+                metrics.BUS_PRODUCED.labels(stage, topic).inc(count)
 
     def close(self, timeout: float = 10.0) -> None:
         self.client.close(timeout=timeout)
@@ -290,7 +330,7 @@ class KafkaSource:
         return {
             Partition(tp.topic, tp.partition): [
                 Record(r.topic, r.partition, r.offset, r.key, r.value or b"",
-                       tuple((k, v or b"") for k, v in (r.headers or ())))
+                       tuple((k, v or b"") for k, v in r.headers) if r.headers else ())
                 for r in records
             ]
             for tp, records in batches.items()
