@@ -48,6 +48,10 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def override_producer(settings: dict[str, Any]) -> None:
     """Every KafkaProducer built from now on gets ``settings`` over deskmail's own."""
     original = kafka_module.KafkaProducer
@@ -158,10 +162,12 @@ def main() -> None:
 
         print(f"{args.n} records: InboundMail {size_in / 1024:.1f} KB, TicketCommand {size_cmd / 1024:.1f} KB;"
               f" overrides {args.set or 'none'}")
+        before = peak_mb()
         print(f"produce, fetcher-like (send_all per {args.fetch_batch}): "
               f"{best(args.rounds, fetcher_like) * per * 1000:6.1f} CPU-ms / 1,000")
         print(f"produce, router-like (send, wait per {args.poll_batch}): "
               f"{best(args.rounds, router_like) * per * 1000:6.1f} CPU-ms / 1,000")
+        print(f"peak RSS while producing: {peak_mb():.0f} MB (corpus and commands loaded: {before:.0f} MB)")
         print(f"consume (KafkaSource.poll):                    "
               f"{best(args.rounds, consumed) * 1000 / args.n * 1000:6.1f} CPU-ms / 1,000")
 
