@@ -6,8 +6,9 @@ Starts a local broker, then, in this one process:
   (the raw mail inline, ~22 KB), one key (the mailbox), ``Producer.send_all`` per
   batch of ``--fetch-batch`` (the fetcher's ``batch_size``, 100);
 * **router-like** produce: the TicketCommands the router makes of that corpus (a key
-  per thread), sent one by one and waited for once per batch of ``--poll-batch``
-  (the consume loop's ``max_poll_records``, 500), as ``ConsumeLoop`` does;
+  per thread), sent one by one ``--gap-ms`` apart (the router's time per mail, 1 ms)
+  and waited for once per batch of ``--poll-batch`` (the consume loop's
+  ``max_poll_records``, 500), as ``ConsumeLoop`` does;
 * **consume**: ``KafkaSource.poll`` over the fetcher-like topic until every record is read.
 
 CPU is this process's (every thread: kafka-python's IO thread included, from
@@ -71,8 +72,9 @@ def parse_value(text: str) -> Any:
     return {"none": None, "true": True, "false": False}.get(text.lower(), text)
 
 
-def produce(kafka: Kafka, outs: Sequence[Out], batch: int, together: bool) -> float:
-    """CPU-seconds to produce ``outs`` in batches, each waited for (send_all or send + wait)."""
+def produce(kafka: Kafka, outs: Sequence[Out], batch: int, together: bool, gap: float = 0.0) -> float:
+    """CPU-seconds to produce ``outs`` in batches, each waited for (send_all or send + wait);
+    ``gap``: seconds slept after each send, as the router spends them processing the next record."""
     producer = kafka.producer()
     try:
         producer.send_all(outs[:1], "bench")  # metadata and connection before the window
@@ -82,7 +84,11 @@ def produce(kafka: Kafka, outs: Sequence[Out], batch: int, together: bool) -> fl
             if together:
                 producer.send_all(chunk, "bench")
             else:
-                pending = [(out, producer.send(out)) for out in chunk]
+                pending = []
+                for out in chunk:
+                    pending.append((out, producer.send(out)))
+                    if gap:
+                        time.sleep(gap)
                 producer.wait(pending, "bench")
         return cpu() - started
     finally:
@@ -118,6 +124,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fetch-batch", type=int, default=100)
     parser.add_argument("--poll-batch", type=int, default=500)
+    parser.add_argument("--gap-ms", type=float, default=1.0,
+                        help="router-like: time between two sends (the router's processing of a mail)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a KafkaProducer setting over deskmail's (repeatable)")
     args = parser.parse_args()
@@ -153,7 +161,7 @@ def main() -> None:
         def router_like(i: int) -> float:
             topic = topic_of("commands", i)
             outs = [Out(topic, o.key, o.value) for o in commands]
-            return produce(kafka, outs, args.poll_batch, together=False)
+            return produce(kafka, outs, args.poll_batch, together=False, gap=args.gap_ms / 1000)
 
         def consumed(i: int) -> float:
             topic = topic_of("consume", i)
@@ -165,7 +173,7 @@ def main() -> None:
         before = peak_mb()
         print(f"produce, fetcher-like (send_all per {args.fetch_batch}): "
               f"{best(args.rounds, fetcher_like) * per * 1000:6.1f} CPU-ms / 1,000")
-        print(f"produce, router-like (send, wait per {args.poll_batch}): "
+        print(f"produce, router-like (send every {args.gap_ms:g} ms, wait per {args.poll_batch}): "
               f"{best(args.rounds, router_like) * per * 1000:6.1f} CPU-ms / 1,000")
         print(f"peak RSS while producing: {peak_mb():.0f} MB (corpus and commands loaded: {before:.0f} MB)")
         print(f"consume (KafkaSource.poll):                    "
