@@ -137,10 +137,11 @@ class FolderBlobStore:
 
         Raises OSError when the folder cannot take it.
         """
-        ref = ref_for(data)
+        digest = hashlib.sha256(data).hexdigest()
+        ref = ref_for_sha256(digest)
         if self._present(self._path(ref), len(data), durable):
             return ref
-        with self.writer() as writer:
+        with FolderBlobWriter(self, digest) as writer:  # hashed already: not hashed again on the way
             writer.write(data)
             return writer.commit(durable=durable)
 
@@ -204,8 +205,11 @@ class FolderBlobWriter:
     removes its temporary file. Blocking: every call does disk I/O.
     """
 
-    def __init__(self, store: FolderBlobStore):
+    def __init__(self, store: FolderBlobStore, known_sha256: str | None = None):
+        """``known_sha256``: the digest of everything that will be written (``put``
+        hashed it), so the bytes are not hashed a second time."""
         self._store = store
+        self._known = known_sha256
         try:
             fd, tmp = tempfile.mkstemp(dir=store.root, prefix=TEMP_PREFIX)
         except FileNotFoundError:
@@ -213,17 +217,18 @@ class FolderBlobWriter:
             fd, tmp = tempfile.mkstemp(dir=store.root, prefix=TEMP_PREFIX)
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if known_sha256 is None else None
         self._done = False
         self.size = 0
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        return self._hash.hexdigest() if self._hash is not None else str(self._known)
 
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
-        self._hash.update(chunk)  # hashlib releases the GIL for large chunks
+        if self._hash is not None:
+            self._hash.update(chunk)  # hashlib releases the GIL for large chunks
         self.size += len(chunk)
 
     def commit(self, *, durable: bool = True) -> str:

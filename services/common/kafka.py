@@ -16,16 +16,41 @@ from services.common import kafka_patch  # noqa: F401, I001
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.partitioner import DefaultPartitioner, Partitioner
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic, OffsetSpec
 from kafka.errors import (FencedInstanceIdError, FencedMemberEpochError, IllegalGenerationError, KafkaError,
                           NoError, RebalanceInProgressError, StaleMemberEpochError, TopicAlreadyExistsError,
                           UnknownMemberIdError)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from services.common import metrics, replay, topics
+from services.common import metrics, partitioning, replay, topics
 from services.common.bus import Out, Partition, Record
 from services.common.config import Config
 from services.common.errors import Transient
+
+# The producer's batch (per partition) and how long a record may wait to fill one: see Kafka.producer.
+BATCH_BYTES = 4 * 1024 * 1024
+LINGER_MS = 250
+
+
+class KeyPartitioner(Partitioner):
+    """kafka-python's default partitioning (murmur2 of the key over all partitions, a
+    random available one without a key) with the faster hash of
+    ``services/common/partitioning.py``: the same partition for every key."""
+
+    def __init__(self) -> None:
+        self.hashes = partitioning.KeyHashes()
+        self.unkeyed = DefaultPartitioner()
+
+    def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any,
+                  serialized_value: bytes | None, cluster: Any) -> int:
+        if serialized_key is None:
+            return int(self.unkeyed.partition(topic, key, serialized_key, value, serialized_value, cluster))
+        found = cluster.partitions_for_topic(topic)
+        if not found:
+            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        return int(sorted(found)[self.hashes(bytes(serialized_key)) % len(found)])
+
 
 class Kafka:
     """Builds kafka-python clients from the config; the only place they are made."""
@@ -61,17 +86,29 @@ class Kafka:
             _warn_once("kafka.producer.idempotence is false: a retried send may be written twice and, "
                        "with an unclean leader change, records may be reordered (the records' ids still "
                        "make every effect idempotent)")
+        max_bytes = self.config.kafka.max_message_bytes
         client = KafkaProducer(
             **self._common(),
             acks="all",  # fixed: an acknowledgement means every in-sync replica has the record
-            linger_ms=5,
-            batch_size=262_144,  # measured: 2.5x fetcher throughput over the 16 KiB default
+            # Measured (tests/bench/produce.py; docs/benchmarks.md, "Router and fetcher per
+            # record"): kafka-python's cost is per request more than per record, so records go
+            # in as few batches as possible. Every caller flushes when it waits for its acks
+            # (send_all, the consume loop's wait), which sends at once whatever lingers; the
+            # linger only keeps the router's records, sent ~1 ms apart while it processes a
+            # polled batch, together until then: 0.56 CPU-ms per command at 5 ms, 0.12 at
+            # 250 ms. It bounds how long a record may wait for that flush.
+            linger_ms=LINGER_MS,
+            # A 22 KB mail costs ~0.17 CPU-ms to produce in 256 KiB batches, ~0.05 in 4 MiB
+            # ones (the fetcher's batch of 100-200 mails in one or two requests). A batch is
+            # one request: never more than the broker takes (kafka.max_message_bytes).
+            batch_size=min(BATCH_BYTES, max_bytes),
+            partitioner=KeyPartitioner(),  # kafka-python's partitions, a faster hash
             # Broker-side deduplication of retries. Off only for a broker that forgets
             # producer ids when it restarts (the local in-memory broker): an idempotent
             # producer then fails every later send with UnknownProducerIdError.
             enable_idempotence=idempotence,
             max_in_flight_requests_per_connection=1,  # keeps per-partition order across retries
-            max_request_size=self.config.kafka.max_message_bytes,
+            max_request_size=max_bytes,
             delivery_timeout_ms=120_000,
             request_timeout_ms=30_000,
             max_block_ms=60_000,
@@ -259,18 +296,28 @@ class Producer:
         self.wait(futures, stage, timeout)
 
     def wait(self, futures: Sequence[tuple[Out, Any]], stage: str, timeout: float = 120.0) -> None:
+        """One flush for the whole batch, then each record's outcome. Raises Transient
+        when the broker did not acknowledge one of them."""
         if not futures:
             return
         try:
             self.client.flush(timeout=timeout)
         except KafkaError as exc:
             raise Transient(f"broker did not acknowledge records in {timeout}s: {exc}") from exc
-        for out, future in futures:
-            try:
-                future.get(timeout=timeout)
-            except KafkaError as exc:
-                raise Transient(f"broker did not acknowledge a record on {out.topic}: {exc}") from exc
-            metrics.BUS_PRODUCED.labels(stage, out.topic).inc()
+        produced: dict[str, int] = {}  # counted per batch: no label lookup per record
+        try:
+            for out, future in futures:
+                try:
+                    if not future.is_done:  # flush returned: only a batch split and sent again
+                        future.get(timeout=timeout)
+                    if future.exception is not None:
+                        raise future.exception
+                except KafkaError as exc:
+                    raise Transient(f"broker did not acknowledge a record on {out.topic}: {exc}") from exc
+                produced[out.topic] = produced.get(out.topic, 0) + 1
+        finally:
+            for topic, count in produced.items():
+                metrics.BUS_PRODUCED.labels(stage, topic).inc(count)
 
     def close(self, timeout: float = 10.0) -> None:
         self.client.close(timeout=timeout)
@@ -290,7 +337,7 @@ class KafkaSource:
         return {
             Partition(tp.topic, tp.partition): [
                 Record(r.topic, r.partition, r.offset, r.key, r.value or b"",
-                       tuple((k, v or b"") for k, v in (r.headers or ())))
+                       tuple((k, v or b"") for k, v in r.headers) if r.headers else ())
                 for r in records
             ]
             for tp, records in batches.items()

@@ -156,9 +156,9 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
         reason, detail = suspended.released_reason(inbound.get("released_by")), None
         command_id = suspended.release_command_id(release_of)
 
+    queue = config.queue(mailbox.queue)
     verdict = limits.Verdict(kept=mail.attachments, left_out=())
     if action != "reject" and not release_of:  # an admin's release takes the mail whole
-        queue = config.queue(mailbox.queue)
         if queue is not None:
             verdict = limits.check(mail.attachments, int(inbound.get("size") or 0), queue.limits)
         if verdict.over and queue is not None and queue.limits.over_limit == "suspend":
@@ -170,7 +170,6 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
     quoted_from = replysplit.split(text) if threaded else None
     html = mail.html[:MAX_TEXT_CHARS] if mail.html else None
     outcome = rules.Outcome(ticket_type=mailbox.ticket_type, components=mailbox.components)
-    queue = config.queue(mailbox.queue)
     if action != "reject" and queue is not None and queue.rules:
         # Mail refused above stays refused for its own reason; the rules see what goes on.
         facts = rules.Facts.of(mail, text[:quoted_from] if quoted_from else text, authenticated=verified)

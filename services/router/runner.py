@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.common import metrics, suspended
@@ -25,23 +25,37 @@ STAGE = "router"
 SPEC = ROUTER
 
 
+# How long the router trusts that the data folder has no Message-ID key yet before it
+# looks again: a stat per second instead of one per mail, and far less than the time
+# the first reply takes to be sent, bounced and fetched back.
+KEY_RECHECK_SECONDS = 1.0
+
+
 class RouterStep:
-    def __init__(self, config: Config, blobs: BlobStore):
+    def __init__(self, config: Config, blobs: BlobStore, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.blobs = blobs
         self.inbound = codec("InboundMail")
         self.commands = codec("TicketCommand")
         self.topic = config.topics["commands"]
+        self.clock = clock
         self._own_key = _own_key(config)
+        self._key_checked = clock()
+        # Metric children by label values: the values are few (actions, classifications).
+        self._counted: dict[tuple[str, str], Any] = {}
 
     @property
     def own_key(self) -> Secret | None:
         """The key deskmail signs its Message-IDs with, to know its own mail (a loop,
-        a bounce of it). While there is none it is looked for again at every mail
-        (one stat): the api makes the data folder's key on the first reply, usually
-        after the router started, and a bounce of that reply may come back at once."""
+        a bounce of it). While there is none it is looked for again (one stat) at
+        most every ``KEY_RECHECK_SECONDS``: the api makes the data folder's key on
+        the first reply, usually after the router started, and a bounce of that
+        reply may come back soon after."""
         if self._own_key is None:
-            self._own_key = _own_key(self.config, quiet=True)
+            now = self.clock()
+            if now - self._key_checked >= KEY_RECHECK_SECONDS:
+                self._key_checked = now
+                self._own_key = _own_key(self.config, quiet=True)
         return self._own_key
 
     def process(self, record: Record) -> Sequence[Out]:
@@ -75,7 +89,7 @@ class RouterStep:
                 command["raw_ref"] = self._keep_original(inbound, raw)
         except OSError as exc:
             raise Transient(f"blob store unavailable: {exc}") from exc
-        metrics.ROUTER_COMMANDS.labels(command["action"], command["classification"]).inc()
+        self._count(command["action"], command["classification"])
         for rule in command["matched_rules"]:
             metrics.ROUTER_RULE_MATCHES.labels(command["queue"], rule).inc()
         if command["action"] == "reject":
@@ -97,6 +111,12 @@ class RouterStep:
         except CodecError as exc:  # a value the parser let through: this mail alone is set aside
             raise BadRecord(f"{inbound['id']}: {exc}", error_class="UnencodableCommand") from exc
         return [Out(self.topic, routed.key, value)]
+
+    def _count(self, action: str, classification: str) -> None:
+        child = self._counted.get((action, classification))
+        if child is None:
+            child = self._counted[(action, classification)] = metrics.ROUTER_COMMANDS.labels(action, classification)
+        child.inc()
 
     def _keep_original(self, inbound: dict[str, Any], raw: bytes) -> str:
         """The reference of the raw mail of a refusal, for the suspended list.

@@ -6,6 +6,8 @@ them, with a fresh blob folder per pass so that attachments are really written.
 Also times ``parse()`` alone on the same bytes, to show what the rest costs.
 
     .venv/bin/python tests/bench/router.py [--n 2000] [--rounds 3] [--profile]
+
+Prints mails per second (wall) and CPU-ms per 1,000 mails (this process), the best pass each.
 """
 
 from __future__ import annotations
@@ -86,16 +88,22 @@ def measure(raws: list[bytes], inbound: list[Record], work: Path, rounds: int, p
               - {{address: {ADDRESS}, accept_external: true, ingress: true, ticket: {{type: question}}}}
         """))
 
+    cpu_seconds: list[float] = []
+
     def one_pass(round_no: int) -> float:
         step = RouterStep(config, FolderBlobStore(work / f"blobs-{round_no}"))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for record in inbound:
             step.process(record)
+        cpu_seconds.append(time.process_time() - cpu_started)
         return time.perf_counter() - started
 
     one_pass(-1)  # warm caches (codec lookups, mimetypes table, schema)
+    cpu_seconds.clear()
     best = min(one_pass(i) for i in range(rounds))
-    print(f"RouterStep.process: {len(inbound) / best:8.0f} mails/s  (best of {rounds})")
+    # CPU time is what to compare on a shared machine: wall time counts the waits for a core.
+    print(f"RouterStep.process: {len(inbound) / best:8.0f} mails/s  (best of {rounds}),"
+          f" {min(cpu_seconds) / len(inbound) * 1e6:.0f} CPU-ms per 1,000 mails")
     best_parse = float("inf")
     for _ in range(rounds):
         started = time.perf_counter()

@@ -386,10 +386,15 @@ def test_the_router_picks_up_a_message_id_key_made_after_it_started(tmp_path):
     must know deskmail's own mail (loops, bounces) from then on, without a restart."""
     from services.common.blobs import FolderBlobStore
     from services.common.config import message_id_key
-    from services.router.runner import RouterStep
+    from services.router.runner import KEY_RECHECK_SECONDS, RouterStep
 
     config = parse_text(CONFIG_TEXT.replace("organization:", f"data_dir: {tmp_path}\norganization:", 1))
-    step = RouterStep(config, FolderBlobStore(tmp_path / "blobs"))
+    now = [100.0]
+    step = RouterStep(config, FolderBlobStore(tmp_path / "blobs"), clock=lambda: now[0])
     assert step.own_key is None
     made = message_id_key(config)  # as the api does on the first reply
+    assert step.own_key is None  # the absence is trusted for a second: one stat per second, not per mail
+    now[0] += KEY_RECHECK_SECONDS
     assert step.own_key == made
+    now[0] += 1000
+    assert step.own_key == made  # found once, kept
