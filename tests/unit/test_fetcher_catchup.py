@@ -1,0 +1,106 @@
+"""``CatchUp``: a session IDLEs only once no mail came in since its last SEARCH."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.fetcher.imap import CatchUp
+from services.fetcher.worker import announces_new_mail
+
+
+class Session:
+    """The slice of IMAPClient that CatchUp uses; ``folder`` holds the UIDs on the server."""
+
+    def __init__(self, folder: list[int], uidnext: int | None):
+        self.folder = folder
+        self.uidnext = uidnext
+        self.calls: list[tuple[Any, ...]] = []
+
+    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]:
+        self.calls.append(("select", folder))
+        return {b"EXISTS": len(self.folder), **({b"UIDNEXT": self.uidnext} if self.uidnext else {})}
+
+    def search(self, criteria: Any = "ALL", charset: str | None = None) -> list[int]:
+        self.calls.append(("search", criteria))
+        if isinstance(criteria, list) and criteria[0] == "UID":
+            low = int(criteria[1].split(":")[0])
+            # RFC 3501: "n:*" always includes the highest UID, even below n
+            return sorted({u for u in self.folder if u >= low} | ({max(self.folder)} if self.folder else set()))
+        return list(self.folder)
+
+    def noop(self) -> Any:
+        self.calls.append(("noop",))
+
+    def idle(self) -> None:
+        self.calls.append(("idle",))
+
+    def idle_check(self, timeout: float | None = None) -> list[tuple[Any, ...]]:
+        self.calls.append(("idle_check", timeout))
+        return []
+
+    def idle_done(self) -> None:
+        self.calls.append(("idle_done",))
+
+    def sent(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+def test_nothing_new_since_the_search_idles_as_before():
+    server = Session([3, 4], uidnext=5)
+    client = CatchUp(server)
+    client.select_folder("INBOX")
+    assert client.search(["UNKEYWORD", "$Deskmail"]) == [3, 4]
+    client.idle()
+    assert client.idle_check(timeout=1.0) == []
+    client.idle_done()
+    # the highest UID (4) answers "UID 5:*" too: it is not new
+    assert server.calls[2:] == [("noop",), ("search", ["UID", "5:*"]), ("idle",), ("idle_check", 1.0), ("idle_done",)]
+
+
+def test_mail_after_the_search_is_answered_at_once_without_idle():
+    server = Session([3, 4], uidnext=5)
+    client = CatchUp(server)
+    client.select_folder("INBOX")
+    client.search("ALL")
+    server.folder += [5, 6]  # arrived while the batch was delivered
+    client.idle()
+    answer = client.idle_check(timeout=1.0)
+    assert announces_new_mail(answer) and answer == [(2, b"EXISTS")]
+    client.idle_done()
+    assert "idle" not in server.sent() and "idle_done" not in server.sent() and "idle_check" not in server.sent()
+
+
+def test_mail_found_by_the_search_after_the_select_is_not_new():
+    server = Session([3], uidnext=4)
+    client = CatchUp(server)
+    client.select_folder("INBOX")
+    server.folder += [4]  # between SELECT and SEARCH: the search finds it
+    assert client.search("ALL") == [3, 4]
+    client.idle()
+    assert server.sent()[-1] == "idle"
+    assert server.calls[-2] == ("search", ["UID", "5:*"])
+
+
+def test_an_empty_folder_idles():
+    server = Session([], uidnext=1)
+    client = CatchUp(server)
+    client.select_folder("INBOX")
+    assert client.search("ALL") == []
+    client.idle()
+    assert server.sent()[-1] == "idle"
+
+
+def test_without_uidnext_it_idles_directly():
+    server = Session([3], uidnext=None)
+    client = CatchUp(server)
+    client.select_folder("INBOX")
+    client.search("ALL")
+    server.folder += [4]
+    client.idle()
+    assert server.sent() == ["select", "search", "idle"]
+
+
+def test_other_calls_reach_the_session():
+    server = Session([1], uidnext=2)
+    server.capabilities = (b"IDLE",)  # type: ignore[attr-defined]
+    assert CatchUp(server).capabilities == (b"IDLE",)
