@@ -55,7 +55,7 @@ from tests.harness.stack import Stack, wait_for  # noqa: E402
 
 HISTOGRAM = "deskmail_mail_to_ticket_seconds"
 QUANTILES = (0.5, 0.95, 0.99)
-DRAIN_TIMEOUT = 300.0  # after the last APPEND, for the pipeline to catch up
+DRAIN_TIMEOUT = 120.0  # after the last APPEND, for the pipeline to catch up; then the run is reported as it is
 
 
 @dataclass
@@ -248,15 +248,15 @@ def measure(stack: Stack, dovecot: DovecotServer, raws: list[bytes], rate: float
     appender.join()
     send_seconds = max(a.answered for a in appended) - start
     target = 1 + len(appended)
-    wait_for(lambda: applied(stack) >= target, DRAIN_TIMEOUT, f"{target} commands applied", interval=0.1)
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while applied(stack) < target and time.monotonic() < deadline:
+        time.sleep(0.1)
     seconds = time.time() - start
     busy = (machine_busy_seconds() - busy_before) / seconds
     after = scrape(stack)
     histogram = {le: after[le] - baseline.get(le, 0.0) for le in after}
     times = applied_times(db_url)
     exact = sorted(times[a.uid].timestamp() - a.answered for a in appended if a.uid in times)
-    if len(exact) != len(appended):
-        print(f"warning: {len(appended) - len(exact)} appended mails have no applied command")
     return Run(histogram, exact, appended, send_seconds, busy, load)
 
 
@@ -277,6 +277,9 @@ def print_run(index: int, run: Run) -> None:
           f"load average before {run.load[0]:.2f}")
     print(f"  histogram ({count:.0f} observed): {hist}")
     print(f"  exact, APPEND answered to applied_at ({len(run.exact)}): {exact}, max {run.exact[-1]:.3f} s")
+    if len(run.exact) < len(run.appended):
+        print(f"  did not keep up: {len(run.appended) - len(run.exact)} mails not applied {DRAIN_TIMEOUT:.0f} s "
+              "after the last APPEND (left out above, so every quantile is a lower bound)")
 
 
 def spread(values: list[float]) -> str:
@@ -290,6 +293,7 @@ def print_summary(runs: list[Run]) -> None:
     for q in QUANTILES:
         print(f"| p{q * 100:g} | {spread([histogram_quantile(q, r.histogram) for r in runs])} "
               f"| {spread([exact_quantile(q, r.exact) for r in runs])} |")
+    print(f"| mails not applied in time | {' / '.join(str(len(r.appended) - len(r.exact)) for r in runs)} | |")
 
 
 def main() -> None:
