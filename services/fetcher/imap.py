@@ -9,11 +9,12 @@ contains the password. Anything else is a programming error and propagates.
 The rest of the fetcher talks to the session through ``MailClient``, the small
 slice of ``imapclient.IMAPClient`` it uses, so tests can swap in another client.
 
-A session from ``connect`` enters IDLE only once it has caught up with its folder
-(``CatchUp``): mail that came in while a batch was being delivered is answered at
-once, as if the server had announced it, instead of after the server's own notice
-(Dovecot sends it half a second after the first change; a change made after the
-last SEARCH but before IDLE began it never announces at all).
+A session from ``connect`` enters IDLE only once it has caught up with its folder,
+and for a second after mail came in it looks for more itself (``CatchUp``): mail
+that came in while a batch was being delivered is answered at once, as if the
+server had announced it, instead of after the server's own notice (Dovecot sends it
+half a second after the first change; a change made after the last SEARCH but
+before IDLE began it never announces at all).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import imaplib
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -29,6 +31,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import CapabilityError, LoginError
 
 from services.common.config import Imap
+from services.common.retry import SYSTEM_CLOCK, Clock
 
 Reason = Literal["dns", "connect", "tls", "login", "select", "protocol", "timeout"]
 REASONS: tuple[Reason, ...] = ("dns", "connect", "tls", "login", "select", "protocol", "timeout")
@@ -246,25 +249,40 @@ class _Guarded:
         return call
 
 
+# After a SEARCH found mail, more is likely to follow: the session looks for it this
+# often, for this long, before it IDLEs (Dovecot announces a change in IDLE only half a
+# second after it, so looking beats waiting until about two seconds' worth of looks).
+LOOK_SECONDS = 0.05
+BUSY_SECONDS = 1.0
+
+
 class CatchUp:
-    """A session that enters IDLE only when no mail came in since its last SEARCH.
+    """A session that enters IDLE only when no mail came in since its last SEARCH,
+    and that looks for mail itself for a moment after mail came in.
 
     It remembers the lowest UID the last SELECT and SEARCH have not seen (the
-    SELECT's UIDNEXT, or one past the highest UID the SEARCH found). ``idle`` first
-    brings the session's view up to date (NOOP) and asks for any message at or above
-    that UID; if there is one, it does not send IDLE, and the next ``idle_check``
-    answers ``[(count, b"EXISTS")]`` at once, so the caller rescans right away. A
-    mailbox that keeps receiving mail is thus rescanned back to back, and a quiet one
-    IDLEs as before. Costs two round trips per IDLE; without a UIDNEXT from the
-    server (RFC 3501 requires one) it IDLEs directly. A false alarm (the new mail was
-    already marked, or deleted) costs one empty rescan. Errors are the session's.
+    SELECT's UIDNEXT, or one past the highest UID the SEARCH found). To look is to
+    bring the session's view up to date (NOOP) and ask for any message at or above
+    that UID (two round trips). ``idle`` looks first: if there is such mail, it does
+    not send IDLE, and the next ``idle_check`` answers ``[(count, b"EXISTS")]`` at
+    once, so the caller rescans right away. Within ``BUSY_SECONDS`` after a SEARCH
+    that found mail, ``idle_check`` looks every ``LOOK_SECONDS`` instead of IDLEing,
+    and sends IDLE when that time is over. So a mailbox that keeps receiving mail is
+    rescanned back to back or within ``LOOK_SECONDS``, and a quiet one IDLEs as
+    before. ``idle_check`` never returns empty before its timeout. Without a UIDNEXT
+    from the server (RFC 3501 requires one) it IDLEs at once. A false alarm (the new
+    mail was already marked, or deleted) costs one empty rescan. Errors are the
+    session's.
     """
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, clock: Clock = SYSTEM_CLOCK):
         self._client = client
+        self._clock = clock
         self._unseen_from: int | None = None  # the lowest UID neither SELECT nor SEARCH has seen
-        self._idling = False
-        self._pending: list[tuple[Any, ...]] | None = None  # answered instead of IDLE
+        self._busy_until = 0.0  # monotonic time until which the session looks instead of IDLEing
+        self._state: Literal["off", "pending", "looking", "idling"] = "off"
+        self._pending: list[tuple[Any, ...]] = []
+        self._never = threading.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -279,30 +297,57 @@ class CatchUp:
         found: list[int] = self._client.search(criteria, charset)
         if found and self._unseen_from is not None:
             self._unseen_from = max(self._unseen_from, max(int(uid) for uid in found) + 1)
+            self._busy_until = self._clock.monotonic() + BUSY_SECONDS
         return found
 
     def idle(self) -> Any:
-        newer = self._newer()
-        if newer:
-            self._pending = [(len(newer), b"EXISTS")]
+        if self._announce(self._newer()):
             return None
-        self._pending = None
-        answer = self._client.idle()
-        self._idling = True
-        return answer
+        if self._unseen_from is not None and self._clock.monotonic() < self._busy_until:
+            self._state = "looking"
+            return None
+        return self._start_idle()
 
     def idle_check(self, timeout: float | None = None) -> list[tuple[Any, ...]]:
-        if self._pending is not None:
-            pending, self._pending = self._pending, []
-            return pending
+        if self._state == "pending":
+            self._state = "off"
+            return self._pending
+        if self._state == "looking":
+            return self._look(timeout)
         return self._client.idle_check(timeout=timeout)  # type: ignore[no-any-return]
 
     def idle_done(self) -> Any:
-        self._pending = None
-        if not self._idling:
-            return None
-        self._idling = False
-        return self._client.idle_done()
+        idling, self._state = self._state == "idling", "off"
+        return self._client.idle_done() if idling else None
+
+    def _look(self, timeout: float | None) -> list[tuple[Any, ...]]:
+        """Look every LOOK_SECONDS until mail, the timeout, or the end of the busy time
+        (then IDLE for what is left of the timeout)."""
+        end = None if timeout is None else self._clock.monotonic() + timeout
+        while True:
+            now = self._clock.monotonic()
+            if now >= self._busy_until:
+                self._start_idle()
+                return self._client.idle_check(timeout=None if end is None else max(0.0, end - now))  # type: ignore[no-any-return]
+            if end is not None and now >= end:
+                return []
+            self._clock.wait(self._never, min(LOOK_SECONDS, self._busy_until - now,
+                                              LOOK_SECONDS if end is None else end - now))
+            newer = self._newer()
+            if newer:
+                self._state = "off"
+                return [(len(newer), b"EXISTS")]
+
+    def _announce(self, newer: list[int]) -> bool:
+        if not newer:
+            return False
+        self._state, self._pending = "pending", [(len(newer), b"EXISTS")]
+        return True
+
+    def _start_idle(self) -> Any:
+        answer = self._client.idle()
+        self._state = "idling"
+        return answer
 
     def _newer(self) -> list[int]:
         """UIDs at or above ``_unseen_from`` in the folder now. ``UID n:*`` also matches

@@ -417,7 +417,7 @@ def test_stop_makes_run_fetcher_return_within_seconds(dovecot, account, make_con
 
 def test_a_session_skips_idle_when_mail_came_in_after_its_search(dovecot, account, make_config):
     """Dovecot announces a change in IDLE half a second late, and one made after the last
-    SEARCH but before IDLE not at all: the session from ``connect`` looks first."""
+    SEARCH but before IDLE not at all: the session from ``connect`` looks itself."""
     a = account()
     dovecot.append(a.login, a.password, mail(1, tag=a.login))
     client = connect(make_config([a]).mailboxes[0].imap, 10.0)
@@ -425,10 +425,10 @@ def test_a_session_skips_idle_when_mail_came_in_after_its_search(dovecot, accoun
         client.select_folder("INBOX")
         assert len(client.search("ALL")) == 1
         client.idle()
-        assert client.idle_check(timeout=0.3) == []  # nothing new: a real IDLE
+        assert client.idle_check(timeout=0.3) == []  # nothing new
         client.idle_done()
 
-        dovecot.append(a.login, a.password, mail(2, tag=a.login))
+        dovecot.append(a.login, a.password, mail(2, tag=a.login))  # after the SEARCH, before the IDLE
         started = time.monotonic()
         client.idle()
         assert worker.announces_new_mail(client.idle_check(timeout=5.0))
@@ -438,7 +438,14 @@ def test_a_session_skips_idle_when_mail_came_in_after_its_search(dovecot, accoun
         client.select_folder("INBOX")
         assert len(client.search("ALL")) == 2
         client.idle()
-        assert client.idle_check(timeout=0.3) == []
+        appended: list[float] = []
+        later = threading.Timer(0.1, lambda: appended.append(
+            dovecot.append(a.login, a.password, mail(3, tag=a.login)) and time.monotonic()))
+        later.start()
+        assert worker.announces_new_mail(client.idle_check(timeout=5.0))  # during the check: looked for
+        noticed = time.monotonic()
+        later.join()
+        assert noticed - appended[0] < 0.3  # Dovecot's own notice comes after 0.5 s
         client.idle_done()
     finally:
         client.logout()

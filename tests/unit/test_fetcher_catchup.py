@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.fetcher.imap import CatchUp
+import pytest
+
+from services.common.retry import FakeClock
+from services.fetcher.imap import BUSY_SECONDS, LOOK_SECONDS, CatchUp
 from services.fetcher.worker import announces_new_mail
 
 
@@ -45,21 +48,29 @@ class Session:
         return [c[0] for c in self.calls]
 
 
-def test_nothing_new_since_the_search_idles_as_before():
-    server = Session([3, 4], uidnext=5)
-    client = CatchUp(server)
+def quiet(server: Session, clock: FakeClock) -> CatchUp:
+    """A session whose last SEARCH found mail longer ago than the busy time."""
+    client = CatchUp(server, clock)
     client.select_folder("INBOX")
-    assert client.search(["UNKEYWORD", "$Deskmail"]) == [3, 4]
+    client.search("ALL")
+    clock.advance(BUSY_SECONDS)
+    server.calls.clear()
+    return client
+
+
+def test_nothing_new_and_quiet_idles_as_before():
+    server, clock = Session([3, 4], uidnext=5), FakeClock()
+    client = quiet(server, clock)
     client.idle()
     assert client.idle_check(timeout=1.0) == []
     client.idle_done()
     # the highest UID (4) answers "UID 5:*" too: it is not new
-    assert server.calls[2:] == [("noop",), ("search", ["UID", "5:*"]), ("idle",), ("idle_check", 1.0), ("idle_done",)]
+    assert server.calls == [("noop",), ("search", ["UID", "5:*"]), ("idle",), ("idle_check", 1.0), ("idle_done",)]
 
 
 def test_mail_after_the_search_is_answered_at_once_without_idle():
-    server = Session([3, 4], uidnext=5)
-    client = CatchUp(server)
+    server, clock = Session([3, 4], uidnext=5), FakeClock()
+    client = CatchUp(server, clock)
     client.select_folder("INBOX")
     client.search("ALL")
     server.folder += [5, 6]  # arrived while the batch was delivered
@@ -67,15 +78,45 @@ def test_mail_after_the_search_is_answered_at_once_without_idle():
     answer = client.idle_check(timeout=1.0)
     assert announces_new_mail(answer) and answer == [(2, b"EXISTS")]
     client.idle_done()
-    assert "idle" not in server.sent() and "idle_done" not in server.sent() and "idle_check" not in server.sent()
+    assert not {"idle", "idle_check", "idle_done"} & set(server.sent())
+    assert clock.waits == []
+
+
+def test_after_mail_came_in_it_looks_every_few_ms_instead_of_idling():
+    server, clock = Session([3], uidnext=4), FakeClock()
+    client = CatchUp(server, clock)
+    client.select_folder("INBOX")
+    client.search("ALL")
+    clock.on_wait = lambda seconds: server.folder.append(4) if len(clock.waits) == 3 else None
+    client.idle()
+    assert client.idle_check(timeout=1.0) == [(1, b"EXISTS")]
+    client.idle_done()
+    assert clock.waits == [LOOK_SECONDS] * 3
+    assert not {"idle", "idle_check", "idle_done"} & set(server.sent())
+
+
+def test_looking_ends_in_idle_when_the_busy_time_is_over():
+    server, clock = Session([3], uidnext=4), FakeClock()
+    client = CatchUp(server, clock)
+    client.select_folder("INBOX")
+    client.search("ALL")
+    client.idle()
+    assert client.idle_check(timeout=0.6) == []  # looked for 0.6 s: nothing, and no IDLE yet
+    assert "idle" not in server.sent()
+    assert client.idle_check(timeout=1.0) == []  # 0.4 s more of looking, then IDLE for the rest
+    client.idle_done()
+    assert server.sent()[-3:] == ["idle", "idle_check", "idle_done"]
+    assert server.calls[-2][1] == pytest.approx(0.6)  # the whole check took its 1.0 s
+    assert abs(sum(clock.waits) - BUSY_SECONDS) < 1e-9
 
 
 def test_mail_found_by_the_search_after_the_select_is_not_new():
-    server = Session([3], uidnext=4)
-    client = CatchUp(server)
+    server, clock = Session([3], uidnext=4), FakeClock()
+    client = CatchUp(server, clock)
     client.select_folder("INBOX")
     server.folder += [4]  # between SELECT and SEARCH: the search finds it
     assert client.search("ALL") == [3, 4]
+    clock.advance(BUSY_SECONDS)
     client.idle()
     assert server.sent()[-1] == "idle"
     assert server.calls[-2] == ("search", ["UID", "5:*"])
@@ -83,7 +124,7 @@ def test_mail_found_by_the_search_after_the_select_is_not_new():
 
 def test_an_empty_folder_idles():
     server = Session([], uidnext=1)
-    client = CatchUp(server)
+    client = CatchUp(server, FakeClock())
     client.select_folder("INBOX")
     assert client.search("ALL") == []
     client.idle()
@@ -92,7 +133,7 @@ def test_an_empty_folder_idles():
 
 def test_without_uidnext_it_idles_directly():
     server = Session([3], uidnext=None)
-    client = CatchUp(server)
+    client = CatchUp(server, FakeClock())
     client.select_folder("INBOX")
     client.search("ALL")
     server.folder += [4]
