@@ -49,12 +49,14 @@ import sqlalchemy  # noqa: E402
 
 from services.localbroker import LocalBroker  # noqa: E402
 from services.tickets.tables import processed_commands  # noqa: E402
-from tests.bench.ingest import ADDRESS, fast_folder, machine_busy_seconds, make_corpus, ready  # noqa: E402
+from tests.bench import procstat  # noqa: E402
+from tests.bench.ingest import ADDRESS, fast_folder, machine_busy_seconds, make_corpus, ready, server_pids  # noqa: E402
 from tests.harness.dovecot import DovecotServer  # noqa: E402
 from tests.harness.stack import Stack, wait_for  # noqa: E402
 
 HISTOGRAM = "deskmail_mail_to_ticket_seconds"
 QUANTILES = (0.5, 0.95, 0.99)
+STAGES = ("fetcher", "router", "ticketer")
 DRAIN_TIMEOUT = 120.0  # after the last APPEND, for the pipeline to catch up; then the run is reported as it is
 
 
@@ -73,6 +75,7 @@ class Run:
     send_seconds: float
     machine_busy: float  # cores busy on the whole machine, on average over the window
     load: tuple[float, float, float]
+    cpu: dict[str, float]  # CPU-seconds per 1,000 mails over the window, by process
 
     def late(self) -> float:
         """The largest delay of an APPEND behind its schedule (when it was answered)."""
@@ -214,7 +217,7 @@ def one_run(index: int, args: argparse.Namespace, raws: list[bytes], pg: object 
             stack.create_topics()
             stack.migrate()
             try:
-                return measure(stack, dovecot, raws, args.rate, db_url)
+                return measure(stack, dovecot, raws, args.rate, db_url, server_pids(broker, dovecot, pg))
             finally:
                 stack.stop()
     finally:
@@ -226,7 +229,8 @@ def applied(stack: Stack) -> float:
     return stack.metric("ticketer", "deskmail_ticketer_commands_applied_total")
 
 
-def measure(stack: Stack, dovecot: DovecotServer, raws: list[bytes], rate: float, db_url: str) -> Run:
+def measure(stack: Stack, dovecot: DovecotServer, raws: list[bytes], rate: float, db_url: str,
+            servers: dict[str, int]) -> Run:
     stack.start("ticketer", "router")
     stack.launch("fetcher")
     wait_for(lambda: ready(stack.ports["fetcher"]), 120, f"the fetcher to be ready\n{stack.log('fetcher')[-3000:]}")
@@ -239,6 +243,13 @@ def measure(stack: Stack, dovecot: DovecotServer, raws: list[bytes], rate: float
     baseline = scrape(stack)
     load = os.getloadavg()
     busy_before = machine_busy_seconds()
+    pids = {**{name: stack.procs[name].pid for name in STAGES}, **servers}
+
+    def cpu_now() -> dict[str, float]:
+        return {name: procstat.cpu_seconds(pid) if name in (*STAGES, "broker") else procstat.tree_cpu_seconds(pid)
+                for name, pid in pids.items()}
+
+    cpu_before = cpu_now()
     receiving, sending = multiprocessing.Pipe(duplex=False)
     start = time.time() + 0.5
     appender = multiprocessing.Process(
@@ -253,11 +264,13 @@ def measure(stack: Stack, dovecot: DovecotServer, raws: list[bytes], rate: float
         time.sleep(0.1)
     seconds = time.time() - start
     busy = (machine_busy_seconds() - busy_before) / seconds
+    cpu_after = cpu_now()
     after = scrape(stack)
     histogram = {le: after[le] - baseline.get(le, 0.0) for le in after}
     times = applied_times(db_url)
     exact = sorted(times[a.uid].timestamp() - a.answered for a in appended if a.uid in times)
-    return Run(histogram, exact, appended, send_seconds, busy, load)
+    cpu = {name: (cpu_after[name] - cpu_before[name]) * 1000 / len(appended) for name in pids}
+    return Run(histogram, exact, appended, send_seconds, busy, load, cpu)
 
 
 # ---------------------------------------------------------------- report
@@ -277,6 +290,8 @@ def print_run(index: int, run: Run) -> None:
           f"load average before {run.load[0]:.2f}")
     print(f"  histogram ({count:.0f} observed): {hist}")
     print(f"  exact, APPEND answered to applied_at ({len(run.exact)}): {exact}, max {run.exact[-1]:.3f} s")
+    print("  CPU-s per 1,000 mails: " + ", ".join(f"{k} {v:.2f}" for k, v in run.cpu.items())
+          + f"; total {sum(run.cpu.values()):.2f}")
     if len(run.exact) < len(run.appended):
         print(f"  did not keep up: {len(run.appended) - len(run.exact)} mails not applied {DRAIN_TIMEOUT:.0f} s "
               "after the last APPEND (left out above, so every quantile is a lower bound)")
