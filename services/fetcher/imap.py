@@ -251,8 +251,10 @@ class _Guarded:
 
 # After a SEARCH found mail, more is likely to follow: the session looks for it this
 # often, for this long, before it IDLEs (Dovecot announces a change in IDLE only half a
-# second after it, so looking beats waiting until about two seconds' worth of looks).
-LOOK_SECONDS = 0.05
+# second after it). Looking at once instead measured 3 mails per cycle at 100 mails/s and
+# 60% more CPU per mail over the pipeline (fetcher, Dovecot, router, broker); every
+# 0.1 s bounds a busy mailbox to about 8 cycles a second.
+LOOK_SECONDS = 0.1
 BUSY_SECONDS = 1.0
 
 
@@ -263,13 +265,13 @@ class CatchUp:
     It remembers the lowest UID the last SELECT and SEARCH have not seen (the
     SELECT's UIDNEXT, or one past the highest UID the SEARCH found). To look is to
     bring the session's view up to date (NOOP) and ask for any message at or above
-    that UID (two round trips). ``idle`` looks first: if there is such mail, it does
-    not send IDLE, and the next ``idle_check`` answers ``[(count, b"EXISTS")]`` at
-    once, so the caller rescans right away. Within ``BUSY_SECONDS`` after a SEARCH
-    that found mail, ``idle_check`` looks every ``LOOK_SECONDS`` instead of IDLEing,
-    and sends IDLE when that time is over. So a mailbox that keeps receiving mail is
-    rescanned back to back or within ``LOOK_SECONDS``, and a quiet one IDLEs as
-    before. ``idle_check`` never returns empty before its timeout. Without a UIDNEXT
+    that UID (two round trips). Within ``BUSY_SECONDS`` after a SEARCH that found
+    mail, ``idle`` sends no IDLE and ``idle_check`` looks every ``LOOK_SECONDS``,
+    answering ``[(count, b"EXISTS")]`` as soon as there is such mail, so the caller
+    rescans; it sends IDLE when that time is over. Otherwise ``idle`` looks once
+    first: if there is such mail, it sends no IDLE and the next ``idle_check``
+    answers at once. So a mailbox that keeps receiving mail is rescanned every
+    ``LOOK_SECONDS`` or so, and a quiet one IDLEs as before. ``idle_check`` never returns empty before its timeout. Without a UIDNEXT
     from the server (RFC 3501 requires one) it IDLEs at once. A false alarm (the new
     mail was already marked, or deleted) costs one empty rescan. Errors are the
     session's.
@@ -301,10 +303,10 @@ class CatchUp:
         return found
 
     def idle(self) -> Any:
-        if self._announce(self._newer()):
-            return None
         if self._unseen_from is not None and self._clock.monotonic() < self._busy_until:
             self._state = "looking"
+            return None
+        if self._announce(self._newer()):
             return None
         return self._start_idle()
 

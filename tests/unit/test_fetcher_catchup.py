@@ -68,18 +68,29 @@ def test_nothing_new_and_quiet_idles_as_before():
     assert server.calls == [("noop",), ("search", ["UID", "5:*"]), ("idle",), ("idle_check", 1.0), ("idle_done",)]
 
 
-def test_mail_after_the_search_is_answered_at_once_without_idle():
+def test_mail_after_the_search_of_a_quiet_mailbox_is_answered_at_once_without_idle():
     server, clock = Session([3, 4], uidnext=5), FakeClock()
-    client = CatchUp(server, clock)
-    client.select_folder("INBOX")
-    client.search("ALL")
-    server.folder += [5, 6]  # arrived while the batch was delivered
+    client = quiet(server, clock)
+    server.folder += [5, 6]  # arrived after the SEARCH, before IDLE
     client.idle()
     answer = client.idle_check(timeout=1.0)
     assert announces_new_mail(answer) and answer == [(2, b"EXISTS")]
     client.idle_done()
     assert not {"idle", "idle_check", "idle_done"} & set(server.sent())
     assert clock.waits == []
+
+
+def test_mail_after_the_search_of_a_busy_mailbox_is_found_at_the_first_look():
+    server, clock = Session([3, 4], uidnext=5), FakeClock()
+    client = CatchUp(server, clock)
+    client.select_folder("INBOX")
+    client.search("ALL")
+    server.folder += [5, 6]  # arrived while the batch was delivered
+    client.idle()
+    assert client.idle_check(timeout=1.0) == [(2, b"EXISTS")]
+    client.idle_done()
+    assert not {"idle", "idle_check", "idle_done"} & set(server.sent())
+    assert clock.waits == [LOOK_SECONDS]  # a busy mailbox is rescanned at most this often
 
 
 def test_after_mail_came_in_it_looks_every_few_ms_instead_of_idling():
