@@ -11,7 +11,7 @@ slice of ``imapclient.IMAPClient`` it uses, so tests can swap in another client.
 
 A session from ``connect`` enters IDLE only once it has caught up with its folder,
 and for a second after mail came in it looks for more itself (``CatchUp``): mail
-that came in while a batch was being delivered is answered at once, as if the
+that came in while a batch was being delivered is found within 0.1 s, as if the
 server had announced it, instead of after the server's own notice (Dovecot sends it
 half a second after the first change; a change made after the last SEARCH but
 before IDLE began it never announces at all).
@@ -271,10 +271,10 @@ class CatchUp:
     rescans; it sends IDLE when that time is over. Otherwise ``idle`` looks once
     first: if there is such mail, it sends no IDLE and the next ``idle_check``
     answers at once. So a mailbox that keeps receiving mail is rescanned every
-    ``LOOK_SECONDS`` or so, and a quiet one IDLEs as before. ``idle_check`` never returns empty before its timeout. Without a UIDNEXT
-    from the server (RFC 3501 requires one) it IDLEs at once. A false alarm (the new
-    mail was already marked, or deleted) costs one empty rescan. Errors are the
-    session's.
+    ``LOOK_SECONDS`` or so, and a quiet one IDLEs as before. ``idle_check`` never
+    returns empty before its timeout. Without a UIDNEXT from the server (RFC 3501
+    requires one) it IDLEs at once. A false alarm (the new mail was already marked,
+    or deleted) costs one empty rescan. Errors are the session's.
     """
 
     def __init__(self, client: Any, clock: Clock = SYSTEM_CLOCK):
@@ -330,7 +330,8 @@ class CatchUp:
             now = self._clock.monotonic()
             if now >= self._busy_until:
                 self._start_idle()
-                return self._client.idle_check(timeout=None if end is None else max(0.0, end - now))  # type: ignore[no-any-return]
+                left = None if end is None else max(0.0, end - now)
+                return self._client.idle_check(timeout=left)  # type: ignore[no-any-return]
             if end is not None and now >= end:
                 return []
             self._clock.wait(self._never, min(LOOK_SECONDS, self._busy_until - now,

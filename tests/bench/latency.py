@@ -282,8 +282,8 @@ def bounds(b: tuple[float, float]) -> str:
 
 def print_run(index: int, run: Run) -> None:
     count = run.histogram[math.inf]
-    hist = ", ".join(f"p{q * 100:g} {histogram_quantile(q, run.histogram):.3f} s in {bounds(bucket_around(q, run.histogram))}"
-                     for q in QUANTILES)
+    hist = ", ".join(f"p{q * 100:g} {histogram_quantile(q, run.histogram):.3f} s in "
+                     f"{bounds(bucket_around(q, run.histogram))}" for q in QUANTILES)
     exact = ", ".join(f"p{q * 100:g} {exact_quantile(q, run.exact):.3f} s" for q in QUANTILES)
     print(f"run {index}: {len(run.appended):,} mails APPENDed at {run.rate():.1f}/s "
           f"(latest {run.late() * 1000:.0f} ms behind schedule); machine {run.machine_busy:.2f} cores busy, "
