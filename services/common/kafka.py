@@ -130,6 +130,12 @@ class Kafka:
             max_poll_records=max_poll_records or c.max_poll_records,
             fetch_max_bytes=max(52_428_800, self.config.kafka.max_message_bytes),
             max_partition_fetch_bytes=max(1_048_576, self.config.kafka.max_message_bytes),
+            # How long the broker may hold a fetch that found nothing (500 ms by default).
+            # Kafka answers as soon as a record arrives, but a broker that does not (the
+            # local one) delivers a record up to that long after it was written, at every
+            # hop: measured there, p50 125 ms with 500, 21 ms with 100. An idle consumer
+            # then fetches 10 times a second: 2% of a core, and 1.4% of the broker's.
+            fetch_max_wait_ms=100,
         )
         return KafkaSource(consumer)
 

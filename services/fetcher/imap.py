@@ -8,6 +8,13 @@ contains the password. Anything else is a programming error and propagates.
 
 The rest of the fetcher talks to the session through ``MailClient``, the small
 slice of ``imapclient.IMAPClient`` it uses, so tests can swap in another client.
+
+A session from ``connect`` enters IDLE only once it has caught up with its folder,
+and for a second after mail came in it looks for more itself (``CatchUp``): mail
+that came in while a batch was being delivered is found within 0.1 s, as if the
+server had announced it, instead of after the server's own notice (Dovecot sends it
+half a second after the first change; a change made after the last SEARCH but
+before IDLE began it never announces at all).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 import imaplib
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -23,6 +31,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import CapabilityError, LoginError
 
 from services.common.config import Imap
+from services.common.retry import SYSTEM_CLOCK, Clock
 
 Reason = Literal["dns", "connect", "tls", "login", "select", "protocol", "timeout"]
 REASONS: tuple[Reason, ...] = ("dns", "connect", "tls", "login", "select", "protocol", "timeout")
@@ -115,7 +124,7 @@ def connect(imap: Imap, timeout: float, *, client_class: Callable[..., Any] = IM
         _quiet(client)
         stage = "login"
         client.login(imap.login, password)
-        return client  # type: ignore[no-any-return]
+        return CatchUp(client)  # type: ignore[return-value]
     except BaseException as exc:
         if client is not None:
             with contextlib.suppress(Exception):
@@ -238,6 +247,119 @@ class _Guarded:
                 raise MailboxError("protocol", f"unexpected reply to {name}: {type(exc).__name__}: {_text(exc)}") from exc
 
         return call
+
+
+# After a SEARCH found mail, more is likely to follow: the session looks for it this
+# often, for this long, before it IDLEs (Dovecot announces a change in IDLE only half a
+# second after it). Looking at once instead measured 3 mails per cycle at 100 mails/s and
+# 60% more CPU per mail over the pipeline (fetcher, Dovecot, router, broker); every
+# 0.1 s bounds a busy mailbox to about 8 cycles a second.
+LOOK_SECONDS = 0.1
+BUSY_SECONDS = 1.0
+
+
+class CatchUp:
+    """A session that enters IDLE only when no mail came in since its last SEARCH,
+    and that looks for mail itself for a moment after mail came in.
+
+    It remembers the lowest UID the last SELECT and SEARCH have not seen (the
+    SELECT's UIDNEXT, or one past the highest UID the SEARCH found). To look is to
+    bring the session's view up to date (NOOP) and ask for any message at or above
+    that UID (two round trips). Within ``BUSY_SECONDS`` after a SEARCH that found
+    mail, ``idle`` sends no IDLE and ``idle_check`` looks every ``LOOK_SECONDS``,
+    answering ``[(count, b"EXISTS")]`` as soon as there is such mail, so the caller
+    rescans; it sends IDLE when that time is over. Otherwise ``idle`` looks once
+    first: if there is such mail, it sends no IDLE and the next ``idle_check``
+    answers at once. So a mailbox that keeps receiving mail is rescanned every
+    ``LOOK_SECONDS`` or so, and a quiet one IDLEs as before. ``idle_check`` never
+    returns empty before its timeout. Without a UIDNEXT from the server (RFC 3501
+    requires one) it IDLEs at once. A false alarm (the new mail was already marked,
+    or deleted) costs one empty rescan. Errors are the session's.
+    """
+
+    def __init__(self, client: Any, clock: Clock = SYSTEM_CLOCK):
+        self._client = client
+        self._clock = clock
+        self._unseen_from: int | None = None  # the lowest UID neither SELECT nor SEARCH has seen
+        self._busy_until = 0.0  # monotonic time until which the session looks instead of IDLEing
+        self._state: Literal["off", "pending", "looking", "idling"] = "off"
+        self._pending: list[tuple[Any, ...]] = []
+        self._never = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]:
+        info: dict[bytes, Any] = self._client.select_folder(folder, readonly=readonly)
+        uidnext = info.get(b"UIDNEXT")
+        self._unseen_from = uidnext if isinstance(uidnext, int) and uidnext > 0 else None
+        return info
+
+    def search(self, criteria: Any = "ALL", charset: str | None = None) -> list[int]:
+        found: list[int] = self._client.search(criteria, charset)
+        if found and self._unseen_from is not None:
+            self._unseen_from = max(self._unseen_from, max(int(uid) for uid in found) + 1)
+            self._busy_until = self._clock.monotonic() + BUSY_SECONDS
+        return found
+
+    def idle(self) -> Any:
+        if self._unseen_from is not None and self._clock.monotonic() < self._busy_until:
+            self._state = "looking"
+            return None
+        if self._announce(self._newer()):
+            return None
+        return self._start_idle()
+
+    def idle_check(self, timeout: float | None = None) -> list[tuple[Any, ...]]:
+        if self._state == "pending":
+            self._state = "off"
+            return self._pending
+        if self._state == "looking":
+            return self._look(timeout)
+        return self._client.idle_check(timeout=timeout)  # type: ignore[no-any-return]
+
+    def idle_done(self) -> Any:
+        idling, self._state = self._state == "idling", "off"
+        return self._client.idle_done() if idling else None
+
+    def _look(self, timeout: float | None) -> list[tuple[Any, ...]]:
+        """Look every LOOK_SECONDS until mail, the timeout, or the end of the busy time
+        (then IDLE for what is left of the timeout)."""
+        end = None if timeout is None else self._clock.monotonic() + timeout
+        while True:
+            now = self._clock.monotonic()
+            if now >= self._busy_until:
+                self._start_idle()
+                left = None if end is None else max(0.0, end - now)
+                return self._client.idle_check(timeout=left)  # type: ignore[no-any-return]
+            if end is not None and now >= end:
+                return []
+            self._clock.wait(self._never, min(LOOK_SECONDS, self._busy_until - now,
+                                              LOOK_SECONDS if end is None else end - now))
+            newer = self._newer()
+            if newer:
+                self._state = "off"
+                return [(len(newer), b"EXISTS")]
+
+    def _announce(self, newer: list[int]) -> bool:
+        if not newer:
+            return False
+        self._state, self._pending = "pending", [(len(newer), b"EXISTS")]
+        return True
+
+    def _start_idle(self) -> Any:
+        answer = self._client.idle()
+        self._state = "idling"
+        return answer
+
+    def _newer(self) -> list[int]:
+        """UIDs at or above ``_unseen_from`` in the folder now. ``UID n:*`` also matches
+        the highest UID when it is below n, hence the filter."""
+        if self._unseen_from is None:
+            return []
+        self._client.noop()  # SEARCH answers from the session's view: bring it up to date first
+        found = self._client.search(["UID", f"{self._unseen_from}:*"])
+        return [int(uid) for uid in found if int(uid) >= self._unseen_from]
 
 
 def select(client: MailClient, folder: str) -> dict[bytes, Any]:

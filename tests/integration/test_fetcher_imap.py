@@ -22,6 +22,7 @@ from services.common.config import Config, parse_text
 from services.common.kafka import Kafka
 from services.common.runtime import Health
 from services.fetcher import worker
+from services.fetcher.imap import connect
 from services.fetcher.runner import run_fetcher
 from services.localbroker import LocalBroker
 from tests.harness.dovecot import DovecotServer
@@ -412,3 +413,39 @@ def test_stop_makes_run_fetcher_return_within_seconds(dovecot, account, make_con
     took = fetcher.shutdown()
     assert took < 5, f"run_fetcher took {took:.1f} s to return"
     assert not fetcher.health.ready()
+
+
+def test_a_session_skips_idle_when_mail_came_in_after_its_search(dovecot, account, make_config):
+    """Dovecot announces a change in IDLE half a second late, and one made after the last
+    SEARCH but before IDLE not at all: the session from ``connect`` looks itself."""
+    a = account()
+    dovecot.append(a.login, a.password, mail(1, tag=a.login))
+    client = connect(make_config([a]).mailboxes[0].imap, 10.0)
+    try:
+        client.select_folder("INBOX")
+        assert len(client.search("ALL")) == 1
+        client.idle()
+        assert client.idle_check(timeout=0.3) == []  # nothing new
+        client.idle_done()
+
+        dovecot.append(a.login, a.password, mail(2, tag=a.login))  # after the SEARCH, before the IDLE
+        started = time.monotonic()
+        client.idle()
+        assert worker.announces_new_mail(client.idle_check(timeout=5.0))
+        assert time.monotonic() - started < 0.4
+        client.idle_done()
+
+        client.select_folder("INBOX")
+        assert len(client.search("ALL")) == 2
+        client.idle()
+        appended: list[float] = []
+        later = threading.Timer(0.1, lambda: appended.append(
+            dovecot.append(a.login, a.password, mail(3, tag=a.login)) and time.monotonic()))
+        later.start()
+        assert worker.announces_new_mail(client.idle_check(timeout=5.0))  # during the check: looked for
+        noticed = time.monotonic()
+        later.join()
+        assert noticed - appended[0] < 0.3  # Dovecot's own notice comes after 0.5 s
+        client.idle_done()
+    finally:
+        client.logout()
