@@ -41,6 +41,8 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +126,9 @@ def raw_fetch_rate(dovecot: DovecotServer, n: int) -> float:
     return n / elapsed
 
 
-def config_text(args: argparse.Namespace, db_url: str, work: Path, blobs: Path, dovecot: DovecotServer) -> str:
+def config_text(args: argparse.Namespace, db_url: str, work: Path, blobs: Path, dovecot: DovecotServer,
+                fetcher: str = "fetcher: {batch_size: 200}") -> str:
+    """The benches' configuration (tests/bench/latency.py too, with the fetcher's defaults)."""
     # 300 senders and N >= 10,000 would pass the per-sender limit (20 mails in 10 minutes)
     return textwrap.dedent(f"""\
         kafka:
@@ -133,7 +137,7 @@ def config_text(args: argparse.Namespace, db_url: str, work: Path, blobs: Path, 
         database: {{url: "{db_url}"}}
         data_dir: {work / 'data'}
         blobs: {{path: {blobs}}}
-        fetcher: {{batch_size: 200}}
+        {fetcher}
         rate_limits: {{per_sender: {{mails: 0}}, per_ticket: {{mails: 0}}}}
         queues:
           - key: BENCH
@@ -256,33 +260,54 @@ def server_pids(broker: LocalBroker, dovecot: DovecotServer, pg: object | None) 
     return pids
 
 
-def one_run(index: int, args: argparse.Namespace, corpus: Corpus, pg: object | None, profiler: Profiler | None) -> Run:
-    n = len(corpus.raws)
+@dataclass
+class Bench:
+    """One run's fresh parts: a broker, Dovecot with the bench's mailbox, a database and
+    the deskmail configuration for them, topics created and the schema migrated."""
+
+    stack: Stack
+    broker: LocalBroker
+    dovecot: DovecotServer
+    db_url: str
+
+
+@contextmanager
+def fresh_bench(name: str, args: argparse.Namespace, pg: object | None,
+                config: Callable[..., str] | None = None) -> Iterator[Bench]:
+    """``config(args, db_url, work, blobs, dovecot)`` makes the configuration (default:
+    ``config_text``); everything is removed afterwards."""
     work = Path(tempfile.mkdtemp(prefix="deskmail-bench-"))
     fast = Path(tempfile.mkdtemp(prefix="deskmail-bench-", dir=fast_folder()))
     fast.chmod(0o755)  # Dovecot's mail processes run as nobody
     try:
         with LocalBroker() as broker, DovecotServer(root=fast / "dovecot") as dovecot:
             dovecot.add_user(ADDRESS, "pw")
-            dovecot.append_many(ADDRESS, "pw", corpus.raws)
-            raw_rate = raw_fetch_rate(dovecot, n)
             if pg is not None:
-                db_url = pg.create_database(f"bench_{index}")  # type: ignore[attr-defined]
+                db_url = pg.create_database(name)  # type: ignore[attr-defined]
             else:
                 db_url = f"sqlite:///{work / 'tickets.db'}"
-            stack = Stack(config_text(args, db_url, work, fast / "blobs", dovecot), work, broker.bootstrap,
-                          env={"BENCH_PW": "pw"})
+            stack = Stack((config or config_text)(args, db_url, work, fast / "blobs", dovecot), work,
+                          broker.bootstrap, env={"BENCH_PW": "pw"})
             stack.create_topics()
             stack.migrate()
-            try:
-                return measure(stack, args, n, server_pids(broker, dovecot, pg), db_url, raw_rate, profiler)
-            finally:
-                codes = stack.stop()
-                if profiler is not None and codes.get(profiler.stage) != 0:
-                    print(f"warning: the profiled {profiler.stage} exited with {codes.get(profiler.stage)}")
+            yield Bench(stack, broker, dovecot, db_url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(fast, ignore_errors=True)
+
+
+def one_run(index: int, args: argparse.Namespace, corpus: Corpus, pg: object | None, profiler: Profiler | None) -> Run:
+    n = len(corpus.raws)
+    with fresh_bench(f"bench_{index}", args, pg) as bench:
+        bench.dovecot.append_many(ADDRESS, "pw", corpus.raws)
+        raw_rate = raw_fetch_rate(bench.dovecot, n)
+        try:
+            return measure(bench.stack, args, n, server_pids(bench.broker, bench.dovecot, pg), bench.db_url,
+                           raw_rate, profiler)
+        finally:
+            codes = bench.stack.stop()
+            if profiler is not None and codes.get(profiler.stage) != 0:
+                print(f"warning: the profiled {profiler.stage} exited with {codes.get(profiler.stage)}")
 
 
 def measure(stack: Stack, args: argparse.Namespace, n: int, servers: dict[str, int], db_url: str, raw_rate: float,

@@ -31,11 +31,8 @@ import argparse
 import math
 import multiprocessing
 import os
-import shutil
 import statistics
 import sys
-import tempfile
-import textwrap
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -47,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import sqlalchemy  # noqa: E402
 
-from services.localbroker import LocalBroker  # noqa: E402
 from services.tickets.tables import processed_commands  # noqa: E402
 from tests.bench import procstat  # noqa: E402
+from tests.bench import ingest  # noqa: E402
 from tests.bench.ingest import ADDRESS, fast_folder, machine_busy_seconds, make_corpus, ready, server_pids  # noqa: E402
 from tests.harness.dovecot import DovecotServer  # noqa: E402
 from tests.harness.stack import Stack, wait_for  # noqa: E402
@@ -170,23 +167,7 @@ def append_steadily(host: str, port: int, raws: list[bytes], rate: float, start:
 
 def config_text(args: argparse.Namespace, db_url: str, work: Path, blobs: Path, dovecot: DovecotServer) -> str:
     # fetcher settings are the defaults (IDLE on, batches of up to 100): the point is what a user gets
-    return textwrap.dedent(f"""\
-        kafka:
-          partitions: {args.partitions}
-          consumer: {{session_timeout_ms: 2000, heartbeat_interval_ms: 500}}
-        database: {{url: "{db_url}"}}
-        data_dir: {work / 'data'}
-        blobs: {{path: {blobs}}}
-        rate_limits: {{per_sender: {{mails: 0}}, per_ticket: {{mails: 0}}}}
-        queues:
-          - key: BENCH
-            mailboxes:
-              - address: {ADDRESS}
-                accept_external: true
-                ticket: {{type: question}}
-                imap: {{host: 127.0.0.1, port: {dovecot.imaps_port}, security: ssl, cafile: {dovecot.cafile},
-                        password: {{env: BENCH_PW}}}}
-        """)
+    return ingest.config_text(args, db_url, work, blobs, dovecot, fetcher="")
 
 
 def applied_times(db_url: str) -> dict[int, datetime]:
@@ -202,27 +183,12 @@ def applied_times(db_url: str) -> dict[int, datetime]:
 
 
 def one_run(index: int, args: argparse.Namespace, raws: list[bytes], pg: object | None) -> Run:
-    work = Path(tempfile.mkdtemp(prefix="deskmail-latency-"))
-    fast = Path(tempfile.mkdtemp(prefix="deskmail-latency-", dir=fast_folder()))
-    fast.chmod(0o755)  # Dovecot's mail processes run as nobody
-    try:
-        with LocalBroker() as broker, DovecotServer(root=fast / "dovecot") as dovecot:
-            dovecot.add_user(ADDRESS, "pw")
-            if pg is not None:
-                db_url = pg.create_database(f"latency_{index}")  # type: ignore[attr-defined]
-            else:
-                db_url = f"sqlite:///{work / 'tickets.db'}"
-            stack = Stack(config_text(args, db_url, work, fast / "blobs", dovecot), work, broker.bootstrap,
-                          env={"BENCH_PW": "pw"})
-            stack.create_topics()
-            stack.migrate()
-            try:
-                return measure(stack, dovecot, raws, args.rate, db_url, server_pids(broker, dovecot, pg))
-            finally:
-                stack.stop()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(fast, ignore_errors=True)
+    with ingest.fresh_bench(f"latency_{index}", args, pg, config_text) as bench:
+        try:
+            return measure(bench.stack, bench.dovecot, raws, args.rate, bench.db_url,
+                           server_pids(bench.broker, bench.dovecot, pg))
+        finally:
+            bench.stack.stop()
 
 
 def applied(stack: Stack) -> float:
