@@ -57,6 +57,11 @@ AUTO_CLOSE_BATCH = 500  # tickets per transaction (TicketStore.auto_close's limi
 RETENTION_INTERVAL = 3600.0  # seconds between rounds of suspended mail retention (counted in days)
 RETENTION_BATCH = 500  # rejections per transaction
 DUE_INTERVAL = 1.0  # seconds between rounds of held replies whose wait is over
+# While the ticketer works through mail older than a reply's wait (a backlog, a replay,
+# mail that sat in a mailbox), the mail a held reply awaits may be in that backlog:
+# held replies then wait up to this many times ``reply_wait_seconds``.
+BEHIND_WAIT_FACTOR = 30
+BEHIND_GRACE = 2.0  # seconds after the last such mail that the ticketer still counts as behind
 
 
 class TicketerStep:
@@ -72,6 +77,7 @@ class TicketerStep:
         # The consume loop and the due replies' thread; re-entered by a batch's commands.
         self._applying = threading.RLock()
         self._committed: list[Callable[[], None]] | None = None  # in a batch: what to report once it commits
+        self._behind_at = float("-inf")  # monotonic time of the last mail older than the reply wait
         self.blobs = blobs  # None: rate-limited mail is listed without its original
         self.closed_reply = dict(closed_reply or {})
         self.limits = limits
@@ -121,14 +127,23 @@ class TicketerStep:
             raise BadRecord(str(exc)) from exc
         hold = None
         if self.reply_wait:
-            hold = pending.Hold(bytes(record.value), datetime.now(timezone.utc) + self.reply_wait)
+            now = datetime.now(timezone.utc)
+            hold = pending.Hold(bytes(record.value), now + self.reply_wait)
+            received = command.get("received_at")
+            if isinstance(received, datetime) and now - received > self.reply_wait:
+                self._behind_at = time.monotonic()
         try:
             self.apply_command(command, hold, writer)
         except InvalidCommand as exc:
             raise BadRecord(f"{command.get('id')}: {exc}") from exc
 
     def apply_due(self, now: datetime | None = None) -> int:
-        """Apply the held replies whose wait is over; how many. Raises Transient."""
+        """Apply the held replies whose wait is over; how many. While the ticketer is
+        behind (``behind``), a wait lasts ``BEHIND_WAIT_FACTOR`` times longer: the outcome
+        of a thread should not depend on how far behind the ticketer was. Raises Transient."""
+        now = now or datetime.now(timezone.utc)
+        if self.behind():
+            now -= self.reply_wait * (BEHIND_WAIT_FACTOR - 1)
         with _transient_db_errors():
             due = self.store.due_replies(now)
         for payload in due:
@@ -137,6 +152,11 @@ class TicketerStep:
             except (CodecError, InvalidCommand) as exc:  # was applied as valid once; a schema removed since?
                 log.error("held reply cannot be applied", extra={"stage": STAGE, "error": str(exc)})
         return len(due)
+
+    def behind(self) -> bool:
+        """True while the ticketer applies mail received longer ago than the reply wait
+        (within the last ``BEHIND_GRACE`` seconds)."""
+        return time.monotonic() - self._behind_at < BEHIND_GRACE
 
     def apply_command(self, command: Mapping[str, Any], hold: pending.Hold | None,
                       writer: Writer | None = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from services.common.bus import Record
 from services.common.codec import codec
 from services.common.errors import BadRecord, Transient
-from services.ticketer.runner import TicketerStep
+from services.ticketer.runner import BEHIND_WAIT_FACTOR, TicketerStep
 from services.tickets import TicketStore
 from tests.harness.records import command
 
@@ -88,3 +89,39 @@ def test_a_database_failure_in_a_batch_commits_none_of_it(tmp_path: Path) -> Non
         for r in (record(1, command(2)), record(2, command(3))):
             assert step.process(r) == []
         assert sorted(t.key for t in store.list_tickets("SUPPORT")) == ["SUPPORT-1", "SUPPORT-2", "SUPPORT-3"]
+
+
+def _recent(cmd: dict[str, Any]) -> dict[str, Any]:
+    return {**cmd, "received_at": datetime.now(timezone.utc)}
+
+
+def test_a_held_reply_is_applied_when_its_wait_is_over(store: TicketStore) -> None:
+    step = TicketerStep(store, COMMANDS, EVENTS, reply_wait_seconds=10)
+    step.process(record(0, _recent(reply(2, to=1))))  # its mail is not known (yet)
+    assert store.count_tickets("SUPPORT") == 0 and not step.behind()
+    assert step.apply_due(datetime.now(timezone.utc) + timedelta(seconds=11)) == 1
+    assert store.count_tickets("SUPPORT") == 1
+
+
+def test_while_the_ticketer_works_through_old_mail_a_held_reply_waits_longer(store: TicketStore) -> None:
+    """The mail it awaits may be in the backlog: the thread's outcome must not depend on
+    how far behind the ticketer was."""
+    step = TicketerStep(store, COMMANDS, EVENTS, reply_wait_seconds=10)
+    step.process(record(0, command(5)))  # received in 2025: a backlog
+    step.process(record(1, _recent(reply(2, to=1))))
+    assert step.behind()
+    now = datetime.now(timezone.utc)
+    assert step.apply_due(now + timedelta(seconds=11)) == 0
+    step.process(record(2, command(1)))  # its mail comes, later in the backlog
+    assert store.count_tickets("SUPPORT") == 2  # SUPPORT-1 (mail 5) and mail 1 with the reply on it
+    assert step.apply_due(now + timedelta(seconds=10 * BEHIND_WAIT_FACTOR + 1)) == 0  # nothing left held
+    ticket = store.get_ticket("SUPPORT-2")
+    assert ticket is not None and len(ticket.thread) == 1
+
+
+def test_even_behind_a_held_reply_waits_at_most_the_longer_wait(store: TicketStore) -> None:
+    step = TicketerStep(store, COMMANDS, EVENTS, reply_wait_seconds=10)
+    step.process(record(0, command(5)))
+    step.process(record(1, _recent(reply(2, to=1))))
+    now = datetime.now(timezone.utc)
+    assert step.apply_due(now + timedelta(seconds=10 * BEHIND_WAIT_FACTOR + 1)) == 1
