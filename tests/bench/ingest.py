@@ -173,6 +173,8 @@ def outcomes(stack: Stack, ticketers: list[str]) -> dict[str, float]:
             if line.startswith('deskmail_ticketer_commands_applied_total{outcome="'):
                 label = line.split('"')[1]
                 found[label] = found.get(label, 0.0) + float(line.rsplit(" ", 1)[1])
+            elif line.startswith("deskmail_bus_batch_fallbacks_total{"):  # batches applied record by record
+                found["batch fallbacks"] = found.get("batch fallbacks", 0.0) + float(line.rsplit(" ", 1)[1])
     return found
 
 
