@@ -27,7 +27,7 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fastavro", ("/fastavro/", "fastavro.", "services/common/codec.py")),
     ("kafka-python", ("/kafka/", "crc32c", "services/common/kafka.py")),
     ("mail parsing", ("services/router/mailparse", "/email/", "/charset_normalizer/")),
-    ("SQL", ("/sqlalchemy/", "/sqlite3/", "sqlite3.", "/psycopg", "psycopg", "/alembic/")),
+    ("SQL", ("services/tickets/driver.py", "/sqlalchemy/", "/sqlite3/", "sqlite3.", "/psycopg", "psycopg", "/alembic/")),
     ("IMAP", ("/imapclient/", "/imaplib.py", "/ssl.py", "_ssl.", "services/fetcher/imap.py")),
     ("logging", ("/logging/",)),
     ("prometheus_client", ("/prometheus_client/", "/socketserver.py", "/http/server.py")),
