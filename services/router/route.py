@@ -11,7 +11,7 @@ are dead-lettered by the runner, so a config fix plus a replay recovers them).
 from __future__ import annotations
 
 import html as htmllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,16 +77,23 @@ def _person(address: Any, config: Config) -> dict[str, Any]:
             "verified": False}
 
 
-def route(inbound: dict[str, Any], raw: bytes, config: Config, own_key: Secret | None = None) -> Routed:
+# The Message-ID key, or how to get it when a mail needs it (the router looks it up then).
+OwnKey = Secret | Callable[[], Secret | None] | None
+
+
+def route(inbound: dict[str, Any], raw: bytes, config: Config, own_key: OwnKey = None) -> Routed:
     if config.mailbox(inbound["mailbox"]) is None:  # before parsing: the cheaper refusal
         raise UnknownMailbox(f"mailbox {inbound['mailbox']} is not in the configuration")
     return decide_command(inbound, parse(raw), config, own_key)
 
 
-def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, own_key: Secret | None = None) -> Routed:
+def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, own_key: OwnKey = None) -> Routed:
     """The command for one parsed mail. ``own_key`` is the key deskmail signs
-    its Message-IDs with: with it, mail deskmail itself sent is recognised
-    whatever its From (a loop through another system or another queue)."""
+    its Message-IDs with (or a function giving it, called only for mail that
+    may be deskmail's own: a bounce, an X-Deskmail-Ticket header): with it, mail
+    deskmail itself sent is recognised whatever its From (a loop through another
+    system or another queue)."""
+    key = (own_key() if callable(own_key) else own_key) if mail.dsn is not None or mail.deskmail_ticket else None
     mailbox = config.mailbox(inbound["mailbox"])
     if mailbox is None:
         raise UnknownMailbox(f"mailbox {inbound['mailbox']} is not in the configuration")
@@ -99,7 +106,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
     hint = mailrules.find_ticket_key(mail.subject, queue_keys)
     # A bounce of mail deskmail sent belongs to that mail's thread, whatever its own
     # headers say (many bounces have no In-Reply-To): it is keyed by that mail.
-    own_bounce = mail.dsn is not None and reports_on_own_mail(mail.dsn, hint, queue_keys, own_key)
+    own_bounce = mail.dsn is not None and reports_on_own_mail(mail.dsn, hint, queue_keys, key)
     if own_bounce:
         assert mail.dsn is not None and mail.dsn.original_message_id is not None
         thread_key = mail.dsn.original_message_id
@@ -128,7 +135,7 @@ def decide_command(inbound: dict[str, Any], mail: ParsedMail, config: Config, ow
     access = decide(config, mailbox, sender, authenticated=authenticated)
     if sender in own:
         action, reason, detail = "reject", "loop", f"mail from deskmail's own address {sender}"
-    elif own_key is not None and mailrules.sent_by_deskmail(mail.message_id, mail.deskmail_ticket, key=own_key):
+    elif key is not None and mailrules.sent_by_deskmail(mail.message_id, mail.deskmail_ticket, key=key):
         action, reason = "reject", "loop"
         detail = f"mail deskmail itself sent for {mail.deskmail_ticket} came back (its signed Message-ID)"
     elif not access.allowed and access.reason == "external_not_accepted" and answers:

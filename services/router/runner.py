@@ -25,37 +25,26 @@ STAGE = "router"
 SPEC = ROUTER
 
 
-# How long the router trusts that the data folder has no Message-ID key yet before it
-# looks again: a stat per second instead of one per mail, and far less than the time
-# the first reply takes to be sent, bounced and fetched back.
-KEY_RECHECK_SECONDS = 1.0
-
-
 class RouterStep:
-    def __init__(self, config: Config, blobs: BlobStore, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: Config, blobs: BlobStore):
         self.config = config
         self.blobs = blobs
         self.inbound = codec("InboundMail")
         self.commands = codec("TicketCommand")
         self.topic = config.topics["commands"]
-        self.clock = clock
         self._own_key = _own_key(config)
-        self._key_checked = clock()
         # Metric children by label values: the values are few (actions, classifications).
         self._counted: dict[tuple[str, str], Any] = {}
 
-    @property
     def own_key(self) -> Secret | None:
         """The key deskmail signs its Message-IDs with, to know its own mail (a loop,
-        a bounce of it). While there is none it is looked for again (one stat) at
-        most every ``KEY_RECHECK_SECONDS``: the api makes the data folder's key on
-        the first reply, usually after the router started, and a bounce of that
-        reply may come back soon after."""
+        a bounce of it). ``route`` asks for it only for mail that may be deskmail's
+        (a bounce, an X-Deskmail-Ticket header); while there is none it is looked
+        for again then (one stat): the api makes the data folder's key on the first
+        reply, usually after the router started, and a bounce of that reply may come
+        back within a second."""
         if self._own_key is None:
-            now = self.clock()
-            if now - self._key_checked >= KEY_RECHECK_SECONDS:
-                self._key_checked = now
-                self._own_key = _own_key(self.config, quiet=True)
+            self._own_key = _own_key(self.config, quiet=True)
         return self._own_key
 
     def process(self, record: Record) -> Sequence[Out]:

@@ -338,6 +338,8 @@ def test_mail_deskmail_itself_sent_is_a_loop_whatever_its_from():
     assert route(_inbound(raw), raw, CONFIG).command["action"] != "reject"
     forged = raw.replace(b"X-Deskmail-Ticket: SUPPORT-4", b"X-Deskmail-Ticket: SUPPORT-5")
     assert route(_inbound(forged), forged, CONFIG, own_key=key).command["action"] != "reject"
+    # a function giving the key works the same: it is asked for it, since the mail names a ticket
+    assert route(_inbound(raw), raw, CONFIG, own_key=lambda: key).command["action"] == "reject"
 
 
 def test_an_auto_reply_in_a_thread_keeps_its_original_in_case_the_thread_is_unknown(tmp_path):
@@ -383,18 +385,27 @@ def test_list_mail_is_a_persons_mail_when_the_config_accepts_lists():
 
 def test_the_router_picks_up_a_message_id_key_made_after_it_started(tmp_path):
     """The api makes the data folder's key on the first reply; the router started before that
-    must know deskmail's own mail (loops, bounces) from then on, without a restart."""
+    must know deskmail's own mail (loops, bounces) from then on, without a restart, even when
+    the bounce of that first reply comes back at once."""
     from services.common.blobs import FolderBlobStore
     from services.common.config import message_id_key
-    from services.router.runner import KEY_RECHECK_SECONDS, RouterStep
+    from services.router.runner import RouterStep
 
     config = parse_text(CONFIG_TEXT.replace("organization:", f"data_dir: {tmp_path}\norganization:", 1))
-    now = [100.0]
-    step = RouterStep(config, FolderBlobStore(tmp_path / "blobs"), clock=lambda: now[0])
-    assert step.own_key is None
+    step = RouterStep(config, FolderBlobStore(tmp_path / "blobs"))
+    assert step.own_key() is None
     made = message_id_key(config)  # as the api does on the first reply
-    assert step.own_key is None  # the absence is trusted for a second: one stat per second, not per mail
-    now[0] += KEY_RECHECK_SECONDS
-    assert step.own_key == made
-    now[0] += 1000
-    assert step.own_key == made  # found once, kept
+    assert step.own_key() == made  # looked for again when a mail needs it
+    assert step.own_key() == made  # found once, kept
+
+
+def test_the_key_is_asked_for_only_by_mail_that_may_be_deskmails_own():
+    asked: list[int] = []
+
+    def key():
+        asked.append(1)
+        return None
+
+    raw = _mail()
+    route(_inbound(raw), raw, CONFIG, own_key=key)
+    assert asked == []  # a customer's mail: no stat of the key file
