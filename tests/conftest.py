@@ -51,14 +51,6 @@ PYTEST_TIMEOUT_FAILURE = r"^Failed: Timeout \(>[0-9.]+s\) from pytest-timeout"
 BROKER_RERUNS = 2
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # kafka-python 3.0 loads its protocol schemas through deprecated
-    # importlib.resources calls: ~200 identical warnings per run.
-    config.addinivalue_line(
-        "filterwarnings", r"ignore:(read|open)_text is deprecated:DeprecationWarning"
-    )
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         try:

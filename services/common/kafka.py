@@ -13,6 +13,8 @@ from typing import Any
 
 # Before any client exists: bounds kafka-python's blocking calls (dpkp/kafka-python#3121).
 from services.common import kafka_patch  # noqa: F401, I001
+# ... and keeps a group join that ended between two polls.
+from services.common import kafka_join_patch  # noqa: F401, I001
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener

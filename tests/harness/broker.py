@@ -7,6 +7,10 @@ import os
 import re
 import secrets
 
+# The tests' own kafka-python clients get the fixes deskmail's clients have: bounded
+# blocking calls, and a group join that ended between two polls is kept.
+from services.common import kafka_join_patch, kafka_patch  # noqa: F401
+
 __all__ = ["FAST_CONSUMER", "unique_name"]
 
 # Consumer settings for tests against the Tansu broker: a group join takes
