@@ -332,8 +332,8 @@ def _resolve_thread(sql: Executor, c: Command) -> _Ticket | None:
         rank = {message_id: i for i, message_id in enumerate(candidates)}
         row = min(matches, key=lambda r: (rank[r.message_id], r.id), default=None)
     if row is None and c.ticket_key_hint is not None and not c.reply_only:
-        found = sql.execute(st.TICKET_BY_KEY, {"key": c.ticket_key_hint, "queue": c.queue}).first()
-        if found is not None and _may_name(sql, c, found.id):
+        found = sql.execute(st.TICKET_BY_KEY, {"key": c.ticket_key_hint}).first()
+        if found is not None and found.queue == c.queue and _may_name(sql, c, found.id):
             row = found
     if row is None:
         return None

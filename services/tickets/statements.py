@@ -65,6 +65,10 @@ INSERT_TAG = insert(ticket_tags)
 REJECTED = select(rejections.c.id).where(rejections.c.command_id == bindparam("command_id"))
 # Tickets of the command's queue only: threading never crosses queues. The
 # comment's kind tells deskmail's own mail (mail_out) from mail it received.
+# The queue is matched on the messages row, which holds its ticket's queue (both
+# inserts write the ticket's; no statement moves a ticket to another queue): with the condition on
+# tickets.queue instead, PostgreSQL's generic plan for a statement prepared while
+# the tables were small scanned every ticket of the queue for each lookup.
 THREAD_MATCHES = (
     select(messages.c.message_id, comments.c.kind, tickets.c.id, tickets.c.key, tickets.c.updated_at,
            tickets.c.status)
@@ -74,8 +78,8 @@ THREAD_MATCHES = (
         )
     )
     .where(
+        messages.c.queue == bindparam("queue"),
         messages.c.message_id.in_(bindparam("message_ids", expanding=True)),
-        tickets.c.queue == bindparam("queue"),
     )
 )
 # The tickets awaiting one of these Message-IDs in the queue (a reply to them opened
@@ -117,9 +121,11 @@ MARK_BOUNCED = (
         delivery_updated_at=bindparam("new_updated_at"),
     )
 )
-TICKET_BY_KEY = select(tickets.c.id, tickets.c.key, tickets.c.updated_at, tickets.c.status).where(
-    tickets.c.key == bindparam("key"), tickets.c.queue == bindparam("queue")
-)
+# By the unique key alone; the caller compares the queue. With ``queue = :queue``
+# in the WHERE clause, the same stale generic plan took a queue index and filtered
+# every ticket of the queue by key.
+TICKET_BY_KEY = select(tickets.c.id, tickets.c.key, tickets.c.updated_at, tickets.c.status,
+                       tickets.c.queue).where(tickets.c.key == bindparam("key"))
 IS_PARTICIPANT = select(participants.c.id).where(
     participants.c.ticket_id == bindparam("ticket_id"), participants.c.email == bindparam("email")
 )

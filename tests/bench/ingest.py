@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/bench/ingest.py [--n 10000] [--repeat 5] [--db sqlite|postgres]
         [--partitions 4] [--replies 0.1] [--routers 1] [--ticketers 1]
-        [--profile fetcher|router|ticketer [--profiler py-spy|cprofile]]
+        [--profile fetcher|router|ticketer [--profiler py-spy|cprofile]] [--pg-statements K]
 
 Each run has a fresh broker (so fresh topics and groups), a fresh Dovecot, a fresh
 database and a fresh blob folder. All mail is APPENDed while the fetcher is stopped;
@@ -23,7 +23,10 @@ twice, and that no Message-ID was stored twice.
 ``--profile STAGE`` samples that stage over the measured window with py-spy (all
 threads; ``pip install py-spy``) or runs it under cProfile (main thread only, start-up
 included) and prints where its CPU went, grouped by library
-(tests/bench/profile_buckets.py). Not part of CI's pass/fail.
+(tests/bench/profile_buckets.py). ``--pg-statements K`` (PostgreSQL) prints, per run,
+the K statements the server spent most execution time on, from pg_stat_statements
+(statements of triggers included), counted from the stages' start. Not part of
+CI's pass/fail.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -304,8 +308,13 @@ def one_run(index: int, args: argparse.Namespace, corpus: Corpus, pg: object | N
         bench.dovecot.append_many(ADDRESS, "pw", corpus.raws)
         raw_rate = raw_fetch_rate(bench.dovecot, n)
         try:
-            return measure(bench.stack, args, n, server_pids(bench.broker, bench.dovecot, pg), bench.db_url,
-                           raw_rate, profiler)
+            if args.pg_statements:
+                statement_stats(pg, f"bench_{index}", reset=True)
+            run = measure(bench.stack, args, n, server_pids(bench.broker, bench.dovecot, pg), bench.db_url,
+                          raw_rate, profiler)
+            if args.pg_statements:
+                print_statements(index, statement_stats(pg, f"bench_{index}"), args.pg_statements, n)
+            return run
         finally:
             codes = bench.stack.stop()
             if profiler is not None and codes.get(profiler.stage) != 0:
@@ -392,6 +401,35 @@ def measure(stack: Stack, args: argparse.Namespace, n: int, servers: dict[str, i
                (busy_after - busy_before) / seconds, load)
 
 
+PG_STATEMENTS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+
+
+def statement_stats(pg: Any, database: str, reset: bool = False) -> list[tuple[int, float, str]]:
+    """(calls, total ms, query) of each statement PostgreSQL ran in ``database`` since
+    the last reset (triggers' statements too), most time first; ``reset``: start again."""
+    import psycopg
+
+    with psycopg.connect(host=str(pg.socket_dir), dbname=database, user="postgres", autocommit=True) as conn:
+        if reset:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+            return []
+        rows = conn.execute(
+            "SELECT calls, total_exec_time, query FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC").fetchall()
+    return [(int(calls), float(ms), " ".join(query.split())) for calls, ms, query in rows]
+
+
+def print_statements(index: int, stats: list[tuple[int, float, str]], top: int, n: int) -> None:
+    total = sum(ms for _, ms, _ in stats) or 1.0
+    print(f"run {index}, PostgreSQL statements: {total / 1000:.1f} s executing, {total / n:.2f} ms per mail; "
+          f"the {top} slowest in total:")
+    for calls, ms, query in stats[:top]:
+        print(f"    {ms / total:5.1%} {ms / n:6.3f} ms/mail {calls:7,} calls {1000 * ms / max(calls, 1):7.0f} µs/call  "
+              f"{query[:110]}")
+
+
 def pipeline_total(run: Run, n: int) -> float:
     """CPU-seconds per 1,000 mails of every process but this script."""
     return sum(v for k, v in run.cpu.items() if k != BENCH) * 1000 / n
@@ -448,6 +486,9 @@ def main() -> None:
     parser.add_argument("--profile", choices=STAGES, default=None, help="profile this stage (in the last run)")
     parser.add_argument("--profiler", choices=["py-spy", "cprofile"], default=None,
                         help="default: py-spy if installed, else cProfile")
+    parser.add_argument("--pg-statements", type=int, default=0, metavar="K",
+                        help="with --db postgres: print the K statements the server spent most time on, "
+                             "per run (pg_stat_statements)")
     parser.add_argument("--profile-out", type=Path, default=None,
                         help="where the profile goes (default: ./ingest-STAGE.*)")
     args = parser.parse_args()
@@ -465,8 +506,10 @@ def main() -> None:
     if args.db == "postgres":
         from tests.harness.postgres import PostgresCluster
 
-        pg = PostgresCluster()
+        pg = PostgresCluster(settings=PG_STATEMENTS if args.pg_statements else None)
         pg.start()
+    elif args.pg_statements:
+        parser.error("--pg-statements needs --db postgres")
     runs: list[Run] = []
     try:
         for index in range(1, args.repeat + 1):

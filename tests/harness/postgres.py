@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
@@ -23,6 +24,7 @@ import psycopg
 _BIN_GLOB = "/usr/lib/postgresql/*/bin"
 _SUPERUSER = "postgres"
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SETTING = re.compile(r"^[a-z_][a-z0-9_.]*$")
 
 
 def find_bin_dir() -> Path:
@@ -50,8 +52,14 @@ class PostgresCluster:
     as any other user they run as that user.
     """
 
-    def __init__(self, bin_dir: Path | str | None = None) -> None:
+    def __init__(self, bin_dir: Path | str | None = None, settings: Mapping[str, str] | None = None) -> None:
+        """``settings``: more server settings (``-c name=value``), e.g.
+        ``{"shared_preload_libraries": "pg_stat_statements"}``."""
         self._bin_dir = Path(bin_dir) if bin_dir is not None else None
+        for name, value in (settings or {}).items():
+            if not _SETTING.match(name) or "'" in value or "\\" in value:
+                raise ValueError(f"server setting {name}={value!r}: a name of [a-z_.] and a value without quotes")
+        self._settings = dict(settings or {})
         self._dir: Path | None = None
         self._pg_ctl: Path | None = None
         self._running = False
@@ -92,7 +100,7 @@ class PostgresCluster:
             options = (
                 f"-k {self._dir} -c listen_addresses='' -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off"
-            )
+            ) + "".join(f" -c {name}='{value}'" for name, value in self._settings.items())
             self._run(
                 [
                     str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(self._dir / "log"),

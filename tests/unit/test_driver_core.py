@@ -19,10 +19,10 @@ POSTGRES = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
 
 
 def test_positional_binds_are_listed_in_order_and_named_by_binds() -> None:
-    compiled = st.TICKET_BY_KEY.compile(dialect=SQLITE)
-    assert compiled.positiontup == ["key", "queue"]
-    assert {"key", "queue"} <= set(compiled.binds)
-    assert compiled.binds["key"].type.__class__.__name__ == "String"
+    compiled = st.KNOWN_MESSAGE.compile(dialect=SQLITE)
+    assert compiled.positiontup == ["queue", "message_id"]
+    assert {"queue", "message_id"} <= set(compiled.binds)
+    assert compiled.binds["message_id"].type.__class__.__name__ == "String"
 
 
 def test_the_insert_columns_are_the_column_keys_and_the_id_comes_back_as_core_reads_it() -> None:
