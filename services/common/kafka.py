@@ -33,6 +33,13 @@ from services.common.errors import Transient
 # The producer's batch (per partition) and how long a record may wait to fill one: see Kafka.producer.
 BATCH_BYTES = 1024 * 1024
 LINGER_MS = 250
+# What one fetch may bring, per partition and in all. A record larger than either
+# still comes, alone (the broker returns the first batch whatever its size; Kafka
+# since 0.10.1, KIP-74), so kafka.max_message_bytes need not fit: sized to it, each
+# of four partitions could bring 8 MiB into memory ahead of the consume loop, and a
+# router behind on a backlog held ~45 MB more (tests/bench/ingest.py).
+PARTITION_FETCH_BYTES = 1024 * 1024
+FETCH_BYTES = 4 * 1024 * 1024
 
 
 class KeyPartitioner(Partitioner):
@@ -130,8 +137,8 @@ class Kafka:
             session_timeout_ms=c.session_timeout_ms,
             heartbeat_interval_ms=c.heartbeat_interval_ms,
             max_poll_records=max_poll_records or c.max_poll_records,
-            fetch_max_bytes=max(52_428_800, self.config.kafka.max_message_bytes),
-            max_partition_fetch_bytes=max(1_048_576, self.config.kafka.max_message_bytes),
+            fetch_max_bytes=FETCH_BYTES,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
             # How long the broker may hold a fetch that found nothing (500 ms by default).
             # Kafka answers as soon as a record arrives, but a broker that does not (the
             # local one) delivers a record up to that long after it was written, at every
@@ -175,8 +182,8 @@ class Kafka:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_bytes=max(52_428_800, self.config.kafka.max_message_bytes),
-            max_partition_fetch_bytes=max(1_048_576, self.config.kafka.max_message_bytes),
+            fetch_max_bytes=FETCH_BYTES,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
         )
 
     def create_topics(self, partitions: int | None = None) -> list[str]:
