@@ -66,9 +66,10 @@ REJECTED = select(rejections.c.id).where(rejections.c.command_id == bindparam("c
 # Tickets of the command's queue only: threading never crosses queues. The
 # comment's kind tells deskmail's own mail (mail_out) from mail it received.
 # The queue is matched on the messages row, which holds its ticket's queue (both
-# inserts write the ticket's; no statement moves a ticket to another queue): with the condition on
-# tickets.queue instead, PostgreSQL's generic plan for a statement prepared while
-# the tables were small scanned every ticket of the queue for each lookup.
+# inserts write the ticket's; no statement moves a ticket to another queue): with
+# the condition on tickets.queue instead, PostgreSQL's generic plan for a statement
+# prepared while the tables were small scanned every ticket of the queue for each
+# lookup (tests/integration/test_store_plans.py).
 THREAD_MATCHES = (
     select(messages.c.message_id, comments.c.kind, tickets.c.id, tickets.c.key, tickets.c.updated_at,
            tickets.c.status)
