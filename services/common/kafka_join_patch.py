@@ -24,13 +24,12 @@ version raises at import, so an upgrade is re-verified, not guessed. Upstream ma
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 from typing import Any
 
-import kafka
 from kafka.coordinator.base import BaseCoordinator, MemberState
+
+from services.common.kafka_verified import require_verified
 
 __all__ = ["apply", "original_join_group_async", "pending_join_succeeded"]
 
@@ -72,29 +71,15 @@ async def _join_group_async(self: Any, timeout_ms: Any = None) -> Any:
 _join_group_async.deskmail_keeps_join = True  # type: ignore[attr-defined]
 
 
-def _fingerprint(func: Any) -> str:
-    return hashlib.sha256(inspect.getsource(func).encode()).hexdigest()
-
-
 def apply() -> bool:
     """Wrap join_group_async; True once wrapped. RuntimeError for an unverified version or source."""
     global original_join_group_async
     current = BaseCoordinator.join_group_async
     if getattr(current, "deskmail_keeps_join", False):
         return True
-    version = kafka.__version__
-    expected = VERIFIED.get(version)
-    if expected is None:
-        raise RuntimeError(
-            f"kafka-python {version} is not verified by services/common/kafka_join_patch.py "
-            f"(verified: {', '.join(VERIFIED)}); check whether join_group_async still starts a "
-            "new join for a finished one and re-verify the patch before running this version"
-        )
-    if _fingerprint(current) != expected:
-        raise RuntimeError(
-            f"kafka-python {version}: BaseCoordinator.join_group_async differs from the verified "
-            "source; services/common/kafka_join_patch.py refuses to wrap it"
-        )
+    require_verified(current, "BaseCoordinator.join_group_async", VERIFIED, "services/common/kafka_join_patch.py",
+                     "check whether join_group_async still starts a new join for a finished one and "
+                     "re-verify the patch before running this version")
     original_join_group_async = current
     BaseCoordinator.join_group_async = _join_group_async
     return True

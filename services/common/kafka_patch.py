@@ -28,7 +28,6 @@ alone; any other version raises at import, so an upgrade is re-verified, not gue
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import threading
@@ -42,6 +41,8 @@ try:
     from kafka.net.selector import NetworkSelector
 except ImportError:  # kafka-python 3.1 moved it (and bounds run() there itself)
     from kafka.net.backend.selector import NetworkSelector  # type: ignore[no-redef]
+
+from services.common.kafka_verified import require_verified
 
 __all__ = ["CEILING_SECONDS", "NUDGE_SECONDS", "apply", "original_run"]
 
@@ -126,10 +127,6 @@ def _bounded_run(self: Any, coro: Any, *args: Any) -> Any:
 _bounded_run.deskmail_bounded = True  # type: ignore[attr-defined]
 
 
-def _fingerprint(func: Any) -> str:
-    return hashlib.sha256(inspect.getsource(func).encode()).hexdigest()
-
-
 def apply() -> bool:
     """Patch NetworkSelector.run; returns True if patched (now or before), False if not needed.
 
@@ -138,22 +135,11 @@ def apply() -> bool:
     current = NetworkSelector.run
     if getattr(current, "deskmail_bounded", False):
         return True
-    version = kafka.__version__
     if "timeout_ms" in inspect.signature(current).parameters:
-        log.info("kafka-python %s bounds NetworkSelector.run itself; not patched", version)
+        log.info("kafka-python %s bounds NetworkSelector.run itself; not patched", kafka.__version__)
         return False
-    expected = VERIFIED.get(version)
-    if expected is None:
-        raise RuntimeError(
-            f"kafka-python {version} is not verified by services/common/kafka_patch.py "
-            f"(verified: {', '.join(VERIFIED)}); check upstream dpkp/kafka-python#3121 and "
-            "re-verify the patch before running this version"
-        )
-    if _fingerprint(current) != expected:
-        raise RuntimeError(
-            f"kafka-python {version}: NetworkSelector.run differs from the verified source; "
-            "services/common/kafka_patch.py refuses to replace it"
-        )
+    require_verified(current, "NetworkSelector.run", VERIFIED, "services/common/kafka_patch.py",
+                     "check upstream dpkp/kafka-python#3121 and re-verify the patch before running this version")
     global original_run
     original_run = current
     NetworkSelector.run = _bounded_run
